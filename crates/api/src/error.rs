@@ -1,0 +1,108 @@
+//! Application errors as HTTP responses: `{"error": {"code", "message", "details"?}}`.
+//!
+//! The status comes from the one table in `daena_app::error::ErrorCode`. Internal errors are
+//! logged with their detail (inside the request's span, which carries the request id) and
+//! answered with a generic message.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use daena_app::error::{AppError, ErrorCode};
+use serde::Serialize;
+
+/// The error body every failing route answers with.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code from the public table (`unauthorized`, `not_found`, `writes_disabled`, ...).
+    #[schema(example = "not_found")]
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+}
+
+/// An [`AppError`] on its way to becoming a response.
+#[derive(Debug)]
+pub struct ApiError(pub AppError);
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError(AppError::new(code, message))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = if e.code == ErrorCode::Internal {
+            tracing::error!(detail = %e.message, "internal error");
+            "internal error; the server log has the detail under this request's x-request-id".to_owned()
+        } else {
+            e.message
+        };
+        let body = ErrorBody { error: ErrorDetail { code: e.code.as_str(), message, details: e.details } };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = e.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Error responses of a route that needs an API key.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AuthErrors {
+    /// Missing `X-API-Key`.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Unknown or revoked key, a role that may not call the route, or an agent key naming
+    /// another tenant in `X-Tenant-ID`.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Malformed parameters or `X-Tenant-ID`.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// The tenant's rate limit is exhausted.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// Internal error.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+}
+
+/// Error responses of a route that also reads a JSON body.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyErrors {
+    /// The body is larger than `server.request_body_limit_bytes`.
+    #[response(status = 413)]
+    PayloadTooLarge(ErrorBody),
+    /// The body is not `application/json`.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+}
+
+/// The address names nothing for this tenant.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum NotFound {
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}

@@ -1,0 +1,138 @@
+//! Extractors that answer bad input with the JSON error shape: `Json`, `Path`, `Query`, and
+//! `Auth<A>`, which authenticates the caller for a route's [`Access`] level.
+
+use crate::error::ApiError;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use daena_app::Daena;
+use daena_app::auth::{Access, Principal};
+use daena_app::error::ErrorCode;
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+pub type AppState = Arc<Daena>;
+
+pub const API_KEY_HEADER: &str = "x-api-key";
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// A JSON body; rejections become `invalid_json` (400), `payload_too_large` (413) or
+/// `unsupported_media_type` (415).
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status().as_u16();
+    let text = rejection.body_text();
+    match status {
+        413 => ApiError::new(ErrorCode::PayloadTooLarge, "request body exceeds server.request_body_limit_bytes"),
+        415 => ApiError::new(ErrorCode::UnsupportedMediaType, "expected Content-Type: application/json"),
+        _ => ApiError::new(ErrorCode::InvalidJson, text),
+    }
+}
+
+/// Path parameters; rejections become `invalid_request` (400).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|e: PathRejection| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+    }
+}
+
+/// Query parameters; rejections become `invalid_request` (400).
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e: QueryRejection| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+    }
+}
+
+/// The access level a route requires, as a type.
+pub trait AccessLevel {
+    const ACCESS: Access;
+}
+
+/// `ops` keys only.
+pub struct OpsOnly;
+/// `ops` and `auditor` keys.
+pub struct ReadAccess;
+/// `ops` and `agent` keys.
+pub struct DataAccess;
+/// Any valid key.
+pub struct AnyKey;
+
+impl AccessLevel for OpsOnly {
+    const ACCESS: Access = Access::Ops;
+}
+impl AccessLevel for ReadAccess {
+    const ACCESS: Access = Access::Read;
+}
+impl AccessLevel for DataAccess {
+    const ACCESS: Access = Access::Data;
+}
+impl AccessLevel for AnyKey {
+    const ACCESS: Access = Access::Any;
+}
+
+/// The authenticated caller of a route that requires `A`.
+pub struct Auth<A>(pub Principal, pub PhantomData<A>);
+
+fn header<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match parts.headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("header {name} is not valid text"))),
+    }
+}
+
+/// Authenticates the request's headers for `access`.
+pub fn authenticate(state: &AppState, parts: &Parts, access: Access) -> Result<Principal, ApiError> {
+    let key = header(parts, API_KEY_HEADER)?;
+    let tenant = header(parts, TENANT_HEADER)?;
+    Ok(state.keys.authenticate(key, tenant, access)?)
+}
+
+impl<A: AccessLevel + Send + Sync> FromRequestParts<AppState> for Auth<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        authenticate(state, parts, A::ACCESS).map(|p| Auth(p, PhantomData))
+    }
+}
+
+/// The caller if the request carries a valid key (any role), for routes that are public
+/// but show more to authenticated callers.
+pub struct MaybeAuth(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for MaybeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(MaybeAuth(authenticate(state, parts, Access::Any).ok()))
+    }
+}

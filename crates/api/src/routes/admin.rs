@@ -1,0 +1,104 @@
+//! Administration: API keys and the read-only switch. Every route needs an `ops` key,
+//! except reading the switch, which auditors may do.
+
+use crate::error::{ApiResult, AuthErrors, BodyErrors, NotFound};
+use crate::extract::{AppState, Auth, Json, OpsOnly, Path, ReadAccess};
+use axum::extract::State;
+use axum::http::StatusCode;
+use daena_app::auth::{CreatedKey, KeyView, NewKey};
+use daena_app::error::AppError;
+use daena_core::auth::{KeyAttributes, Role};
+use daena_core::ids::TenantId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// A unique name for the key's holder, e.g. `legal-agents`.
+    pub name: String,
+    /// `ops`, `auditor` or `agent`.
+    pub role: String,
+    /// The tenant the key belongs to; `default` when omitted.
+    pub tenant: Option<String>,
+    /// ABAC roles such as `legal.officer`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub department: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+/// Creates an API key. The key text is in this response only; it is stored hashed.
+#[utoipa::path(post, path = "/api/v1/admin/keys", tag = "admin", request_body = CreateKeyRequest,
+    responses((status = 201, body = CreatedKey), AuthErrors, BodyErrors), security(("api_key" = [])))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    _auth: Auth<OpsOnly>,
+    Json(req): Json<CreateKeyRequest>,
+) -> ApiResult<(StatusCode, axum::Json<CreatedKey>)> {
+    let role = Role::parse(&req.role)
+        .ok_or_else(|| AppError::invalid(format!("role must be ops, auditor or agent, got {:?}", req.role)))?;
+    let tenant = match req.tenant.as_deref() {
+        Some(t) => TenantId::new(t).map_err(AppError::from)?,
+        None => TenantId::default_tenant(),
+    };
+    let created = state.keys.create(NewKey {
+        name: req.name,
+        role,
+        tenant,
+        attributes: KeyAttributes { roles: req.roles, department: req.department },
+    })?;
+    tracing::info!(key_id = %created.view.id, name = %created.view.name, role = %created.view.role.as_str(), "api key created");
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Lists API keys (never their text or digest).
+#[utoipa::path(get, path = "/api/v1/admin/keys", tag = "admin",
+    responses((status = 200, body = KeyList), AuthErrors), security(("api_key" = [])))]
+pub async fn list_keys(State(state): State<AppState>, _auth: Auth<OpsOnly>) -> axum::Json<KeyList> {
+    axum::Json(KeyList { keys: state.keys.list() })
+}
+
+/// Revokes a key by id or name; the next request with it gets 403.
+#[utoipa::path(delete, path = "/api/v1/admin/keys/{id}", tag = "admin",
+    params(("id" = String, Path, description = "key id or name")),
+    responses((status = 200, body = KeyView), AuthErrors, NotFound), security(("api_key" = [])))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    _auth: Auth<OpsOnly>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<KeyView>> {
+    let view = state.keys.revoke(&id)?;
+    tracing::info!(key_id = %view.id, name = %view.name, "api key revoked");
+    Ok(axum::Json(view))
+}
+
+/// Whether memory writes are enabled (the runbook's "stop writes" switch).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WritesSwitch {
+    pub enabled: bool,
+}
+
+/// Reads the read-only switch.
+#[utoipa::path(get, path = "/api/v1/admin/writes", tag = "admin",
+    responses((status = 200, body = WritesSwitch), AuthErrors), security(("api_key" = [])))]
+pub async fn get_writes(State(state): State<AppState>, _auth: Auth<ReadAccess>) -> axum::Json<WritesSwitch> {
+    axum::Json(WritesSwitch { enabled: state.writes_enabled() })
+}
+
+/// Turns writes on or off at runtime; off answers writes with 503 `writes_disabled`.
+#[utoipa::path(put, path = "/api/v1/admin/writes", tag = "admin", request_body = WritesSwitch,
+    responses((status = 200, body = WritesSwitch), AuthErrors, BodyErrors), security(("api_key" = [])))]
+pub async fn set_writes(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+    Json(req): Json<WritesSwitch>,
+) -> ApiResult<axum::Json<WritesSwitch>> {
+    state.set_writes_enabled(req.enabled);
+    tracing::warn!(enabled = req.enabled, actor = %who.actor(), "writes switch changed");
+    Ok(axum::Json(WritesSwitch { enabled: state.writes_enabled() }))
+}

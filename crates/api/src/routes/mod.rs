@@ -1,0 +1,6 @@
+//! Route handlers, one module per area. A handler extracts, calls one `app` function and
+//! maps the result.
+
+pub mod admin;
+pub mod agents;
+pub mod system;

@@ -1,0 +1,399 @@
+//! API keys and the principal a request acts as.
+//!
+//! [`Principal`] can only be built here, by [`KeyRing::authenticate`], so a use case that
+//! takes a `&Principal` knows the caller was authenticated, its role allowed the route and
+//! its tenant was resolved (an `agent` key can never act for another tenant).
+
+use crate::clock::Clock;
+use crate::config::Secret;
+use crate::error::{AppError, AppResult};
+use daena_core::auth::{ApiKeyRecord, KeyAttributes, Role, key_digest};
+use daena_core::ids::TenantId;
+use daena_store::kv::{API_KEYS, Kv};
+use parking_lot::RwLock;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Which roles a route admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Administration: `ops` only.
+    Ops,
+    /// Monitoring, analytics, ledger and governance reads: `ops` and `auditor`.
+    Read,
+    /// The data plane (memory, cache, heartbeats, interactions): `ops` and `agent`.
+    Data,
+    /// Any valid key.
+    Any,
+}
+
+impl Access {
+    pub fn admits(self, role: Role) -> bool {
+        match self {
+            Access::Ops => role == Role::Ops,
+            Access::Read => matches!(role, Role::Ops | Role::Auditor),
+            Access::Data => matches!(role, Role::Ops | Role::Agent),
+            Access::Any => true,
+        }
+    }
+
+    pub fn roles(self) -> &'static str {
+        match self {
+            Access::Ops => "ops",
+            Access::Read => "ops or auditor",
+            Access::Data => "ops or agent",
+            Access::Any => "any",
+        }
+    }
+}
+
+/// An authenticated caller acting for one tenant.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    key_id: String,
+    key_name: String,
+    role: Role,
+    tenant: TenantId,
+    attributes: KeyAttributes,
+}
+
+impl Principal {
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+    pub fn key_name(&self) -> &str {
+        &self.key_name
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The tenant this request acts for.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+    pub fn attributes(&self) -> &KeyAttributes {
+        &self.attributes
+    }
+    /// How the ledger names this caller.
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.key_name)
+    }
+    /// The same caller acting for another tenant; only the fleet-wide roles may.
+    pub fn for_tenant(&self, tenant: &TenantId) -> AppResult<Principal> {
+        if self.role == Role::Agent && tenant != &self.tenant {
+            return Err(AppError::forbidden(format!(
+                "agent key {:?} is bound to tenant {:?} and cannot act for {:?}",
+                self.key_name, self.tenant, tenant
+            )));
+        }
+        Ok(Principal { tenant: tenant.clone(), ..self.clone() })
+    }
+}
+
+/// What `keys list` shows: never the key or its digest.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    #[schema(value_type = String, example = "agent")]
+    pub role: Role,
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+    pub roles: Vec<String>,
+    pub department: Option<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    pub active: bool,
+}
+
+impl From<&ApiKeyRecord> for KeyView {
+    fn from(r: &ApiKeyRecord) -> Self {
+        KeyView {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            role: r.role,
+            tenant: r.tenant.clone(),
+            roles: r.attributes.roles.clone(),
+            department: r.attributes.department.clone(),
+            created_at: crate::clock::rfc3339(r.created_at),
+            revoked_at: r.revoked_at.map(crate::clock::rfc3339),
+            active: r.revoked_at.is_none(),
+        }
+    }
+}
+
+/// A request to create a key.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Role,
+    pub tenant: TenantId,
+    pub attributes: KeyAttributes,
+}
+
+/// A created key: the text is shown once and never stored.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub view: KeyView,
+}
+
+/// The id of the key provisioned from `DAENA_OPS_KEY`.
+pub const ENV_OPS_KEY_ID: &str = "env-ops";
+
+pub struct KeyRing {
+    kv: Kv,
+    clock: Arc<dyn Clock>,
+    by_digest: RwLock<HashMap<[u8; 32], ApiKeyRecord>>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing").field("keys", &self.by_digest.read().len()).finish()
+    }
+}
+
+impl KeyRing {
+    pub fn load(kv: Kv, clock: Arc<dyn Clock>) -> AppResult<KeyRing> {
+        let mut by_digest = HashMap::new();
+        for (_, record) in kv.scan_docs::<ApiKeyRecord>(API_KEYS)? {
+            let digest = parse_digest(&record.digest)
+                .ok_or_else(|| AppError::internal(format!("stored key {} has a malformed digest", record.id)))?;
+            by_digest.insert(digest, record);
+        }
+        Ok(KeyRing { kv, clock, by_digest: RwLock::new(by_digest) })
+    }
+
+    /// Makes `DAENA_OPS_KEY` a valid ops key of the default tenant. A key revoked while it was
+    /// provisioned stays revoked; a different key text replaces the old provisioned key.
+    pub fn provision_env_ops(&self, key: &Secret) -> AppResult<()> {
+        let digest = key_digest(key.expose());
+        let existing: Option<ApiKeyRecord> = self.kv.get_doc(API_KEYS, ENV_OPS_KEY_ID)?;
+        if let Some(existing) = &existing
+            && parse_digest(&existing.digest).is_some_and(|d| bool::from(d.ct_eq(&digest)))
+        {
+            if existing.revoked_at.is_some() {
+                tracing::warn!("DAENA_OPS_KEY was revoked and stays revoked; set a new key to provision one");
+            }
+            return Ok(());
+        }
+        let record = ApiKeyRecord {
+            id: ENV_OPS_KEY_ID.into(),
+            name: "DAENA_OPS_KEY".into(),
+            role: Role::Ops,
+            tenant: TenantId::default_tenant(),
+            attributes: KeyAttributes::default(),
+            digest: hex::encode(digest),
+            created_at: self.clock.now(),
+            revoked_at: None,
+        };
+        self.kv.put_doc(API_KEYS, &record.id, &record)?;
+        let mut map = self.by_digest.write();
+        map.retain(|_, r| r.id != ENV_OPS_KEY_ID);
+        map.insert(digest, record);
+        Ok(())
+    }
+
+    /// Resolves a request's key and tenant header into a principal admitted by `access`.
+    pub fn authenticate(
+        &self,
+        key_text: Option<&str>,
+        tenant_header: Option<&str>,
+        access: Access,
+    ) -> AppResult<Principal> {
+        let key_text = key_text.ok_or_else(|| AppError::unauthorized("missing X-API-Key header"))?;
+        let digest = key_digest(key_text);
+        // The map is keyed by a SHA-256 digest of the key, so lookup timing reveals nothing
+        // usable about the key text; the final comparison is constant-time regardless.
+        let record = {
+            let map = self.by_digest.read();
+            map.get(&digest).filter(|r| parse_digest(&r.digest).is_some_and(|d| bool::from(d.ct_eq(&digest)))).cloned()
+        };
+        let record = record.ok_or_else(|| AppError::forbidden("unknown API key"))?;
+        if record.revoked_at.is_some() {
+            return Err(AppError::forbidden("API key revoked"));
+        }
+        if !access.admits(record.role) {
+            return Err(AppError::forbidden(format!(
+                "role {:?} may not call this route (needs {})",
+                record.role.as_str(),
+                access.roles()
+            )));
+        }
+        let principal = Principal {
+            key_id: record.id,
+            key_name: record.name,
+            role: record.role,
+            tenant: record.tenant,
+            attributes: record.attributes,
+        };
+        match tenant_header.map(str::trim).filter(|t| !t.is_empty()) {
+            None => Ok(principal),
+            Some(t) => {
+                let tenant = TenantId::new(t).map_err(|e| AppError::invalid(format!("X-Tenant-ID: {e}")))?;
+                principal.for_tenant(&tenant)
+            }
+        }
+    }
+
+    pub fn create(&self, new: NewKey) -> AppResult<CreatedKey> {
+        let name = new.name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(AppError::invalid("key name must be 1..=128 printable characters"));
+        }
+        if self.by_digest.read().values().any(|r| r.name == name && r.revoked_at.is_none()) {
+            return Err(AppError::invalid(format!("an active key named {name:?} already exists")));
+        }
+        for role in &new.attributes.roles {
+            if role.is_empty() || role.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(AppError::invalid(format!("invalid attribute role {role:?}")));
+            }
+        }
+        let secret: [u8; 32] = rand::random();
+        let key_text = format!("dk_{}", base64_url(&secret));
+        let id_bytes: [u8; 6] = rand::random();
+        let digest = key_digest(&key_text);
+        let record = ApiKeyRecord {
+            id: format!("key_{}", hex::encode(id_bytes)),
+            name: name.to_owned(),
+            role: new.role,
+            tenant: new.tenant,
+            attributes: new.attributes,
+            digest: hex::encode(digest),
+            created_at: self.clock.now(),
+            revoked_at: None,
+        };
+        self.kv.put_doc(API_KEYS, &record.id, &record)?;
+        let view = KeyView::from(&record);
+        self.by_digest.write().insert(digest, record);
+        Ok(CreatedKey { key: key_text, view })
+    }
+
+    pub fn list(&self) -> Vec<KeyView> {
+        let mut keys: Vec<KeyView> = self.by_digest.read().values().map(KeyView::from).collect();
+        keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        keys
+    }
+
+    /// Revokes by id or by name; effective for the next request.
+    pub fn revoke(&self, id_or_name: &str) -> AppResult<KeyView> {
+        let mut map = self.by_digest.write();
+        let matches: Vec<[u8; 32]> = map
+            .iter()
+            .filter(|(_, r)| r.id == id_or_name || (r.name == id_or_name && r.revoked_at.is_none()))
+            .map(|(d, _)| *d)
+            .collect();
+        let digest = match matches.as_slice() {
+            [d] => *d,
+            [] => return Err(AppError::not_found(format!("no key with id or name {id_or_name:?}"))),
+            _ => return Err(AppError::invalid(format!("{id_or_name:?} names several keys; use the id"))),
+        };
+        let Some(record) = map.get_mut(&digest) else {
+            return Err(AppError::not_found(format!("no key with id or name {id_or_name:?}")));
+        };
+        if record.revoked_at.is_none() {
+            let mut updated = record.clone();
+            updated.revoked_at = Some(self.clock.now());
+            self.kv.put_doc(API_KEYS, &updated.id, &updated)?;
+            *record = updated;
+        }
+        Ok(KeyView::from(&*record))
+    }
+
+    /// Active keys per role, for health details.
+    pub fn active_count(&self) -> usize {
+        self.by_digest.read().values().filter(|r| r.revoked_at.is_none()).count()
+    }
+}
+
+fn parse_digest(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text).ok()?.try_into().ok()
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use daena_core::time::Micros;
+
+    fn ring() -> (tempfile::TempDir, KeyRing) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kv = Kv::open(&tmp.path().join("state.redb"), 1 << 20).expect("kv");
+        let ring = KeyRing::load(kv, ManualClock::new(Micros(1_000_000))).expect("ring");
+        (tmp, ring)
+    }
+
+    fn new_key(name: &str, role: Role, tenant: &str) -> NewKey {
+        NewKey {
+            name: name.into(),
+            role,
+            tenant: TenantId::new(tenant).expect("tenant"),
+            attributes: KeyAttributes::default(),
+        }
+    }
+
+    #[test]
+    fn create_use_revoke() {
+        let (_t, ring) = ring();
+        let created = ring.create(new_key("bot", Role::Agent, "acme")).expect("create");
+        assert!(created.key.starts_with("dk_"));
+        let p = ring.authenticate(Some(&created.key), None, Access::Data).expect("auth");
+        assert_eq!(p.tenant().as_str(), "acme");
+        assert_eq!(p.role(), Role::Agent);
+        ring.revoke(&created.view.id).expect("revoke");
+        let e = ring.authenticate(Some(&created.key), None, Access::Data).expect_err("revoked");
+        assert_eq!(e.code, crate::error::ErrorCode::Forbidden);
+        assert!(e.message.contains("revoked"));
+    }
+
+    #[test]
+    fn roles_and_tenants() {
+        let (_t, ring) = ring();
+        let agent = ring.create(new_key("bot", Role::Agent, "acme")).expect("create").key;
+        let auditor = ring.create(new_key("aud", Role::Auditor, "default")).expect("create").key;
+        assert_eq!(
+            ring.authenticate(None, None, Access::Data).expect_err("missing").code,
+            crate::error::ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            ring.authenticate(Some("nope"), None, Access::Data).expect_err("unknown").code,
+            crate::error::ErrorCode::Forbidden
+        );
+        assert!(ring.authenticate(Some(&agent), None, Access::Read).is_err(), "agent cannot read monitoring");
+        assert!(ring.authenticate(Some(&auditor), None, Access::Data).is_err(), "auditor has no data plane");
+        assert!(ring.authenticate(Some(&auditor), Some("other"), Access::Read).is_ok());
+        let e = ring.authenticate(Some(&agent), Some("other"), Access::Data).expect_err("agent widening");
+        assert!(e.message.contains("bound to tenant"), "{}", e.message);
+        assert!(ring.authenticate(Some(&agent), Some("acme"), Access::Data).is_ok());
+        let e = ring.authenticate(Some(&agent), Some("Not A Tenant"), Access::Data).expect_err("bad header");
+        assert_eq!(e.code, crate::error::ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn env_ops_key_and_persistence() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("state.redb");
+        let clock = ManualClock::new(Micros(5));
+        {
+            let ring = KeyRing::load(Kv::open(&path, 1 << 20).expect("kv"), clock.clone()).expect("ring");
+            ring.provision_env_ops(&Secret::new("ops-key")).expect("provision");
+            let p = ring.authenticate(Some("ops-key"), Some("acme"), Access::Ops).expect("ops");
+            assert_eq!(p.tenant().as_str(), "acme", "ops may act for any tenant");
+            ring.revoke("DAENA_OPS_KEY").expect("revoke by name");
+        }
+        let ring = KeyRing::load(Kv::open(&path, 1 << 20).expect("kv"), clock.clone()).expect("ring");
+        ring.provision_env_ops(&Secret::new("ops-key")).expect("provision again");
+        assert!(ring.authenticate(Some("ops-key"), None, Access::Ops).is_err(), "revocation survives restarts");
+        ring.provision_env_ops(&Secret::new("new-ops-key")).expect("new key");
+        assert!(ring.authenticate(Some("new-ops-key"), None, Access::Ops).is_ok());
+        assert!(ring.list().iter().all(|k| !format!("{k:?}").contains("ops-key")));
+    }
+}

@@ -1,0 +1,461 @@
+//! The configuration schema: every key, its default and its validation.
+//!
+//! Structs deny unknown fields and default missing ones, so a partial file is fine and a
+//! misspelt key is an error. `validate` checks what types cannot (ranges, cross-references).
+
+use daena_core::ids::{ClassName, TenantId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where Daena keeps its state (`DAENA_DATA_DIR`).
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub agents: AgentsConfig,
+    pub ledger: LedgerConfig,
+    /// `config/memory_config.yaml`.
+    pub memory: MemoryConfig,
+    /// `config/policy_config.yaml`.
+    pub policy: PolicyConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            server: ServerConfig::default(),
+            agents: AgentsConfig::default(),
+            ledger: LedgerConfig::default(),
+            memory: MemoryConfig::default(),
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on (`DAENA_LISTEN`).
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub request_body_limit_bytes: usize,
+    /// A request taking longer than this gets 408.
+    pub request_timeout_secs: u64,
+    pub log_format: LogFormat,
+    /// Memory writes on (`DAENA_NBMF_ENABLED`); off puts the service in read-only mode.
+    pub writes_enabled: bool,
+    /// Whether `GET /metrics` answers without an API key (Prometheus scrapers rarely send one).
+    pub metrics_public: bool,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            request_body_limit_bytes: 2 * 1024 * 1024,
+            request_timeout_secs: 30,
+            log_format: LogFormat::Text,
+            writes_enabled: true,
+            metrics_public: true,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// An agent counts as active when its last heartbeat is younger than this.
+    pub heartbeat_window_secs: u64,
+    /// The tenant whose fleet `/health` counts against the expected 48.
+    pub fleet_tenant: TenantId,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        AgentsConfig { heartbeat_window_secs: 300, fleet_tenant: TenantId::default_tenant() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// A signed checkpoint is written after this many new entries ...
+    pub checkpoint_every_entries: u64,
+    /// ... or after this many seconds with new entries, whichever comes first.
+    pub checkpoint_every_secs: u64,
+    /// Segment files roll over at this size.
+    pub segment_bytes: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { checkpoint_every_entries: 10_000, checkpoint_every_secs: 60, segment_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// `config/memory_config.yaml`: tiers, classes, aging, trust, SLOs and the LLM cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// SimHash similarity t for near-duplicate cache hits; max Hamming distance floor((1 − t)·64).
+    pub simhash_threshold: f64,
+    /// L1 capacity in records.
+    pub l1_cache_size: u64,
+    /// L1 capacity in bytes of decoded records.
+    pub l1_cache_bytes: u64,
+    /// zstd level for L2 (warm) records.
+    pub zstd_level: i32,
+    /// zstd level for L3 (cold) records and for records whose compression aging tightened.
+    pub l3_zstd_level: i32,
+    /// Largest accepted record payload (JSON bytes).
+    pub max_payload_bytes: usize,
+    /// Reads from L3 after which a record moves back to L2.
+    pub promote_after_accesses: u32,
+    /// Per-class settings; classes not listed use the defaults of [`ClassConfig`].
+    pub classes: BTreeMap<ClassName, ClassConfig>,
+    pub aging: AgingConfig,
+    pub trust: TrustConfig,
+    pub slo: SloConfig,
+    pub cas: CasConfig,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        let class = |retention_days: u32, divergence_abort: Option<f64>| ClassConfig {
+            retention_days: Some(retention_days),
+            divergence_abort,
+            ..ClassConfig::default()
+        };
+        let mut classes = BTreeMap::new();
+        for (name, cfg) in [
+            ("chat", class(180, None)),
+            ("ops_log", class(90, None)),
+            ("research_note", class(365, None)),
+            ("legal", class(2555, Some(0.20))),
+            ("finance", class(2555, Some(0.25))),
+            ("pii", class(2555, Some(0.20))),
+        ] {
+            if let Ok(name) = ClassName::new(name) {
+                classes.insert(name, cfg);
+            }
+        }
+        MemoryConfig {
+            simhash_threshold: 0.88,
+            l1_cache_size: 10_000,
+            l1_cache_bytes: 256 * 1024 * 1024,
+            zstd_level: 3,
+            l3_zstd_level: 19,
+            max_payload_bytes: 1024 * 1024,
+            promote_after_accesses: 5,
+            classes,
+            aging: AgingConfig::default(),
+            trust: TrustConfig::default(),
+            slo: SloConfig::default(),
+            cas: CasConfig::default(),
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// The settings of `class`, or the defaults for an unlisted class.
+    pub fn class(&self, class: &ClassName) -> ClassConfig {
+        self.classes.get(class).cloned().unwrap_or_default()
+    }
+
+    /// Max Hamming distance for near-duplicates: floor((1 − t) · 64).
+    pub fn simhash_max_distance(&self) -> u32 {
+        ((1.0 - self.simhash_threshold) * 64.0 + 1e-9).floor().clamp(0.0, 64.0) as u32
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassConfig {
+    /// Records not accessed for this many days are deleted (ledgered as `memory.expire`).
+    pub retention_days: Option<u32>,
+    /// zstd level for this class in L2 (overrides `zstd_level`).
+    pub zstd_level: Option<i32>,
+    /// Overwrites diverging at least this much are refused unless marked as intended revisions.
+    pub divergence_abort: Option<f64>,
+    /// Switch near-duplicate cache matching off for requests tagged with this class.
+    pub disable_near_duplicates: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgingConfig {
+    /// How often the in-process scheduler runs the rules; 0 disables the schedule.
+    pub interval_minutes: u64,
+    pub rules: Vec<AgingRule>,
+}
+
+impl Default for AgingConfig {
+    fn default() -> Self {
+        let targets = |names: &[&str]| names.iter().filter_map(|n| ClassName::new(n).ok()).collect();
+        AgingConfig {
+            interval_minutes: 60,
+            rules: vec![
+                AgingRule {
+                    after_days: 14.0,
+                    action: AgingAction::TightenCompression,
+                    targets: targets(&["chat", "ops_log", "research_note"]),
+                },
+                AgingRule { after_days: 90.0, action: AgingAction::Archive, targets: targets(&["chat", "ops_log"]) },
+                AgingRule { after_days: 365.0, action: AgingAction::Archive, targets: targets(&["research_note"]) },
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgingRule {
+    /// Days since the record was last accessed.
+    pub after_days: f64,
+    pub action: AgingAction,
+    /// Classes the rule applies to; empty means every class.
+    #[serde(default)]
+    pub targets: Vec<ClassName>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgingAction {
+    /// Re-compress the L2 record at `l3_zstd_level`.
+    TightenCompression,
+    /// Move the record to L3.
+    Archive,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Classes whose writes land in quarantine (L2Q) until trusted.
+    pub require_quarantine: Vec<ClassName>,
+    /// Trust score at which a quarantined record is promoted to L2.
+    pub promote_threshold: f64,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            require_quarantine: ["legal", "finance", "pii"].iter().filter_map(|n| ClassName::new(n).ok()).collect(),
+            promote_threshold: 0.66,
+        }
+    }
+}
+
+/// Service-level objectives, checked by `/monitoring/memory` and `daena runbook`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloConfig {
+    pub l1_p95_ms: f64,
+    pub l2_p95_ms: f64,
+    pub l3_p95_ms: f64,
+    pub max_divergence_rate: f64,
+    pub min_cas_hit_rate: f64,
+    pub max_error_rate: f64,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        SloConfig {
+            l1_p95_ms: 25.0,
+            l2_p95_ms: 120.0,
+            l3_p95_ms: 500.0,
+            max_divergence_rate: 0.005,
+            min_cas_hit_rate: 0.60,
+            max_error_rate: 0.001,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CasConfig {
+    /// Cache entries live this long; a hit does not extend it.
+    pub ttl_days: f64,
+    /// Most entries kept per tenant before the oldest are evicted.
+    pub max_entries_per_tenant: u64,
+    /// Near-duplicate matching on by default.
+    pub near_duplicates: bool,
+    /// Per-tenant overrides.
+    pub tenants: BTreeMap<TenantId, CasTenantConfig>,
+}
+
+impl Default for CasConfig {
+    fn default() -> Self {
+        CasConfig { ttl_days: 7.0, max_entries_per_tenant: 1_000_000, near_duplicates: true, tenants: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CasTenantConfig {
+    pub ttl_days: Option<f64>,
+    pub near_duplicates: Option<bool>,
+}
+
+/// `config/policy_config.yaml`: ABAC rules per data class.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub default: DefaultRule,
+    pub classes: BTreeMap<ClassName, ClassRule>,
+    /// Extra Cedar policies, evaluated together with the compiled simple rules.
+    pub cedar_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultRule {
+    /// Whether a class without rules is open to every role.
+    pub allow: bool,
+}
+
+impl Default for DefaultRule {
+    fn default() -> Self {
+        DefaultRule { allow: true }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassRule {
+    pub allow_roles: Vec<String>,
+    pub deny_roles: Vec<String>,
+    pub allow_tenants: Vec<TenantId>,
+    pub deny_tenants: Vec<TenantId>,
+    /// Kept for compatibility with the runbook's files: the tenant is always part of a record's
+    /// address, so this may only be `true`.
+    pub require_tenant: Option<bool>,
+}
+
+impl Config {
+    /// Checks what the types cannot. Returns `(key, message)` for the first problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, msg: String| Err((key.to_owned(), msg));
+        let m = &self.memory;
+        if !(m.simhash_threshold > 0.0 && m.simhash_threshold <= 1.0) {
+            return fail("memory.simhash_threshold", format!("must be in (0, 1], got {}", m.simhash_threshold));
+        }
+        for (key, level) in [("memory.zstd_level", m.zstd_level), ("memory.l3_zstd_level", m.l3_zstd_level)] {
+            if !(1..=22).contains(&level) {
+                return fail(key, format!("must be a zstd level 1..=22, got {level}"));
+            }
+        }
+        if m.max_payload_bytes == 0 {
+            return fail("memory.max_payload_bytes", "must be positive".into());
+        }
+        if m.max_payload_bytes > self.server.request_body_limit_bytes {
+            return fail(
+                "memory.max_payload_bytes",
+                format!(
+                    "{} exceeds server.request_body_limit_bytes ({}); such payloads could never arrive",
+                    m.max_payload_bytes, self.server.request_body_limit_bytes
+                ),
+            );
+        }
+        for (class, cfg) in &m.classes {
+            if let Some(level) = cfg.zstd_level
+                && !(1..=22).contains(&level)
+            {
+                return fail(&format!("memory.classes.{class}.zstd_level"), format!("must be 1..=22, got {level}"));
+            }
+            if let Some(t) = cfg.divergence_abort
+                && !(0.0..=1.0).contains(&t)
+            {
+                return fail(
+                    &format!("memory.classes.{class}.divergence_abort"),
+                    format!("must be in [0, 1], got {t}"),
+                );
+            }
+        }
+        for (i, rule) in m.aging.rules.iter().enumerate() {
+            if !(rule.after_days.is_finite() && rule.after_days >= 0.0) {
+                return fail(&format!("memory.aging.rules[{i}].after_days"), "must be a non-negative number".into());
+            }
+        }
+        if !(0.0..=1.0).contains(&m.trust.promote_threshold) {
+            return fail(
+                "memory.trust.promote_threshold",
+                format!("must be in [0, 1], got {}", m.trust.promote_threshold),
+            );
+        }
+        let s = &m.slo;
+        for (key, v) in [
+            ("memory.slo.l1_p95_ms", s.l1_p95_ms),
+            ("memory.slo.l2_p95_ms", s.l2_p95_ms),
+            ("memory.slo.l3_p95_ms", s.l3_p95_ms),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return fail(key, format!("must be a positive number of milliseconds, got {v}"));
+            }
+        }
+        for (key, v) in [
+            ("memory.slo.max_divergence_rate", s.max_divergence_rate),
+            ("memory.slo.min_cas_hit_rate", s.min_cas_hit_rate),
+            ("memory.slo.max_error_rate", s.max_error_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return fail(key, format!("must be a rate in [0, 1], got {v}"));
+            }
+        }
+        if !(m.cas.ttl_days.is_finite() && m.cas.ttl_days > 0.0) {
+            return fail("memory.cas.ttl_days", "must be a positive number of days".into());
+        }
+        for (tenant, t) in &m.cas.tenants {
+            if let Some(ttl) = t.ttl_days
+                && !(ttl.is_finite() && ttl > 0.0)
+            {
+                return fail(
+                    &format!("memory.cas.tenants.{tenant}.ttl_days"),
+                    "must be a positive number of days".into(),
+                );
+            }
+        }
+        for (class, rule) in &self.policy.classes {
+            if rule.require_tenant == Some(false) {
+                return fail(
+                    &format!("policy.classes.{class}.require_tenant"),
+                    "cannot be false: every record is addressed by its tenant".into(),
+                );
+            }
+            for role in rule.allow_roles.iter().chain(&rule.deny_roles) {
+                if role.trim().is_empty() || role.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return fail(&format!("policy.classes.{class}"), format!("invalid role name {role:?}"));
+                }
+            }
+        }
+        if self.server.request_body_limit_bytes < 1024 {
+            return fail("server.request_body_limit_bytes", "must be at least 1024".into());
+        }
+        if self.server.request_timeout_secs == 0 {
+            return fail("server.request_timeout_secs", "must be positive".into());
+        }
+        if self.agents.heartbeat_window_secs == 0 {
+            return fail("agents.heartbeat_window_secs", "must be positive".into());
+        }
+        if self.ledger.checkpoint_every_entries == 0 || self.ledger.checkpoint_every_secs == 0 {
+            return fail("ledger.checkpoint_every_entries", "checkpoint intervals must be positive".into());
+        }
+        if self.ledger.segment_bytes < 1024 * 1024 {
+            return fail("ledger.segment_bytes", "must be at least 1 MiB".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The application's error type and the one table of public error codes.
+//!
+//! Every error a client can see has a stable code, an HTTP status and a message written for
+//! the caller. Internal errors keep their detail for the log and show only a generic message.
+
+use serde::Serialize;
+
+/// Stable public error codes. The table in [`ErrorCode::status`] is the only mapping to HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No API key was given.
+    Unauthorized,
+    /// The key is unknown or revoked, or its role may not call the route.
+    Forbidden,
+    /// An ABAC policy denied the operation on this data class.
+    PolicyDenied,
+    /// Nothing at this address for this tenant.
+    NotFound,
+    /// A parameter, identifier or body field is invalid.
+    InvalidRequest,
+    /// The body is not valid JSON or does not match the expected shape.
+    InvalidJson,
+    /// The body exceeds the configured limit.
+    PayloadTooLarge,
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// `If-Match` did not match the record's current version.
+    VersionConflict,
+    /// An overwrite diverges more than the class allows and was not marked as a revision.
+    DivergenceAbort,
+    /// The tenant's rate limit is exhausted; retry after `Retry-After` seconds.
+    RateLimited,
+    /// The service is read-only (`DAENA_NBMF_ENABLED=false` or the admin switch).
+    WritesDisabled,
+    /// A cache miss needs the upstream model, and none is configured.
+    UpstreamNotConfigured,
+    /// The upstream model endpoint failed or could not be reached.
+    UpstreamError,
+    /// The request took longer than the configured timeout.
+    Timeout,
+    /// A dependency is not available right now.
+    Unavailable,
+    /// Something failed inside Daena; the log has the detail under the request id.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden | ErrorCode::PolicyDenied => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::InvalidRequest | ErrorCode::InvalidJson => 400,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::VersionConflict => 412,
+            ErrorCode::DivergenceAbort => 409,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::WritesDisabled | ErrorCode::UpstreamNotConfigured | ErrorCode::Unavailable => 503,
+            ErrorCode::UpstreamError => 502,
+            ErrorCode::Timeout => 408,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::VersionConflict => "version_conflict",
+            ErrorCode::DivergenceAbort => "divergence_abort",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::WritesDisabled => "writes_disabled",
+            ErrorCode::UpstreamNotConfigured => "upstream_not_configured",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Every code, for documentation and tests.
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::PolicyDenied,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidJson,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::VersionConflict,
+        ErrorCode::DivergenceAbort,
+        ErrorCode::RateLimited,
+        ErrorCode::WritesDisabled,
+        ErrorCode::UpstreamNotConfigured,
+        ErrorCode::UpstreamError,
+        ErrorCode::Timeout,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+}
+
+/// An error of a use case. `message` is safe to show the caller, except for `Internal`,
+/// whose message is logged and replaced by a generic one at the edge.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct AppError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Seconds to wait before retrying (rate limits).
+    pub retry_after: Option<u64>,
+    /// Structured details for the caller (e.g. which rule denied).
+    pub details: Option<serde_json::Value>,
+}
+
+impl AppError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        AppError { code, message: message.into(), retry_after: None, details: None }
+    }
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, m)
+    }
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, m)
+    }
+}
+
+impl From<daena_store::StoreError> for AppError {
+    fn from(e: daena_store::StoreError) -> Self {
+        AppError::internal(format!("storage: {e}"))
+    }
+}
+
+impl From<daena_core::ids::IdError> for AppError {
+    fn from(e: daena_core::ids::IdError) -> Self {
+        AppError::invalid(e.to_string())
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,150 @@
+//! `/health`: real checks, each pass / warn / fail, folded into healthy / degraded / unhealthy.
+//!
+//! A failing check that makes the service unusable (storage, data directory) makes it
+//! unhealthy; one that limits it (read-only mode, missing agents) makes it degraded.
+
+use crate::Daena;
+use crate::clock::rfc3339;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Check {
+    pub status: CheckStatus,
+    /// Whether a failure makes the service unhealthy (critical) or only degraded.
+    pub critical: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub observed: Option<serde_json::Value>,
+}
+
+impl Check {
+    pub fn new(status: CheckStatus, critical: bool, detail: impl Into<String>) -> Check {
+        Check { status, critical, detail: detail.into(), observed: None }
+    }
+    pub fn observed(mut self, v: serde_json::Value) -> Check {
+        self.observed = Some(v);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HealthReport {
+    pub status: HealthStatus,
+    pub service: &'static str,
+    pub version: &'static str,
+    pub time: String,
+    /// Present when the request carried a valid API key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<BTreeMap<String, Check>>,
+}
+
+/// Runs every check. `detailed` decides whether the checks are shown, not whether they run.
+pub fn check(d: &Daena, detailed: bool) -> HealthReport {
+    let mut checks = BTreeMap::new();
+
+    checks.insert(
+        "data_dir_writable".to_owned(),
+        match d.data.probe_writable() {
+            Ok(()) => Check::new(CheckStatus::Pass, true, format!("{} is writable", d.data.root().display())),
+            Err(e) => Check::new(CheckStatus::Fail, true, e.to_string()),
+        },
+    );
+    checks.insert(
+        "storage".to_owned(),
+        match d.kv.probe() {
+            Ok(()) => Check::new(CheckStatus::Pass, true, "embedded store answers reads"),
+            Err(e) => Check::new(CheckStatus::Fail, true, e.to_string()),
+        },
+    );
+    let writes = d.writes_enabled();
+    checks.insert(
+        "writes_enabled".to_owned(),
+        if writes {
+            Check::new(CheckStatus::Pass, false, "memory writes are enabled")
+        } else {
+            Check::new(CheckStatus::Warn, false, "read-only mode: writes are refused with writes_disabled")
+        },
+    );
+    let tenant = &d.config.agents.fleet_tenant;
+    let active = d.agents.active_count(tenant);
+    let expected = daena_core::agents::EXPECTED_AGENTS;
+    checks.insert(
+        "active_agents".to_owned(),
+        Check::new(
+            if active >= expected { CheckStatus::Pass } else { CheckStatus::Warn },
+            false,
+            format!(
+                "{active} of {expected} agents of tenant {tenant} sent a heartbeat in the last {} s",
+                d.config.agents.heartbeat_window_secs
+            ),
+        )
+        .observed(serde_json::json!({"active": active, "expected": expected, "tenant": tenant})),
+    );
+    for (name, check) in d.extra_health_checks() {
+        checks.insert(name, check);
+    }
+
+    let status = fold(checks.values());
+    for (name, c) in &checks {
+        let v = match c.status {
+            CheckStatus::Pass => 1.0,
+            CheckStatus::Warn => 0.5,
+            CheckStatus::Fail => 0.0,
+        };
+        d.metrics.health_check.get_or_create(&crate::telemetry::CheckLabels { check: name.clone() }).set(v);
+    }
+    HealthReport {
+        status,
+        service: "daena",
+        version: env!("CARGO_PKG_VERSION"),
+        time: rfc3339(d.clock.now()),
+        checks: detailed.then_some(checks),
+    }
+}
+
+fn fold<'a>(checks: impl Iterator<Item = &'a Check>) -> HealthStatus {
+    let mut status = HealthStatus::Healthy;
+    for c in checks {
+        match (c.status, c.critical) {
+            (CheckStatus::Fail, true) => return HealthStatus::Unhealthy,
+            (CheckStatus::Fail, false) | (CheckStatus::Warn, _) => status = HealthStatus::Degraded,
+            (CheckStatus::Pass, _) => {}
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding() {
+        let pass = Check::new(CheckStatus::Pass, true, "");
+        let warn = Check::new(CheckStatus::Warn, false, "");
+        let soft_fail = Check::new(CheckStatus::Fail, false, "");
+        let hard_fail = Check::new(CheckStatus::Fail, true, "");
+        assert_eq!(fold([&pass].into_iter()), HealthStatus::Healthy);
+        assert_eq!(fold([&pass, &warn].into_iter()), HealthStatus::Degraded);
+        assert_eq!(fold([&soft_fail].into_iter()), HealthStatus::Degraded);
+        assert_eq!(fold([&warn, &hard_fail].into_iter()), HealthStatus::Unhealthy);
+    }
+}

@@ -1,0 +1,121 @@
+//! Prometheus metrics: one registry per running service (no global recorder), so several
+//! services in one test process stay independent.
+//!
+//! Counters and histograms are updated where things happen; gauges that describe state
+//! (active agents, records per tier) are refreshed from that state just before rendering.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    /// The matched route template, e.g. `/api/v1/memory/{class}/{key}`; bounded.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+}
+
+pub type GaugeF64 = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~13 s: the fast paths are sub-millisecond, upstream LLM calls take seconds.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 19))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    pub active_agents: Family<TenantLabels, Gauge>,
+    pub expected_agents: Gauge,
+    /// 1 when writes are enabled, 0 in read-only mode.
+    pub writes_enabled: Gauge,
+    /// Health per check: 1 pass, 0.5 warn, 0 fail.
+    pub health_check: Family<CheckLabels, GaugeF64>,
+    pub uptime_seconds: GaugeF64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("daena");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by method, route and status", http_requests.clone());
+        let http_duration = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register("http_request_duration_seconds", "HTTP request latency", http_duration.clone());
+        let active_agents = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "active_agents",
+            "Agents with a heartbeat inside the window, per tenant",
+            active_agents.clone(),
+        );
+        let expected_agents = Gauge::default();
+        registry.register("expected_agents", "Agents the 6x8 structure expects per tenant", expected_agents.clone());
+        let writes_enabled = Gauge::default();
+        registry.register(
+            "writes_enabled",
+            "1 when memory writes are enabled, 0 when read-only",
+            writes_enabled.clone(),
+        );
+        let health_check = Family::<CheckLabels, GaugeF64>::default();
+        registry.register("health_check", "Health checks: 1 pass, 0.5 warn, 0 fail", health_check.clone());
+        let uptime_seconds = GaugeF64::default();
+        registry.register("uptime_seconds", "Seconds since the service started", uptime_seconds.clone());
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            active_agents,
+            expected_agents,
+            writes_enabled,
+            health_check,
+            uptime_seconds,
+        }
+    }
+
+    /// Mutable access for the layers that register their own families at start.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let labels = HttpLabels { method: method.to_owned(), route: route.to_owned(), status };
+        self.http_requests.get_or_create(&labels).inc();
+        self.http_duration.get_or_create(&labels).observe(seconds);
+    }
+
+    /// The registry in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,7 @@
+//! Daena's pure domain: everything here is deterministic, takes time and randomness as
+//! parameters, and does no IO. The outer layers (`store`, `app`, `api`) bring the world in.
+
+pub mod agents;
+pub mod auth;
+pub mod ids;
+pub mod time;

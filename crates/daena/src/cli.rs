@@ -1,0 +1,146 @@
+//! The command line: one definition per flag, help text and examples on every command.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const EXAMPLES: &str = "\
+Examples:
+  DAENA_OPS_KEY=ops-key daena serve            run on ./data with the embedded store
+  daena config check                           validate config/ without starting
+  daena keys create --name legal-bots --role agent --tenant acme --roles legal.officer
+  daena keys list --json
+
+Environment:
+  DAENA_DATA_DIR, DAENA_CONFIG_DIR   where state and config live (./data, ./config)
+  DAENA_URL, DAENA_API_KEY           a running server and an ops key, used when the data
+                                     directory is held by that server
+  DAENA_OPS_KEY                      provisions an ops key when the server starts
+  DAENA_<SECTION>_<KEY>              any config key, e.g. DAENA_SERVER_LISTEN";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "daena",
+    version,
+    about = "Memory, LLM cache and governance for fleets of AI agents",
+    long_about = "Daena serves the memory, LLM-cache and governance API (`daena serve`) and carries every \
+                  operational command. Commands that change state work against a running server through \
+                  its admin API when the data directory is held by it, and directly on a stopped data \
+                  directory otherwise.",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config directory holding daena.toml, memory_config.yaml and policy_config.yaml
+    /// [env: DAENA_CONFIG_DIR; default ./config]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Data directory [env: DAENA_DATA_DIR; default ./data]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URL of a running server, for commands that go through its admin API
+    /// [default: the address in the data directory's lock file, else http://127.0.0.1:8000]
+    #[arg(long, global = true, env = "DAENA_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// Ops API key for a running server
+    #[arg(long, global = true, env = "DAENA_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Print machine-readable JSON instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (port 8000 by default)
+    #[command(after_help = "Example:\n  DAENA_OPS_KEY=ops-key daena serve --listen 127.0.0.1:8000 --log-format json")]
+    Serve(ServeArgs),
+    /// Validate or show the configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage API keys (works online through the admin API or offline on the data directory)
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Read or flip the read-only switch of a running server (the runbook's "stop writes")
+    #[command(after_help = "Examples:\n  daena writes off     # writes get 503 writes_disabled, reads continue\n  \
+                            daena writes on\n  daena writes status --json\n\n\
+                            To start read-only instead, set DAENA_NBMF_ENABLED=false before `daena serve`.")]
+    Writes {
+        #[arg(value_enum)]
+        action: WritesAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum WritesAction {
+    Status,
+    On,
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [env: DAENA_LISTEN; default 0.0.0.0:8000]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Log format
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate every config layer without starting; exit 1 naming the bad key
+    #[command(after_help = "Example:\n  DAENA_CONFIG_DIR=/etc/daena daena config check")]
+    Check,
+    /// Print the effective configuration (secrets redacted)
+    #[command(after_help = "Example:\n  daena config show --json | jq .memory.slo")]
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its text is printed once and stored only as a hash
+    #[command(after_help = "Examples:\n  daena keys create --name ops-oncall --role ops\n  \
+                            daena keys create --name legal-bots --role agent --tenant acme --roles legal.officer --department legal")]
+    Create(CreateKeyArgs),
+    /// List keys (never their text)
+    List,
+    /// Revoke a key by id or name; effective immediately, also on a running server
+    #[command(after_help = "Example:\n  daena keys revoke key_3f2a9c01be77")]
+    Revoke {
+        /// Key id or name
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateKeyArgs {
+    /// A unique name for the key's holder
+    #[arg(long)]
+    pub name: String,
+    /// ops (everything, any tenant), auditor (read-only governance) or agent (data plane of one tenant)
+    #[arg(long, value_parser = ["ops", "auditor", "agent"])]
+    pub role: String,
+    /// The tenant the key belongs to
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// ABAC roles, comma-separated (e.g. legal.officer,admin)
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// The holder's department (an ABAC attribute)
+    #[arg(long)]
+    pub department: Option<String>,
+}

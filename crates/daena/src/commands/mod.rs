@@ -1,0 +1,105 @@
+//! Command dispatch and the helpers every command shares: loading the configuration and
+//! choosing between a running server (admin API) and the data directory (offline).
+
+mod config;
+mod keys;
+mod serve;
+
+use crate::cli::{Cli, Command, Global, WritesAction};
+use crate::client::Remote;
+use anyhow::{Context, bail};
+use daena_app::config::{LoadOptions, LoadedConfig};
+use daena_app::{Daena, OpenOptions};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(&cli.global, args).await,
+            Command::Config(cmd) => config::run(&cli.global, cmd),
+            Command::Keys(cmd) => keys::run(&cli.global, cmd).await,
+            Command::Writes { action } => writes(&cli.global, action).await,
+        }
+    })
+}
+
+/// Loads the configuration with the global flags and `overrides` applied.
+pub fn load_config(global: &Global, mut overrides: Vec<(String, String, String)>) -> anyhow::Result<LoadedConfig> {
+    let mut opts = LoadOptions::from_process_env();
+    opts.config_dir = global.config_dir.clone();
+    if let Some(dir) = &global.data_dir {
+        overrides.insert(0, ("data_dir".into(), dir.display().to_string(), "--data-dir".into()));
+    }
+    opts.overrides = overrides;
+    daena_app::config::load(&opts).map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
+/// Where a state-changing command runs.
+pub enum Target {
+    /// Through the admin API of the server holding the data directory.
+    Remote(Remote),
+    /// Directly on the (now locked by us) data directory.
+    Offline(Arc<Daena>),
+}
+
+/// Chooses the running server when it holds the data directory, the directory otherwise.
+pub fn target(global: &Global, command: &str) -> anyhow::Result<Target> {
+    let loaded = load_config(global, Vec::new())?;
+    let root = loaded.config.data_dir.clone();
+    if daena_store::datadir::is_locked(&root) {
+        return remote(global, &root).map(Target::Remote);
+    }
+    match Daena::open(loaded, OpenOptions::offline(command)) {
+        Ok(d) => Ok(Target::Offline(d)),
+        // The server may have started between the check and the open.
+        Err(e) if daena_store::datadir::is_locked(&root) => {
+            tracing::debug!("data directory became locked: {e}");
+            remote(global, &root).map(Target::Remote)
+        }
+        Err(e) => Err(anyhow::anyhow!("opening {}: {}", root.display(), e.message)),
+    }
+}
+
+/// A client for the server that holds `root` (or `--url`).
+pub fn remote(global: &Global, root: &std::path::Path) -> anyhow::Result<Remote> {
+    let url = match &global.url {
+        Some(url) => url.clone(),
+        None => daena_store::datadir::read_lock_info(root)
+            .and_then(|i| i.listen)
+            .map(|l| format!("http://{}", l.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")))
+            .unwrap_or_else(|| "http://127.0.0.1:8000".to_owned()),
+    };
+    let Some(key) = &global.api_key else {
+        bail!(
+            "the data directory {} is held by a running server ({url}); set DAENA_API_KEY (or --api-key) \
+             to an ops key to run this command through its admin API",
+            root.display()
+        );
+    };
+    Remote::new(&url, key)
+}
+
+/// `daena writes status|on|off` against the running server.
+async fn writes(global: &Global, action: WritesAction) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(global, Vec::new())?;
+    let remote = remote(global, &loaded.config.data_dir)?;
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Switch {
+        enabled: bool,
+    }
+    let state: Switch = match action {
+        WritesAction::Status => remote.get("/api/v1/admin/writes").await?,
+        WritesAction::On => remote.put("/api/v1/admin/writes", &Switch { enabled: true }).await?,
+        WritesAction::Off => remote.put("/api/v1/admin/writes", &Switch { enabled: false }).await?,
+    };
+    if global.json {
+        crate::output::json(&state)?;
+    } else if state.enabled {
+        println!("writes are enabled");
+    } else {
+        println!("writes are disabled: the service is read-only");
+    }
+    Ok(ExitCode::SUCCESS)
+}
