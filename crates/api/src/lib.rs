@@ -17,6 +17,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
 use utoipa_axum::routes;
 
 #[derive(OpenApi)]
@@ -32,6 +33,7 @@ use utoipa_axum::routes;
         (name = "system", description = "health, metrics, this document"),
         (name = "agents", description = "the 6x8 agent registry"),
         (name = "admin", description = "keys and switches (ops keys)"),
+        (name = "ledger", description = "the Merkle ledger: head, entries, proofs, checkpoints"),
     )
 )]
 struct ApiDoc;
@@ -48,7 +50,7 @@ impl Modify for ApiKeyScheme {
 
 /// The routes and the OpenAPI document they describe.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{admin, agents, system};
+    use routes::{admin, agents, ledger, system};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
@@ -59,6 +61,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::create_key, admin::list_keys))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::get_writes, admin::set_writes))
+        .routes(routes!(ledger::head))
+        .routes(routes!(ledger::entries))
+        .routes(routes!(ledger::inclusion))
+        .routes(routes!(ledger::consistency))
+        .routes(routes!(ledger::checkpoint))
+        .routes(routes!(ledger::manifest))
+        .routes(routes!(ledger::import_legacy).layer(DefaultBodyLimit::max(ledger::LEGACY_BODY_LIMIT)))
 }
 
 /// The OpenAPI document as JSON.

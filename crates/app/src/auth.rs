@@ -80,6 +80,19 @@ impl Principal {
     pub fn actor(&self) -> String {
         format!("key:{}", self.key_name)
     }
+    /// The operator running an offline command on a data directory it holds: whoever can
+    /// open the directory has full power over it anyway, so this acts as `ops`.
+    pub fn local_operator(tenant: TenantId) -> Principal {
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        Principal {
+            key_id: "local".into(),
+            key_name: format!("cli:{user}"),
+            role: Role::Ops,
+            tenant,
+            attributes: KeyAttributes::default(),
+        }
+    }
+
     /// The same caller acting for another tenant; only the fleet-wide roles may.
     pub fn for_tenant(&self, tenant: &TenantId) -> AppResult<Principal> {
         if self.role == Role::Agent && tenant != &self.tenant {

@@ -2,20 +2,25 @@
 //! clock, data directory, stores, keys and metrics. Handlers in `api` and commands in the
 //! binary call functions here; nothing here knows about HTTP.
 
+pub mod admin;
 pub mod agents;
 pub mod auth;
 pub mod clock;
+pub mod commit;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod ledger;
 pub mod telemetry;
 
 use crate::agents::AgentRegistry;
 use crate::auth::KeyRing;
 use crate::clock::{Clock, SystemClock};
+use crate::commit::{CommitPolicy, Committer, NoState, StateMachine};
 use crate::config::{Config, LoadedConfig, Secrets};
 use crate::error::{AppError, AppResult, ErrorCode};
-use crate::health::Check;
+use crate::health::{Check, CheckStatus};
+use crate::ledger::LedgerService;
 use crate::telemetry::Metrics;
 use daena_store::datadir::{DataDir, LockInfo};
 use daena_store::kv::Kv;
@@ -52,6 +57,8 @@ pub struct Daena {
     pub kv: Kv,
     pub keys: KeyRing,
     pub agents: AgentRegistry,
+    pub ledger: LedgerService,
+    pub commit: Committer,
     pub metrics: Metrics,
     #[allow(dead_code)]
     secrets: Secrets,
@@ -81,6 +88,7 @@ impl Daena {
             keys.provision_env_ops(ops)?;
         }
         let agents = AgentRegistry::load(kv.clone(), clock.clone(), config.agents.heartbeat_window_secs)?;
+        let (ledger, commit) = open_ledger(&config, &data, clock.clone(), Box::new(NoState))?;
         let metrics = Metrics::new();
         metrics.expected_agents.set(daena_core::agents::EXPECTED_AGENTS as i64);
         Ok(Arc::new(Daena {
@@ -92,6 +100,8 @@ impl Daena {
             kv,
             keys,
             agents,
+            ledger,
+            commit,
             metrics,
             secrets,
             started: Instant::now(),
@@ -109,7 +119,27 @@ impl Daena {
 
     /// Health checks contributed by later capabilities (ledger, upstream, ...).
     fn extra_health_checks(&self) -> Vec<(String, Check)> {
-        Vec::new()
+        let mut checks = Vec::new();
+        let ledger = match self.ledger.head() {
+            Ok(head) if self.commit.is_alive() => {
+                let cp = head.checkpoint.as_ref().map_or(0, |c| c.size);
+                Check::new(
+                    CheckStatus::Pass,
+                    true,
+                    format!(
+                        "{} entries; chain verified at open up to the head, newest signed checkpoint covers {cp}",
+                        head.size
+                    ),
+                )
+                .observed(serde_json::json!({"size": head.size, "head_hash": head.head_hash, "checkpoint_size": cp}))
+            }
+            Ok(_) => {
+                Check::new(CheckStatus::Fail, true, "the commit thread has stopped: writes cannot be made durable")
+            }
+            Err(e) => Check::new(CheckStatus::Fail, true, e.message),
+        };
+        checks.push(("ledger".to_owned(), ledger));
+        checks
     }
 
     /// Refreshes state gauges and renders `/metrics`.
@@ -131,8 +161,78 @@ impl Daena {
         self.agents.flush()
     }
 
-    /// Orderly shutdown: persists everything kept in memory.
-    pub fn shutdown(&self) -> AppResult<()> {
-        self.flush()
+    /// Orderly shutdown: persists everything kept in memory, checkpoints the ledger and
+    /// stops the commit thread.
+    pub async fn shutdown(&self) -> AppResult<()> {
+        self.flush()?;
+        self.commit.shutdown().await
     }
+}
+
+/// Opens the ledger, replays what the state has not applied yet, and starts the commit thread.
+fn open_ledger(
+    config: &Config,
+    data: &DataDir,
+    clock: Arc<dyn Clock>,
+    mut state: Box<dyn StateMachine>,
+) -> AppResult<(LedgerService, Committer)> {
+    let (writer, reader, opened) = daena_store::ledger::open(&data.ledger_dir(), config.ledger.segment_bytes)
+        .map_err(|e| AppError::internal(format!("opening the ledger: {e}")))?;
+    if opened.repaired_bytes > 0 {
+        tracing::warn!(bytes = opened.repaired_bytes, "cut a torn last line off the ledger (a crash mid-write)");
+    }
+    if opened.rebuilt_hashes > 0 {
+        tracing::info!(entries = opened.rebuilt_hashes, "re-derived ledger hashes");
+    }
+    let key = ledger::signing_key(data)?;
+    writer.publish_public_key(&key.verifying_key())?;
+    let public_key = hex::encode(key.verifying_key().to_bytes());
+    replay(&reader, state.as_mut())?;
+    let policy = CommitPolicy {
+        checkpoint_every_entries: config.ledger.checkpoint_every_entries,
+        checkpoint_every: std::time::Duration::from_secs(config.ledger.checkpoint_every_secs),
+        flush_every: std::time::Duration::from_secs(1),
+    };
+    let repaired = opened.repaired_bytes;
+    let commit = Committer::start(writer, state, key, clock, policy);
+    let service = LedgerService { reader, public_key, opened };
+    if repaired > 0 {
+        let entry = daena_core::ledger::NewEntry::new("system", "system", "ledger.repair", "ledger")
+            .attrs(serde_json::json!({"torn_bytes_removed": repaired}));
+        commit.append_detached(vec![entry]);
+    }
+    Ok((service, commit))
+}
+
+/// Hands every entry after the state's applied point to the state machine.
+fn replay(reader: &daena_store::ledger::LedgerReader, state: &mut dyn StateMachine) -> AppResult<()> {
+    let from = state.applied_seq() + 1;
+    let size = reader.head().size;
+    if from > size {
+        return Ok(());
+    }
+    let mut result = Ok(());
+    let mut count = 0u64;
+    reader.scan(from, |_, line| match daena_core::ledger::entry::parse_line(line) {
+        Ok(entry) => match state.replay(&entry) {
+            Ok(()) => {
+                count += 1;
+                std::ops::ControlFlow::Continue(())
+            }
+            Err(e) => {
+                result = Err(e);
+                std::ops::ControlFlow::Break(())
+            }
+        },
+        Err(e) => {
+            result = Err(AppError::internal(format!("replaying the ledger: {e}")));
+            std::ops::ControlFlow::Break(())
+        }
+    })?;
+    result?;
+    state.flush()?;
+    if count > 0 {
+        tracing::info!(entries = count, from, "replayed the ledger tail into the state");
+    }
+    Ok(())
 }

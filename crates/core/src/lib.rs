@@ -3,5 +3,8 @@
 
 pub mod agents;
 pub mod auth;
+pub mod canonical;
 pub mod ids;
+pub mod ledger;
+pub mod merkle;
 pub mod time;

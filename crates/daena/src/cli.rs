@@ -67,6 +67,9 @@ pub enum Command {
     /// Manage API keys (works online through the admin API or offline on the data directory)
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Verify, export and checkpoint the Merkle ledger
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
     /// Read or flip the read-only switch of a running server (the runbook's "stop writes")
     #[command(after_help = "Examples:\n  daena writes off     # writes get 503 writes_disabled, reads continue\n  \
                             daena writes on\n  daena writes status --json\n\n\
@@ -143,4 +146,47 @@ pub struct CreateKeyArgs {
     /// The holder's department (an ABAC attribute)
     #[arg(long)]
     pub department: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Check every entry hash, the chain and the Merkle root against signed checkpoints;
+    /// exit 1 naming the first bad sequence number. Read-only: safe while the server runs.
+    #[command(after_help = "Examples:\n  daena ledger verify\n  \
+                            daena ledger verify --checkpoint /mnt/offsite/checkpoint-2026-11.json --json\n  \
+                            daena ledger verify --legacy --ledger .ledger/ledger.jsonl")]
+    Verify {
+        /// A ledger directory or a single JSONL file [default: <data dir>/ledger, or
+        /// .ledger/ledger.jsonl with --legacy]
+        #[arg(long, value_name = "FILE|DIR")]
+        ledger: Option<PathBuf>,
+        /// A checkpoint kept elsewhere (from `ledger checkpoint` or `ledger export`); repeatable
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Vec<PathBuf>,
+        /// Require every checkpoint to be signed by this Ed25519 public key (hex)
+        #[arg(long, value_name = "HEX")]
+        public_key: Option<String>,
+        /// Verify a ledger written by the original Python Daena
+        #[arg(long)]
+        legacy: bool,
+    },
+    /// Write a manifest: entries, Merkle root, first and last hash, newest checkpoint
+    #[command(after_help = "Example:\n  daena ledger export --out ledger_chain_$(date +%Y%m).json")]
+    Export {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a checkpoint of the current size and write it for safekeeping elsewhere
+    #[command(after_help = "Example:\n  daena ledger checkpoint --out /mnt/offsite/daena-checkpoint.json")]
+    Checkpoint {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Verify a legacy Python ledger and record it (count and root) as the genesis of an
+    /// empty ledger
+    #[command(after_help = "Example:\n  daena ledger import-legacy .ledger/ledger.jsonl")]
+    ImportLegacy {
+        /// The legacy ledger.jsonl
+        file: PathBuf,
+    },
 }

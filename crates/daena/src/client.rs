@@ -57,6 +57,12 @@ impl Remote {
         self.send(self.http.put(format!("{}{path}", self.base)).json(body), &format!("PUT {path}")).await
     }
 
+    pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: String) -> anyhow::Result<T> {
+        let req =
+            self.http.post(format!("{}{path}", self.base)).header("content-type", "application/x-ndjson").body(body);
+        self.send(req, &format!("POST {path}")).await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base)), &format!("DELETE {path}")).await
     }

@@ -7,5 +7,6 @@
 pub mod datadir;
 pub mod error;
 pub mod kv;
+pub mod ledger;
 
 pub use error::StoreError;

@@ -5,6 +5,7 @@ use crate::error::{ApiResult, AuthErrors, BodyErrors, NotFound};
 use crate::extract::{AppState, Auth, Json, OpsOnly, Path, ReadAccess};
 use axum::extract::State;
 use axum::http::StatusCode;
+use daena_app::admin;
 use daena_app::auth::{CreatedKey, KeyView, NewKey};
 use daena_app::error::AppError;
 use daena_core::auth::{KeyAttributes, Role};
@@ -36,7 +37,7 @@ pub struct KeyList {
     responses((status = 201, body = CreatedKey), AuthErrors, BodyErrors), security(("api_key" = [])))]
 pub async fn create_key(
     State(state): State<AppState>,
-    _auth: Auth<OpsOnly>,
+    Auth(who, _): Auth<OpsOnly>,
     Json(req): Json<CreateKeyRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedKey>)> {
     let role = Role::parse(&req.role)
@@ -45,13 +46,13 @@ pub async fn create_key(
         Some(t) => TenantId::new(t).map_err(AppError::from)?,
         None => TenantId::default_tenant(),
     };
-    let created = state.keys.create(NewKey {
+    let new = NewKey {
         name: req.name,
         role,
         tenant,
         attributes: KeyAttributes { roles: req.roles, department: req.department },
-    })?;
-    tracing::info!(key_id = %created.view.id, name = %created.view.name, role = %created.view.role.as_str(), "api key created");
+    };
+    let created = admin::create_key(&state, &who, new).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
@@ -68,12 +69,10 @@ pub async fn list_keys(State(state): State<AppState>, _auth: Auth<OpsOnly>) -> a
     responses((status = 200, body = KeyView), AuthErrors, NotFound), security(("api_key" = [])))]
 pub async fn revoke_key(
     State(state): State<AppState>,
-    _auth: Auth<OpsOnly>,
+    Auth(who, _): Auth<OpsOnly>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<KeyView>> {
-    let view = state.keys.revoke(&id)?;
-    tracing::info!(key_id = %view.id, name = %view.name, "api key revoked");
-    Ok(axum::Json(view))
+    Ok(axum::Json(admin::revoke_key(&state, &who, &id).await?))
 }
 
 /// Whether memory writes are enabled (the runbook's "stop writes" switch).
@@ -98,7 +97,5 @@ pub async fn set_writes(
     Auth(who, _): Auth<OpsOnly>,
     Json(req): Json<WritesSwitch>,
 ) -> ApiResult<axum::Json<WritesSwitch>> {
-    state.set_writes_enabled(req.enabled);
-    tracing::warn!(enabled = req.enabled, actor = %who.actor(), "writes switch changed");
-    Ok(axum::Json(WritesSwitch { enabled: state.writes_enabled() }))
+    Ok(axum::Json(WritesSwitch { enabled: admin::set_writes(&state, &who, req.enabled).await? }))
 }

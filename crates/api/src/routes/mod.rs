@@ -3,4 +3,5 @@
 
 pub mod admin;
 pub mod agents;
+pub mod ledger;
 pub mod system;

@@ -4,7 +4,8 @@
 use super::{Target, target};
 use crate::cli::{CreateKeyArgs, Global, KeysCommand};
 use crate::client::segment;
-use daena_app::auth::{CreatedKey, KeyView, NewKey};
+use daena_app::admin;
+use daena_app::auth::{CreatedKey, KeyView, NewKey, Principal};
 use daena_core::auth::{KeyAttributes, Role};
 use daena_core::ids::TenantId;
 use std::process::ExitCode;
@@ -93,7 +94,12 @@ pub async fn run(global: &Global, cmd: KeysCommand) -> anyhow::Result<ExitCode> 
         KeysCommand::Revoke { id } => {
             let view: RemoteKey = match &target {
                 Target::Remote(r) => r.delete(&format!("/api/v1/admin/keys/{}", segment(&id))).await?,
-                Target::Offline(d) => d.keys.revoke(&id).map_err(|e| anyhow::anyhow!(e.message))?.into(),
+                Target::Offline(d) => {
+                    let who = Principal::local_operator(TenantId::default_tenant());
+                    let view = admin::revoke_key(d, &who, &id).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                    d.shutdown().await.map_err(|e| anyhow::anyhow!(e.message))?;
+                    view.into()
+                }
             };
             if global.json {
                 crate::output::json(&view)?;
@@ -124,7 +130,10 @@ async fn create(global: &Global, target: Target, args: CreateKeyArgs) -> anyhow:
                 tenant,
                 attributes: KeyAttributes { roles, department: args.department },
             };
-            d.keys.create(new).map_err(|e| anyhow::anyhow!(e.message))?.into()
+            let who = Principal::local_operator(TenantId::default_tenant());
+            let created = admin::create_key(d, &who, new).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            d.shutdown().await.map_err(|e| anyhow::anyhow!(e.message))?;
+            created.into()
         }
     };
     if global.json {

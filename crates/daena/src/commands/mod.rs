@@ -3,6 +3,7 @@
 
 mod config;
 mod keys;
+mod ledger;
 mod serve;
 
 use crate::cli::{Cli, Command, Global, WritesAction};
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve(args) => serve::run(&cli.global, args).await,
             Command::Config(cmd) => config::run(&cli.global, cmd),
             Command::Keys(cmd) => keys::run(&cli.global, cmd).await,
+            Command::Ledger(cmd) => ledger::run(&cli.global, cmd).await,
             Command::Writes { action } => writes(&cli.global, action).await,
         }
     })

@@ -43,7 +43,7 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     daena_api::serve(daena.clone(), listener, shutdown_signal()).await.context("serving HTTP")?;
     housekeeping.abort();
     tracing::info!("shutting down: flushing state");
-    daena.shutdown().map_err(|e| anyhow::anyhow!("shutdown: {}", e.message))?;
+    daena.shutdown().await.map_err(|e| anyhow::anyhow!("shutdown: {}", e.message))?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

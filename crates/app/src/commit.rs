@@ -1,0 +1,342 @@
+//! The commit thread: the single writer of the ledger and of the state derived from it.
+//!
+//! Operations arrive on a bounded queue. The thread drains what is waiting into one batch,
+//! lets the [`StateMachine`] validate each operation against current state (earlier
+//! operations of the same batch included) and turn it into ledger entries, appends all
+//! entries with one `fdatasync` (group commit), applies the effects, and only then answers
+//! the callers. So an acknowledged operation is always in the ledger, and the ledger is the
+//! write-ahead log the state is rebuilt from after a crash.
+
+use crate::clock::Clock;
+use crate::error::{AppError, AppResult};
+use daena_core::ledger::entry::{Entry, NewEntry};
+use daena_store::ledger::{LedgerWriter, Receipt};
+use ed25519_dalek::SigningKey;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// An operation for the commit thread. Each capability adds its variants.
+#[derive(Debug)]
+pub enum Op {
+    /// Plain ledger entries: governance events with no state to change.
+    Append(Vec<NewEntry>),
+    /// Entries that must be the very first of the ledger (a legacy genesis).
+    Genesis(Vec<NewEntry>),
+}
+
+/// What the commit thread needs from the state it maintains.
+pub trait StateMachine: Send + 'static {
+    /// Validates `op` against current state plus the batch so far and returns its entries.
+    /// An error rejects only this operation.
+    fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>>;
+    /// The batch is durable: apply the accepted operations with their receipts.
+    fn apply(&mut self, batch: Vec<(Op, Vec<Receipt>)>) -> AppResult<()>;
+    /// The batch could not be written: forget what `prepare` staged.
+    fn abort(&mut self);
+    /// Re-applies an entry found in the ledger after `applied_seq` (crash recovery).
+    fn replay(&mut self, entry: &Entry) -> AppResult<()>;
+    /// The highest sequence number whose effects are in the state.
+    fn applied_seq(&self) -> u64;
+    /// Makes applied state durable (called periodically and at shutdown).
+    fn flush(&mut self) -> AppResult<()>;
+}
+
+/// A state machine with no state: every operation is just its entries.
+#[derive(Debug, Default)]
+pub struct NoState;
+
+impl StateMachine for NoState {
+    fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
+        match op {
+            Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
+        }
+    }
+    fn apply(&mut self, _: Vec<(Op, Vec<Receipt>)>) -> AppResult<()> {
+        Ok(())
+    }
+    fn abort(&mut self) {}
+    fn replay(&mut self, _: &Entry) -> AppResult<()> {
+        Ok(())
+    }
+    fn applied_seq(&self) -> u64 {
+        0
+    }
+    fn flush(&mut self) -> AppResult<()> {
+        Ok(())
+    }
+}
+
+/// Work run on the commit thread with the state machine.
+type ExclusiveJob = Box<dyn FnOnce(&mut dyn StateMachine) + Send>;
+
+enum Msg {
+    Job(Op, oneshot::Sender<AppResult<Vec<Receipt>>>),
+    /// Wake up for time-based work (checkpoints, state flushes).
+    Tick,
+    /// Checkpoint now and answer with it.
+    Checkpoint(oneshot::Sender<AppResult<daena_core::ledger::Checkpoint>>),
+    /// Run `f` with exclusive access to the state machine, between batches.
+    Exclusive(ExclusiveJob),
+    Shutdown(oneshot::Sender<AppResult<()>>),
+}
+
+/// How often checkpoints and state flushes happen.
+#[derive(Debug, Clone)]
+pub struct CommitPolicy {
+    pub checkpoint_every_entries: u64,
+    pub checkpoint_every: Duration,
+    pub flush_every: Duration,
+}
+
+/// The handle to the commit thread.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Msg>,
+    alive: Arc<AtomicBool>,
+    /// Batches written, for metrics.
+    pub batches: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer").field("alive", &self.alive.load(Ordering::Relaxed)).finish()
+    }
+}
+
+const QUEUE: usize = 8192;
+const MAX_BATCH: usize = 2048;
+
+impl Committer {
+    pub fn start(
+        writer: LedgerWriter,
+        state: Box<dyn StateMachine>,
+        key: SigningKey,
+        clock: Arc<dyn Clock>,
+        policy: CommitPolicy,
+    ) -> Committer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let alive = Arc::new(AtomicBool::new(true));
+        let batches = Arc::new(AtomicU64::new(0));
+        let worker = Worker {
+            writer,
+            state,
+            key,
+            clock,
+            policy,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            last_flush: Instant::now(),
+            batches: batches.clone(),
+        };
+        let alive2 = alive.clone();
+        let spawned = std::thread::Builder::new().name("daena-commit".into()).spawn(move || {
+            worker.run(rx);
+            alive2.store(false, Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the commit thread");
+            alive.store(false, Ordering::SeqCst);
+        }
+        // A ticker so checkpoints and flushes happen even when no writes arrive.
+        let tick_tx = tx.clone();
+        let _ = std::thread::Builder::new().name("daena-commit-tick".into()).spawn(move || {
+            while tick_tx.blocking_send(Msg::Tick).is_ok() {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        Committer { tx, alive, batches }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    fn gone() -> AppError {
+        AppError::unavailable("the commit thread has stopped; the service is shutting down or failed (see the log)")
+    }
+
+    /// Submits an operation and waits until it is durable (or rejected).
+    pub async fn submit(&self, op: Op) -> AppResult<Vec<Receipt>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Job(op, reply)).await.map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())?
+    }
+
+    /// Queues plain entries without waiting for them (used while opening, before any
+    /// runtime exists). Failures are logged by the commit thread.
+    pub fn append_detached(&self, entries: Vec<NewEntry>) {
+        let (reply, _) = oneshot::channel();
+        if self.tx.try_send(Msg::Job(Op::Append(entries), reply)).is_err() {
+            tracing::warn!("could not queue a ledger entry while opening");
+        }
+    }
+
+    /// Appends plain entries durably.
+    pub async fn append(&self, entries: Vec<NewEntry>) -> AppResult<Vec<Receipt>> {
+        self.submit(Op::Append(entries)).await
+    }
+
+    /// Signs a checkpoint of the current size now.
+    pub async fn checkpoint(&self) -> AppResult<daena_core::ledger::Checkpoint> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Checkpoint(reply)).await.map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())?
+    }
+
+    /// Runs `f` on the commit thread with the state machine, between batches.
+    pub async fn exclusive<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn StateMachine) -> R + Send + 'static,
+    ) -> AppResult<R> {
+        let (reply, rx) = oneshot::channel();
+        let job: ExclusiveJob = Box::new(move |sm| {
+            let _ = reply.send(f(sm));
+        });
+        self.tx.send(Msg::Exclusive(job)).await.map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())
+    }
+
+    /// Final checkpoint and state flush; the thread exits afterwards.
+    pub async fn shutdown(&self) -> AppResult<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(reply)).await.is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+struct Worker {
+    writer: LedgerWriter,
+    state: Box<dyn StateMachine>,
+    key: SigningKey,
+    clock: Arc<dyn Clock>,
+    policy: CommitPolicy,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    last_flush: Instant,
+    batches: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            let mut jobs = Vec::new();
+            let mut pending = Some(msg);
+            while let Some(msg) = pending.take() {
+                match msg {
+                    Msg::Job(op, reply) => jobs.push((op, reply)),
+                    Msg::Tick => {}
+                    Msg::Checkpoint(reply) => {
+                        self.commit(std::mem::take(&mut jobs));
+                        let _ = reply.send(self.checkpoint());
+                    }
+                    Msg::Exclusive(f) => {
+                        self.commit(std::mem::take(&mut jobs));
+                        f(self.state.as_mut());
+                    }
+                    Msg::Shutdown(reply) => {
+                        self.commit(std::mem::take(&mut jobs));
+                        let result = self.checkpoint().map(|_| ()).and_then(|()| self.state.flush());
+                        let _ = reply.send(result);
+                        return;
+                    }
+                }
+                if jobs.len() < MAX_BATCH {
+                    pending = rx.try_recv().ok();
+                }
+            }
+            self.commit(jobs);
+            self.timed_work();
+        }
+        // Every sender is gone: flush what we have.
+        if let Err(e) = self.checkpoint().map(|_| ()).and_then(|()| self.state.flush()) {
+            tracing::error!(error = %e.message, "final checkpoint or flush failed");
+        }
+    }
+
+    fn commit(&mut self, jobs: Vec<(Op, oneshot::Sender<AppResult<Vec<Receipt>>>)>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut entries = Vec::new();
+        let mut accepted = Vec::with_capacity(jobs.len());
+        for (mut op, reply) in jobs {
+            if matches!(op, Op::Genesis(_)) && (self.writer.size() > 0 || !entries.is_empty()) {
+                let _ = reply.send(Err(AppError::invalid(
+                    "a genesis entry must be the first of the ledger; this ledger already has entries",
+                )));
+                continue;
+            }
+            match self.state.prepare(&mut op) {
+                Ok(es) => {
+                    accepted.push((op, reply, entries.len(), es.len()));
+                    entries.extend(es);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            self.state.abort();
+            return;
+        }
+        let receipts = match self.writer.append(&entries, self.clock.now()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.state.abort();
+                tracing::error!(error = %e, "ledger append failed; the batch is refused");
+                for (_, reply, _, _) in accepted {
+                    let _ = reply.send(Err(AppError::internal(format!("ledger append failed: {e}"))));
+                }
+                return;
+            }
+        };
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.since_checkpoint += receipts.len() as u64;
+        let mut batch = Vec::with_capacity(accepted.len());
+        let mut replies = Vec::with_capacity(accepted.len());
+        for (op, reply, start, len) in accepted {
+            let r = receipts[start..start + len].to_vec();
+            replies.push((reply, r.clone()));
+            batch.push((op, r));
+        }
+        if let Err(e) = self.state.apply(batch) {
+            // The entries are durable; the next start replays them into the state.
+            tracing::error!(error = %e.message, "applying a durable batch to the state failed; restart to replay it");
+        }
+        for (reply, r) in replies {
+            let _ = reply.send(Ok(r));
+        }
+        if self.since_checkpoint >= self.policy.checkpoint_every_entries
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::warn!(error = %e.message, "checkpoint failed");
+        }
+    }
+
+    fn timed_work(&mut self) {
+        if self.since_checkpoint > 0
+            && self.last_checkpoint.elapsed() >= self.policy.checkpoint_every
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::warn!(error = %e.message, "checkpoint failed");
+        }
+        if self.last_flush.elapsed() >= self.policy.flush_every {
+            if let Err(e) = self.state.flush() {
+                tracing::warn!(error = %e.message, "state flush failed");
+            }
+            self.last_flush = Instant::now();
+        }
+    }
+
+    fn checkpoint(&mut self) -> AppResult<daena_core::ledger::Checkpoint> {
+        let cp = self.writer.checkpoint(&self.key, self.clock.now())?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(cp)
+    }
+}

@@ -1,0 +1,150 @@
+//! The single ledger writer: seals a batch, writes it with one `write` and one `fdatasync`
+//! (group commit), and only then publishes it to readers.
+
+use super::{CHECKPOINTS_FILE, Head, PUBLIC_KEY_FILE, Receipt, Shared, io, segment_name, sync_dir};
+use crate::StoreError;
+use daena_core::ledger::Checkpoint;
+use daena_core::ledger::entry::{self, NewEntry};
+use daena_core::merkle::{Hash, SubtreeHashes};
+use daena_core::time::Micros;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct LedgerWriter {
+    shared: Arc<Shared>,
+    seg: File,
+    seg_len: u64,
+    hashes: File,
+    segment_bytes: u64,
+    next_seq: u64,
+    prev: Hash,
+    last_ts: Micros,
+    /// Set when `hashes.bin` could not be appended: proofs are off until the next open
+    /// rebuilds it. The entries themselves are durable.
+    hashes_broken: bool,
+}
+
+impl LedgerWriter {
+    pub(super) fn new(shared: Arc<Shared>, seg: File, seg_len: u64, hashes: File, segment_bytes: u64) -> LedgerWriter {
+        let head = shared.state.read().head;
+        LedgerWriter {
+            shared,
+            seg,
+            seg_len,
+            hashes,
+            segment_bytes,
+            next_seq: head.size + 1,
+            prev: head.hash,
+            last_ts: head.ts,
+            hashes_broken: false,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Appends `entries` as one durable batch. On error nothing of the batch is published
+    /// and the segment is cut back to where it was.
+    pub fn append(&mut self, entries: &[NewEntry], now: Micros) -> Result<Vec<Receipt>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ts = if now > self.last_ts { now } else { self.last_ts };
+        let mut buf = String::new();
+        let mut receipts = Vec::with_capacity(entries.len());
+        let mut prev = self.prev;
+        for (i, e) in entries.iter().enumerate() {
+            let seq = self.next_seq + i as u64;
+            let (line, hash) = entry::seal(e, seq, ts, &prev);
+            buf.push_str(&line);
+            receipts.push(Receipt { seq, hash, ts });
+            prev = hash;
+        }
+        if self.seg_len > 0 && self.seg_len + buf.len() as u64 > self.segment_bytes {
+            self.roll(self.next_seq)?;
+        }
+        if let Err(e) = self.seg.write_all(buf.as_bytes()).and_then(|_| self.seg.sync_data()) {
+            // Cut back a partial write so the next batch continues a clean file.
+            let _ = self.seg.set_len(self.seg_len);
+            return Err(StoreError::io("append to the ledger", e));
+        }
+        self.seg_len += buf.len() as u64;
+        self.next_seq += entries.len() as u64;
+        self.prev = prev;
+        self.last_ts = ts;
+
+        let mut hash_bytes = Vec::with_capacity(receipts.len() * 32);
+        receipts.iter().for_each(|r| hash_bytes.extend_from_slice(&r.hash));
+        if !self.hashes_broken
+            && let Err(e) = self.hashes.write_all(&hash_bytes)
+        {
+            tracing::error!(error = %e, "cannot append hashes.bin; proofs are unavailable until restart");
+            self.hashes_broken = true;
+        }
+        let mut state = self.shared.state.write();
+        for r in &receipts {
+            state.tree.push_entry(&r.hash);
+        }
+        state.head = Head { size: self.size(), hash: self.prev, ts };
+        Ok(receipts)
+    }
+
+    fn roll(&mut self, first_seq: u64) -> Result<(), StoreError> {
+        let path = self.shared.dir.join(segment_name(first_seq));
+        let seg = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io(format!("create {}", path.display())))?;
+        sync_dir(&self.shared.dir)?;
+        self.seg = seg;
+        self.seg_len = 0;
+        self.shared.state.write().segments.push((first_seq, path));
+        tracing::info!(first_seq, "ledger segment rolled over");
+        Ok(())
+    }
+
+    /// Signs and stores a checkpoint of the current size, unless the newest already covers it.
+    pub fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError> {
+        let size = self.size();
+        if let Some(cp) = self.shared.state.read().checkpoint.clone()
+            && cp.size == size
+        {
+            return Ok(cp);
+        }
+        if self.hashes_broken {
+            return Err(StoreError::Corrupt {
+                what: "hashes.bin".into(),
+                detail: "not appendable; restart to rebuild it before checkpointing".into(),
+            });
+        }
+        let root = {
+            let state = self.shared.state.read();
+            let view = state.tree.view();
+            let root = view.root(size);
+            view.finish(root)?
+        };
+        let cp = Checkpoint::sign(key, size, &root, now);
+        let mut line = serde_json::to_string(&cp).map_err(|e| StoreError::Db(e.to_string()))?;
+        line.push('\n');
+        let path = self.shared.dir.join(CHECKPOINTS_FILE);
+        let mut f =
+            OpenOptions::new().append(true).create(true).open(&path).map_err(io(format!("open {}", path.display())))?;
+        f.write_all(line.as_bytes()).and_then(|_| f.sync_data()).map_err(io(format!("append {}", path.display())))?;
+        self.shared.state.write().checkpoint = Some(cp.clone());
+        Ok(cp)
+    }
+
+    /// Writes the checkpoint key's public half next to the ledger for verifiers.
+    pub fn publish_public_key(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
+        let path = self.shared.dir.join(PUBLIC_KEY_FILE);
+        let text = format!("{}\n", hex::encode(key.to_bytes()));
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        crate::datadir::write_atomic(&path, text.as_bytes(), false)
+    }
+}
