@@ -34,6 +34,8 @@ use utoipa_axum::routes;
         (name = "agents", description = "the 6x8 agent registry"),
         (name = "admin", description = "keys and switches (ops keys)"),
         (name = "ledger", description = "the Merkle ledger: head, entries, proofs, checkpoints"),
+        (name = "memory", description = "records in three tiers, with trust and quarantine"),
+        (name = "monitoring", description = "the runbook's monitoring routes"),
     )
 )]
 struct ApiDoc;
@@ -50,7 +52,7 @@ impl Modify for ApiKeyScheme {
 
 /// The routes and the OpenAPI document they describe.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{admin, agents, ledger, system};
+    use routes::{admin, agents, ledger, memory, monitoring, system};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
@@ -61,6 +63,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::create_key, admin::list_keys))
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::get_writes, admin::set_writes))
+        .routes(routes!(admin::run_aging))
+        .routes(routes!(memory::put, memory::get, memory::delete))
+        .routes(routes!(memory::list))
+        .routes(routes!(memory::confirm))
+        .routes(routes!(memory::promote))
+        .routes(routes!(memory::reject))
+        .routes(routes!(monitoring::memory))
         .routes(routes!(ledger::head))
         .routes(routes!(ledger::entries))
         .routes(routes!(ledger::inclusion))

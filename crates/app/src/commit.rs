@@ -24,6 +24,8 @@ pub enum Op {
     Append(Vec<NewEntry>),
     /// Entries that must be the very first of the ledger (a legacy genesis).
     Genesis(Vec<NewEntry>),
+    /// A memory mutation.
+    Memory(Box<crate::memory::state::MemoryOp>),
 }
 
 /// What the commit thread needs from the state it maintains.
@@ -51,6 +53,7 @@ impl StateMachine for NoState {
     fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
         match op {
             Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
+            Op::Memory(_) => Err(AppError::internal("a memory operation reached a commit thread without memory")),
         }
     }
     fn apply(&mut self, _: Vec<(Op, Vec<Receipt>)>) -> AppResult<()> {

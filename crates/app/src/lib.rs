@@ -8,20 +8,29 @@ pub mod auth;
 pub mod clock;
 pub mod commit;
 pub mod config;
+pub mod crypto;
 pub mod error;
 pub mod health;
 pub mod ledger;
+pub mod memory;
+pub mod policy;
+pub mod scheduler;
 pub mod telemetry;
 
 use crate::agents::AgentRegistry;
 use crate::auth::KeyRing;
 use crate::clock::{Clock, SystemClock};
-use crate::commit::{CommitPolicy, Committer, NoState, StateMachine};
-use crate::config::{Config, LoadedConfig, Secrets};
+use crate::commit::{CommitPolicy, Committer, StateMachine};
+use crate::config::{Config, LoadedConfig};
+use crate::crypto::Keyring;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::health::{Check, CheckStatus};
 use crate::ledger::LedgerService;
+use crate::memory::MemoryShared;
+use crate::memory::state::MemoryState;
+use crate::policy::PolicyEngine;
 use crate::telemetry::Metrics;
+use daena_store::cold::ColdStore;
 use daena_store::datadir::{DataDir, LockInfo};
 use daena_store::kv::Kv;
 use std::path::PathBuf;
@@ -59,9 +68,10 @@ pub struct Daena {
     pub agents: AgentRegistry,
     pub ledger: LedgerService,
     pub commit: Committer,
+    pub keyring: Arc<Keyring>,
+    pub policy: PolicyEngine,
+    pub memory: Arc<MemoryShared>,
     pub metrics: Metrics,
-    #[allow(dead_code)]
-    secrets: Secrets,
     writes_enabled: AtomicBool,
     started: Instant,
 }
@@ -75,25 +85,34 @@ impl std::fmt::Debug for Daena {
 impl Daena {
     /// Opens the data directory (taking its lock), the stores and the registries.
     pub fn open(loaded: LoadedConfig, opts: OpenOptions) -> AppResult<Arc<Daena>> {
-        let LoadedConfig { config, secrets, files, .. } = loaded;
+        let LoadedConfig { config, secrets, files, config_dir } = loaded;
+        let config = Arc::new(config);
         let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let info = LockInfo { pid: std::process::id(), listen: opts.listen, holder: opts.holder };
         let data = DataDir::open(&config.data_dir, &info).map_err(|e| match e {
             daena_store::StoreError::Locked { .. } => AppError::new(ErrorCode::Unavailable, e.to_string()),
             other => AppError::internal(other.to_string()),
         })?;
-        let kv = Kv::open(&data.state_db(), 64 * 1024 * 1024)?;
+        // The master key is checked against the stored data keys before anything is written.
+        let master = crypto::load_master(&data, secrets.memory_aes_key.as_ref())?;
+        crypto::check_master(&data.state_db(), &master)?;
+        let kv = Kv::open(&data.state_db(), 256 * 1024 * 1024)?;
+        let keyring = Arc::new(Keyring::load(kv.clone(), master, clock.clone())?);
         let keys = KeyRing::load(kv.clone(), clock.clone())?;
         if let Some(ops) = &secrets.ops_key {
             keys.provision_env_ops(ops)?;
         }
         let agents = AgentRegistry::load(kv.clone(), clock.clone(), config.agents.heartbeat_window_secs)?;
-        let (ledger, commit) = open_ledger(&config, &data, clock.clone(), Box::new(NoState))?;
+        let policy = PolicyEngine::compile(&config.policy, &config_dir)?;
+        let cold = ColdStore::open(&data.l3_dir())?;
+        let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
+        let state = MemoryState::new(memory.clone())?;
+        let (ledger, commit) = open_ledger(&config, &data, clock.clone(), Box::new(state))?;
         let metrics = Metrics::new();
         metrics.expected_agents.set(daena_core::agents::EXPECTED_AGENTS as i64);
         Ok(Arc::new(Daena {
             writes_enabled: AtomicBool::new(config.server.writes_enabled),
-            config: Arc::new(config),
+            config,
             config_files: files,
             clock,
             data,
@@ -102,8 +121,10 @@ impl Daena {
             agents,
             ledger,
             commit,
+            keyring,
+            policy,
+            memory,
             metrics,
-            secrets,
             started: Instant::now(),
         }))
     }

@@ -2,8 +2,10 @@
 //! parameters, and does no IO. The outer layers (`store`, `app`, `api`) bring the world in.
 
 pub mod agents;
+pub mod aging;
 pub mod auth;
 pub mod canonical;
+pub mod divergence;
 pub mod ids;
 pub mod ledger;
 pub mod merkle;

@@ -115,6 +115,36 @@ impl Kv {
     }
 }
 
+/// Reads every document of `table` from the database at `path` without writing to it (the
+/// writable open may update the file). `None` when there is no database yet, or when it
+/// needs the repair a crash leaves behind.
+pub fn read_docs_untouched<T: DeserializeOwned>(
+    path: &Path,
+    table: DocTable,
+) -> Result<Option<Vec<(String, T)>>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = match Database::builder().open_read_only(path) {
+        Ok(db) => db,
+        // A crash leaves the file needing a repair that only a writable open performs.
+        Err(redb::DatabaseError::RepairAborted) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let txn = db.begin_read()?;
+    let t = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Some(Vec::new())),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        out.push((k.value().to_owned(), decode(table, k.value(), v.value())?));
+    }
+    Ok(Some(out))
+}
+
 fn decode<T: DeserializeOwned>(table: DocTable, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         what: format!("table {} key {key}", redb::TableHandle::name(&table)),

@@ -4,9 +4,11 @@
 //! Everything here moves bytes and keeps them durable; what the bytes mean is decided in
 //! `core` (formats, hashes) and `app` (use cases).
 
+pub mod cold;
 pub mod datadir;
 pub mod error;
 pub mod kv;
 pub mod ledger;
+pub mod records;
 
 pub use error::StoreError;

@@ -99,3 +99,22 @@ pub async fn set_writes(
 ) -> ApiResult<axum::Json<WritesSwitch>> {
     Ok(axum::Json(WritesSwitch { enabled: admin::set_writes(&state, &who, req.enabled).await? }))
 }
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgingRun {
+    /// Only report what would happen.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Runs the aging rules now (tighten, archive, expire); every action is ledgered.
+#[utoipa::path(post, path = "/api/v1/admin/aging/run", tag = "admin", request_body = AgingRun,
+    responses((status = 200, body = daena_app::memory::aging::AgingReport), AuthErrors, BodyErrors), security(("api_key" = [])))]
+pub async fn run_aging(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+    Json(req): Json<AgingRun>,
+) -> ApiResult<axum::Json<daena_app::memory::aging::AgingReport>> {
+    Ok(axum::Json(daena_app::memory::aging::run(&state, &who.actor(), req.dry_run).await?))
+}

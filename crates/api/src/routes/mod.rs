@@ -4,4 +4,6 @@
 pub mod admin;
 pub mod agents;
 pub mod ledger;
+pub mod memory;
+pub mod monitoring;
 pub mod system;

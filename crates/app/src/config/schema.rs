@@ -214,8 +214,9 @@ impl Default for AgingConfig {
                     action: AgingAction::TightenCompression,
                     targets: targets(&["chat", "ops_log", "research_note"]),
                 },
-                AgingRule { after_days: 90.0, action: AgingAction::Archive, targets: targets(&["chat", "ops_log"]) },
-                AgingRule { after_days: 365.0, action: AgingAction::Archive, targets: targets(&["research_note"]) },
+                AgingRule { after_days: 30.0, action: AgingAction::Archive, targets: targets(&["ops_log"]) },
+                AgingRule { after_days: 90.0, action: AgingAction::Archive, targets: targets(&["chat"]) },
+                AgingRule { after_days: 180.0, action: AgingAction::Archive, targets: targets(&["research_note"]) },
             ],
         }
     }

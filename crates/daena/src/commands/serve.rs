@@ -8,8 +8,6 @@ use daena_app::config::LogFormat;
 use daena_app::{Daena, OpenOptions};
 use daena_store::datadir::LockInfo;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut overrides = Vec::new();
@@ -39,28 +37,15 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let info = LockInfo { pid: std::process::id(), listen: Some(bound.to_string()), holder: "serve".into() };
     daena.data.update_lock_info(&info).map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(listen = %bound, data_dir = %daena.data.root().display(), "daena serving");
-    let housekeeping = tokio::spawn(housekeeping(daena.clone()));
+    let background = daena_app::scheduler::spawn(daena.clone());
     daena_api::serve(daena.clone(), listener, shutdown_signal()).await.context("serving HTTP")?;
-    housekeeping.abort();
+    for task in background {
+        task.abort();
+    }
     tracing::info!("shutting down: flushing state");
     daena.shutdown().await.map_err(|e| anyhow::anyhow!("shutdown: {}", e.message))?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Periodic background work; failures are logged and retried on the next tick.
-async fn housekeeping(daena: Arc<Daena>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let d = daena.clone();
-        match tokio::task::spawn_blocking(move || d.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e.message, "periodic flush failed"),
-            Err(e) => tracing::warn!(error = %e, "periodic flush task failed"),
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,395 @@
+//! Memory over HTTP: tiers, tenancy, ABAC, trust, divergence, aging, read-only mode, and no
+//! plaintext at rest.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{OPS, TestApp};
+use serde_json::{Value, json};
+
+const DAY: i64 = 86_400 * 1_000_000;
+
+async fn put(app: &TestApp, key: &str, path: &str, body: Value) -> common::Resp {
+    app.call("PUT", &format!("/api/v1/memory/{path}"), Some(key), Some(body)).await
+}
+
+#[tokio::test]
+async fn round_trip_through_every_tier() {
+    let app = TestApp::new();
+    let r =
+        put(&app, OPS, "chat/greeting", json!({"payload": {"text": "hello"}, "meta": {"agent": "sales_synth"}})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["version"], 1);
+    assert_eq!(r.headers["etag"], "\"1\"");
+
+    // Written records are hot.
+    let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
+    assert_eq!(r.headers["x-daena-tier"], "L1");
+    let v = r.json();
+    assert_eq!(v["payload"], json!({"text": "hello"}));
+    assert_eq!(v["meta"]["agent"], "sales_synth");
+    assert_eq!(v["access_count"], 1);
+
+    // Evicted from L1, the record comes from L2.
+    app.daena.memory.l1.invalidate_all();
+    app.daena.memory.l1.run_pending_tasks();
+    let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
+    assert_eq!(r.headers["x-daena-tier"], "L2", "{}", r.text());
+    assert_eq!(r.json()["access_count"], 2);
+
+    // After 90 idle days aging archives chat records to L3; reads still work.
+    app.clock.advance(91 * DAY);
+    let rep = app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({}))).await.json();
+    assert_eq!(rep["archived"], 1, "{rep}");
+    let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
+    assert_eq!(r.headers["x-daena-tier"], "L3", "{}", r.text());
+    assert_eq!(r.json()["payload"], json!({"text": "hello"}));
+
+    // Read often enough from L3, it moves back to L2 (promote_after_accesses = 5).
+    for _ in 0..4 {
+        app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
+    }
+    let mut tier = String::new();
+    for _ in 0..200 {
+        app.daena.memory.l1.invalidate_all();
+        tier = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await.headers["x-daena-tier"]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned();
+        if tier == "L2" {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(tier, "L2");
+    let actions: Vec<String> = app.call("GET", "/api/v1/ledger/entries", Some(OPS), None).await.json()["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(actions, ["memory.put", "memory.age", "memory.reheat"]);
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_other() {
+    let app = TestApp::new();
+    let acme = app.key("acme", "agent", "acme", &[]).await;
+    let globex = app.key("globex", "agent", "globex", &[]).await;
+    assert_eq!(put(&app, &acme, "chat/plan", json!({"payload": "acme secret plan"})).await.status, StatusCode::CREATED);
+    let r = app.call("GET", "/api/v1/memory/chat/plan", Some(&globex), None).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert!(!r.text().contains("acme secret"));
+    let r = app.call_as("GET", "/api/v1/memory/chat/plan", Some(&globex), Some("acme"), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "an agent key cannot name another tenant");
+    assert_eq!(app.call("DELETE", "/api/v1/memory/chat/plan", Some(&globex), None).await.status, StatusCode::NOT_FOUND);
+    let listed = app.call("GET", "/api/v1/memory", Some(&globex), None).await.json();
+    assert_eq!(listed["items"], json!([]));
+    // The same key in another tenant is a different record.
+    assert_eq!(put(&app, &globex, "chat/plan", json!({"payload": "globex"})).await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.call("GET", "/api/v1/memory/chat/plan", Some(&acme), None).await.json()["payload"],
+        "acme secret plan"
+    );
+    // Ops acts for a tenant only when it says so.
+    assert_eq!(app.call("GET", "/api/v1/memory/chat/plan", Some(OPS), None).await.status, StatusCode::NOT_FOUND);
+    let r = app.call_as("GET", "/api/v1/memory/chat/plan", Some(OPS), Some("acme"), None).await;
+    assert_eq!(r.json()["payload"], "acme secret plan");
+}
+
+#[tokio::test]
+async fn abac_matrix_for_the_runbook_classes() {
+    let app = TestApp::with_config(|c| {
+        c.policy = serde_norway::from_str(include_str!("../../../config/policy_config.yaml")).expect("policy");
+        c.memory.trust.require_quarantine.clear();
+    });
+    let officer = app.key("officer", "agent", "acme", &["legal.officer"]).await;
+    let analyst = app.key("analyst", "agent", "acme", &["finance.analyst"]).await;
+    let controller = app.key("controller", "agent", "acme", &["finance.controller"]).await;
+    let guest = app.key("guest", "agent", "acme", &["guest"]).await;
+    let plain = app.key("plain", "agent", "acme", &[]).await;
+    // (key, class, allowed)
+    let cases = [
+        (&officer, "pii", true),
+        (&officer, "legal", true),
+        (&officer, "finance", false),
+        (&officer, "chat", true),
+        (&analyst, "pii", false),
+        (&analyst, "legal", false),
+        (&analyst, "finance", false),
+        (&analyst, "chat", true),
+        (&controller, "finance", true),
+        (&controller, "legal", false),
+        (&guest, "pii", false),
+        (&guest, "finance", false),
+        (&guest, "chat", true),
+        (&plain, "legal", false),
+        (&plain, "ops_log", true),
+    ];
+    for (i, (key, class, allowed)) in cases.iter().enumerate() {
+        let w = put(&app, key, &format!("{class}/r{i}"), json!({"payload": {"n": i}})).await;
+        let expected = if *allowed { StatusCode::CREATED } else { StatusCode::FORBIDDEN };
+        assert_eq!(w.status, expected, "write {class} case {i}: {}", w.text());
+        if !allowed {
+            assert_eq!(w.code(), "policy_denied");
+            assert!(w.json()["error"]["details"]["rules"].as_array().is_some_and(|r| !r.is_empty()));
+            // Seed the record as ops to check reads and deletes too.
+            let seeded = app
+                .call_as(
+                    "PUT",
+                    &format!("/api/v1/memory/{class}/r{i}"),
+                    Some(OPS),
+                    Some("acme"),
+                    Some(json!({"payload": 1})),
+                )
+                .await;
+            assert_eq!(seeded.status, StatusCode::CREATED, "ops (ABAC role admin) may write {class}");
+        }
+        let r = app.call("GET", &format!("/api/v1/memory/{class}/r{i}"), Some(key), None).await;
+        assert_eq!(r.status == StatusCode::OK, *allowed, "read {class} case {i}: {}", r.text());
+        let l = app.call("GET", &format!("/api/v1/memory?class={class}"), Some(key), None).await;
+        assert_eq!(l.status == StatusCode::OK, *allowed, "list {class} case {i}");
+        let d = app.call("DELETE", &format!("/api/v1/memory/{class}/r{i}"), Some(key), None).await;
+        assert_eq!(d.status == StatusCode::OK, *allowed, "delete {class} case {i}: {}", d.text());
+    }
+    let denies = app.call("GET", "/api/v1/ledger/entries?limit=1000", Some(OPS), None).await.json()["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "policy.deny")
+        .count();
+    assert!(denies >= 7 * 4, "every denial is ledgered ({denies})");
+    let m = app.call("GET", "/monitoring/memory", Some(OPS), None).await.json();
+    assert_eq!(m["operations"]["policy_denies"], denies as u64);
+}
+
+#[tokio::test]
+async fn quarantine_promote_and_reject() {
+    let app = TestApp::new();
+    let writer = app.key("writer", "agent", "acme", &["legal.officer"]).await;
+    let r =
+        app.call("PUT", "/api/v1/memory/legal/nda", Some(&writer), Some(json!({"payload": {"term": "2 years"}}))).await;
+    assert_eq!(r.json()["tier"], "L2Q");
+    assert_eq!(r.json()["trust"]["quarantined"], true);
+    let confirm = |agent: &'static str| {
+        let app = &app;
+        let writer = writer.clone();
+        async move {
+            app.call("POST", "/api/v1/memory/legal/nda/confirm", Some(&writer), Some(json!({"agent_id": agent}))).await
+        }
+    };
+    // The writer's own confirmation does not count; the same agent counts once.
+    let own = confirm("key:writer").await;
+    assert_eq!(own.status, StatusCode::BAD_REQUEST, "{}", own.text());
+    let first = confirm("legal_advisor_a").await.json();
+    assert_eq!((first["score"].as_f64(), first["promoted"].as_bool()), (Some(0.5), Some(false)));
+    assert_eq!(confirm("legal_advisor_a").await.status, StatusCode::BAD_REQUEST);
+    let second = confirm("legal_advisor_b").await.json();
+    assert_eq!(second["promoted"], true, "two distinct agents reach 0.66: {second}");
+    assert_eq!(second["tier"], "L2");
+    let got = app.call("GET", "/api/v1/memory/legal/nda", Some(&writer), None).await.json();
+    assert_eq!(got["trust"]["quarantined"], false);
+
+    // A reviewer promotes directly; a non-reviewer may not.
+    put(&app, &writer, "legal/msa", json!({"payload": {"term": "1 year"}})).await;
+    let r = app.call("POST", "/api/v1/memory/legal/msa/promote", Some(&writer), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app.call_as("POST", "/api/v1/memory/legal/msa/promote", Some(OPS), Some("acme"), None).await;
+    assert_eq!(r.json()["tier"], "L2", "{}", r.text());
+
+    // Rejection deletes the quarantined record.
+    put(&app, &writer, "legal/bad", json!({"payload": {"term": "forever"}})).await;
+    let r = app.call_as("POST", "/api/v1/memory/legal/bad/reject", Some(OPS), Some("acme"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(app.call("GET", "/api/v1/memory/legal/bad", Some(&writer), None).await.status, StatusCode::NOT_FOUND);
+    let r = app.call_as("POST", "/api/v1/memory/legal/nda/reject", Some(OPS), Some("acme"), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "only quarantined records are rejected");
+}
+
+#[tokio::test]
+async fn divergence_abort_and_intended_revisions() {
+    let app = TestApp::new();
+    let body = |clause: &str| json!({"payload": {"clause": clause}});
+    put(&app, OPS, "finance/terms", body("Net 30 days, 2% discount if paid within 10 days.")).await;
+    // A small edit passes.
+    let r = put(&app, OPS, "finance/terms", body("Net 30 days, 2% discount if paid within 15 days.")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(r.json()["divergence"].as_f64().is_some_and(|d| d < 0.25));
+    // A rewrite is refused ...
+    let r = put(&app, OPS, "finance/terms", body("All invoices are payable immediately in cash.")).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::CONFLICT, "divergence_abort"), "{}", r.text());
+    assert_eq!(app.call("GET", "/api/v1/memory/finance/terms", Some(OPS), None).await.json()["version"], 2);
+    // ... unless intended.
+    let mut intended = body("All invoices are payable immediately in cash.");
+    intended["intended_revision"] = json!(true);
+    let r = put(&app, OPS, "finance/terms", intended).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let m = app.call("GET", "/monitoring/memory", Some(OPS), None).await.json();
+    assert_eq!(m["divergence"]["aborted"], 1);
+    assert_eq!(m["divergence"]["intended_revisions"], 1);
+    assert_eq!(m["divergence"]["overwrites"], 3);
+    assert_eq!(
+        m["divergence"]["events"], 1,
+        "only the refused rewrite: the small edit is under 0.05 and the intended revision does not count: {}",
+        m["divergence"]
+    );
+    // If-Match guards concurrent writers.
+    let r = app.call("PUT", "/api/v1/memory/chat/n", Some(OPS), Some(json!({"payload": 1}))).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let req = axum::http::Request::builder()
+        .method("PUT")
+        .uri("/api/v1/memory/chat/n")
+        .header("x-api-key", OPS)
+        .header("content-type", "application/json")
+        .header("if-match", "\"7\"")
+        .body(axum::body::Body::from(r#"{"payload": 2}"#))
+        .expect("request");
+    let r = app.send(req).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::PRECONDITION_FAILED, "version_conflict"));
+}
+
+#[tokio::test]
+async fn aging_tightens_archives_and_expires_with_a_fake_clock() {
+    let app = TestApp::new();
+    put(&app, OPS, "chat/a", json!({"payload": {"t": "chat line ".repeat(50)}})).await;
+    put(&app, OPS, "ops_log/b", json!({"payload": {"t": "log line ".repeat(50)}})).await;
+    put(&app, OPS, "research_note/c", json!({"payload": {"t": "note ".repeat(50)}})).await;
+    app.clock.advance(15 * DAY);
+    let dry = app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({"dry_run": true}))).await.json();
+    assert_eq!(dry["tightened"], 3, "{dry}");
+    assert_eq!(
+        app.call("GET", "/api/v1/ledger/head", Some(OPS), None).await.json()["size"],
+        3,
+        "a dry run changes nothing"
+    );
+    let rep = app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({}))).await.json();
+    assert_eq!(rep["tightened"], 3, "{rep}");
+    let again = app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({}))).await.json();
+    assert_eq!(again["tightened"], 0, "tightening happens once: {again}");
+    app.clock.advance(16 * DAY);
+    let rep = app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({}))).await.json();
+    assert_eq!(rep["archived"], 1, "ops_log after 30 idle days: {rep}");
+    app.clock.advance(60 * DAY);
+    // 91 idle days: chat is archived (retention 180); ops_log's retention of 90 expires it.
+    let rep = app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({}))).await.json();
+    assert_eq!((rep["archived"].as_u64(), rep["expired"].as_u64()), (Some(1), Some(1)), "{rep}");
+    assert_eq!(app.call("GET", "/api/v1/memory/ops_log/b", Some(OPS), None).await.status, StatusCode::NOT_FOUND);
+    let r = app.call("GET", "/api/v1/memory/chat/a", Some(OPS), None).await;
+    assert_eq!(r.headers["x-daena-tier"], "L3");
+    // That read reset chat/a's idleness; 180 idle days later it expires, and the research note
+    // (271 idle days) is archived.
+    app.clock.advance(180 * DAY);
+    let rep = app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({}))).await.json();
+    assert_eq!((rep["archived"].as_u64(), rep["expired"].as_u64()), (Some(1), Some(1)), "{rep}");
+    let m = app.call("GET", "/monitoring/memory", Some(OPS), None).await.json();
+    assert_eq!(m["l3"]["records"], 1, "{}", m["l3"]);
+    assert_eq!(m["totals"]["records"], 1);
+    let r = app.call("GET", "/api/v1/memory/research_note/c", Some(OPS), None).await;
+    assert_eq!(r.headers["x-daena-tier"], "L3");
+    assert_eq!(r.json()["payload"]["t"], "note ".repeat(50));
+    let ages = app.call("GET", "/api/v1/ledger/entries?limit=100", Some(OPS), None).await.json()["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "memory.age" || e["action"] == "memory.expire")
+        .count();
+    assert_eq!(ages, 3 + 1 + 2 + 2, "every aging action is ledgered");
+}
+
+#[tokio::test]
+async fn read_only_mode_refuses_writes_and_serves_reads() {
+    let app = TestApp::new();
+    put(&app, OPS, "chat/x", json!({"payload": 1})).await;
+    app.call("PUT", "/api/v1/admin/writes", Some(OPS), Some(json!({"enabled": false}))).await;
+    let r = put(&app, OPS, "chat/x", json!({"payload": 2})).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "writes_disabled"));
+    assert_eq!(app.call("DELETE", "/api/v1/memory/chat/x", Some(OPS), None).await.code(), "writes_disabled");
+    assert_eq!(app.call("GET", "/api/v1/memory/chat/x", Some(OPS), None).await.json()["payload"], 1);
+    let h = app.call("GET", "/health", Some(OPS), None).await.json();
+    assert_eq!(h["checks"]["writes_enabled"]["status"], "warn");
+    let started_read_only = TestApp::with_config(|c| c.server.writes_enabled = false);
+    assert_eq!(put(&started_read_only, OPS, "chat/y", json!({"payload": 1})).await.code(), "writes_disabled");
+}
+
+#[tokio::test]
+async fn no_plaintext_at_rest() {
+    let app = TestApp::new();
+    let marker = "ZEBRA-PLAINTEXT-MARKER-41";
+    for i in 0..20 {
+        put(
+            &app,
+            OPS,
+            &format!("chat/k{i}"),
+            json!({"payload": {"text": format!("{marker} number {i}")}, "meta": {"note": marker}}),
+        )
+        .await;
+    }
+    put(&app, OPS, "legal/k", json!({"payload": marker})).await;
+    app.clock.advance(100 * DAY);
+    app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({}))).await;
+    app.daena.shutdown().await.expect("shutdown flushes");
+    let mut scanned = 0;
+    let mut stack = vec![app.dir.path().to_owned()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).expect("dir") {
+            let path = e.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("read");
+            scanned += bytes.len();
+            assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "plaintext in {}", path.display());
+        }
+    }
+    assert!(scanned > 10_000, "scanned {scanned} bytes");
+}
+
+#[tokio::test]
+async fn list_pages_and_validates() {
+    let app = TestApp::new();
+    for i in 0..25 {
+        put(&app, OPS, &format!("chat/user-{i:02}"), json!({"payload": i})).await;
+    }
+    put(&app, OPS, "ops_log/x", json!({"payload": 0})).await;
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("/api/v1/memory?class=chat&prefix=user-&limit=10&cursor={c}"),
+            None => "/api/v1/memory?class=chat&prefix=user-&limit=10".to_owned(),
+        };
+        let page = app.call("GET", &url, Some(OPS), None).await.json();
+        for i in page["items"].as_array().expect("items") {
+            keys.push(i["key"].as_str().expect("key").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(keys.len(), 25);
+    assert_eq!(keys[0], "user-00");
+    assert_eq!(keys[24], "user-24");
+    assert_eq!(
+        app.call("GET", "/api/v1/memory", Some(OPS), None).await.json()["items"].as_array().map(Vec::len),
+        Some(26)
+    );
+    for bad in [
+        "/api/v1/memory?limit=0",
+        "/api/v1/memory?prefix=x",
+        "/api/v1/memory?cursor=zz",
+        "/api/v1/memory?class=Bad%20Class",
+    ] {
+        assert_eq!(app.call("GET", bad, Some(OPS), None).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let big = "x".repeat(1024 * 1024 + 10);
+    let r = put(&app, OPS, "chat/big", json!({"payload": big})).await;
+    assert!(matches!(r.code().as_str(), "payload_too_large"), "{}", r.status);
+    let r = put(&app, OPS, "chat/m", json!({"payload": 1, "meta": [1, 2]})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = app
+        .call("PUT", "/api/v1/memory/chat/m", Some(OPS), Some(json!({"payload": 1})).map(|_| json!({"nope": 1})))
+        .await;
+    assert_eq!(r.code(), "invalid_json");
+}

@@ -1,0 +1,397 @@
+//! Encryption at rest: the master key, per-tenant data keys wrapped by it, and the
+//! AES-256-GCM envelope every record body (and every memory ledger body) is sealed in.
+//!
+//! Envelope, format 1:
+//!
+//! ```text
+//! "DN" | 0x01 | codec (0 raw, 1 zstd) | key version (u32 BE) | nonce (12) | ciphertext ‖ tag (16)
+//! ```
+//!
+//! The associated data is the 8 header bytes followed by the record address
+//! (`daena-record-v1\0tenant\0class\0key`), so a body cannot be moved to another address or
+//! tenant, nor its header altered, without failing authentication. The key version names the
+//! tenant's data key; data keys are wrapped (AES-256-GCM) by the master key, whose id (not the
+//! key) is stored with them so a wrong master key is refused at start before anything is
+//! written. Key material never reaches logs, errors, the ledger or output.
+
+use crate::config::Secret;
+use crate::error::{AppError, AppResult};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use base64::Engine;
+use daena_core::ids::TenantId;
+use daena_core::time::Micros;
+use daena_store::datadir::{DataDir, write_atomic};
+use daena_store::kv::{DocTable, Kv, doc_table};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+pub const MASTER_KEY_FILE: &str = "master.key";
+const DATA_KEYS: DocTable = doc_table("data_keys");
+const MAGIC: &[u8; 2] = b"DN";
+const FORMAT: u8 = 1;
+pub const HEADER: usize = 8;
+const NONCE: usize = 12;
+
+/// What the body inside an envelope is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Raw = 0,
+    Zstd = 1,
+}
+
+/// The master (key-encryption) key.
+pub struct MasterKey {
+    key: Zeroizing<[u8; 32]>,
+    /// A non-secret identifier: the first 8 bytes of SHA-256("daena-master-key-id\0" ‖ key), hex.
+    pub id: String,
+    /// Where it came from, for messages: `DAENA_MEMORY_AES_KEY` or the key file path.
+    pub source: String,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKey").field("id", &self.id).field("source", &self.source).finish()
+    }
+}
+
+fn key_id(key: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"daena-master-key-id\0");
+    h.update(key);
+    hex::encode(&h.finalize()[..8])
+}
+
+impl MasterKey {
+    pub fn from_bytes(key: [u8; 32], source: &str) -> MasterKey {
+        MasterKey { id: key_id(&key), key: Zeroizing::new(key), source: source.to_owned() }
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        // A 32-byte slice is always a valid AES-256 key.
+        Aes256Gcm::new(&(*self.key).into())
+    }
+}
+
+/// Parses a master key given as base64 (standard or URL-safe, padded or not) or hex of
+/// exactly 32 bytes. The error never repeats the value.
+pub fn parse_master_key(text: &str, source: &str) -> AppResult<[u8; 32]> {
+    let t = text.trim();
+    let decoded = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(t).ok()
+    } else {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+        [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD].iter().find_map(|e| e.decode(t).ok())
+    };
+    let bytes = Zeroizing::new(decoded.unwrap_or_default());
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        AppError::invalid(format!(
+            "{source} must be 32 bytes given as base64 (44 characters) or hex (64 characters), \
+             e.g. the output of `openssl rand -base64 32`; the value given is not (its content is not shown)"
+        ))
+    })
+}
+
+/// Loads the master key: `DAENA_MEMORY_AES_KEY` if set, else `keys/master.key`, else a new
+/// key generated into that file (mode 0600) with a warning.
+pub fn load_master(data: &DataDir, env: Option<&Secret>) -> AppResult<MasterKey> {
+    if let Some(secret) = env {
+        let key = parse_master_key(secret.expose(), "DAENA_MEMORY_AES_KEY")?;
+        return Ok(MasterKey::from_bytes(key, "DAENA_MEMORY_AES_KEY"));
+    }
+    let path = data.keys_dir().join(MASTER_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let text = Zeroizing::new(text);
+            let key = parse_master_key(&text, &path.display().to_string())?;
+            Ok(MasterKey::from_bytes(key, &path.display().to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; 32] = rand::random();
+            let text = Zeroizing::new(format!("{}\n", base64::engine::general_purpose::STANDARD.encode(key)));
+            write_atomic(&path, text.as_bytes(), true)?;
+            tracing::warn!(
+                path = %path.display(),
+                "no DAENA_MEMORY_AES_KEY set: generated a master key file; back it up apart from the data, \
+                 or set DAENA_MEMORY_AES_KEY"
+            );
+            Ok(MasterKey::from_bytes(key, &path.display().to_string()))
+        }
+        Err(e) => Err(AppError::internal(format!("reading {}: {e}", path.display()))),
+    }
+}
+
+/// A tenant data key as stored: wrapped by a master key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WrappedKey {
+    version: u32,
+    master_key_id: String,
+    /// nonce ‖ ciphertext ‖ tag, base64.
+    wrapped: String,
+    created_at: Micros,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TenantKeyDoc {
+    current: u32,
+    keys: Vec<WrappedKey>,
+}
+
+struct TenantKeys {
+    current: u32,
+    ciphers: BTreeMap<u32, Arc<Aes256Gcm>>,
+}
+
+/// The keyring: the master key and every tenant's unwrapped data keys.
+pub struct Keyring {
+    master: MasterKey,
+    clock: Arc<dyn crate::clock::Clock>,
+    kv: Kv,
+    tenants: RwLock<HashMap<String, TenantKeys>>,
+    create: Mutex<()>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").field("master", &self.master).field("tenants", &self.tenants.read().len()).finish()
+    }
+}
+
+fn wrap_aad(tenant: &str, version: u32) -> Vec<u8> {
+    format!("daena-dek-v1\0{tenant}\0{version}").into_bytes()
+}
+
+/// Checks, without opening the database for writing, that `master` unwraps the data keys
+/// stored in `state_db`: a wrong key is refused before anything is touched.
+pub fn check_master(state_db: &std::path::Path, master: &MasterKey) -> AppResult<()> {
+    if let Some(docs) = daena_store::kv::read_docs_untouched::<TenantKeyDoc>(state_db, DATA_KEYS)? {
+        unwrap_all(docs, master)?;
+    }
+    Ok(())
+}
+
+fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResult<HashMap<String, TenantKeys>> {
+    let mut tenants = HashMap::new();
+    for (tenant, doc) in docs {
+        let mut ciphers = BTreeMap::new();
+        for k in &doc.keys {
+            if k.master_key_id != master.id {
+                return Err(AppError::unavailable(format!(
+                    "the master key from {} (id {}) is not the one this data directory's keys were wrapped with \
+                         (id {}); start with the right DAENA_MEMORY_AES_KEY. Nothing was changed.",
+                    master.source, master.id, k.master_key_id
+                )));
+            }
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(&k.wrapped)
+                .map_err(|_| AppError::internal(format!("data key {tenant}/{} is not base64", k.version)))?;
+            if raw.len() < NONCE + 16 {
+                return Err(AppError::internal(format!("data key {tenant}/{} is truncated", k.version)));
+            }
+            let (nonce, ct) = raw.split_at(NONCE);
+            let nonce: [u8; NONCE] = nonce.try_into().map_err(|_| AppError::internal("bad nonce"))?;
+            let key = master
+                .cipher()
+                .decrypt((&nonce).into(), Payload { msg: ct, aad: &wrap_aad(&tenant, k.version) })
+                .map(Zeroizing::new)
+                .map_err(|_| {
+                    AppError::unavailable(format!(
+                        "cannot unwrap the data key of tenant {tenant} (version {}) with the master key from {}: \
+                             wrong key or damaged key store. Nothing was changed.",
+                        k.version, master.source
+                    ))
+                })?;
+            let cipher =
+                Aes256Gcm::new_from_slice(&key).map_err(|_| AppError::internal("data key has the wrong length"))?;
+            ciphers.insert(k.version, Arc::new(cipher));
+        }
+        tenants.insert(tenant, TenantKeys { current: doc.current, ciphers });
+    }
+    Ok(tenants)
+}
+
+impl Keyring {
+    /// Unwraps every tenant data key; fails when they were wrapped by another master key.
+    pub fn load(kv: Kv, master: MasterKey, clock: Arc<dyn crate::clock::Clock>) -> AppResult<Keyring> {
+        let tenants = unwrap_all(kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?, &master)?;
+        Ok(Keyring { master, clock, kv, tenants: RwLock::new(tenants), create: Mutex::new(()) })
+    }
+
+    pub fn master_id(&self) -> &str {
+        &self.master.id
+    }
+
+    /// The tenant's current data key, created (and stored wrapped) on first use.
+    fn current(&self, tenant: &str) -> AppResult<(u32, Arc<Aes256Gcm>)> {
+        if let Some(t) = self.tenants.read().get(tenant)
+            && let Some(c) = t.ciphers.get(&t.current)
+        {
+            return Ok((t.current, c.clone()));
+        }
+        let _guard = self.create.lock();
+        if let Some(t) = self.tenants.read().get(tenant)
+            && let Some(c) = t.ciphers.get(&t.current)
+        {
+            return Ok((t.current, c.clone()));
+        }
+        let key = Zeroizing::new(rand::random::<[u8; 32]>());
+        let version = 1u32;
+        let nonce: [u8; NONCE] = rand::random();
+        let wrapped = self
+            .master
+            .cipher()
+            .encrypt((&nonce).into(), Payload { msg: key.as_slice(), aad: &wrap_aad(tenant, version) })
+            .map_err(|_| AppError::internal("wrapping a data key failed"))?;
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&wrapped);
+        let doc = TenantKeyDoc {
+            current: version,
+            keys: vec![WrappedKey {
+                version,
+                master_key_id: self.master.id.clone(),
+                wrapped: base64::engine::general_purpose::STANDARD.encode(&blob),
+                created_at: self.clock.now(),
+            }],
+        };
+        self.kv.put_doc(DATA_KEYS, tenant, &doc)?;
+        let cipher =
+            Arc::new(Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| AppError::internal("bad key length"))?);
+        self.tenants.write().insert(
+            tenant.to_owned(),
+            TenantKeys { current: version, ciphers: BTreeMap::from([(version, cipher.clone())]) },
+        );
+        Ok((version, cipher))
+    }
+
+    /// Seals `plaintext` for `aad_address` of `tenant`.
+    pub fn seal(&self, tenant: &TenantId, address: &[u8], codec: Codec, plaintext: &[u8]) -> AppResult<Vec<u8>> {
+        let (version, cipher) = self.current(tenant.as_str())?;
+        let mut out = Vec::with_capacity(HEADER + NONCE + plaintext.len() + 16);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT);
+        out.push(codec as u8);
+        out.extend_from_slice(&version.to_be_bytes());
+        let nonce: [u8; NONCE] = rand::random();
+        let mut aad = Vec::with_capacity(HEADER + address.len());
+        aad.extend_from_slice(&out[..HEADER]);
+        aad.extend_from_slice(address);
+        let ct = cipher
+            .encrypt((&nonce).into(), Payload { msg: plaintext, aad: &aad })
+            .map_err(|_| AppError::internal("encryption failed"))?;
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens an envelope sealed for `address` of `tenant`: (codec, plaintext).
+    pub fn open(&self, tenant: &TenantId, address: &[u8], envelope: &[u8]) -> AppResult<(Codec, Vec<u8>)> {
+        let (codec, version) = parse_header(envelope)?;
+        let cipher = {
+            let tenants = self.tenants.read();
+            tenants.get(tenant.as_str()).and_then(|t| t.ciphers.get(&version).cloned())
+        }
+        .ok_or_else(|| {
+            AppError::unavailable(format!("no data key version {version} for tenant {tenant} (shredded or missing)"))
+        })?;
+        let mut aad = Vec::with_capacity(HEADER + address.len());
+        aad.extend_from_slice(&envelope[..HEADER]);
+        aad.extend_from_slice(address);
+        let body = &envelope[HEADER..];
+        let nonce: [u8; NONCE] = body[..NONCE].try_into().map_err(|_| AppError::internal("bad nonce"))?;
+        let plaintext = cipher.decrypt((&nonce).into(), Payload { msg: &body[NONCE..], aad: &aad }).map_err(|_| {
+            AppError::internal(format!("record of tenant {tenant} failed authentication (corrupt or moved)"))
+        })?;
+        Ok((codec, plaintext))
+    }
+}
+
+/// (codec, key version) of an envelope.
+pub fn parse_header(envelope: &[u8]) -> AppResult<(Codec, u32)> {
+    if envelope.len() < HEADER + NONCE + 16 || &envelope[..2] != MAGIC || envelope[2] != FORMAT {
+        return Err(AppError::internal("not a Daena envelope (format 1)"));
+    }
+    let codec = match envelope[3] {
+        0 => Codec::Raw,
+        1 => Codec::Zstd,
+        c => return Err(AppError::internal(format!("unknown envelope codec {c}"))),
+    };
+    let version = u32::from_be_bytes([envelope[4], envelope[5], envelope[6], envelope[7]]);
+    Ok((codec, version))
+}
+
+/// The associated data naming a record address.
+pub fn record_address(tenant: &str, class: &str, key: &str) -> Vec<u8> {
+    format!("daena-record-v1\0{tenant}\0{class}\0{key}").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock() -> Arc<dyn crate::clock::Clock> {
+        crate::clock::ManualClock::new(Micros(1))
+    }
+
+    fn ring(master: [u8; 32]) -> (tempfile::TempDir, Keyring) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kv = Kv::open(&tmp.path().join("state.redb"), 1 << 20).expect("kv");
+        (tmp, Keyring::load(kv, MasterKey::from_bytes(master, "test"), clock()).expect("ring"))
+    }
+
+    #[test]
+    fn master_key_formats() {
+        let key = [7u8; 32];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        assert_eq!(parse_master_key(&b64, "k").expect("base64"), key);
+        assert_eq!(parse_master_key(&hex::encode(key), "k").expect("hex"), key);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
+        assert_eq!(parse_master_key(&url, "k").expect("url-safe"), key);
+        for bad in ["", "short", "default-key-change-in-production", &hex::encode([1u8; 31])] {
+            let e = parse_master_key(bad, "DAENA_MEMORY_AES_KEY").expect_err("refused");
+            assert!(e.message.contains("32 bytes"));
+            assert!(bad.is_empty() || !e.message.contains(bad), "the value is not echoed");
+        }
+    }
+
+    #[test]
+    fn seal_open_and_binding() {
+        let (_t, ring) = ring([1u8; 32]);
+        let acme = TenantId::new("acme").expect("tenant");
+        let other = TenantId::new("globex").expect("tenant");
+        let addr = record_address("acme", "chat", "k1");
+        let env = ring.seal(&acme, &addr, Codec::Zstd, b"secret payload").expect("seal");
+        assert!(!env.windows(6).any(|w| w == b"secret"));
+        assert_eq!(ring.open(&acme, &addr, &env).expect("open"), (Codec::Zstd, b"secret payload".to_vec()));
+        assert!(ring.open(&acme, &record_address("acme", "chat", "k2"), &env).is_err(), "bound to the address");
+        assert!(ring.open(&other, &addr, &env).is_err(), "bound to the tenant's key");
+        let mut tampered = env.clone();
+        tampered[3] = 0;
+        assert!(ring.open(&acme, &addr, &tampered).is_err(), "header is authenticated");
+    }
+
+    #[test]
+    fn wrong_master_key_refuses_to_load() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("state.redb");
+        {
+            let ring =
+                Keyring::load(Kv::open(&path, 1 << 20).expect("kv"), MasterKey::from_bytes([1u8; 32], "a"), clock())
+                    .expect("ring");
+            ring.seal(&TenantId::new("acme").expect("t"), b"x", Codec::Raw, b"y").expect("seal");
+        }
+        let err = Keyring::load(
+            Kv::open(&path, 1 << 20).expect("kv"),
+            MasterKey::from_bytes([2u8; 32], "DAENA_MEMORY_AES_KEY"),
+            clock(),
+        )
+        .expect_err("wrong key");
+        assert!(err.message.contains("not the one"), "{}", err.message);
+        let ring = Keyring::load(Kv::open(&path, 1 << 20).expect("kv"), MasterKey::from_bytes([1u8; 32], "a"), clock())
+            .expect("right key");
+        assert_eq!(ring.master_id(), key_id(&[1u8; 32]));
+    }
+}

@@ -1,0 +1,195 @@
+//! Aging runs: scan every record, decide with `daena_core::aging`, and submit the actions
+//! (each ledgered) through the commit thread. Run by the scheduler and `daena aging run`.
+
+use super::state::{AgeAction, MemoryOp};
+use super::{Addr, codec};
+use crate::Daena;
+use crate::commit::Op;
+use crate::config::AgingAction as ConfigAction;
+use crate::error::{AppError, AppResult, ErrorCode};
+use daena_core::aging::{self, AgeKind, Decision, Place, Rule};
+use daena_core::ids::{ClassName, RecordKey, TenantId};
+use daena_core::time::Micros;
+use daena_store::records::{self, RowBody, Tier};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AgingItem {
+    pub tenant: String,
+    pub class: String,
+    pub key: String,
+    pub action: String,
+    pub idle_days: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct AgingReport {
+    pub dry_run: bool,
+    pub scanned: u64,
+    pub tightened: u64,
+    pub archived: u64,
+    pub expired: u64,
+    /// Records that changed between the scan and the action (left for the next run).
+    pub skipped: u64,
+    pub errors: u64,
+    /// The first 100 actions.
+    pub actions: Vec<AgingItem>,
+}
+
+struct Candidate {
+    addr: Addr,
+    decision: Decision,
+    seq: u64,
+    idle_days: f64,
+    envelope: Option<Vec<u8>>,
+}
+
+fn rules(d: &Daena) -> Vec<Rule> {
+    d.config
+        .memory
+        .aging
+        .rules
+        .iter()
+        .map(|r| Rule {
+            after_days: r.after_days,
+            kind: match r.action {
+                ConfigAction::TightenCompression => AgeKind::Tighten,
+                ConfigAction::Archive => AgeKind::Archive,
+            },
+            targets: r.targets.iter().map(|t| t.to_string()).collect(),
+        })
+        .collect()
+}
+
+/// Scans and applies (or, with `dry_run`, only reports) the aging rules at the clock's now.
+pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport> {
+    if !dry_run && !d.writes_enabled() {
+        return Err(AppError::new(ErrorCode::WritesDisabled, "aging changes records; the service is read-only"));
+    }
+    let now = d.clock.now();
+    let rules = rules(d);
+    let cold_level = d.config.memory.l3_zstd_level;
+    let mut report = AgingReport { dry_run, ..AgingReport::default() };
+    let mut candidates = Vec::new();
+    let db = d.memory.kv.db();
+    records::scan(db, &[], None, |k, row| {
+        report.scanned += 1;
+        let Some((t, c, key)) = records::split_key(k) else { return Ok(true) };
+        let last_access = records::get_access(db, k)?.map_or(0, |(last, _)| last);
+        let last = row.updated_at.max(last_access);
+        let idle_days = now.days_since(Micros(last));
+        let place = match row.tier {
+            Tier::L2 => Place::Warm,
+            Tier::L2Q => Place::Quarantine,
+            Tier::L3 => Place::Cold,
+        };
+        let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key)) else {
+            return Ok(true);
+        };
+        let retention = d.config.memory.class(&class).retention_days;
+        let subject = aging::Subject { class: c, place, level: i32::from(row.level), idle_days };
+        let decision = aging::decide(subject, retention, &rules, cold_level);
+        if decision != Decision::Keep {
+            let envelope = match &row.body {
+                RowBody::Inline(b) => Some(b.clone()),
+                RowBody::Cold { .. } => None,
+            };
+            candidates.push(Candidate {
+                addr: Addr { tenant, class, key },
+                decision,
+                seq: row.seq,
+                idle_days,
+                envelope,
+            });
+        }
+        Ok(true)
+    })?;
+
+    for c in candidates {
+        let name = match c.decision {
+            Decision::Tighten => "tighten_compression",
+            Decision::Archive => "archive",
+            Decision::Expire => "expire",
+            Decision::Keep => continue,
+        };
+        if report.actions.len() < 100 {
+            report.actions.push(AgingItem {
+                tenant: c.addr.tenant.to_string(),
+                class: c.addr.class.to_string(),
+                key: c.addr.key.to_string(),
+                action: name.to_owned(),
+                idle_days: (c.idle_days * 100.0).round() / 100.0,
+            });
+        }
+        if dry_run {
+            count(&mut report, c.decision);
+            continue;
+        }
+        let op = match (c.decision, c.envelope) {
+            (Decision::Expire, _) => {
+                MemoryOp::Expire { addr: c.addr, actor: actor.to_owned(), expect_seq: c.seq, idle_days: c.idle_days }
+            }
+            (Decision::Tighten | Decision::Archive, Some(envelope)) => {
+                let m = d.memory.clone();
+                let addr = c.addr.clone();
+                let sealed = tokio::task::spawn_blocking(move || {
+                    codec::recompress(
+                        &m.keyring,
+                        &addr.tenant,
+                        addr.class.as_str(),
+                        addr.key.as_str(),
+                        &envelope,
+                        cold_level,
+                    )
+                })
+                .await
+                .map_err(|e| AppError::internal(format!("recompress task: {e}")))?;
+                let (envelope, raw_len) = match sealed {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message, "aging could not re-seal a record");
+                        report.errors += 1;
+                        continue;
+                    }
+                };
+                let action = if c.decision == Decision::Archive { AgeAction::Archive } else { AgeAction::Tighten };
+                MemoryOp::Age {
+                    addr: c.addr,
+                    actor: actor.to_owned(),
+                    action,
+                    envelope,
+                    raw_len,
+                    level: i8::try_from(cold_level).unwrap_or(i8::MAX),
+                    expect_seq: c.seq,
+                }
+            }
+            _ => continue,
+        };
+        match d.commit.submit(Op::Memory(Box::new(op))).await {
+            Ok(_) => count(&mut report, c.decision),
+            Err(e) if matches!(e.code, ErrorCode::VersionConflict | ErrorCode::NotFound) => report.skipped += 1,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "aging action failed");
+                report.errors += 1;
+            }
+        }
+    }
+    if !dry_run && (report.tightened + report.archived + report.expired) > 0 {
+        tracing::info!(
+            tightened = report.tightened,
+            archived = report.archived,
+            expired = report.expired,
+            "aging run applied"
+        );
+    }
+    Ok(report)
+}
+
+fn count(report: &mut AgingReport, d: Decision) {
+    match d {
+        Decision::Tighten => report.tightened += 1,
+        Decision::Archive => report.archived += 1,
+        Decision::Expire => report.expired += 1,
+        Decision::Keep => {}
+    }
+}

@@ -1,0 +1,91 @@
+//! A record's body at rest: payload and meta JSON, compressed with zstd when that helps,
+//! then sealed in the tenant's envelope (`crypto`).
+//!
+//! Plaintext layout: payload length (u32 BE) ‖ payload JSON ‖ meta JSON.
+
+use crate::crypto::{Codec, Keyring, record_address};
+use crate::error::{AppError, AppResult};
+use daena_core::ids::TenantId;
+use std::sync::Arc;
+
+/// A record's decoded body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plain {
+    pub payload: Arc<str>,
+    pub meta: Arc<str>,
+}
+
+/// The most any record body may decompress to; bounds memory against a forged frame.
+const MAX_PLAINTEXT: usize = 64 * 1024 * 1024;
+
+pub fn plaintext(plain: &Plain) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + plain.payload.len() + plain.meta.len());
+    out.extend_from_slice(&(plain.payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(plain.payload.as_bytes());
+    out.extend_from_slice(plain.meta.as_bytes());
+    out
+}
+
+/// Compresses (at `level`, kept only if smaller) and seals; returns (envelope, raw length).
+pub fn seal(
+    keyring: &Keyring,
+    tenant: &TenantId,
+    class: &str,
+    key: &str,
+    plain: &Plain,
+    level: i32,
+) -> AppResult<(Vec<u8>, u32)> {
+    let raw = plaintext(plain);
+    let raw_len = u32::try_from(raw.len()).map_err(|_| AppError::invalid("record too large"))?;
+    let compressed = zstd::bulk::compress(&raw, level).map_err(|e| AppError::internal(format!("zstd: {e}")))?;
+    let aad = record_address(tenant.as_str(), class, key);
+    let envelope = if compressed.len() < raw.len() {
+        keyring.seal(tenant, &aad, Codec::Zstd, &compressed)?
+    } else {
+        keyring.seal(tenant, &aad, Codec::Raw, &raw)?
+    };
+    Ok((envelope, raw_len))
+}
+
+/// Opens and decompresses an envelope sealed by [`seal`].
+pub fn open(keyring: &Keyring, tenant: &TenantId, class: &str, key: &str, envelope: &[u8]) -> AppResult<Plain> {
+    let aad = record_address(tenant.as_str(), class, key);
+    let (codec, body) = keyring.open(tenant, &aad, envelope)?;
+    let raw = match codec {
+        Codec::Raw => body,
+        Codec::Zstd => {
+            let size = zstd::zstd_safe::get_frame_content_size(&body)
+                .ok()
+                .flatten()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n <= MAX_PLAINTEXT)
+                .ok_or_else(|| AppError::internal("compressed record without a valid content size"))?;
+            zstd::bulk::decompress(&body, size).map_err(|e| AppError::internal(format!("zstd: {e}")))?
+        }
+    };
+    if raw.len() < 4 {
+        return Err(AppError::internal("record body too short"));
+    }
+    let n = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]) as usize;
+    let rest = &raw[4..];
+    if n > rest.len() {
+        return Err(AppError::internal("record body length mismatch"));
+    }
+    let text = |b: &[u8]| {
+        std::str::from_utf8(b).map(Arc::<str>::from).map_err(|_| AppError::internal("record body is not UTF-8"))
+    };
+    Ok(Plain { payload: text(&rest[..n])?, meta: text(&rest[n..])? })
+}
+
+/// Re-seals an envelope at another compression level (aging).
+pub fn recompress(
+    keyring: &Keyring,
+    tenant: &TenantId,
+    class: &str,
+    key: &str,
+    envelope: &[u8],
+    level: i32,
+) -> AppResult<(Vec<u8>, u32)> {
+    let plain = open(keyring, tenant, class, key, envelope)?;
+    seal(keyring, tenant, class, key, &plain, level)
+}

@@ -1,0 +1,883 @@
+//! Memory: records addressed by (tenant, class, key) in three tiers.
+//!
+//! Writes are sealed (compressed, encrypted) here, then go through the commit thread, which
+//! ledgers them before they are acknowledged and applies them to L2 (or L2Q) and L1. Reads go
+//! L1 → L2 → L3. ABAC is checked on every read, write, delete and list; denials are ledgered.
+//! Quarantined classes land in L2Q until distinct agents confirm them (or a reviewer
+//! promotes them); overwrites are measured for divergence and refused above a class's
+//! threshold unless marked as an intended revision.
+
+pub mod aging;
+pub mod codec;
+pub mod monitor;
+pub mod state;
+
+use crate::Daena;
+use crate::auth::Principal;
+use crate::clock::{Clock, rfc3339};
+use crate::commit::Op;
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::policy::Action;
+use codec::Plain;
+use daena_core::auth::Role;
+use daena_core::ids::{AgentId, ClassName, RecordKey, TenantId};
+use daena_core::ledger::NewEntry;
+use daena_core::time::Micros;
+use daena_store::cold::ColdStore;
+use daena_store::kv::Kv;
+use daena_store::records::{self, RecordRow, RowBody, Tier, TrustRow};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use state::{MemoryOp, Put};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// A record's address. The tenant is always part of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Addr {
+    pub tenant: TenantId,
+    pub class: ClassName,
+    pub key: RecordKey,
+}
+
+impl Addr {
+    pub fn table_key(&self) -> Vec<u8> {
+        records::address_key(self.tenant.as_str(), self.class.as_str(), self.key.as_str())
+    }
+}
+
+/// Trust after n distinct confirmations: n / (n + 1) (0.5, 0.67, 0.75, ...).
+pub fn trust_score(confirmations: usize) -> f32 {
+    confirmations as f32 / (confirmations as f32 + 1.0)
+}
+
+/// The system fields of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowMeta {
+    pub seq: u64,
+    pub version: u64,
+    pub tier: Tier,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub content_sha256: [u8; 32],
+    pub raw_len: u32,
+    pub stored_len: u64,
+    pub level: i8,
+    pub trust: Option<TrustRow>,
+}
+
+impl RowMeta {
+    pub fn of(row: &RecordRow) -> RowMeta {
+        RowMeta {
+            seq: row.seq,
+            version: row.version,
+            tier: row.tier,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            content_sha256: row.content_sha256,
+            raw_len: row.raw_len,
+            stored_len: row.stored_len(),
+            level: row.level,
+            trust: row.trust.clone(),
+        }
+    }
+}
+
+/// An L1 entry: the decoded record and its access statistics.
+#[derive(Debug)]
+pub struct Cached {
+    pub meta: RowMeta,
+    pub plain: Plain,
+    last_accessed: AtomicI64,
+    access_count: AtomicU64,
+}
+
+impl Cached {
+    pub fn new(meta: RowMeta, plain: Plain, last_accessed: i64, access_count: u64) -> Cached {
+        Cached { meta, plain, last_accessed: AtomicI64::new(last_accessed), access_count: AtomicU64::new(access_count) }
+    }
+
+    fn weight(&self) -> u64 {
+        (self.plain.payload.len() + self.plain.meta.len() + 256) as u64
+    }
+}
+
+/// The last samples of a latency, for percentiles.
+#[derive(Debug, Default)]
+pub struct LatencyWindow(Mutex<VecDeque<f64>>);
+
+const WINDOW: usize = 4096;
+
+impl LatencyWindow {
+    pub fn record(&self, ms: f64) {
+        let mut w = self.0.lock();
+        if w.len() == WINDOW {
+            w.pop_front();
+        }
+        w.push_back(ms);
+    }
+
+    /// (p50, p95, p99, samples), nearest rank.
+    pub fn percentiles(&self) -> Option<(f64, f64, f64, usize)> {
+        let mut v: Vec<f64> = self.0.lock().iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        Some((at(0.50), at(0.95), at(0.99), v.len()))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Latencies {
+    pub l1: LatencyWindow,
+    pub l2: LatencyWindow,
+    pub l3: LatencyWindow,
+    pub write: LatencyWindow,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub l1_hits: AtomicU64,
+    pub l2_hits: AtomicU64,
+    pub l3_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub writes: AtomicU64,
+    pub deletes: AtomicU64,
+    pub policy_denies: AtomicU64,
+    /// Overwrites whose divergence was measured.
+    pub overwrites: AtomicU64,
+    /// Unintended overwrites diverging at least [`DIVERGENCE_EVENT`] (accepted or refused).
+    pub divergence_events: AtomicU64,
+    pub divergence_aborts: AtomicU64,
+    pub intended_revisions: AtomicU64,
+}
+
+/// Divergence below this counts as an edit, not a divergence event.
+pub const DIVERGENCE_EVENT: f64 = 0.05;
+
+/// Records, stored bytes and plaintext bytes per (tenant, class, tier).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Agg {
+    pub records: u64,
+    pub stored: u64,
+    pub raw: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub by: HashMap<(String, String, Tier), Agg>,
+}
+
+impl Stats {
+    pub fn replace(&mut self, addr: &Addr, old: Option<&RecordRow>, new: Option<&RecordRow>) {
+        let mut bump = |row: &RecordRow, sign: i64| {
+            let a = self.by.entry((addr.tenant.to_string(), addr.class.to_string(), row.tier)).or_default();
+            let add = |v: &mut u64, d: u64| *v = if sign > 0 { v.saturating_add(d) } else { v.saturating_sub(d) };
+            add(&mut a.records, 1);
+            add(&mut a.stored, row.stored_len());
+            add(&mut a.raw, u64::from(row.raw_len));
+        };
+        if let Some(o) = old {
+            bump(o, -1);
+        }
+        if let Some(n) = new {
+            bump(n, 1);
+        }
+    }
+
+    pub fn total(&self) -> Agg {
+        self.by.values().fold(Agg::default(), |a, b| Agg {
+            records: a.records + b.records,
+            stored: a.stored + b.stored,
+            raw: a.raw + b.raw,
+        })
+    }
+}
+
+/// State shared by the readers and the commit thread.
+pub struct MemoryShared {
+    pub kv: Kv,
+    pub cold: ColdStore,
+    pub keyring: Arc<Keyring>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<Config>,
+    pub l1: moka::sync::Cache<Vec<u8>, Arc<Cached>>,
+    stripes: Box<[RwLock<()>]>,
+    pub stats: Mutex<Stats>,
+    pub counters: Counters,
+    pub latency: Latencies,
+    /// Access statistics not yet written to the `access` table: (last, count).
+    pending_access: Mutex<HashMap<Vec<u8>, (i64, u64)>>,
+    /// Reads of records while in L3, towards promotion.
+    l3_reads: Mutex<HashMap<Vec<u8>, u32>>,
+    /// (time, records, bytes) samples for the growth rate.
+    growth: Mutex<VecDeque<(i64, u64, u64)>>,
+}
+
+impl std::fmt::Debug for MemoryShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryShared").field("l1_entries", &self.l1.entry_count()).finish()
+    }
+}
+
+const STRIPES: usize = 1024;
+
+impl MemoryShared {
+    pub fn open(
+        kv: Kv,
+        cold: ColdStore,
+        keyring: Arc<Keyring>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+    ) -> AppResult<Arc<MemoryShared>> {
+        let m = &config.memory;
+        let slot = (m.l1_cache_bytes / m.l1_cache_size.max(1)).max(1);
+        // Every entry weighs at least one slot, so the byte bound also bounds the count.
+        let l1 = moka::sync::Cache::builder()
+            .max_capacity(m.l1_cache_bytes)
+            .weigher(move |_k: &Vec<u8>, v: &Arc<Cached>| u32::try_from(v.weight().max(slot)).unwrap_or(u32::MAX))
+            .build();
+        let mut stats = Stats::default();
+        records::scan(kv.db(), &[], None, |k, row| {
+            if let Some((t, c, key)) = records::split_key(k)
+                && let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key))
+            {
+                stats.replace(&Addr { tenant, class, key }, None, Some(&row));
+            }
+            Ok(true)
+        })?;
+        Ok(Arc::new(MemoryShared {
+            kv,
+            cold,
+            keyring,
+            clock,
+            config,
+            l1,
+            stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            stats: Mutex::new(stats),
+            counters: Counters::default(),
+            latency: Latencies::default(),
+            pending_access: Mutex::new(HashMap::new()),
+            l3_reads: Mutex::new(HashMap::new()),
+            growth: Mutex::new(VecDeque::new()),
+        }))
+    }
+
+    fn stripe_of(&self, key: &[u8]) -> usize {
+        let h = Sha256::digest(key);
+        (usize::from(h[0]) << 8 | usize::from(h[1])) % STRIPES
+    }
+
+    /// Records an access and returns the new (last_accessed, access_count).
+    fn touch(&self, key: &[u8], cached: &Cached) -> (i64, u64) {
+        let now = self.clock.now().0;
+        cached.last_accessed.store(now, Ordering::Relaxed);
+        let count = cached.access_count.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pending_access.lock().insert(key.to_vec(), (now, count));
+        (now, count)
+    }
+
+    /// Samples the totals for the growth rate (called by the scheduler).
+    pub fn sample_growth(&self) {
+        let total = self.stats.lock().total();
+        let now = self.clock.now().0;
+        let mut g = self.growth.lock();
+        g.push_back((now, total.records, total.stored));
+        while g.front().is_some_and(|(t, _, _)| now - t > 24 * Micros::HOUR) {
+            g.pop_front();
+        }
+    }
+}
+
+/// The caller's agent identity: the `X-Agent-ID` header, else the key's name.
+pub fn agent_of(who: &Principal, header: Option<&str>) -> AppResult<String> {
+    match header.map(str::trim).filter(|h| !h.is_empty()) {
+        Some(h) => Ok(AgentId::new(h).map_err(|e| AppError::invalid(format!("X-Agent-ID: {e}")))?.to_string()),
+        None => Ok(format!("key:{}", who.key_name())),
+    }
+}
+
+fn check_policy(d: &Daena, who: &Principal, addr_class: &ClassName, reference: &str, action: Action) -> AppResult<()> {
+    let decision = d.policy.decide(who, addr_class, action);
+    if decision.allowed {
+        return Ok(());
+    }
+    d.memory.counters.policy_denies.fetch_add(1, Ordering::Relaxed);
+    let entry = NewEntry::new(who.tenant().as_str(), who.actor(), "policy.deny", reference).attrs(json!({
+        "class": addr_class, "action": action.as_str(), "rules": decision.rules, "reason": decision.reason,
+        "roles": crate::policy::Subject::of(who).roles,
+    }));
+    d.commit.append_detached(vec![entry]);
+    Err(AppError::new(
+        ErrorCode::PolicyDenied,
+        format!("{} on class {addr_class} denied: {}", action.as_str(), decision.reason),
+    )
+    .with_details(json!({"rules": decision.rules, "class": addr_class, "action": action.as_str()})))
+}
+
+fn writes_enabled(d: &Daena) -> AppResult<()> {
+    if d.writes_enabled() {
+        Ok(())
+    } else {
+        Err(AppError::new(
+            ErrorCode::WritesDisabled,
+            "the service is read-only (DAENA_NBMF_ENABLED=false or `daena writes off`); reads continue",
+        ))
+    }
+}
+
+/// A record as `GET` returns it.
+#[derive(Debug, Clone)]
+pub struct RecordView {
+    pub addr: Addr,
+    pub meta: RowMeta,
+    pub plain: Plain,
+    pub last_accessed: i64,
+    pub access_count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TrustView {
+    pub quarantined: bool,
+    pub score: f32,
+    pub confirmations: Vec<String>,
+    pub promote_threshold: f64,
+}
+
+/// System fields as JSON (everything but payload and meta).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SystemFields {
+    pub tenant: String,
+    pub class: String,
+    pub key: String,
+    pub version: u64,
+    /// `L1` when served from the hot cache, else where the record lives: `L2`, `L2Q`, `L3`.
+    pub tier: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_accessed: Option<String>,
+    pub access_count: u64,
+    pub content_sha256: String,
+    pub size_bytes: u64,
+    pub stored_bytes: u64,
+    /// The ledger entry of the last change.
+    pub seq: u64,
+    pub trust: TrustView,
+}
+
+fn system_fields(
+    addr: &Addr,
+    meta: &RowMeta,
+    served: &str,
+    last_accessed: i64,
+    access_count: u64,
+    threshold: f64,
+) -> SystemFields {
+    SystemFields {
+        tenant: addr.tenant.to_string(),
+        class: addr.class.to_string(),
+        key: addr.key.to_string(),
+        version: meta.version,
+        tier: served.to_owned(),
+        created_at: rfc3339(Micros(meta.created_at)),
+        updated_at: rfc3339(Micros(meta.updated_at)),
+        last_accessed: (last_accessed > 0).then(|| rfc3339(Micros(last_accessed))),
+        access_count,
+        content_sha256: hex::encode(meta.content_sha256),
+        size_bytes: u64::from(meta.raw_len),
+        stored_bytes: meta.stored_len,
+        seq: meta.seq,
+        trust: TrustView {
+            quarantined: meta.tier == Tier::L2Q,
+            score: meta.trust.as_ref().map_or(1.0, |t| t.score),
+            confirmations: meta.trust.as_ref().map(|t| t.confirmations.clone()).unwrap_or_default(),
+            promote_threshold: threshold,
+        },
+    }
+}
+
+/// The response body of `GET`: the system fields with `payload` and `meta` spliced in as
+/// the stored JSON text (no re-serialization on the hot path).
+pub fn record_json(view: &RecordView, served: &str, threshold: f64) -> Vec<u8> {
+    let fields = system_fields(&view.addr, &view.meta, served, view.last_accessed, view.access_count, threshold);
+    let mut out = serde_json::to_vec(&fields).unwrap_or_else(|_| b"{}".to_vec());
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(view.plain.payload.as_bytes());
+    out.extend_from_slice(b",\"meta\":");
+    out.extend_from_slice(view.plain.meta.as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// Reads a record: L1, else L2/L2Q, else L3. Returns the view and the tier it came from.
+pub fn get(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<(RecordView, &'static str)> {
+    let start = Instant::now();
+    let addr = Addr { tenant: who.tenant().clone(), class: ClassName::new(class)?, key: RecordKey::new(key)? };
+    check_policy(d, who, &addr.class, &format!("{class}/{key}"), Action::Read)?;
+    let m = &d.memory;
+    let k = addr.table_key();
+    if let Some(c) = m.l1.get(&k) {
+        let (last, count) = m.touch(&k, &c);
+        m.counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+        m.latency.l1.record(start.elapsed().as_secs_f64() * 1e3);
+        maybe_reheat(d, &addr, &c.meta, &k);
+        return Ok((
+            RecordView { addr, meta: c.meta.clone(), plain: c.plain.clone(), last_accessed: last, access_count: count },
+            "L1",
+        ));
+    }
+    let cached = {
+        let _stripe = m.stripes[m.stripe_of(&k)].read();
+        match m.l1.get(&k) {
+            Some(c) => c,
+            None => {
+                let Some(row) = records::get_row(m.kv.db(), &k)? else {
+                    m.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    return Err(AppError::not_found(format!("no record {class}/{key}")));
+                };
+                let envelope = match &row.body {
+                    RowBody::Inline(b) => b.clone(),
+                    RowBody::Cold { segment, offset, len } => m.cold.read(*segment, *offset, *len)?,
+                };
+                let plain = codec::open(&m.keyring, &addr.tenant, class, key, &envelope)?;
+                let (last, count) = match m.pending_access.lock().get(&k).copied() {
+                    Some(v) => v,
+                    None => records::get_access(m.kv.db(), &k)?.unwrap_or((0, 0)),
+                };
+                let c = Arc::new(Cached::new(RowMeta::of(&row), plain, last, count));
+                m.l1.insert(k.clone(), c.clone());
+                c
+            }
+        }
+    };
+    let (last, count) = m.touch(&k, &cached);
+    let tier = cached.meta.tier;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if tier == Tier::L3 {
+        m.counters.l3_hits.fetch_add(1, Ordering::Relaxed);
+        m.latency.l3.record(ms);
+    } else {
+        m.counters.l2_hits.fetch_add(1, Ordering::Relaxed);
+        m.latency.l2.record(ms);
+    }
+    maybe_reheat(d, &addr, &cached.meta, &k);
+    Ok((
+        RecordView {
+            addr,
+            meta: cached.meta.clone(),
+            plain: cached.plain.clone(),
+            last_accessed: last,
+            access_count: count,
+        },
+        tier.as_str(),
+    ))
+}
+
+/// Counts a read of an L3 record and moves it back to L2 after `promote_after_accesses`.
+fn maybe_reheat(d: &Daena, addr: &Addr, meta: &RowMeta, key: &[u8]) {
+    if meta.tier != Tier::L3 || !d.writes_enabled() {
+        return;
+    }
+    let reads = {
+        let mut l3 = d.memory.l3_reads.lock();
+        let n = l3.entry(key.to_vec()).or_default();
+        *n += 1;
+        *n
+    };
+    if reads < d.config.memory.promote_after_accesses {
+        return;
+    }
+    d.memory.l3_reads.lock().remove(key);
+    let op = MemoryOp::Reheat { addr: addr.clone(), expect_seq: meta.seq, reads };
+    let commit = d.commit.clone();
+    tokio::spawn(async move {
+        if let Err(e) = commit.submit(Op::Memory(Box::new(op))).await
+            && e.code != ErrorCode::VersionConflict
+        {
+            tracing::warn!(error = %e.message, "moving a record back from L3 failed");
+        }
+    });
+}
+
+/// A write request.
+#[derive(Debug, Clone)]
+pub struct PutRequest {
+    pub class: String,
+    pub key: String,
+    pub payload: Value,
+    pub meta: Option<Value>,
+    pub if_match: Option<u64>,
+    pub intended_revision: bool,
+    pub agent: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WriteResult {
+    pub created: bool,
+    /// Divergence from the previous version (overwrites only).
+    pub divergence: Option<f64>,
+    #[serde(flatten)]
+    pub record: SystemFields,
+}
+
+/// Writes a record (create or overwrite); acknowledged once its ledger entry is durable.
+pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<WriteResult> {
+    let start = Instant::now();
+    let addr =
+        Addr { tenant: who.tenant().clone(), class: ClassName::new(&req.class)?, key: RecordKey::new(&req.key)? };
+    let reference = format!("{}/{}", addr.class, addr.key);
+    writes_enabled(d)?;
+    check_policy(d, who, &addr.class, &reference, Action::Write)?;
+    let meta = match req.meta {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(m @ Value::Object(_)) => m,
+        Some(_) => return Err(AppError::invalid("meta must be a JSON object")),
+    };
+    let payload_text = serde_json::to_string(&req.payload).map_err(|e| AppError::invalid(e.to_string()))?;
+    let max = d.config.memory.max_payload_bytes;
+    if payload_text.len() > max {
+        return Err(AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("payload is {} bytes; memory.max_payload_bytes is {max}", payload_text.len()),
+        ));
+    }
+    let meta_text = serde_json::to_string(&meta).map_err(|e| AppError::invalid(e.to_string()))?;
+    let writer = agent_of(who, req.agent.as_deref())?;
+    let class_cfg = d.config.memory.class(&addr.class);
+    let level = class_cfg.zstd_level.unwrap_or(d.config.memory.zstd_level);
+    let quarantine = d.config.memory.trust.require_quarantine.contains(&addr.class);
+    let content_sha256: [u8; 32] = Sha256::digest(daena_core::canonical::to_string(&req.payload).as_bytes()).into();
+    let plain = Plain { payload: Arc::from(payload_text.as_str()), meta: Arc::from(meta_text.as_str()) };
+    let m = d.memory.clone();
+    let (tenant, class, key, sealed_plain) =
+        (addr.tenant.clone(), addr.class.to_string(), addr.key.to_string(), plain.clone());
+    let (envelope, raw_len) =
+        tokio::task::spawn_blocking(move || codec::seal(&m.keyring, &tenant, &class, &key, &sealed_plain, level))
+            .await
+            .map_err(|e| AppError::internal(format!("seal task: {e}")))??;
+
+    for _attempt in 0..5 {
+        // What is there now, to measure divergence against.
+        let current = match get_current(d, &addr) {
+            Ok(c) => c,
+            Err(e) => return Err(e),
+        };
+        let divergence = match &current {
+            Some((_, old)) => {
+                let old: Value = serde_json::from_str(&old.payload).unwrap_or(Value::Null);
+                Some(daena_core::divergence::divergence(&old, &req.payload))
+            }
+            None => None,
+        };
+        if let Some(div) = divergence {
+            let c = &d.memory.counters;
+            c.overwrites.fetch_add(1, Ordering::Relaxed);
+            if req.intended_revision {
+                c.intended_revisions.fetch_add(1, Ordering::Relaxed);
+            } else if div >= DIVERGENCE_EVENT {
+                c.divergence_events.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(limit) = class_cfg.divergence_abort
+                && div >= limit
+                && !req.intended_revision
+            {
+                c.divergence_aborts.fetch_add(1, Ordering::Relaxed);
+                let entry = NewEntry::new(addr.tenant.as_str(), who.actor(), "memory.divergence_abort", &reference)
+                    .attrs(json!({
+                        "class": addr.class, "key": addr.key, "divergence": (div * 10_000.0).round() / 10_000.0,
+                        "threshold": limit, "current_version": current.as_ref().map(|(v, _)| *v),
+                    }));
+                d.commit.append(vec![entry]).await?;
+                return Err(AppError::new(
+                    ErrorCode::DivergenceAbort,
+                    format!(
+                        "this overwrite of {reference} diverges {div:.3} from the current version, at or above the \
+                         {} threshold {limit}; send it with \"intended_revision\": true if the change is intended",
+                        addr.class
+                    ),
+                )
+                .with_details(json!({"divergence": div, "threshold": limit})));
+            }
+        }
+        let op = Put {
+            addr: addr.clone(),
+            actor: who.actor(),
+            writer: writer.clone(),
+            envelope: envelope.clone(),
+            raw_len,
+            level: i8::try_from(level).unwrap_or(i8::MAX),
+            content_sha256,
+            payload_bytes: payload_text.len(),
+            if_match: req.if_match,
+            observed: current.as_ref().map(|(v, _)| *v),
+            quarantine,
+            divergence,
+            intended: req.intended_revision,
+            plain: plain.clone(),
+        };
+        match d.commit.submit(Op::Memory(Box::new(MemoryOp::Put(Box::new(op))))).await {
+            Ok(receipts) => {
+                d.memory.counters.writes.fetch_add(1, Ordering::Relaxed);
+                d.memory.latency.write.record(start.elapsed().as_secs_f64() * 1e3);
+                let seq = receipts.first().map_or(0, |r| r.seq);
+                let row = records::get_row(d.memory.kv.db(), &addr.table_key())?;
+                let meta = match row {
+                    Some(r) if r.seq == seq => RowMeta::of(&r),
+                    // Overwritten again already; describe what this write produced.
+                    _ => RowMeta {
+                        seq,
+                        version: current.as_ref().map_or(1, |(v, _)| v + 1),
+                        tier: if quarantine { Tier::L2Q } else { Tier::L2 },
+                        created_at: 0,
+                        updated_at: 0,
+                        content_sha256,
+                        raw_len,
+                        stored_len: envelope.len() as u64,
+                        level: 0,
+                        trust: None,
+                    },
+                };
+                let threshold = d.config.memory.trust.promote_threshold;
+                let tier = meta.tier.as_str();
+                return Ok(WriteResult {
+                    created: current.is_none(),
+                    divergence,
+                    record: system_fields(&addr, &meta, tier, 0, 0, threshold),
+                });
+            }
+            Err(e) if e.details.as_ref().and_then(|v| v.get("retry")).and_then(Value::as_bool) == Some(true) => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(AppError::new(ErrorCode::VersionConflict, "the record kept changing while this write was prepared; retry"))
+}
+
+/// The current (version, body) of a record, from L1 or L2/L3.
+fn get_current(d: &Daena, addr: &Addr) -> AppResult<Option<(u64, Plain)>> {
+    let k = addr.table_key();
+    if let Some(c) = d.memory.l1.get(&k) {
+        return Ok(Some((c.meta.version, c.plain.clone())));
+    }
+    let Some(row) = records::get_row(d.memory.kv.db(), &k)? else { return Ok(None) };
+    let envelope = match &row.body {
+        RowBody::Inline(b) => b.clone(),
+        RowBody::Cold { segment, offset, len } => d.memory.cold.read(*segment, *offset, *len)?,
+    };
+    let plain = codec::open(&d.memory.keyring, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &envelope)?;
+    Ok(Some((row.version, plain)))
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeleteResult {
+    pub deleted: bool,
+    pub class: String,
+    pub key: String,
+    pub seq: u64,
+}
+
+async fn remove(
+    d: &Daena,
+    who: &Principal,
+    class: &str,
+    key: &str,
+    if_match: Option<u64>,
+    action: &'static str,
+    policy: Action,
+) -> AppResult<DeleteResult> {
+    let addr = Addr { tenant: who.tenant().clone(), class: ClassName::new(class)?, key: RecordKey::new(key)? };
+    writes_enabled(d)?;
+    check_policy(d, who, &addr.class, &format!("{class}/{key}"), policy)?;
+    let op = MemoryOp::Delete { addr, actor: who.actor(), if_match, action };
+    let receipts = d.commit.submit(Op::Memory(Box::new(op))).await?;
+    d.memory.counters.deletes.fetch_add(1, Ordering::Relaxed);
+    Ok(DeleteResult {
+        deleted: true,
+        class: class.to_owned(),
+        key: key.to_owned(),
+        seq: receipts.first().map_or(0, |r| r.seq),
+    })
+}
+
+pub async fn delete(
+    d: &Daena,
+    who: &Principal,
+    class: &str,
+    key: &str,
+    if_match: Option<u64>,
+) -> AppResult<DeleteResult> {
+    remove(d, who, class, key, if_match, "memory.delete", Action::Delete).await
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TrustResult {
+    pub class: String,
+    pub key: String,
+    pub tier: String,
+    pub quarantined: bool,
+    pub score: f32,
+    pub confirmations: Vec<String>,
+    pub promoted: bool,
+    pub seq: u64,
+}
+
+async fn trust_result(d: &Daena, addr: &Addr, seq: u64) -> AppResult<TrustResult> {
+    let row = records::get_row(d.memory.kv.db(), &addr.table_key())?
+        .ok_or_else(|| AppError::not_found("the record is gone"))?;
+    let trust = row.trust.clone().unwrap_or(TrustRow { writer: String::new(), confirmations: Vec::new(), score: 1.0 });
+    Ok(TrustResult {
+        class: addr.class.to_string(),
+        key: addr.key.to_string(),
+        tier: row.tier.as_str().to_owned(),
+        quarantined: row.tier == Tier::L2Q,
+        score: trust.score,
+        confirmations: trust.confirmations,
+        promoted: row.tier != Tier::L2Q,
+        seq,
+    })
+}
+
+/// A distinct agent confirms a quarantined record; enough confirmations promote it.
+pub async fn confirm(
+    d: &Daena,
+    who: &Principal,
+    class: &str,
+    key: &str,
+    agent: Option<&str>,
+) -> AppResult<TrustResult> {
+    let addr = Addr { tenant: who.tenant().clone(), class: ClassName::new(class)?, key: RecordKey::new(key)? };
+    writes_enabled(d)?;
+    check_policy(d, who, &addr.class, &format!("{class}/{key}"), Action::Write)?;
+    let agent = agent_of(who, agent)?;
+    let threshold = d.config.memory.trust.promote_threshold as f32;
+    let op = MemoryOp::Confirm { addr: addr.clone(), actor: who.actor(), agent, threshold };
+    let receipts = d.commit.submit(Op::Memory(Box::new(op))).await?;
+    trust_result(d, &addr, receipts.first().map_or(0, |r| r.seq)).await
+}
+
+/// Reviewers (ops keys or keys with the ABAC role `trust.reviewer`) may promote or reject.
+fn require_reviewer(who: &Principal) -> AppResult<()> {
+    if who.role() == Role::Ops || who.attributes().roles.iter().any(|r| r == "trust.reviewer") {
+        Ok(())
+    } else {
+        Err(AppError::forbidden("promoting or rejecting needs an ops key or the ABAC role trust.reviewer"))
+    }
+}
+
+pub async fn promote(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<TrustResult> {
+    let addr = Addr { tenant: who.tenant().clone(), class: ClassName::new(class)?, key: RecordKey::new(key)? };
+    writes_enabled(d)?;
+    require_reviewer(who)?;
+    check_policy(d, who, &addr.class, &format!("{class}/{key}"), Action::Write)?;
+    let receipts =
+        d.commit.submit(Op::Memory(Box::new(MemoryOp::Promote { addr: addr.clone(), actor: who.actor() }))).await?;
+    trust_result(d, &addr, receipts.first().map_or(0, |r| r.seq)).await
+}
+
+pub async fn reject(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<DeleteResult> {
+    let addr = Addr { tenant: who.tenant().clone(), class: ClassName::new(class)?, key: RecordKey::new(key)? };
+    require_reviewer(who)?;
+    let row = records::get_row(d.memory.kv.db(), &addr.table_key())?;
+    if row.as_ref().is_some_and(|r| r.tier != Tier::L2Q) {
+        return Err(AppError::invalid(format!("{class}/{key} is not in quarantine; delete it instead")));
+    }
+    remove(d, who, class, key, None, "memory.reject", Action::Write).await
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub class: Option<String>,
+    pub prefix: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ListItem {
+    pub class: String,
+    pub key: String,
+    pub version: u64,
+    pub tier: String,
+    pub updated_at: String,
+    pub size_bytes: u64,
+    pub content_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ListPage {
+    pub items: Vec<ListItem>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists the caller tenant's records (system fields only), in key order.
+pub fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPage> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(AppError::invalid("limit must be 1..=1000"));
+    }
+    let class = q.class.as_deref().map(ClassName::new).transpose()?;
+    if q.prefix.is_some() && class.is_none() {
+        return Err(AppError::invalid("prefix needs class"));
+    }
+    if let Some(c) = &class {
+        check_policy(d, who, c, &format!("{c}/*"), Action::List)?;
+    }
+    let mut prefix = Vec::new();
+    prefix.extend_from_slice(who.tenant().as_str().as_bytes());
+    prefix.push(0);
+    if let Some(c) = &class {
+        prefix.extend_from_slice(c.as_str().as_bytes());
+        prefix.push(0);
+        if let Some(p) = &q.prefix {
+            prefix.extend_from_slice(p.as_bytes());
+        }
+    }
+    let after = match &q.cursor {
+        Some(c) => Some(hex::decode(c).map_err(|_| AppError::invalid("cursor is not one this API returned"))?),
+        None => None,
+    };
+    if after.as_ref().is_some_and(|a| !a.starts_with(&prefix[..who.tenant().as_str().len() + 1])) {
+        return Err(AppError::invalid("cursor is not one this API returned"));
+    }
+    let mut items = Vec::new();
+    let mut next = None;
+    let mut allowed: HashMap<String, bool> = HashMap::new();
+    records::scan(d.memory.kv.db(), &prefix, after.as_deref(), |k, row| {
+        let Some((_, c, key)) = records::split_key(k) else { return Ok(true) };
+        let ok = *allowed.entry(c.to_owned()).or_insert_with(|| {
+            ClassName::new(c).map(|cn| d.policy.decide(who, &cn, Action::List).allowed).unwrap_or(false)
+        });
+        if !ok {
+            return Ok(true);
+        }
+        if items.len() == limit {
+            next = Some(hex::encode(k));
+            return Ok(false);
+        }
+        items.push(ListItem {
+            class: c.to_owned(),
+            key: key.to_owned(),
+            version: row.version,
+            tier: row.tier.as_str().to_owned(),
+            updated_at: rfc3339(Micros(row.updated_at)),
+            size_bytes: u64::from(row.raw_len),
+            content_sha256: hex::encode(row.content_sha256),
+        });
+        Ok(true)
+    })?;
+    // `next` names the first key of the next page; the scan resumes after the last item.
+    let next_cursor =
+        next.and(items.last().map(|i| hex::encode(records::address_key(who.tenant().as_str(), &i.class, &i.key))));
+    Ok(ListPage { items, next_cursor })
+}

@@ -1,0 +1,526 @@
+//! The memory state machine run by the commit thread: validates memory operations against
+//! the current rows (and the batch so far), turns each into one ledger entry whose body is
+//! the record's envelope, applies durable batches to redb, L1 and the statistics, and replays
+//! ledger entries after a crash.
+
+use super::{Addr, Cached, MemoryShared, RowMeta};
+use crate::commit::{Op, StateMachine};
+use crate::error::{AppError, AppResult, ErrorCode};
+use daena_core::ids::{ClassName, RecordKey, TenantId};
+use daena_core::ledger::entry::{Entry, NewEntry};
+use daena_store::ledger::Receipt;
+use daena_store::records::{self, ACCESS, APPLIED_SEQ, MEMORY_META, RECORDS, RecordRow, RowBody, Tier, TrustRow};
+use redb::ReadableTable;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A memory mutation, prepared by a use case (payload already sealed) for the commit thread.
+#[derive(Debug)]
+pub enum MemoryOp {
+    Put(Box<Put>),
+    Delete {
+        addr: Addr,
+        actor: String,
+        if_match: Option<u64>,
+        action: &'static str,
+    },
+    Confirm {
+        addr: Addr,
+        actor: String,
+        agent: String,
+        threshold: f32,
+    },
+    Promote {
+        addr: Addr,
+        actor: String,
+    },
+    /// Aging: re-compress in place (tighten) or move to L3 (archive), with the new envelope.
+    Age {
+        addr: Addr,
+        actor: String,
+        action: AgeAction,
+        envelope: Vec<u8>,
+        raw_len: u32,
+        level: i8,
+        expect_seq: u64,
+    },
+    /// Aging: delete by retention.
+    Expire {
+        addr: Addr,
+        actor: String,
+        expect_seq: u64,
+        idle_days: f64,
+    },
+    /// Back from L3 to L2 after enough reads.
+    Reheat {
+        addr: Addr,
+        expect_seq: u64,
+        reads: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeAction {
+    Tighten,
+    Archive,
+}
+
+#[derive(Debug)]
+pub struct Put {
+    pub addr: Addr,
+    pub actor: String,
+    pub writer: String,
+    pub envelope: Vec<u8>,
+    pub raw_len: u32,
+    pub level: i8,
+    pub content_sha256: [u8; 32],
+    pub payload_bytes: usize,
+    pub if_match: Option<u64>,
+    /// The version the caller's divergence was computed against (None: no record).
+    pub observed: Option<u64>,
+    pub quarantine: bool,
+    pub divergence: Option<f64>,
+    pub intended: bool,
+    /// The decoded body, for L1.
+    pub plain: super::codec::Plain,
+}
+
+/// What an applied operation did to a row, for apply().
+enum Change {
+    Upsert(Box<RecordRow>, Option<super::codec::Plain>),
+    Remove,
+}
+
+pub struct MemoryState {
+    shared: Arc<MemoryShared>,
+    /// Rows as the batch being prepared leaves them (None: deleted).
+    pending: HashMap<Vec<u8>, Option<RecordRow>>,
+    /// Per prepared operation, in order: the address and its change.
+    staged: Vec<(Addr, Change)>,
+    applied: u64,
+}
+
+impl MemoryState {
+    pub fn new(shared: Arc<MemoryShared>) -> AppResult<MemoryState> {
+        let applied = records::applied_seq(shared.kv.db())?;
+        Ok(MemoryState { shared, pending: HashMap::new(), staged: Vec::new(), applied })
+    }
+
+    fn current(&self, key: &[u8]) -> AppResult<Option<RecordRow>> {
+        if let Some(p) = self.pending.get(key) {
+            return Ok(p.clone());
+        }
+        Ok(records::get_row(self.shared.kv.db(), key)?)
+    }
+
+    fn stage(&mut self, addr: &Addr, change: Change) {
+        let key = addr.table_key();
+        let after = match &change {
+            Change::Upsert(row, _) => Some((**row).clone()),
+            Change::Remove => None,
+        };
+        self.pending.insert(key, after);
+        self.staged.push((addr.clone(), change));
+    }
+
+    fn now(&self) -> i64 {
+        self.shared.clock.now().0
+    }
+
+    fn prepare_memory(&mut self, op: &MemoryOp) -> AppResult<NewEntry> {
+        match op {
+            MemoryOp::Put(put) => self.prepare_put(put),
+            MemoryOp::Delete { addr, actor, if_match, action } => {
+                let row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                if let Some(v) = if_match
+                    && *v != row.version
+                {
+                    return Err(version_conflict(*v, row.version));
+                }
+                self.stage(addr, Change::Remove);
+                Ok(entry(
+                    addr,
+                    actor,
+                    action,
+                    json!({"class": addr.class, "key": addr.key, "version": row.version, "tier": row.tier.as_str()}),
+                ))
+            }
+            MemoryOp::Confirm { addr, actor, agent, threshold } => {
+                let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                if row.tier != Tier::L2Q {
+                    return Err(AppError::invalid(format!("{}/{} is not in quarantine", addr.class, addr.key)));
+                }
+                let trust = row.trust.get_or_insert_with(|| TrustRow {
+                    writer: String::new(),
+                    confirmations: Vec::new(),
+                    score: 0.0,
+                });
+                if &trust.writer == agent {
+                    return Err(AppError::invalid(format!(
+                        "{agent} wrote this version and cannot confirm it; another agent must"
+                    )));
+                }
+                if trust.confirmations.iter().any(|a| a == agent) {
+                    return Err(AppError::invalid(format!("{agent} already confirmed this version")));
+                }
+                trust.confirmations.push(agent.clone());
+                trust.score = super::trust_score(trust.confirmations.len());
+                let promoted = trust.score >= *threshold;
+                let (score, n) = (trust.score, trust.confirmations.len());
+                if promoted {
+                    row.tier = Tier::L2;
+                }
+                row.updated_at = self.now();
+                let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "agent": agent,
+                    "confirmations": n, "score": score, "promoted": promoted, "updated_at": row.updated_at});
+                self.stage(addr, Change::Upsert(Box::new(row), None));
+                Ok(entry(addr, actor, "memory.confirm", attrs))
+            }
+            MemoryOp::Promote { addr, actor } => {
+                let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                if row.tier != Tier::L2Q {
+                    return Err(AppError::invalid(format!("{}/{} is not in quarantine", addr.class, addr.key)));
+                }
+                row.tier = Tier::L2;
+                row.updated_at = self.now();
+                let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "by": actor, "updated_at": row.updated_at});
+                self.stage(addr, Change::Upsert(Box::new(row), None));
+                Ok(entry(addr, actor, "memory.promote", attrs))
+            }
+            MemoryOp::Age { addr, actor, action, envelope, raw_len, level, expect_seq } => {
+                let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                if row.seq != *expect_seq {
+                    return Err(AppError::new(
+                        ErrorCode::VersionConflict,
+                        "the record changed since aging looked at it",
+                    ));
+                }
+                let (what, to) = match action {
+                    AgeAction::Tighten => ("tighten_compression", row.tier),
+                    AgeAction::Archive => ("archive", Tier::L3),
+                };
+                let from = row.tier;
+                row.tier = to;
+                row.raw_len = *raw_len;
+                row.level = *level;
+                row.body = RowBody::Inline(envelope.clone());
+                let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "action": what,
+                    "from": from.as_str(), "to": to.as_str(), "level": level, "raw_len": raw_len});
+                self.stage(addr, Change::Upsert(Box::new(row), None));
+                Ok(entry(addr, actor, "memory.age", attrs).body(envelope.clone()))
+            }
+            MemoryOp::Expire { addr, actor, expect_seq, idle_days } => {
+                let row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                if row.seq != *expect_seq {
+                    return Err(AppError::new(
+                        ErrorCode::VersionConflict,
+                        "the record changed since aging looked at it",
+                    ));
+                }
+                self.stage(addr, Change::Remove);
+                Ok(entry(
+                    addr,
+                    actor,
+                    "memory.expire",
+                    json!({"class": addr.class, "key": addr.key, "version": row.version,
+                    "tier": row.tier.as_str(), "idle_days": (idle_days * 100.0).round() / 100.0}),
+                ))
+            }
+            MemoryOp::Reheat { addr, expect_seq, reads } => {
+                let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                if row.seq != *expect_seq || row.tier != Tier::L3 {
+                    return Err(AppError::new(ErrorCode::VersionConflict, "the record changed or left L3"));
+                }
+                let envelope = match &row.body {
+                    RowBody::Cold { segment, offset, len } => self.shared.cold.read(*segment, *offset, *len)?,
+                    RowBody::Inline(b) => b.clone(),
+                };
+                row.tier = Tier::L2;
+                row.body = RowBody::Inline(envelope.clone());
+                let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "reads_in_l3": reads});
+                self.stage(addr, Change::Upsert(Box::new(row), None));
+                Ok(entry(addr, "system", "memory.reheat", attrs).body(envelope))
+            }
+        }
+    }
+
+    fn prepare_put(&mut self, put: &Put) -> AppResult<NewEntry> {
+        let addr = &put.addr;
+        let current = self.current(&addr.table_key())?;
+        let current_version = current.as_ref().map(|r| r.version);
+        if let Some(v) = put.if_match
+            && Some(v) != current_version
+            && !(v == 0 && current_version.is_none())
+        {
+            return Err(version_conflict(v, current_version.unwrap_or(0)));
+        }
+        if put.observed != current_version {
+            // Someone wrote in between: the caller recomputes divergence and retries.
+            return Err(AppError::new(ErrorCode::VersionConflict, "the record changed while the write was prepared")
+                .with_details(json!({"retry": true})));
+        }
+        let now = self.now();
+        let version = current_version.unwrap_or(0) + 1;
+        let tier = if put.quarantine { Tier::L2Q } else { Tier::L2 };
+        let row = RecordRow {
+            format: records::ROW_FORMAT,
+            tier,
+            seq: 0,
+            version,
+            created_at: current.as_ref().map_or(now, |r| r.created_at),
+            updated_at: now,
+            content_sha256: put.content_sha256,
+            raw_len: put.raw_len,
+            level: put.level,
+            trust: put.quarantine.then(|| TrustRow {
+                writer: put.writer.clone(),
+                confirmations: Vec::new(),
+                score: 0.0,
+            }),
+            body: RowBody::Inline(put.envelope.clone()),
+        };
+        let attrs = json!({
+            "class": addr.class, "key": addr.key, "version": version, "tier": tier.as_str(),
+            "created_at": row.created_at, "updated_at": now, "content_sha256": hex::encode(put.content_sha256),
+            "raw_len": put.raw_len, "level": put.level, "payload_bytes": put.payload_bytes, "writer": put.writer,
+            "divergence": put.divergence.map(|d| (d * 10_000.0).round() / 10_000.0), "intended_revision": put.intended,
+        });
+        self.stage(addr, Change::Upsert(Box::new(row), Some(put.plain.clone())));
+        Ok(entry(addr, &put.actor, "memory.put", attrs).body(put.envelope.clone()))
+    }
+
+    /// Writes staged changes (with their sequence numbers) in one transaction.
+    fn write_rows(&mut self, changes: &mut [(Addr, Change, u64)], last_seq: u64) -> AppResult<()> {
+        let db = self.shared.kv.db();
+        let mut txn = db.begin_write().map_err(store_err)?;
+        txn.set_durability(redb::Durability::None).map_err(|e| AppError::internal(format!("redb durability: {e}")))?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(store_err)?;
+            let mut access = txn.open_table(ACCESS).map_err(store_err)?;
+            for (addr, change, seq) in changes.iter_mut() {
+                let key = addr.table_key();
+                let old = table.get(key.as_slice()).map_err(store_err)?.and_then(|v| RecordRow::decode(v.value()).ok());
+                match change {
+                    Change::Upsert(row, _) => {
+                        row.seq = *seq;
+                        if row.tier == Tier::L3
+                            && let RowBody::Inline(bytes) = &row.body
+                        {
+                            let (segment, offset, len) = self.shared.cold.append(bytes)?;
+                            row.body = RowBody::Cold { segment, offset, len };
+                        }
+                        let bytes = row.encode()?;
+                        table.insert(key.as_slice(), bytes.as_slice()).map_err(store_err)?;
+                        self.shared.stats.lock().replace(addr, old.as_ref(), Some(row));
+                    }
+                    Change::Remove => {
+                        table.remove(key.as_slice()).map_err(store_err)?;
+                        access.remove(key.as_slice()).map_err(store_err)?;
+                        self.shared.stats.lock().replace(addr, old.as_ref(), None);
+                    }
+                }
+            }
+            let mut meta = txn.open_table(MEMORY_META).map_err(store_err)?;
+            meta.insert(APPLIED_SEQ, last_seq).map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)?;
+        self.applied = last_seq;
+        Ok(())
+    }
+
+    fn replay_memory(&mut self, e: &Entry) -> AppResult<Option<(Addr, Change)>> {
+        let addr = || -> AppResult<Addr> {
+            let s = |k: &str| e.attrs.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+            Ok(Addr {
+                tenant: TenantId::new(&e.tenant)?,
+                class: ClassName::new(&s("class"))?,
+                key: RecordKey::new(&s("key"))?,
+            })
+        };
+        let num = |k: &str| e.attrs.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let current = |addr: &Addr| records::get_row(self.shared.kv.db(), &addr.table_key());
+        Ok(match e.action.as_str() {
+            "memory.put" => {
+                let addr = addr()?;
+                let tier =
+                    if e.attrs.get("tier").and_then(Value::as_str) == Some("L2Q") { Tier::L2Q } else { Tier::L2 };
+                let mut sha = [0u8; 32];
+                let _ = hex::decode_to_slice(
+                    e.attrs.get("content_sha256").and_then(Value::as_str).unwrap_or_default(),
+                    &mut sha,
+                );
+                let row = RecordRow {
+                    format: records::ROW_FORMAT,
+                    tier,
+                    seq: e.seq,
+                    version: num("version") as u64,
+                    created_at: num("created_at"),
+                    updated_at: num("updated_at"),
+                    content_sha256: sha,
+                    raw_len: num("raw_len") as u32,
+                    level: num("level") as i8,
+                    trust: (tier == Tier::L2Q).then(|| TrustRow {
+                        writer: e.attrs.get("writer").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                        confirmations: Vec::new(),
+                        score: 0.0,
+                    }),
+                    body: RowBody::Inline(e.body.clone()),
+                };
+                Some((addr, Change::Upsert(Box::new(row), None)))
+            }
+            "memory.delete" | "memory.reject" | "memory.expire" => Some((addr()?, Change::Remove)),
+            "memory.confirm" => {
+                let addr = addr()?;
+                match current(&addr)? {
+                    Some(mut row) => {
+                        let agent = e.attrs.get("agent").and_then(Value::as_str).unwrap_or_default().to_owned();
+                        let trust = row.trust.get_or_insert_with(|| TrustRow {
+                            writer: String::new(),
+                            confirmations: Vec::new(),
+                            score: 0.0,
+                        });
+                        if !trust.confirmations.contains(&agent) {
+                            trust.confirmations.push(agent);
+                        }
+                        trust.score = super::trust_score(trust.confirmations.len());
+                        if e.attrs.get("promoted").and_then(Value::as_bool) == Some(true) {
+                            row.tier = Tier::L2;
+                        }
+                        row.updated_at = num("updated_at");
+                        Some((addr, Change::Upsert(Box::new(row), None)))
+                    }
+                    None => None,
+                }
+            }
+            "memory.promote" => {
+                let addr = addr()?;
+                current(&addr)?.map(|mut row| {
+                    row.tier = Tier::L2;
+                    row.updated_at = num("updated_at");
+                    (addr, Change::Upsert(Box::new(row), None))
+                })
+            }
+            "memory.age" | "memory.reheat" => {
+                let addr = addr()?;
+                current(&addr)?.map(|mut row| {
+                    row.tier = match e.attrs.get("to").and_then(Value::as_str) {
+                        Some("L3") => Tier::L3,
+                        Some("L2Q") => Tier::L2Q,
+                        _ => Tier::L2,
+                    };
+                    if e.action == "memory.age" {
+                        row.raw_len = num("raw_len") as u32;
+                        row.level = num("level") as i8;
+                    }
+                    row.body = RowBody::Inline(e.body.clone());
+                    (addr, Change::Upsert(Box::new(row), None))
+                })
+            }
+            _ => None,
+        })
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> AppError {
+    AppError::internal(format!("storage: {e}"))
+}
+
+fn not_found(addr: &Addr) -> AppError {
+    AppError::not_found(format!("no record {}/{}", addr.class, addr.key))
+}
+
+fn version_conflict(expected: u64, current: u64) -> AppError {
+    AppError::new(
+        ErrorCode::VersionConflict,
+        format!("If-Match {expected} does not match the current version {current}"),
+    )
+    .with_details(json!({"current_version": current}))
+}
+
+fn entry(addr: &Addr, actor: &str, action: &str, attrs: Value) -> NewEntry {
+    NewEntry::new(addr.tenant.as_str(), actor, action, format!("{}/{}", addr.class, addr.key)).attrs(attrs)
+}
+
+impl StateMachine for MemoryState {
+    fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
+        match op {
+            Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
+            Op::Memory(m) => self.prepare_memory(m).map(|e| vec![e]),
+        }
+    }
+
+    fn apply(&mut self, batch: Vec<(Op, Vec<Receipt>)>) -> AppResult<()> {
+        let last_seq = batch.iter().flat_map(|(_, r)| r.iter().map(|r| r.seq)).max().unwrap_or(self.applied);
+        let staged = std::mem::take(&mut self.staged);
+        self.pending.clear();
+        // Staged changes follow the memory operations of the batch in order.
+        let seqs: Vec<u64> = batch
+            .iter()
+            .filter(|(op, _)| matches!(op, Op::Memory(_)))
+            .map(|(_, r)| r.first().map_or(0, |r| r.seq))
+            .collect();
+        debug_assert_eq!(seqs.len(), staged.len());
+        let mut changes: Vec<(Addr, Change, u64)> = staged.into_iter().zip(seqs).map(|((a, c), s)| (a, c, s)).collect();
+        let stripes: Vec<usize> = {
+            let mut s: Vec<usize> = changes.iter().map(|(a, _, _)| self.shared.stripe_of(&a.table_key())).collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        };
+        // Hold the stripes of every touched record across the commit and the L1 update, so a
+        // reader filling L1 from L2 cannot put back a version older than this batch.
+        let shared = self.shared.clone();
+        let guards: Vec<_> = stripes.iter().map(|i| shared.stripes[*i].write()).collect();
+        self.write_rows(&mut changes, last_seq)?;
+        let now = self.now();
+        for (addr, change, _) in &changes {
+            let key = addr.table_key();
+            match change {
+                Change::Upsert(row, Some(plain)) if row.tier != Tier::L3 => {
+                    let cached = Cached::new(RowMeta::of(row), plain.clone(), now.min(row.updated_at), 0);
+                    self.shared.l1.insert(key, Arc::new(cached));
+                }
+                _ => self.shared.l1.invalidate(&key),
+            }
+        }
+        drop(guards);
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        self.pending.clear();
+        self.staged.clear();
+    }
+
+    fn replay(&mut self, e: &Entry) -> AppResult<()> {
+        let change = self.replay_memory(e)?;
+        let mut changes: Vec<(Addr, Change, u64)> = change.into_iter().map(|(a, c)| (a, c, e.seq)).collect();
+        self.write_rows(&mut changes, e.seq)
+    }
+
+    fn applied_seq(&self) -> u64 {
+        self.applied
+    }
+
+    fn flush(&mut self) -> AppResult<()> {
+        self.shared.cold.sync()?;
+        let pending = std::mem::take(&mut *self.shared.pending_access.lock());
+        let db = self.shared.kv.db();
+        let txn = db.begin_write().map_err(store_err)?;
+        {
+            let records = txn.open_table(RECORDS).map_err(store_err)?;
+            let mut access = txn.open_table(ACCESS).map_err(store_err)?;
+            for (key, (last, count)) in pending {
+                // Only records that still exist keep statistics.
+                if records.get(key.as_slice()).map_err(store_err)?.is_some() {
+                    access.insert(key.as_slice(), (last, count)).map_err(store_err)?;
+                }
+            }
+            let mut meta = txn.open_table(MEMORY_META).map_err(store_err)?;
+            meta.insert(APPLIED_SEQ, self.applied).map_err(store_err)?;
+        }
+        txn.commit().map_err(store_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! Background work of a running service: aging on its interval, growth samples, heartbeat
+//! flushes. Each task logs its failures and tries again on its next tick.
+
+use crate::Daena;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Starts the background tasks on the current tokio runtime.
+pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let flush = d.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let d = flush.clone();
+            match tokio::task::spawn_blocking(move || d.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e.message, "periodic flush failed"),
+                Err(e) => tracing::warn!(error = %e, "periodic flush task failed"),
+            }
+        }
+    }));
+    let growth = d.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            growth.memory.sample_growth();
+        }
+    }));
+    let minutes = d.config.memory.aging.interval_minutes;
+    if minutes > 0 {
+        let aging = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(minutes * 60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if !aging.writes_enabled() {
+                    continue;
+                }
+                if let Err(e) = crate::memory::aging::run(&aging, "system:aging", false).await {
+                    tracing::warn!(error = %e.message, "scheduled aging run failed");
+                }
+            }
+        }));
+    }
+    tasks
+}
