@@ -41,6 +41,10 @@ pub trait StateMachine: Send + 'static {
     fn replay(&mut self, entry: &Entry) -> AppResult<()>;
     /// The highest sequence number whose effects are in the state.
     fn applied_seq(&self) -> u64;
+    /// Writes state kept in memory to the store, so scans see it (not necessarily durable).
+    fn settle(&mut self) -> AppResult<()> {
+        Ok(())
+    }
     /// Makes applied state durable (called periodically and at shutdown).
     fn flush(&mut self) -> AppResult<()>;
 }
@@ -341,5 +345,12 @@ impl Worker {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         Ok(cp)
+    }
+}
+
+impl Committer {
+    /// Waits until state the commit thread keeps in memory is in the store (before scans).
+    pub async fn settle(&self) -> AppResult<()> {
+        self.exclusive(|sm| sm.settle()).await?
     }
 }

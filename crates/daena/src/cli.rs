@@ -70,6 +70,9 @@ pub enum Command {
     /// Verify, export and checkpoint the Merkle ledger
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Apply the memory aging rules now (tighten, archive to L3, expire by retention)
+    #[command(subcommand)]
+    Aging(AgingCommand),
     /// Read or flip the read-only switch of a running server (the runbook's "stop writes")
     #[command(after_help = "Examples:\n  daena writes off     # writes get 503 writes_disabled, reads continue\n  \
                             daena writes on\n  daena writes status --json\n\n\
@@ -188,5 +191,16 @@ pub enum LedgerCommand {
     ImportLegacy {
         /// The legacy ledger.jsonl
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgingCommand {
+    /// Run the aging rules of memory_config.yaml once; every action is ledgered
+    #[command(after_help = "Examples:\n  daena aging run --dry-run     # what would happen\n  daena aging run --json")]
+    Run {
+        /// Only report what would happen
+        #[arg(long)]
+        dry_run: bool,
     },
 }

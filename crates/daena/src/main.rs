@@ -7,6 +7,11 @@ mod commands;
 mod output;
 
 use clap::Parser;
+
+/// mimalloc: the service allocates many short-lived buffers across threads (request
+/// bodies, envelopes, zstd output), where glibc's allocator showed up as ~15% of CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

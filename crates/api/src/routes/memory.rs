@@ -165,7 +165,7 @@ pub async fn list(
     Query(q): Query<ListParams>,
 ) -> ApiResult<axum::Json<ListPage>> {
     let q = ListQuery { class: q.class, prefix: q.prefix, cursor: q.cursor, limit: q.limit };
-    Ok(axum::Json(memory::list(&state, &who, q)?))
+    Ok(axum::Json(memory::list(&state, &who, q).await?))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -13,7 +13,7 @@ use daena_core::time::Micros;
 use daena_store::records::{self, RowBody, Tier};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AgingItem {
     pub tenant: String,
     pub class: String,
@@ -22,7 +22,7 @@ pub struct AgingItem {
     pub idle_days: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AgingReport {
     pub dry_run: bool,
     pub scanned: u64,
@@ -70,6 +70,7 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
     let rules = rules(d);
     let cold_level = d.config.memory.l3_zstd_level;
     let mut report = AgingReport { dry_run, ..AgingReport::default() };
+    d.commit.settle().await?;
     let mut candidates = Vec::new();
     let db = d.memory.kv.db();
     records::scan(db, &[], None, |k, row| {

@@ -26,6 +26,28 @@ pub fn plaintext(plain: &Plain) -> Vec<u8> {
     out
 }
 
+thread_local! {
+    /// One zstd context per thread and level: creating a context costs more than
+    /// compressing a small record.
+    static COMPRESSORS: std::cell::RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn compress(raw: &[u8], level: i32) -> AppResult<Vec<u8>> {
+    COMPRESSORS.with(|cell| {
+        let mut all = cell.borrow_mut();
+        let i = match all.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                let c = zstd::bulk::Compressor::new(level).map_err(|e| AppError::internal(format!("zstd: {e}")))?;
+                all.push((level, c));
+                all.len() - 1
+            }
+        };
+        all[i].1.compress(raw).map_err(|e| AppError::internal(format!("zstd: {e}")))
+    })
+}
+
 /// Compresses (at `level`, kept only if smaller) and seals; returns (envelope, raw length).
 pub fn seal(
     keyring: &Keyring,
@@ -37,7 +59,7 @@ pub fn seal(
 ) -> AppResult<(Vec<u8>, u32)> {
     let raw = plaintext(plain);
     let raw_len = u32::try_from(raw.len()).map_err(|_| AppError::invalid("record too large"))?;
-    let compressed = zstd::bulk::compress(&raw, level).map_err(|e| AppError::internal(format!("zstd: {e}")))?;
+    let compressed = compress(&raw, level)?;
     let aad = record_address(tenant.as_str(), class, key);
     let envelope = if compressed.len() < raw.len() {
         keyring.seal(tenant, &aad, Codec::Zstd, &compressed)?

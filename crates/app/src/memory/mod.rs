@@ -216,6 +216,9 @@ pub struct MemoryShared {
     pub latency: Latencies,
     /// Access statistics not yet written to the `access` table: (last, count).
     pending_access: Mutex<HashMap<Vec<u8>, (i64, u64)>>,
+    /// Rows the commit thread applied but has not written to redb yet (None: deleted): a
+    /// memtable in front of redb, written in one transaction every second or 4096 rows.
+    pub overlay: RwLock<HashMap<Vec<u8>, Option<Arc<RecordRow>>>>,
     /// Reads of records while in L3, towards promotion.
     l3_reads: Mutex<HashMap<Vec<u8>, u32>>,
     /// (time, records, bytes) samples for the growth rate.
@@ -267,8 +270,17 @@ impl MemoryShared {
             latency: Latencies::default(),
             pending_access: Mutex::new(HashMap::new()),
             l3_reads: Mutex::new(HashMap::new()),
+            overlay: RwLock::new(HashMap::new()),
             growth: Mutex::new(VecDeque::new()),
         }))
+    }
+
+    /// The current row at `key`: the overlay first, then redb.
+    pub fn row(&self, key: &[u8]) -> AppResult<Option<RecordRow>> {
+        if let Some(v) = self.overlay.read().get(key) {
+            return Ok(v.as_deref().cloned());
+        }
+        Ok(records::get_row(self.kv.db(), key)?)
     }
 
     fn stripe_of(&self, key: &[u8]) -> usize {
@@ -440,7 +452,7 @@ pub fn get(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<(Rec
         match m.l1.get(&k) {
             Some(c) => c,
             None => {
-                let Some(row) = records::get_row(m.kv.db(), &k)? else {
+                let Some(row) = m.row(&k)? else {
                     m.counters.misses.fetch_add(1, Ordering::Relaxed);
                     return Err(AppError::not_found(format!("no record {class}/{key}")));
                 };
@@ -557,13 +569,18 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
     let quarantine = d.config.memory.trust.require_quarantine.contains(&addr.class);
     let content_sha256: [u8; 32] = Sha256::digest(daena_core::canonical::to_string(&req.payload).as_bytes()).into();
     let plain = Plain { payload: Arc::from(payload_text.as_str()), meta: Arc::from(meta_text.as_str()) };
-    let m = d.memory.clone();
-    let (tenant, class, key, sealed_plain) =
-        (addr.tenant.clone(), addr.class.to_string(), addr.key.to_string(), plain.clone());
-    let (envelope, raw_len) =
+    // Small records are sealed on the request's thread (tens of microseconds); large ones on
+    // the blocking pool so they do not stall other requests.
+    let (envelope, raw_len) = if payload_text.len() + meta_text.len() < 64 * 1024 {
+        codec::seal(&d.memory.keyring, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &plain, level)?
+    } else {
+        let m = d.memory.clone();
+        let (tenant, class, key, sealed_plain) =
+            (addr.tenant.clone(), addr.class.to_string(), addr.key.to_string(), plain.clone());
         tokio::task::spawn_blocking(move || codec::seal(&m.keyring, &tenant, &class, &key, &sealed_plain, level))
             .await
-            .map_err(|e| AppError::internal(format!("seal task: {e}")))??;
+            .map_err(|e| AppError::internal(format!("seal task: {e}")))??
+    };
 
     for _attempt in 0..5 {
         // What is there now, to measure divergence against.
@@ -623,29 +640,16 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             divergence,
             intended: req.intended_revision,
             plain: plain.clone(),
+            result: Arc::new(std::sync::OnceLock::new()),
         };
+        let result = op.result.clone();
         match d.commit.submit(Op::Memory(Box::new(MemoryOp::Put(Box::new(op))))).await {
             Ok(receipts) => {
                 d.memory.counters.writes.fetch_add(1, Ordering::Relaxed);
                 d.memory.latency.write.record(start.elapsed().as_secs_f64() * 1e3);
-                let seq = receipts.first().map_or(0, |r| r.seq);
-                let row = records::get_row(d.memory.kv.db(), &addr.table_key())?;
-                let meta = match row {
-                    Some(r) if r.seq == seq => RowMeta::of(&r),
-                    // Overwritten again already; describe what this write produced.
-                    _ => RowMeta {
-                        seq,
-                        version: current.as_ref().map_or(1, |(v, _)| v + 1),
-                        tier: if quarantine { Tier::L2Q } else { Tier::L2 },
-                        created_at: 0,
-                        updated_at: 0,
-                        content_sha256,
-                        raw_len,
-                        stored_len: envelope.len() as u64,
-                        level: 0,
-                        trust: None,
-                    },
-                };
+                let mut meta =
+                    result.get().cloned().ok_or_else(|| AppError::internal("the commit did not report the row"))?;
+                meta.seq = receipts.first().map_or(0, |r| r.seq);
                 let threshold = d.config.memory.trust.promote_threshold;
                 let tier = meta.tier.as_str();
                 return Ok(WriteResult {
@@ -669,7 +673,7 @@ fn get_current(d: &Daena, addr: &Addr) -> AppResult<Option<(u64, Plain)>> {
     if let Some(c) = d.memory.l1.get(&k) {
         return Ok(Some((c.meta.version, c.plain.clone())));
     }
-    let Some(row) = records::get_row(d.memory.kv.db(), &k)? else { return Ok(None) };
+    let Some(row) = d.memory.row(&k)? else { return Ok(None) };
     let envelope = match &row.body {
         RowBody::Inline(b) => b.clone(),
         RowBody::Cold { segment, offset, len } => d.memory.cold.read(*segment, *offset, *len)?,
@@ -732,8 +736,7 @@ pub struct TrustResult {
 }
 
 async fn trust_result(d: &Daena, addr: &Addr, seq: u64) -> AppResult<TrustResult> {
-    let row = records::get_row(d.memory.kv.db(), &addr.table_key())?
-        .ok_or_else(|| AppError::not_found("the record is gone"))?;
+    let row = d.memory.row(&addr.table_key())?.ok_or_else(|| AppError::not_found("the record is gone"))?;
     let trust = row.trust.clone().unwrap_or(TrustRow { writer: String::new(), confirmations: Vec::new(), score: 1.0 });
     Ok(TrustResult {
         class: addr.class.to_string(),
@@ -787,7 +790,7 @@ pub async fn promote(d: &Daena, who: &Principal, class: &str, key: &str) -> AppR
 pub async fn reject(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<DeleteResult> {
     let addr = Addr { tenant: who.tenant().clone(), class: ClassName::new(class)?, key: RecordKey::new(key)? };
     require_reviewer(who)?;
-    let row = records::get_row(d.memory.kv.db(), &addr.table_key())?;
+    let row = d.memory.row(&addr.table_key())?;
     if row.as_ref().is_some_and(|r| r.tier != Tier::L2Q) {
         return Err(AppError::invalid(format!("{class}/{key} is not in quarantine; delete it instead")));
     }
@@ -821,7 +824,7 @@ pub struct ListPage {
 }
 
 /// Lists the caller tenant's records (system fields only), in key order.
-pub fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPage> {
+pub async fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPage> {
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(AppError::invalid("limit must be 1..=1000"));
@@ -850,6 +853,8 @@ pub fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPage> {
     if after.as_ref().is_some_and(|a| !a.starts_with(&prefix[..who.tenant().as_str().len() + 1])) {
         return Err(AppError::invalid("cursor is not one this API returned"));
     }
+    // Rows written in the last moments may still be in the overlay; put them in redb first.
+    d.commit.settle().await?;
     let mut items = Vec::new();
     let mut next = None;
     let mut allowed: HashMap<String, bool> = HashMap::new();

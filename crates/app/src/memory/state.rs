@@ -11,6 +11,9 @@ use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_store::ledger::Receipt;
 use daena_store::records::{self, ACCESS, APPLIED_SEQ, MEMORY_META, RECORDS, RecordRow, RowBody, Tier, TrustRow};
 use redb::ReadableTable;
+
+/// Rows kept in the overlay before they are written to redb in one transaction.
+const OVERLAY_LIMIT: usize = 4096;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -84,6 +87,8 @@ pub struct Put {
     pub intended: bool,
     /// The decoded body, for L1.
     pub plain: super::codec::Plain,
+    /// The row this write produces, reported back to the writer.
+    pub result: Arc<std::sync::OnceLock<super::RowMeta>>,
 }
 
 /// What an applied operation did to a row, for apply().
@@ -111,7 +116,7 @@ impl MemoryState {
         if let Some(p) = self.pending.get(key) {
             return Ok(p.clone());
         }
-        Ok(records::get_row(self.shared.kv.db(), key)?)
+        self.shared.row(key)
     }
 
     fn stage(&mut self, addr: &Addr, change: Change) {
@@ -286,46 +291,61 @@ impl MemoryState {
             "raw_len": put.raw_len, "level": put.level, "payload_bytes": put.payload_bytes, "writer": put.writer,
             "divergence": put.divergence.map(|d| (d * 10_000.0).round() / 10_000.0), "intended_revision": put.intended,
         });
+        let _ = put.result.set(RowMeta::of(&row));
         self.stage(addr, Change::Upsert(Box::new(row), Some(put.plain.clone())));
         Ok(entry(addr, &put.actor, "memory.put", attrs).body(put.envelope.clone()))
     }
 
-    /// Writes staged changes (with their sequence numbers) in one transaction.
-    fn write_rows(&mut self, changes: &mut [(Addr, Change, u64)], last_seq: u64) -> AppResult<()> {
+    /// Writes rows (None: delete) to redb in one transaction and records `applied` as the
+    /// applied point. Cold rows whose body is still inline are appended to L3 first.
+    fn write_rows(&self, rows: &[(Vec<u8>, Option<Arc<RecordRow>>)], applied: u64, durable: bool) -> AppResult<()> {
         let db = self.shared.kv.db();
         let mut txn = db.begin_write().map_err(store_err)?;
-        txn.set_durability(redb::Durability::None).map_err(|e| AppError::internal(format!("redb durability: {e}")))?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| AppError::internal(format!("redb durability: {e}")))?;
+        }
         {
             let mut table = txn.open_table(RECORDS).map_err(store_err)?;
             let mut access = txn.open_table(ACCESS).map_err(store_err)?;
-            for (addr, change, seq) in changes.iter_mut() {
-                let key = addr.table_key();
-                let old = table.get(key.as_slice()).map_err(store_err)?.and_then(|v| RecordRow::decode(v.value()).ok());
-                match change {
-                    Change::Upsert(row, _) => {
-                        row.seq = *seq;
-                        if row.tier == Tier::L3
-                            && let RowBody::Inline(bytes) = &row.body
-                        {
-                            let (segment, offset, len) = self.shared.cold.append(bytes)?;
-                            row.body = RowBody::Cold { segment, offset, len };
-                        }
-                        let bytes = row.encode()?;
+            for (key, row) in rows {
+                match row {
+                    Some(row) => {
+                        let bytes = match (&row.tier, &row.body) {
+                            (Tier::L3, RowBody::Inline(inline)) => {
+                                let (segment, offset, len) = self.shared.cold.append(inline)?;
+                                RecordRow { body: RowBody::Cold { segment, offset, len }, ..(**row).clone() }
+                                    .encode()?
+                            }
+                            _ => row.encode()?,
+                        };
                         table.insert(key.as_slice(), bytes.as_slice()).map_err(store_err)?;
-                        self.shared.stats.lock().replace(addr, old.as_ref(), Some(row));
                     }
-                    Change::Remove => {
+                    None => {
                         table.remove(key.as_slice()).map_err(store_err)?;
                         access.remove(key.as_slice()).map_err(store_err)?;
-                        self.shared.stats.lock().replace(addr, old.as_ref(), None);
                     }
                 }
             }
             let mut meta = txn.open_table(MEMORY_META).map_err(store_err)?;
-            meta.insert(APPLIED_SEQ, last_seq).map_err(store_err)?;
+            meta.insert(APPLIED_SEQ, applied).map_err(store_err)?;
+        }
+        if durable {
+            // Rows pointing into L3 must not become durable before the bytes they point at.
+            self.shared.cold.sync()?;
         }
         txn.commit().map_err(store_err)?;
-        self.applied = last_seq;
+        Ok(())
+    }
+
+    /// Moves the overlay (rows applied since the last settle) into redb.
+    fn settle_overlay(&mut self, durable: bool) -> AppResult<()> {
+        let rows: Vec<(Vec<u8>, Option<Arc<RecordRow>>)> =
+            self.shared.overlay.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.write_rows(&rows, self.applied, durable)?;
+        // Only this thread changes the overlay, and redb now holds the same rows, so readers
+        // find each row in one place or the other throughout.
+        self.shared.overlay.write().clear();
         Ok(())
     }
 
@@ -339,7 +359,7 @@ impl MemoryState {
             })
         };
         let num = |k: &str| e.attrs.get(k).and_then(Value::as_i64).unwrap_or(0);
-        let current = |addr: &Addr| records::get_row(self.shared.kv.db(), &addr.table_key());
+        let current = |addr: &Addr| self.shared.row(&addr.table_key());
         Ok(match e.action.as_str() {
             "memory.put" => {
                 let addr = addr()?;
@@ -461,30 +481,42 @@ impl StateMachine for MemoryState {
             .map(|(_, r)| r.first().map_or(0, |r| r.seq))
             .collect();
         debug_assert_eq!(seqs.len(), staged.len());
-        let mut changes: Vec<(Addr, Change, u64)> = staged.into_iter().zip(seqs).map(|((a, c), s)| (a, c, s)).collect();
         let stripes: Vec<usize> = {
-            let mut s: Vec<usize> = changes.iter().map(|(a, _, _)| self.shared.stripe_of(&a.table_key())).collect();
+            let mut s: Vec<usize> = staged.iter().map(|(a, _)| self.shared.stripe_of(&a.table_key())).collect();
             s.sort_unstable();
             s.dedup();
             s
         };
-        // Hold the stripes of every touched record across the commit and the L1 update, so a
-        // reader filling L1 from L2 cannot put back a version older than this batch.
+        // Hold the stripes of every touched record across the overlay and L1 updates, so a
+        // reader filling L1 cannot put back a version older than this batch.
         let shared = self.shared.clone();
         let guards: Vec<_> = stripes.iter().map(|i| shared.stripes[*i].write()).collect();
-        self.write_rows(&mut changes, last_seq)?;
         let now = self.now();
-        for (addr, change, _) in &changes {
+        for ((addr, change), seq) in staged.into_iter().zip(seqs) {
             let key = addr.table_key();
-            match change {
-                Change::Upsert(row, Some(plain)) if row.tier != Tier::L3 => {
-                    let cached = Cached::new(RowMeta::of(row), plain.clone(), now.min(row.updated_at), 0);
-                    self.shared.l1.insert(key, Arc::new(cached));
+            let old = shared.row(&key)?;
+            let (new, plain) = match change {
+                Change::Upsert(mut row, plain) => {
+                    row.seq = seq;
+                    (Some(Arc::new(*row)), plain)
                 }
-                _ => self.shared.l1.invalidate(&key),
+                Change::Remove => (None, None),
+            };
+            shared.stats.lock().replace(&addr, old.as_ref(), new.as_deref());
+            match (&new, plain) {
+                (Some(row), Some(plain)) if row.tier != Tier::L3 => {
+                    let cached = Cached::new(RowMeta::of(row), plain, now.min(row.updated_at), 0);
+                    shared.l1.insert(key.clone(), Arc::new(cached));
+                }
+                _ => shared.l1.invalidate(&key),
             }
+            shared.overlay.write().insert(key, new);
         }
         drop(guards);
+        self.applied = last_seq;
+        if shared.overlay.read().len() >= OVERLAY_LIMIT {
+            self.settle_overlay(false)?;
+        }
         Ok(())
     }
 
@@ -494,9 +526,25 @@ impl StateMachine for MemoryState {
     }
 
     fn replay(&mut self, e: &Entry) -> AppResult<()> {
-        let change = self.replay_memory(e)?;
-        let mut changes: Vec<(Addr, Change, u64)> = change.into_iter().map(|(a, c)| (a, c, e.seq)).collect();
-        self.write_rows(&mut changes, e.seq)
+        if let Some((addr, change)) = self.replay_memory(e)? {
+            let key = addr.table_key();
+            let old = self.shared.row(&key)?;
+            let new = match change {
+                Change::Upsert(mut row, _) => {
+                    row.seq = e.seq;
+                    Some(Arc::new(*row))
+                }
+                Change::Remove => None,
+            };
+            self.shared.stats.lock().replace(&addr, old.as_ref(), new.as_deref());
+            self.write_rows(&[(key, new)], e.seq, false)?;
+        }
+        self.applied = e.seq;
+        Ok(())
+    }
+
+    fn settle(&mut self) -> AppResult<()> {
+        self.settle_overlay(false)
     }
 
     fn applied_seq(&self) -> u64 {
@@ -504,7 +552,7 @@ impl StateMachine for MemoryState {
     }
 
     fn flush(&mut self) -> AppResult<()> {
-        self.shared.cold.sync()?;
+        self.settle_overlay(true)?;
         let pending = std::mem::take(&mut *self.shared.pending_access.lock());
         let db = self.shared.kv.db();
         let txn = db.begin_write().map_err(store_err)?;

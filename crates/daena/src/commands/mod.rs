@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Config(cmd) => config::run(&cli.global, cmd),
             Command::Keys(cmd) => keys::run(&cli.global, cmd).await,
             Command::Ledger(cmd) => ledger::run(&cli.global, cmd).await,
+            Command::Aging(crate::cli::AgingCommand::Run { dry_run }) => aging(&cli.global, dry_run).await,
             Command::Writes { action } => writes(&cli.global, action).await,
         }
     })
@@ -104,4 +105,34 @@ async fn writes(global: &Global, action: WritesAction) -> anyhow::Result<ExitCod
         println!("writes are disabled: the service is read-only");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `daena aging run [--dry-run]`.
+async fn aging(global: &Global, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let report: daena_app::memory::aging::AgingReport = match target(global, "aging run")? {
+        Target::Remote(r) => r.post("/api/v1/admin/aging/run", &serde_json::json!({"dry_run": dry_run})).await?,
+        Target::Offline(d) => {
+            let result = daena_app::memory::aging::run(&d, "cli:aging", dry_run).await;
+            d.shutdown().await.map_err(|e| anyhow::anyhow!(e.message))?;
+            result.map_err(|e| anyhow::anyhow!(e.message))?
+        }
+    };
+    if global.json {
+        crate::output::json(&report)?;
+    } else {
+        println!(
+            "{}scanned {} records: {} tightened, {} archived to L3, {} expired, {} skipped (changed meanwhile), {} errors",
+            if report.dry_run { "dry run: " } else { "" },
+            report.scanned,
+            report.tightened,
+            report.archived,
+            report.expired,
+            report.skipped,
+            report.errors
+        );
+        for a in &report.actions {
+            println!("  {:<20} {}/{}/{} (idle {} days)", a.action, a.tenant, a.class, a.key, a.idle_days);
+        }
+    }
+    Ok(if report.errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -1,0 +1,81 @@
+//! In-process kernels of the memory path: an L1 hit (policy decision, cache lookup, access
+//! bookkeeping), an L2 read (redb, AES-GCM open, zstd), envelope sealing, a policy decision.
+//!
+//! Run: `cargo bench -p daena-app --bench memory`
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use daena_app::auth::Access;
+use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::memory::{self, PutRequest, codec};
+use daena_app::policy::Action;
+use daena_app::{Daena, OpenOptions};
+use daena_core::ids::{ClassName, TenantId};
+use std::hint::black_box;
+
+fn open() -> (tempfile::TempDir, std::sync::Arc<Daena>, tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+    let loaded = LoadedConfig {
+        config,
+        secrets: Secrets { ops_key: Some(Secret::new("k")), ..Secrets::default() },
+        files: Vec::new(),
+        config_dir: dir.path().join("config"),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let d = rt.block_on(async { Daena::open(loaded, OpenOptions::offline("bench")) }).expect("open");
+    (dir, d, rt)
+}
+
+fn bench(c: &mut Criterion) {
+    let (_dir, d, rt) = open();
+    let who = d.keys.authenticate(Some("k"), None, Access::Data).expect("auth");
+    let payload = serde_json::json!({"text": "Customer asked about invoice 42; the agent explained the net-30 terms.", "turn": 3});
+    rt.block_on(async {
+        for i in 0..2000 {
+            let req = PutRequest {
+                class: "chat".into(),
+                key: format!("k{i}"),
+                payload: payload.clone(),
+                meta: None,
+                if_match: None,
+                intended_revision: false,
+                agent: None,
+            };
+            memory::put(&d, &who, req).await.expect("put");
+        }
+    });
+    let _enter = rt.enter();
+    c.bench_function("memory get, L1 hit", |b| {
+        b.iter(|| black_box(memory::get(&d, &who, "chat", "k7").expect("get")));
+    });
+    c.bench_function("memory get, L2 read (L1 cleared each time)", |b| {
+        b.iter(|| {
+            d.memory.l1.invalidate_all();
+            black_box(memory::get(&d, &who, "chat", "k8").expect("get"))
+        });
+    });
+    let tenant = TenantId::new("default").expect("tenant");
+    let plain = codec::Plain { payload: payload.to_string().into(), meta: "{}".into() };
+    c.bench_function("seal (zstd 3 + AES-256-GCM), 120-byte record", |b| {
+        b.iter(|| black_box(codec::seal(&d.keyring, &tenant, "chat", "k", &plain, 3).expect("seal")));
+    });
+    let (env, _) = codec::seal(&d.keyring, &tenant, "chat", "k", &plain, 3).expect("seal");
+    c.bench_function("open (AES-256-GCM + zstd), 120-byte record", |b| {
+        b.iter(|| black_box(codec::open(&d.keyring, &tenant, "chat", "k", &env).expect("open")));
+    });
+    let class = ClassName::new("pii").expect("class");
+    c.bench_function("policy decision (cached)", |b| b.iter(|| black_box(d.policy.decide(&who, &class, Action::Read))));
+    let subject = daena_app::policy::Subject { roles: vec!["legal.officer".into()], tenant: "acme".into() };
+    let mut n = 0u64;
+    c.bench_function("policy decision (Cedar evaluation, uncached)", |b| {
+        b.iter(|| {
+            n += 1;
+            // A fresh tenant each time defeats the cache.
+            let s = daena_app::policy::Subject { tenant: format!("t{n}"), ..subject.clone() };
+            black_box(d.policy.decide_for(&s, "pii", Action::Read))
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

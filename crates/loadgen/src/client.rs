@@ -1,0 +1,133 @@
+//! A closed-loop HTTP/1.1 load client: N connections, each with one request in flight,
+//! recording every latency.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Builds the n-th request of a worker.
+pub type MakeRequest = Arc<dyn Fn(usize, u64) -> Request<Full<Bytes>> + Send + Sync>;
+
+pub struct Report {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub latencies: Vec<Duration>,
+}
+
+impl Report {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    pub fn pct(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+    }
+
+    pub fn line(&self, label: &str) -> String {
+        format!(
+            "{label:<44} {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms  errors {}",
+            self.rate(),
+            self.pct(0.50),
+            self.pct(0.90),
+            self.pct(0.99),
+            self.pct(1.0),
+            self.errors
+        )
+    }
+}
+
+/// Runs `concurrency` connections against `addr` for `warmup + seconds`, measuring the last
+/// `seconds`.
+pub async fn run(
+    addr: std::net::SocketAddr,
+    concurrency: usize,
+    warmup: f64,
+    seconds: f64,
+    make: MakeRequest,
+) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(warmup);
+    let end = measure_from + Duration::from_secs_f64(seconds);
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let make = make.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            let mut n = 0u64;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let req = make(worker, n);
+                n += 1;
+                let resp = sender.send_request(req).await?;
+                let ok = resp.status().is_success();
+                let _ = resp.into_body().collect().await?;
+                let elapsed = now.elapsed();
+                if now >= measure_from {
+                    lat.push(elapsed);
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    latencies.sort();
+    Ok(Report { requests: latencies.len() as u64, errors: errors.load(Ordering::Relaxed), seconds, latencies })
+}
+
+/// A null HTTP server: answers every request 200 with a small JSON body. The baseline for
+/// what the HTTP stack and this client cost on this machine.
+pub async fn null_server() -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(br#"{"ok":true}"#)))
+                            .unwrap_or_default(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+pub fn request(method: &str, uri: &str, key: &str, body: Option<Bytes>) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(uri).header("host", "daena").header("x-api-key", key);
+    if body.is_some() {
+        b = b.header("content-type", "application/json");
+    }
+    b.body(Full::new(body.unwrap_or_default())).unwrap_or_default()
+}

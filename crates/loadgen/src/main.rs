@@ -1,0 +1,64 @@
+//! `daena-loadgen`: drives Daena's HTTP paths at a fixed concurrency and reports throughput
+//! and latency percentiles beside a baseline measured in the same run (a null HTTP server
+//! on the same box, through the same client).
+//!
+//! Examples:
+//!   cargo run --release -p daena-loadgen -- memory-get --records 1000000 --concurrency 64
+//!   cargo run --release -p daena-loadgen -- memory-put --concurrency 64 --seconds 10
+
+mod client;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+
+/// The same allocator as the `daena` binary, so the in-process server behaves as deployed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(name = "daena-loadgen", about = "Load generator for Daena's HTTP paths")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Concurrent connections (one request in flight each)
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seconds per measured point
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Warm-up seconds before measuring
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// GET /api/v1/memory/{class}/{key}: L1 hits, then L2 reads with L1 disabled
+    MemoryGet {
+        #[command(flatten)]
+        common: Common,
+        /// Records stored before measuring
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+    },
+    /// PUT /api/v1/memory/{class}/{key}: durable writes
+    MemoryPut {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.scenario {
+            Scenario::MemoryGet { common, records } => scenarios::memory_get(&common, records).await,
+            Scenario::MemoryPut { common } => scenarios::memory_put(&common).await,
+        }
+    })
+}

@@ -1,0 +1,149 @@
+//! The measured scenarios. Each starts Daena in this process on a free port over a scratch
+//! data directory, so server and client share the machine as they would on one box.
+
+use crate::Common;
+use crate::client::{self, MakeRequest};
+use bytes::Bytes;
+use daena_app::auth::Access;
+use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::memory::PutRequest;
+use daena_app::{Daena, OpenOptions};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const KEY: &str = "bench-ops-key";
+
+pub struct Running {
+    _dir: tempfile::TempDir,
+    pub daena: Arc<Daena>,
+    pub addr: std::net::SocketAddr,
+}
+
+pub async fn start(edit: impl FnOnce(&mut Config)) -> anyhow::Result<Running> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+    config.memory.aging.interval_minutes = 0;
+    edit(&mut config);
+    let loaded = LoadedConfig {
+        config,
+        secrets: Secrets { ops_key: Some(Secret::new(KEY)), ..Secrets::default() },
+        files: Vec::new(),
+        config_dir: dir.path().join("config"),
+    };
+    let daena = Daena::open(loaded, OpenOptions::offline("loadgen")).map_err(|e| anyhow::anyhow!(e.message))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let serving = daena.clone();
+    tokio::spawn(async move { daena_api::serve(serving, listener, std::future::pending()).await });
+    Ok(Running { _dir: dir, daena, addr })
+}
+
+/// A record of a realistic shape: a chat turn with agent metadata (~300 bytes of JSON).
+pub fn payload(i: u64) -> serde_json::Value {
+    serde_json::json!({
+        "text": format!("Customer asked about invoice {i}; the agent explained the net-30 terms and offered a follow-up call on Thursday."),
+        "agent": format!("customer_scout_{}", i % 6),
+        "turn": i % 40,
+        "tags": ["billing", "follow-up"],
+    })
+}
+
+async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
+    let who = d.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
+    let start = Instant::now();
+    let workers = 64u64;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (d, who) = (d.clone(), who.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < records {
+                let req = PutRequest {
+                    class: "chat".into(),
+                    key: format!("k{i}"),
+                    payload: payload(i),
+                    meta: None,
+                    if_match: None,
+                    intended_revision: false,
+                    agent: None,
+                };
+                daena_app::memory::put(&d, &who, req).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                i += workers;
+                if w == 0 && i % 100_000 < workers {
+                    eprint!("\rseeding: {i}/{records}   ");
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    eprintln!(
+        "\rseeded {records} records in {:.1} s ({:.0}/s)",
+        start.elapsed().as_secs_f64(),
+        records as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn get_requests(records: u64, hot: u64) -> MakeRequest {
+    Arc::new(move |worker, n| {
+        // A cheap deterministic spread over the key space.
+        let x = (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let i = (x >> 11) % hot.min(records);
+        client::request("GET", &format!("/api/v1/memory/chat/k{i}"), KEY, None)
+    })
+}
+
+pub async fn memory_get(c: &Common, records: u64) -> anyhow::Result<()> {
+    let running = start(|_| {}).await?;
+    seed(&running.daena, records).await?;
+    let l1 = running.daena.config.memory.l1_cache_size;
+    println!("GET over HTTP, loopback, concurrency {}, {records} records stored, L1 holds {l1}", c.concurrency);
+    let null = client::null_server().await?;
+    let base = client::run(null, c.concurrency, c.warmup, c.seconds, get_requests(records, records)).await?;
+    println!("{}", base.line("baseline: null HTTP server"));
+    let hot = client::run(running.addr, c.concurrency, c.warmup, c.seconds, get_requests(records, l1 / 2)).await?;
+    println!("{}  p99 ratio {:.2}", hot.line("GET, hot keys (L1 hits)"), hot.pct(0.99) / base.pct(0.99));
+    let cold = client::run(running.addr, c.concurrency, c.warmup, c.seconds, get_requests(records, records)).await?;
+    println!(
+        "{}  p99 ratio {:.2}",
+        cold.line("GET, uniform over all keys (mostly L2)"),
+        cold.pct(0.99) / base.pct(0.99)
+    );
+    let report = daena_app::memory::monitor::report(
+        &running.daena,
+        &running.daena.keys.authenticate(Some(KEY), None, Access::Read).map_err(|e| anyhow::anyhow!(e.message))?,
+    );
+    println!(
+        "server-side latency (last 4096 samples): L1 p99 {:?} ms, L2 p99 {:?} ms; L1 hit rate {:?}",
+        report.l1.latency.map(|l| l.p99_ms),
+        report.l2.latency.map(|l| l.p99_ms),
+        report.l1.hit_rate
+    );
+    Ok(())
+}
+
+pub async fn memory_put(c: &Common) -> anyhow::Result<()> {
+    let running = start(|_| {}).await?;
+    println!(
+        "PUT over HTTP, loopback, concurrency {}: each acknowledged after its ledger entry is fsynced",
+        c.concurrency
+    );
+    let make: MakeRequest = Arc::new(|worker, n| {
+        let i = worker as u64 * 1_000_000_000 + n;
+        let body = serde_json::json!({"payload": payload(i)}).to_string();
+        client::request("PUT", &format!("/api/v1/memory/chat/w{worker}-{n}"), KEY, Some(Bytes::from(body)))
+    });
+    let null = client::null_server().await?;
+    let base = client::run(null, c.concurrency, c.warmup, c.seconds, make.clone()).await?;
+    println!("{}", base.line("baseline: null HTTP server"));
+    let put = client::run(running.addr, c.concurrency, c.warmup, c.seconds, make).await?;
+    println!(
+        "{}  throughput ratio {:.2}",
+        put.line("PUT, new records (L2, zstd + AES-GCM, ledger)"),
+        put.rate() / base.rate()
+    );
+    Ok(())
+}
