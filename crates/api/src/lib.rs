@@ -36,6 +36,7 @@ use utoipa_axum::routes;
         (name = "ledger", description = "the Merkle ledger: head, entries, proofs, checkpoints"),
         (name = "memory", description = "records in three tiers, with trust and quarantine"),
         (name = "monitoring", description = "the runbook's monitoring routes"),
+        (name = "llm", description = "the LLM cache: OpenAI-compatible proxy and cache-aside API"),
     )
 )]
 struct ApiDoc;
@@ -52,7 +53,7 @@ impl Modify for ApiKeyScheme {
 
 /// The routes and the OpenAPI document they describe.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{admin, agents, ledger, memory, monitoring, system};
+    use routes::{admin, agents, cas, ledger, memory, monitoring, system};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
@@ -70,6 +71,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(memory::promote))
         .routes(routes!(memory::reject))
         .routes(routes!(monitoring::memory))
+        .routes(routes!(cas::completions))
+        .routes(routes!(cas::lookup))
+        .routes(routes!(cas::store))
+        .routes(routes!(cas::feedback))
+        .routes(routes!(cas::monitoring))
+        .routes(routes!(cas::costs))
+        .routes(routes!(cas::diagnostics))
         .routes(routes!(ledger::head))
         .routes(routes!(ledger::entries))
         .routes(routes!(ledger::inclusion))

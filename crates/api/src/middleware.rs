@@ -21,7 +21,13 @@ pub async fn track(State(state): State<AppState>, matched: Option<MatchedPath>, 
 
 /// Answers 408 `timeout` when a handler runs longer than `server.request_timeout_secs`.
 pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let limit = Duration::from_secs(state.config.server.request_timeout_secs);
+    // A cache miss waits for the upstream model, which has its own (longer) timeout.
+    let secs = if req.uri().path() == "/v1/chat/completions" {
+        state.config.server.request_timeout_secs.max(state.config.llm.timeout_secs + 5)
+    } else {
+        state.config.server.request_timeout_secs
+    };
+    let limit = Duration::from_secs(secs);
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(

@@ -26,6 +26,8 @@ pub enum Op {
     Genesis(Vec<NewEntry>),
     /// A memory mutation.
     Memory(Box<crate::memory::state::MemoryOp>),
+    /// A cache store or eviction.
+    Cas(Box<crate::cas::CasOp>),
 }
 
 /// What the commit thread needs from the state it maintains.
@@ -57,7 +59,9 @@ impl StateMachine for NoState {
     fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
         match op {
             Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
-            Op::Memory(_) => Err(AppError::internal("a memory operation reached a commit thread without memory")),
+            Op::Memory(_) | Op::Cas(_) => {
+                Err(AppError::internal("a memory operation reached a commit thread without memory"))
+            }
         }
     }
     fn apply(&mut self, _: Vec<(Op, Vec<Receipt>)>) -> AppResult<()> {
@@ -101,6 +105,7 @@ pub struct CommitPolicy {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Msg>,
+    thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
     alive: Arc<AtomicBool>,
     /// Batches written, for metrics.
     pub batches: Arc<AtomicU64>,
@@ -142,10 +147,14 @@ impl Committer {
             worker.run(rx);
             alive2.store(false, Ordering::SeqCst);
         });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the commit thread");
-            alive.store(false, Ordering::SeqCst);
-        }
+        let thread = match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the commit thread");
+                alive.store(false, Ordering::SeqCst);
+                None
+            }
+        };
         // A ticker so checkpoints and flushes happen even when no writes arrive.
         let tick_tx = tx.clone();
         let _ = std::thread::Builder::new().name("daena-commit-tick".into()).spawn(move || {
@@ -153,7 +162,7 @@ impl Committer {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        Committer { tx, alive, batches }
+        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, batches }
     }
 
     pub fn is_alive(&self) -> bool {
@@ -211,7 +220,14 @@ impl Committer {
         if self.tx.send(Msg::Shutdown(reply)).await.is_err() {
             return Ok(());
         }
-        rx.await.unwrap_or(Ok(()))
+        let result = rx.await.unwrap_or(Ok(()));
+        // Wait until the thread has let go of the stores, so the data directory can be
+        // reopened at once.
+        let handle = self.thread.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        result
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod cas;
 pub mod clock;
 pub mod commit;
 pub mod config;
@@ -71,6 +72,9 @@ pub struct Daena {
     pub keyring: Arc<Keyring>,
     pub policy: PolicyEngine,
     pub memory: Arc<MemoryShared>,
+    pub cas: Arc<cas::CasShared>,
+    /// The bearer token sent to the upstream model endpoint (`DAENA_LLM_API_KEY`).
+    pub llm_api_key: Option<config::Secret>,
     pub metrics: Metrics,
     writes_enabled: AtomicBool,
     started: Instant,
@@ -106,7 +110,8 @@ impl Daena {
         let policy = PolicyEngine::compile(&config.policy, &config_dir)?;
         let cold = ColdStore::open(&data.l3_dir())?;
         let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
-        let state = MemoryState::new(memory.clone())?;
+        let cas = cas::CasShared::open(kv.clone(), keyring.clone(), clock.clone(), config.clone())?;
+        let state = MemoryState::new(memory.clone(), cas.clone())?;
         let (ledger, commit) = open_ledger(&config, &data, clock.clone(), Box::new(state))?;
         let metrics = Metrics::new();
         metrics.expected_agents.set(daena_core::agents::EXPECTED_AGENTS as i64);
@@ -124,6 +129,8 @@ impl Daena {
             keyring,
             policy,
             memory,
+            cas,
+            llm_api_key: secrets.llm_api_key.clone(),
             metrics,
             started: Instant::now(),
         }))

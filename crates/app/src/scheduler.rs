@@ -30,6 +30,22 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
             growth.memory.sample_growth();
         }
     }));
+    let sweep = d.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(300));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if !sweep.writes_enabled() {
+                continue;
+            }
+            match crate::cas::chat::sweep_expired(&sweep).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(evicted = n, "expired cache entries evicted"),
+                Err(e) => tracing::warn!(error = %e.message, "cache expiry sweep failed"),
+            }
+        }
+    }));
     let minutes = d.config.memory.aging.interval_minutes;
     if minutes > 0 {
         let aging = d.clone();

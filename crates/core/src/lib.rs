@@ -5,6 +5,7 @@ pub mod agents;
 pub mod aging;
 pub mod auth;
 pub mod canonical;
+pub mod cas;
 pub mod divergence;
 pub mod ids;
 pub mod ledger;

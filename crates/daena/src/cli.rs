@@ -70,6 +70,9 @@ pub enum Command {
     /// Verify, export and checkpoint the Merkle ledger
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Inspect the LLM cache
+    #[command(subcommand)]
+    Cas(CasCommand),
     /// Apply the memory aging rules now (tighten, archive to L3, expire by retention)
     #[command(subcommand)]
     Aging(AgingCommand),
@@ -203,4 +206,12 @@ pub enum AgingCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CasCommand {
+    /// Entries, bytes, hit and near rates, near-hit distances, guard refusals, false-positive
+    /// reports, top repeated prompts (hashed), TTL expiry forecast, and advice below 60%
+    #[command(after_help = "Examples:\n  daena cas diagnostics\n  daena cas diagnostics --json | jq .cas.hit_rate")]
+    Diagnostics,
 }

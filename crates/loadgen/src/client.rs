@@ -131,3 +131,56 @@ pub fn request(method: &str, uri: &str, key: &str, body: Option<Bytes>) -> Reque
     }
     b.body(Full::new(body.unwrap_or_default())).unwrap_or_default()
 }
+
+/// The baseline for cache hits: Redis GETs of a value of the same size, through `concurrency`
+/// connections with one request in flight each (RESP written by hand; nothing else needed).
+pub async fn redis_get(
+    addr: &str,
+    concurrency: usize,
+    warmup: f64,
+    seconds: f64,
+    value: &[u8],
+) -> anyhow::Result<Report> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut setup = tokio::net::TcpStream::connect(addr).await?;
+    let mut set = format!("*3\r\n$3\r\nSET\r\n$18\r\ndaena-bench-cached\r\n${}\r\n", value.len()).into_bytes();
+    set.extend_from_slice(value);
+    set.extend_from_slice(b"\r\n");
+    setup.write_all(&set).await?;
+    let mut ok = [0u8; 5];
+    setup.read_exact(&mut ok).await?;
+    anyhow::ensure!(&ok == b"+OK\r\n", "redis SET failed");
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(warmup);
+    let end = measure_from + Duration::from_secs_f64(seconds);
+    let expect = value.len() + format!("${}\r\n", value.len()).len() + 2;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let addr = addr.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await?;
+            s.set_nodelay(true)?;
+            let get = b"*2\r\n$3\r\nGET\r\n$18\r\ndaena-bench-cached\r\n";
+            let mut buf = vec![0u8; expect];
+            let mut lat = Vec::with_capacity(1 << 16);
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                s.write_all(get).await?;
+                s.read_exact(&mut buf).await?;
+                if now >= measure_from {
+                    lat.push(now.elapsed());
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    latencies.sort();
+    Ok(Report { requests: latencies.len() as u64, errors: 0, seconds, latencies })
+}

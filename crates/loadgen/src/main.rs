@@ -50,6 +50,14 @@ enum Scenario {
         #[command(flatten)]
         common: Common,
     },
+    /// POST /v1/chat/completions exact cache hits, beside a Redis GET loop of the same size
+    CasHit {
+        #[command(flatten)]
+        common: Common,
+        /// Redis to measure the baseline against
+        #[arg(long, default_value = "127.0.0.1:6379")]
+        redis: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         match cli.scenario {
             Scenario::MemoryGet { common, records } => scenarios::memory_get(&common, records).await,
             Scenario::MemoryPut { common } => scenarios::memory_put(&common).await,
+            Scenario::CasHit { common, redis } => scenarios::cas_hit(&common, &redis).await,
         }
     })
 }

@@ -147,3 +147,40 @@ pub async fn memory_put(c: &Common) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+pub async fn cas_hit(c: &Common, redis: &str) -> anyhow::Result<()> {
+    let running = start(|_| {}).await?;
+    let request = serde_json::json!({"model": "gpt-4o-mini", "temperature": 0.2, "messages": [
+        {"role": "system", "content": "You are the finance department's assistant."},
+        {"role": "user", "content": "Summarize the Q3 revenue report for the board in five bullet points."}]});
+    let answer = serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Revenue grew 12% year over year, led by subscriptions; margins held at 41%; churn fell to 2.1%; the pipeline for Q4 is 18% larger; hiring stays flat."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 42, "completion_tokens": 48, "total_tokens": 90}});
+    let who = running.daena.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
+    daena_app::cas::chat::store(&running.daena, &who, request.clone(), answer.clone(), Default::default())
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let body = Bytes::from(request.to_string());
+    let value = answer.to_string().into_bytes();
+    println!("exact cache hits over HTTP, loopback, concurrency {} ({}-byte answer)", c.concurrency, value.len());
+    let make: MakeRequest =
+        Arc::new(move |_, _| client::request("POST", "/v1/chat/completions", KEY, Some(body.clone())));
+    let null = client::null_server().await?;
+    let base = client::run(null, c.concurrency, c.warmup, c.seconds, make.clone()).await?;
+    println!("{}", base.line("baseline: null HTTP server"));
+    match client::redis_get(redis, c.concurrency, c.warmup, c.seconds, &value).await {
+        Ok(r) => println!("{}", r.line("baseline: Redis GET (same size)")),
+        Err(e) => println!("baseline: Redis GET unavailable at {redis}: {e}"),
+    }
+    let hits = client::run(running.addr, c.concurrency, c.warmup, c.seconds, make).await?;
+    println!("{}", hits.line("POST /v1/chat/completions, exact hits"));
+    if let Ok(r) = client::redis_get(redis, c.concurrency, 0.5, c.seconds, &value).await {
+        println!("{}", r.line("baseline: Redis GET again (drift check)"));
+        println!(
+            "ratios to Redis GET: throughput {:.2}, p99 {:.2}",
+            hits.rate() / r.rate(),
+            hits.pct(0.99) / r.pct(0.99)
+        );
+    }
+    Ok(())
+}

@@ -112,3 +112,88 @@ impl TestApp {
         r.json()["key"].as_str().expect("key text").to_owned()
     }
 }
+
+/// A small OpenAI-compatible upstream for tests: answers `answer: <last user message>` with
+/// fixed usage, streams when asked, fails with 500 when the message contains "FAIL", and
+/// counts its calls.
+pub struct FakeUpstream {
+    pub url: String,
+    pub calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeUpstream {
+    pub async fn start() -> FakeUpstream {
+        use axum::routing::post;
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            post(move |axum::Json(req): axum::Json<Value>| {
+                let counter = counter.clone();
+                async move {
+                    use axum::response::IntoResponse;
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let last = req["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_owned();
+                    if last.contains("FAIL") {
+                        return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(serde_json::json!({"error": {"message": "upstream exploded"}}))).into_response();
+                    }
+                    let content = format!("answer: {last}");
+                    let usage = serde_json::json!({"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150});
+                    let model = req["model"].clone();
+                    if req["stream"] == true {
+                        let mut events = Vec::new();
+                        let chunk = |delta: Value, finish: Value| serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                        events.push(chunk(serde_json::json!({"role": "assistant", "content": ""}), Value::Null));
+                        for piece in content.as_bytes().chunks(5) {
+                            events.push(chunk(serde_json::json!({"content": String::from_utf8_lossy(piece)}), Value::Null));
+                        }
+                        events.push(chunk(serde_json::json!({}), serde_json::json!("stop")));
+                        let mut last_chunk = chunk(serde_json::json!({}), Value::Null);
+                        last_chunk["choices"] = serde_json::json!([]);
+                        last_chunk["usage"] = usage;
+                        events.push(last_chunk);
+                        let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+                        body.push_str("data: [DONE]\n\n");
+                        return ([("content-type", "text/event-stream")], body).into_response();
+                    }
+                    axum::Json(serde_json::json!({
+                        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                        "usage": usage,
+                    }))
+                    .into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeUpstream { url: format!("http://{addr}/v1"), calls }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl TestApp {
+    /// Stops the service (as at shutdown) and opens it again on the same data directory.
+    pub async fn reopen(self, edit: impl FnOnce(&mut Config)) -> TestApp {
+        let TestApp { dir, daena, clock, router } = self;
+        daena.shutdown().await.expect("shutdown");
+        drop(router);
+        let mut config = daena.config.as_ref().clone();
+        edit(&mut config);
+        drop(daena);
+        let loaded = LoadedConfig {
+            config,
+            secrets: Secrets { ops_key: Some(Secret::new(OPS)), ..Secrets::default() },
+            files: Vec::new(),
+            config_dir: dir.path().join("config"),
+        };
+        let opts = OpenOptions { clock: Some(clock.clone()), ..OpenOptions::offline("test") };
+        let daena = Daena::open(loaded, opts).expect("reopen daena");
+        let router = daena_api::router(daena.clone());
+        TestApp { dir, daena, clock, router }
+    }
+}

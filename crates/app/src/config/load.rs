@@ -70,7 +70,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
 ];
 
 /// Paths whose values replace the lower layer's instead of merging into it.
-const REPLACE_PATHS: &[&str] = &["memory.classes", "policy.classes", "memory.cas.tenants"];
+const REPLACE_PATHS: &[&str] = &["memory.classes", "policy.classes", "memory.cas.tenants", "llm.prices"];
 
 pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
     let defaults =

@@ -17,6 +17,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub agents: AgentsConfig,
     pub ledger: LedgerConfig,
+    pub llm: LlmConfig,
     /// `config/memory_config.yaml`.
     pub memory: MemoryConfig,
     /// `config/policy_config.yaml`.
@@ -30,6 +31,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             agents: AgentsConfig::default(),
             ledger: LedgerConfig::default(),
+            llm: LlmConfig::default(),
             memory: MemoryConfig::default(),
             policy: PolicyConfig::default(),
         }
@@ -105,6 +107,40 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig { checkpoint_every_entries: 10_000, checkpoint_every_secs: 60, segment_bytes: 64 * 1024 * 1024 }
     }
+}
+
+/// The upstream model endpoint behind `/v1/chat/completions` and its prices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// Base URL of an OpenAI-compatible API, e.g. `https://api.openai.com/v1` or
+    /// `http://localhost:11434/v1`; requests go to `<upstream_url>/chat/completions`. Unset:
+    /// cache hits are served and misses get 503 `upstream_not_configured`.
+    pub upstream_url: Option<String>,
+    /// Give up on the upstream after this long.
+    pub timeout_secs: u64,
+    /// Largest upstream response accepted (and cached).
+    pub max_response_bytes: usize,
+    /// USD per million tokens, per model; a model not listed costs 0 (and is reported as unpriced).
+    pub prices: BTreeMap<String, Price>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            upstream_url: None,
+            timeout_secs: 120,
+            max_response_bytes: 8 * 1024 * 1024,
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
 }
 
 /// `config/memory_config.yaml`: tiers, classes, aging, trust, SLOs and the LLM cache.
@@ -440,6 +476,19 @@ impl Config {
                 if role.trim().is_empty() || role.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return fail(&format!("policy.classes.{class}"), format!("invalid role name {role:?}"));
                 }
+            }
+        }
+        if let Some(url) = &self.llm.upstream_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return fail("llm.upstream_url", format!("must start with http:// or https://, got {url:?}"));
+        }
+        if self.llm.timeout_secs == 0 {
+            return fail("llm.timeout_secs", "must be positive".into());
+        }
+        for (model, p) in &self.llm.prices {
+            if !(p.input_per_million >= 0.0 && p.output_per_million >= 0.0) {
+                return fail(&format!("llm.prices.{model}"), "prices must be non-negative".into());
             }
         }
         if self.server.request_body_limit_bytes < 1024 {

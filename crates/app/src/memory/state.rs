@@ -99,6 +99,7 @@ enum Change {
 
 pub struct MemoryState {
     shared: Arc<MemoryShared>,
+    cas: crate::cas::CasState,
     /// Rows as the batch being prepared leaves them (None: deleted).
     pending: HashMap<Vec<u8>, Option<RecordRow>>,
     /// Per prepared operation, in order: the address and its change.
@@ -107,9 +108,15 @@ pub struct MemoryState {
 }
 
 impl MemoryState {
-    pub fn new(shared: Arc<MemoryShared>) -> AppResult<MemoryState> {
+    pub fn new(shared: Arc<MemoryShared>, cas: Arc<crate::cas::CasShared>) -> AppResult<MemoryState> {
         let applied = records::applied_seq(shared.kv.db())?;
-        Ok(MemoryState { shared, pending: HashMap::new(), staged: Vec::new(), applied })
+        Ok(MemoryState {
+            shared,
+            cas: crate::cas::CasState::new(cas),
+            pending: HashMap::new(),
+            staged: Vec::new(),
+            applied,
+        })
     }
 
     fn current(&self, key: &[u8]) -> AppResult<Option<RecordRow>> {
@@ -298,7 +305,13 @@ impl MemoryState {
 
     /// Writes rows (None: delete) to redb in one transaction and records `applied` as the
     /// applied point. Cold rows whose body is still inline are appended to L3 first.
-    fn write_rows(&self, rows: &[(Vec<u8>, Option<Arc<RecordRow>>)], applied: u64, durable: bool) -> AppResult<()> {
+    fn write_rows(
+        &self,
+        rows: &[(Vec<u8>, Option<Arc<RecordRow>>)],
+        cas: &[crate::cas::RowWrite],
+        applied: u64,
+        durable: bool,
+    ) -> AppResult<()> {
         let db = self.shared.kv.db();
         let mut txn = db.begin_write().map_err(store_err)?;
         if !durable {
@@ -327,6 +340,19 @@ impl MemoryState {
                     }
                 }
             }
+            if !cas.is_empty() {
+                let mut table = txn.open_table(crate::cas::CAS).map_err(store_err)?;
+                for (key, row) in cas {
+                    match row {
+                        Some(bytes) => {
+                            table.insert(key.as_slice(), bytes.as_slice()).map_err(store_err)?;
+                        }
+                        None => {
+                            table.remove(key.as_slice()).map_err(store_err)?;
+                        }
+                    }
+                }
+            }
             let mut meta = txn.open_table(MEMORY_META).map_err(store_err)?;
             meta.insert(APPLIED_SEQ, applied).map_err(store_err)?;
         }
@@ -342,10 +368,12 @@ impl MemoryState {
     fn settle_overlay(&mut self, durable: bool) -> AppResult<()> {
         let rows: Vec<(Vec<u8>, Option<Arc<RecordRow>>)> =
             self.shared.overlay.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        self.write_rows(&rows, self.applied, durable)?;
+        let cas = self.cas.shared().pending_rows()?;
+        self.write_rows(&rows, &cas, self.applied, durable)?;
         // Only this thread changes the overlay, and redb now holds the same rows, so readers
         // find each row in one place or the other throughout.
         self.shared.overlay.write().clear();
+        self.cas.shared().clear_pending();
         Ok(())
     }
 
@@ -467,6 +495,7 @@ impl StateMachine for MemoryState {
         match op {
             Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
             Op::Memory(m) => self.prepare_memory(m).map(|e| vec![e]),
+            Op::Cas(c) => self.cas.prepare(c),
         }
     }
 
@@ -513,6 +542,7 @@ impl StateMachine for MemoryState {
             shared.overlay.write().insert(key, new);
         }
         drop(guards);
+        self.cas.apply();
         self.applied = last_seq;
         if shared.overlay.read().len() >= OVERLAY_LIMIT {
             self.settle_overlay(false)?;
@@ -523,10 +553,13 @@ impl StateMachine for MemoryState {
     fn abort(&mut self) {
         self.pending.clear();
         self.staged.clear();
+        self.cas.abort();
     }
 
     fn replay(&mut self, e: &Entry) -> AppResult<()> {
-        if let Some((addr, change)) = self.replay_memory(e)? {
+        if e.action.starts_with("llm.cache_") {
+            self.cas.replay(e)?;
+        } else if let Some((addr, change)) = self.replay_memory(e)? {
             let key = addr.table_key();
             let old = self.shared.row(&key)?;
             let new = match change {
@@ -537,7 +570,7 @@ impl StateMachine for MemoryState {
                 Change::Remove => None,
             };
             self.shared.stats.lock().replace(&addr, old.as_ref(), new.as_deref());
-            self.write_rows(&[(key, new)], e.seq, false)?;
+            self.write_rows(&[(key, new)], &[], e.seq, false)?;
         }
         self.applied = e.seq;
         Ok(())
@@ -553,6 +586,7 @@ impl StateMachine for MemoryState {
 
     fn flush(&mut self) -> AppResult<()> {
         self.settle_overlay(true)?;
+        self.cas.shared().stats.lock().save(&self.shared.kv)?;
         let pending = std::mem::take(&mut *self.shared.pending_access.lock());
         let db = self.shared.kv.db();
         let txn = db.begin_write().map_err(store_err)?;

@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Config(cmd) => config::run(&cli.global, cmd),
             Command::Keys(cmd) => keys::run(&cli.global, cmd).await,
             Command::Ledger(cmd) => ledger::run(&cli.global, cmd).await,
+            Command::Cas(crate::cli::CasCommand::Diagnostics) => cas_diagnostics(&cli.global).await,
             Command::Aging(crate::cli::AgingCommand::Run { dry_run }) => aging(&cli.global, dry_run).await,
             Command::Writes { action } => writes(&cli.global, action).await,
         }
@@ -135,4 +136,54 @@ async fn aging(global: &Global, dry_run: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if report.errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// `daena cas diagnostics`.
+async fn cas_diagnostics(global: &Global) -> anyhow::Result<ExitCode> {
+    let d: daena_app::cas::report::Diagnostics = match target(global, "cas diagnostics")? {
+        Target::Remote(r) => r.get("/api/v1/cas/diagnostics").await?,
+        Target::Offline(d) => {
+            let report = daena_app::cas::report::diagnostics(&d);
+            d.shutdown().await.map_err(|e| anyhow::anyhow!(e.message))?;
+            report
+        }
+    };
+    if global.json {
+        crate::output::json(&d)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &d.cas;
+    println!("entries:            {} ({} bytes)", c.entries, c.bytes);
+    println!(
+        "requests:           {} ({} bypassed, {} upstream errors)",
+        c.rates.requests, c.rates.bypass, c.rates.upstream_errors
+    );
+    println!(
+        "hit rate:           {:.1}% (exact {:.1}%, near {:.1}%), target {:.0}%: {}",
+        c.rates.hit_rate * 100.0,
+        c.rates.exact_rate * 100.0,
+        c.rates.near_rate * 100.0,
+        c.target_hit_rate * 100.0,
+        c.status
+    );
+    println!(
+        "threshold:          {} (max Hamming distance {})",
+        c.threshold.simhash_threshold, c.threshold.max_hamming_distance
+    );
+    println!("guard refusals:     {}", c.guard_refusals);
+    println!("false positives:    {} reported", c.false_positive_reports);
+    let hist: Vec<String> = d.near_distance_histogram.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    println!("near hit distances: {}", if hist.is_empty() { "-".to_owned() } else { hist.join(" ") });
+    let exp: Vec<String> = d.expiring.iter().map(|(k, v)| format!("{v} within {k}")).collect();
+    println!("expiring:           {}", exp.join(", "));
+    if !d.top_repeated_prompts.is_empty() {
+        println!("top repeated prompts (hashed):");
+        for p in &d.top_repeated_prompts {
+            println!("  {}  {:>6} hits  {} / {}", p.prompt_hash, p.hits, p.tenant, p.model);
+        }
+    }
+    for a in &d.advice {
+        println!("advice: {a}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,513 @@
+//! The LLM response cache: content-addressed entries with SimHash near-duplicate matching,
+//! in front of an OpenAI-compatible upstream.
+//!
+//! Entries live in the `cas` table of `state.redb` (response encrypted in the tenant's
+//! envelope), their metadata and the near-duplicate index in memory. Stores and evictions go
+//! through the commit thread like every mutation: a `llm.cache_store` entry carries the
+//! encrypted response as its body, so replay rebuilds the cache after a crash.
+
+pub mod chat;
+pub mod report;
+pub mod sse;
+pub mod stats;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::crypto::{Codec, Keyring};
+use crate::error::{AppError, AppResult};
+use daena_core::cas::NearIndex;
+use daena_core::ids::TenantId;
+use daena_core::ledger::entry::{Entry, NewEntry};
+use daena_core::time::Micros;
+use daena_store::kv::Kv;
+use parking_lot::{Mutex, RwLock};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+/// A row to write to redb: (table key, encoded row, or None to delete).
+pub type RowWrite = (Vec<u8>, Option<Vec<u8>>);
+
+pub const CAS: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("cas");
+const ROW_FORMAT: u8 = 1;
+
+/// A cache entry as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CasRow {
+    pub format: u8,
+    pub model: String,
+    pub scope: u64,
+    pub simhash: u64,
+    pub guard: u64,
+    pub prompt_hash: [u8; 32],
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// What the upstream call cost (USD), from its usage and the price table.
+    pub cost_usd: f64,
+    pub agent: Option<String>,
+    pub class: Option<String>,
+    /// The upstream's response JSON, sealed in the tenant's envelope.
+    pub envelope: Vec<u8>,
+}
+
+/// An entry's metadata, kept in memory.
+#[derive(Debug)]
+pub struct CasMeta {
+    pub tenant: String,
+    pub key: [u8; 32],
+    pub model: String,
+    pub scope: u64,
+    pub simhash: u64,
+    pub guard: u64,
+    pub prompt_hash: [u8; 32],
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub bytes: u64,
+    pub slot: u32,
+    pub hits: AtomicU64,
+}
+
+fn db_err(e: impl std::fmt::Display) -> AppError {
+    AppError::internal(format!("storage: {e}"))
+}
+
+pub fn table_key(tenant: &str, key: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 33);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+fn envelope_address(tenant: &str, key: &[u8; 32]) -> Vec<u8> {
+    format!("daena-cas-v1\0{tenant}\0{}", hex::encode(key)).into_bytes()
+}
+
+#[derive(Default)]
+struct Inner {
+    by_key: HashMap<(String, [u8; 32]), Arc<CasMeta>>,
+    index: NearIndex,
+    by_slot: HashMap<u32, (String, [u8; 32])>,
+    /// Per tenant, entries by age, for eviction of the oldest.
+    by_age: HashMap<String, BTreeSet<(i64, [u8; 32])>>,
+    bytes: u64,
+}
+
+/// Cache state shared by request handlers and the commit thread.
+pub struct CasShared {
+    pub kv: Kv,
+    pub keyring: Arc<Keyring>,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<Config>,
+    inner: RwLock<Inner>,
+    /// Rows applied but not yet in redb (None: deleted), keyed by table key.
+    pending: RwLock<HashMap<Vec<u8>, Option<Arc<CasRow>>>>,
+    pub stats: Mutex<stats::CasStats>,
+    pub http: reqwest::Client,
+    /// Decrypted answers of recently hit entries, so hot hits skip redb and AES.
+    hot: moka::sync::Cache<(String, [u8; 32]), bytes::Bytes>,
+    /// (day number, "YYYY-MM-DD") of the last cost record.
+    day: Mutex<(i64, String)>,
+}
+
+impl std::fmt::Debug for CasShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CasShared").field("entries", &self.inner.read().by_key.len()).finish()
+    }
+}
+
+impl CasShared {
+    /// Loads every unexpired entry's metadata and rebuilds the near-duplicate index.
+    pub fn open(
+        kv: Kv,
+        keyring: Arc<Keyring>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+    ) -> AppResult<Arc<CasShared>> {
+        // reqwest is built without a bundled TLS provider; `ring` is the one Daena uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(config.llm.timeout_secs))
+            .build()
+            .map_err(|e| AppError::internal(format!("building the upstream client: {e}")))?;
+        let stats = stats::CasStats::load(&kv)?;
+        let shared = CasShared {
+            kv,
+            keyring,
+            clock,
+            config,
+            inner: RwLock::new(Inner::default()),
+            pending: RwLock::new(HashMap::new()),
+            stats: Mutex::new(stats),
+            http,
+            hot: moka::sync::Cache::builder()
+                .max_capacity(64 * 1024 * 1024)
+                .weigher(|_k: &(String, [u8; 32]), v: &bytes::Bytes| u32::try_from(v.len() + 64).unwrap_or(u32::MAX))
+                .build(),
+            day: Mutex::new((-1, String::new())),
+        };
+        let now = shared.clock.now().0;
+        let txn = shared.kv.db().begin_read().map_err(db_err)?;
+        match txn.open_table(CAS) {
+            Ok(table) => {
+                for item in table.iter().map_err(db_err)? {
+                    let (k, v) = item.map_err(db_err)?;
+                    let k = k.value();
+                    let Some(sep) = k.iter().position(|b| *b == 0) else { continue };
+                    let (Ok(tenant), Ok(key)) = (std::str::from_utf8(&k[..sep]), <[u8; 32]>::try_from(&k[sep + 1..]))
+                    else {
+                        continue;
+                    };
+                    let row: CasRow =
+                        postcard::from_bytes(v.value()).map_err(|e| AppError::internal(format!("cas row: {e}")))?;
+                    if row.format == ROW_FORMAT && row.expires_at > now {
+                        shared.insert_meta(tenant, key, &row);
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(AppError::internal(format!("cas table: {e}"))),
+        }
+        Ok(Arc::new(shared))
+    }
+
+    fn insert_meta(&self, tenant: &str, key: [u8; 32], row: &CasRow) {
+        self.hot.invalidate(&(tenant.to_owned(), key));
+        let mut inner = self.inner.write();
+        if let Some(old) = inner.by_key.remove(&(tenant.to_owned(), key)) {
+            Self::forget(&mut inner, &old);
+        }
+        let slot = inner.index.insert(row.scope, row.simhash);
+        let meta = Arc::new(CasMeta {
+            tenant: tenant.to_owned(),
+            key,
+            model: row.model.clone(),
+            scope: row.scope,
+            simhash: row.simhash,
+            guard: row.guard,
+            prompt_hash: row.prompt_hash,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            prompt_tokens: row.prompt_tokens,
+            completion_tokens: row.completion_tokens,
+            cost_usd: row.cost_usd,
+            bytes: row.envelope.len() as u64,
+            slot,
+            hits: AtomicU64::new(0),
+        });
+        inner.by_slot.insert(slot, (tenant.to_owned(), key));
+        inner.by_age.entry(tenant.to_owned()).or_default().insert((row.created_at, key));
+        inner.bytes += meta.bytes;
+        inner.by_key.insert((tenant.to_owned(), key), meta);
+    }
+
+    fn forget(inner: &mut Inner, meta: &CasMeta) {
+        inner.index.remove(meta.slot);
+        inner.by_slot.remove(&meta.slot);
+        if let Some(ages) = inner.by_age.get_mut(&meta.tenant) {
+            ages.remove(&(meta.created_at, meta.key));
+        }
+        inner.bytes = inner.bytes.saturating_sub(meta.bytes);
+    }
+
+    fn remove_meta(&self, tenant: &str, key: &[u8; 32]) -> bool {
+        self.hot.invalidate(&(tenant.to_owned(), *key));
+        let mut inner = self.inner.write();
+        match inner.by_key.remove(&(tenant.to_owned(), *key)) {
+            Some(meta) => {
+                Self::forget(&mut inner, &meta);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An unexpired entry of `tenant`.
+    pub fn get(&self, tenant: &str, key: &[u8; 32]) -> Option<Arc<CasMeta>> {
+        let now = self.clock.now().0;
+        self.inner.read().by_key.get(&(tenant.to_owned(), *key)).filter(|m| m.expires_at > now).cloned()
+    }
+
+    /// Unexpired near-duplicates of `tenant` in `scope` within `max` bits: (entry, distance).
+    pub fn near(&self, tenant: &str, scope: u64, simhash: u64, max: u32) -> Vec<(Arc<CasMeta>, u32)> {
+        let now = self.clock.now().0;
+        let inner = self.inner.read();
+        inner
+            .index
+            .search(scope, simhash, max)
+            .into_iter()
+            .filter_map(|(slot, d)| {
+                let k = inner.by_slot.get(&slot)?;
+                let m = inner.by_key.get(k)?;
+                (m.tenant == tenant && m.expires_at > now).then(|| (m.clone(), d))
+            })
+            .collect()
+    }
+
+    /// Today's date (UTC) as `YYYY-MM-DD`, formatted once a day.
+    pub fn today(&self) -> String {
+        let now = self.clock.now();
+        let n = now.0.div_euclid(Micros::DAY);
+        let mut day = self.day.lock();
+        if day.0 != n {
+            *day = (n, crate::clock::rfc3339(now).chars().take(10).collect());
+        }
+        day.1.clone()
+    }
+
+    /// The stored answer of an entry as JSON text.
+    pub fn response_bytes(&self, meta: &CasMeta) -> AppResult<bytes::Bytes> {
+        let k = (meta.tenant.clone(), meta.key);
+        if let Some(b) = self.hot.get(&k) {
+            return Ok(b);
+        }
+        let b = bytes::Bytes::from(self.decrypt(meta)?);
+        self.hot.insert(k, b.clone());
+        Ok(b)
+    }
+
+    /// The stored response of an entry, decrypted and parsed.
+    pub fn response(&self, meta: &CasMeta) -> AppResult<Value> {
+        serde_json::from_slice(&self.response_bytes(meta)?)
+            .map_err(|e| AppError::internal(format!("cached response is not JSON: {e}")))
+    }
+
+    fn decrypt(&self, meta: &CasMeta) -> AppResult<Vec<u8>> {
+        let tk = table_key(&meta.tenant, &meta.key);
+        let row = match self.pending.read().get(&tk) {
+            Some(Some(row)) => Some(row.clone()),
+            Some(None) => None,
+            None => {
+                let txn = self.kv.db().begin_read().map_err(db_err)?;
+                match txn.open_table(CAS) {
+                    Ok(t) => match t.get(tk.as_slice()).map_err(db_err)? {
+                        Some(v) => Some(Arc::new(
+                            postcard::from_bytes::<CasRow>(v.value())
+                                .map_err(|e| AppError::internal(format!("cas row: {e}")))?,
+                        )),
+                        None => None,
+                    },
+                    Err(redb::TableError::TableDoesNotExist(_)) => None,
+                    Err(e) => return Err(AppError::internal(format!("cas table: {e}"))),
+                }
+            }
+        };
+        let row = row.ok_or_else(|| AppError::not_found("the cache entry is gone"))?;
+        let tenant = TenantId::new(&meta.tenant)?;
+        let (_, plain) = self.keyring.open(&tenant, &envelope_address(&meta.tenant, &meta.key), &row.envelope)?;
+        Ok(plain)
+    }
+
+    /// Seals a response for storage.
+    pub fn seal(&self, tenant: &TenantId, key: &[u8; 32], response: &Value) -> AppResult<Vec<u8>> {
+        let text = serde_json::to_vec(response).map_err(|e| AppError::internal(e.to_string()))?;
+        self.keyring.seal(tenant, &envelope_address(tenant.as_str(), key), Codec::Raw, &text)
+    }
+
+    /// (entries, bytes) overall and per tenant.
+    pub fn sizes(&self) -> (usize, u64, HashMap<String, usize>) {
+        let inner = self.inner.read();
+        let per = inner.by_age.iter().map(|(t, s)| (t.clone(), s.len())).collect();
+        (inner.by_key.len(), inner.bytes, per)
+    }
+
+    /// Every entry's metadata (diagnostics).
+    pub fn all(&self) -> Vec<Arc<CasMeta>> {
+        self.inner.read().by_key.values().cloned().collect()
+    }
+
+    /// The oldest entries of `tenant` beyond `keep`.
+    fn oldest(&self, tenant: &str, keep: u64, extra: u64) -> Vec<[u8; 32]> {
+        let inner = self.inner.read();
+        let Some(ages) = inner.by_age.get(tenant) else { return Vec::new() };
+        let over = (ages.len() as u64 + extra).saturating_sub(keep);
+        ages.iter().take(over as usize).map(|(_, k)| *k).collect()
+    }
+
+    /// Rows waiting for redb, as (table key, encoded row or None for delete).
+    pub(crate) fn pending_rows(&self) -> AppResult<Vec<RowWrite>> {
+        self.pending
+            .read()
+            .iter()
+            .map(|(k, v)| {
+                let bytes = match v {
+                    Some(row) => Some(
+                        postcard::to_allocvec(&**row)
+                            .map_err(|e| AppError::internal(format!("encode cas row: {e}")))?,
+                    ),
+                    None => None,
+                };
+                Ok((k.clone(), bytes))
+            })
+            .collect()
+    }
+
+    pub(crate) fn clear_pending(&self) {
+        self.pending.write().clear();
+    }
+}
+
+/// A cache mutation for the commit thread.
+#[derive(Debug)]
+pub enum CasOp {
+    Store { tenant: String, key: [u8; 32], row: Box<CasRow>, actor: String },
+    Evict { tenant: String, key: [u8; 32], reason: &'static str, actor: String },
+}
+
+#[derive(Debug)]
+enum Staged {
+    Store { tenant: String, key: [u8; 32], row: Arc<CasRow> },
+    Evict { tenant: String, key: [u8; 32] },
+}
+
+/// The cache's part of the commit thread's state machine.
+pub struct CasState {
+    shared: Arc<CasShared>,
+    staged: Vec<Staged>,
+}
+
+impl CasState {
+    pub fn new(shared: Arc<CasShared>) -> CasState {
+        CasState { shared, staged: Vec::new() }
+    }
+
+    pub fn shared(&self) -> &Arc<CasShared> {
+        &self.shared
+    }
+
+    fn ref_of(key: &[u8; 32]) -> String {
+        format!("cas/{}", hex::encode(&key[..8]))
+    }
+
+    pub fn prepare(&mut self, op: &mut CasOp) -> AppResult<Vec<NewEntry>> {
+        match op {
+            CasOp::Store { tenant, key, row, actor } => {
+                let cap = self.shared.config.memory.cas.max_entries_per_tenant;
+                let staged_here =
+                    self.staged.iter().filter(|s| matches!(s, Staged::Store { tenant: t, .. } if t == tenant)).count()
+                        as u64;
+                let exists = self.shared.get(tenant, key).is_some();
+                let mut entries = Vec::new();
+                if !exists {
+                    for victim in self.shared.oldest(tenant, cap, staged_here + 1) {
+                        entries.push(
+                            NewEntry::new(tenant.as_str(), actor.as_str(), "llm.cache_evict", Self::ref_of(&victim))
+                                .attrs(json!({"key": hex::encode(victim), "reason": "capacity"})),
+                        );
+                        self.staged.push(Staged::Evict { tenant: tenant.clone(), key: victim });
+                    }
+                }
+                let attrs = json!({
+                    "key": hex::encode(*key), "model": row.model, "scope": format!("{:016x}", row.scope),
+                    "simhash": format!("{:016x}", row.simhash), "guard": format!("{:016x}", row.guard),
+                    "prompt_hash": hex::encode(row.prompt_hash), "created_at": row.created_at, "expires_at": row.expires_at,
+                    "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens, "cost_usd": row.cost_usd,
+                    "agent": row.agent, "class": row.class,
+                });
+                entries.push(
+                    NewEntry::new(tenant.as_str(), actor.as_str(), "llm.cache_store", Self::ref_of(key))
+                        .attrs(attrs)
+                        .body(row.envelope.clone()),
+                );
+                self.staged.push(Staged::Store { tenant: tenant.clone(), key: *key, row: Arc::new((**row).clone()) });
+                Ok(entries)
+            }
+            CasOp::Evict { tenant, key, reason, actor } => {
+                if self.shared.get(tenant, key).is_none()
+                    && !self.staged.iter().any(|s| matches!(s, Staged::Store { key: k, .. } if k == key))
+                {
+                    return Err(AppError::not_found("no such cache entry"));
+                }
+                self.staged.push(Staged::Evict { tenant: tenant.clone(), key: *key });
+                Ok(vec![
+                    NewEntry::new(tenant.as_str(), actor.as_str(), "llm.cache_evict", Self::ref_of(key))
+                        .attrs(json!({"key": hex::encode(*key), "reason": reason})),
+                ])
+            }
+        }
+    }
+
+    pub fn apply(&mut self) {
+        for s in std::mem::take(&mut self.staged) {
+            self.apply_one(s);
+        }
+    }
+
+    fn apply_one(&mut self, s: Staged) {
+        match s {
+            Staged::Store { tenant, key, row } => {
+                self.shared.insert_meta(&tenant, key, &row);
+                self.shared.pending.write().insert(table_key(&tenant, &key), Some(row));
+            }
+            Staged::Evict { tenant, key } => {
+                if self.shared.remove_meta(&tenant, &key) {
+                    self.shared.stats.lock().evicted();
+                }
+                self.shared.pending.write().insert(table_key(&tenant, &key), None);
+            }
+        }
+    }
+
+    pub fn abort(&mut self) {
+        self.staged.clear();
+    }
+
+    /// Replays a cache entry of the ledger.
+    pub fn replay(&mut self, e: &Entry) -> AppResult<()> {
+        let key = || -> Option<[u8; 32]> {
+            let mut k = [0u8; 32];
+            hex::decode_to_slice(e.attrs.get("key")?.as_str()?, &mut k).ok()?;
+            Some(k)
+        };
+        let hex64 = |name: &str| {
+            e.attrs.get(name).and_then(Value::as_str).and_then(|s| u64::from_str_radix(s, 16).ok()).unwrap_or(0)
+        };
+        let num = |name: &str| e.attrs.get(name).and_then(Value::as_i64).unwrap_or(0);
+        let Some(key) = key() else { return Ok(()) };
+        match e.action.as_str() {
+            "llm.cache_store" => {
+                let mut prompt_hash = [0u8; 32];
+                let _ = hex::decode_to_slice(
+                    e.attrs.get("prompt_hash").and_then(Value::as_str).unwrap_or_default(),
+                    &mut prompt_hash,
+                );
+                let text = |name: &str| e.attrs.get(name).and_then(Value::as_str).map(str::to_owned);
+                let row = CasRow {
+                    format: ROW_FORMAT,
+                    model: text("model").unwrap_or_default(),
+                    scope: hex64("scope"),
+                    simhash: hex64("simhash"),
+                    guard: hex64("guard"),
+                    prompt_hash,
+                    created_at: num("created_at"),
+                    expires_at: num("expires_at"),
+                    prompt_tokens: num("prompt_tokens") as u64,
+                    completion_tokens: num("completion_tokens") as u64,
+                    cost_usd: e.attrs.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+                    agent: text("agent"),
+                    class: text("class"),
+                    envelope: e.body.clone(),
+                };
+                self.apply_one(Staged::Store { tenant: e.tenant.clone(), key, row: Arc::new(row) });
+            }
+            "llm.cache_evict" => self.apply_one(Staged::Evict { tenant: e.tenant.clone(), key }),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The TTL of `tenant`'s entries, in microseconds.
+pub fn ttl_micros(config: &Config, tenant: &TenantId) -> i64 {
+    let cas = &config.memory.cas;
+    let days = cas.tenants.get(tenant).and_then(|t| t.ttl_days).unwrap_or(cas.ttl_days);
+    (days * Micros::DAY as f64) as i64
+}
