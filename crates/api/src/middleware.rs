@@ -55,3 +55,48 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
         .unwrap_or_else(|| "unknown panic".to_owned());
     ApiError::new(ErrorCode::Internal, format!("handler panicked: {detail}")).into_response()
 }
+
+/// Per-tenant rate limits on every authenticated request: 429 with `Retry-After` when the
+/// tenant's burst is spent; `X-RateLimit-Limit` (per minute), `X-RateLimit-Remaining` and
+/// `X-RateLimit-Reset` (seconds until the burst is full) on every answer.
+pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use daena_core::gcra::Decision;
+    if !state.limiter.enabled() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let who = crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Any).ok();
+    let req = Request::from_parts(parts, body);
+    let Some(who) = who else { return next.run(req).await };
+    let verdict = state.limiter.check(who.tenant().as_str());
+    let secs = |micros: i64| ((micros.max(0) + 999_999) / 1_000_000).to_string();
+    let (mut response, remaining, reset) = match verdict.decision {
+        Decision::Allow { remaining, reset } => (next.run(req).await, remaining, reset),
+        Decision::Deny { retry_after, reset } => {
+            let wait = ((retry_after + 999_999) / 1_000_000).max(1) as u64;
+            let mut e = daena_app::error::AppError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "tenant {} exceeded its rate limit ({} requests per minute, burst {}); retry after {wait} s",
+                    who.tenant(),
+                    verdict.limit.rpm,
+                    verdict.limit.burst
+                ),
+            )
+            .with_details(serde_json::json!({"tenant": who.tenant(), "rpm": verdict.limit.rpm, "burst": verdict.limit.burst, "retry_after": wait}));
+            e.retry_after = Some(wait);
+            (ApiError(e).into_response(), 0, reset)
+        }
+    };
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-limit", verdict.limit.rpm.to_string()),
+        ("x-ratelimit-remaining", remaining.to_string()),
+        ("x-ratelimit-reset", secs(reset)),
+    ] {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    response
+}

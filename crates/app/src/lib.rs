@@ -15,6 +15,7 @@ pub mod health;
 pub mod ledger;
 pub mod memory;
 pub mod policy;
+pub mod ratelimit;
 pub mod scheduler;
 pub mod telemetry;
 
@@ -75,6 +76,7 @@ pub struct Daena {
     pub cas: Arc<cas::CasShared>,
     /// The bearer token sent to the upstream model endpoint (`DAENA_LLM_API_KEY`).
     pub llm_api_key: Option<config::Secret>,
+    pub limiter: ratelimit::RateLimiter,
     pub metrics: Metrics,
     writes_enabled: AtomicBool,
     started: Instant,
@@ -108,6 +110,7 @@ impl Daena {
         }
         let agents = AgentRegistry::load(kv.clone(), clock.clone(), config.agents.heartbeat_window_secs)?;
         let policy = PolicyEngine::compile(&config.policy, &config_dir)?;
+        let limiter = ratelimit::RateLimiter::load(&config.rate_limit, kv.clone(), clock.clone())?;
         let cold = ColdStore::open(&data.l3_dir())?;
         let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
         let cas = cas::CasShared::open(kv.clone(), keyring.clone(), clock.clone(), config.clone())?;
@@ -131,6 +134,7 @@ impl Daena {
             memory,
             cas,
             llm_api_key: secrets.llm_api_key.clone(),
+            limiter,
             metrics,
             started: Instant::now(),
         }))

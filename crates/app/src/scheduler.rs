@@ -28,6 +28,7 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
         loop {
             tick.tick().await;
             growth.memory.sample_growth();
+            growth.limiter.sweep();
         }
     }));
     let sweep = d.clone();

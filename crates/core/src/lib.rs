@@ -7,6 +7,7 @@ pub mod auth;
 pub mod canonical;
 pub mod cas;
 pub mod divergence;
+pub mod gcra;
 pub mod ids;
 pub mod ledger;
 pub mod merkle;

@@ -23,6 +23,7 @@ pub async fn start(edit: impl FnOnce(&mut Config)) -> anyhow::Result<Running> {
     let dir = tempfile::tempdir()?;
     let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
     config.memory.aging.interval_minutes = 0;
+    config.rate_limit.enabled = false;
     edit(&mut config);
     let loaded = LoadedConfig {
         config,

@@ -7,4 +7,5 @@ pub mod cas;
 pub mod ledger;
 pub mod memory;
 pub mod monitoring;
+pub mod ratelimit;
 pub mod system;

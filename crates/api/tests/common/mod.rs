@@ -49,6 +49,9 @@ impl TestApp {
     pub fn with_config(edit: impl FnOnce(&mut Config)) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        // The clock stands still in these tests, so a rate limit would never refill; the
+        // rate-limit tests turn it back on.
+        config.rate_limit.enabled = false;
         edit(&mut config);
         config.validate().expect("test config is valid");
         let clock = ManualClock::new(Micros(1_800_000_000_000_000));

@@ -65,6 +65,8 @@ const SECRET_ENV: &[&str] = &["DAENA_OPS_KEY", "DAENA_MEMORY_AES_KEY", "DAENA_LL
 /// The runbook's names, kept as they are, and short forms.
 const ENV_ALIASES: &[(&str, &str)] = &[
     ("DAENA_NBMF_ENABLED", "server.writes_enabled"),
+    ("DAENA_TENANT_RATE_LIMIT_RPM", "rate_limit.rpm"),
+    ("DAENA_TENANT_BURST", "rate_limit.burst"),
     ("DAENA_LISTEN", "server.listen"),
     ("DAENA_LOG_FORMAT", "server.log_format"),
 ];

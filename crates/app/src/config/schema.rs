@@ -18,6 +18,7 @@ pub struct Config {
     pub agents: AgentsConfig,
     pub ledger: LedgerConfig,
     pub llm: LlmConfig,
+    pub rate_limit: RateLimitConfig,
     /// `config/memory_config.yaml`.
     pub memory: MemoryConfig,
     /// `config/policy_config.yaml`.
@@ -32,6 +33,7 @@ impl Default for Config {
             agents: AgentsConfig::default(),
             ledger: LedgerConfig::default(),
             llm: LlmConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             memory: MemoryConfig::default(),
             policy: PolicyConfig::default(),
         }
@@ -106,6 +108,26 @@ pub struct LedgerConfig {
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig { checkpoint_every_entries: 10_000, checkpoint_every_secs: 60, segment_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// Per-tenant rate limits (GCRA) on every authenticated route.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Requests per minute per tenant (`DAENA_TENANT_RATE_LIMIT_RPM`).
+    pub rpm: u32,
+    /// Requests a tenant may send at once (`DAENA_TENANT_BURST`); a new tenant starts full.
+    pub burst: u32,
+    /// A tenant's limiter state is dropped after this long without requests (its burst is
+    /// full again by then), keeping memory bounded for millions of tenants.
+    pub idle_secs: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { enabled: true, rpm: 1000, burst: 100, idle_secs: 600 }
     }
 }
 
@@ -482,6 +504,12 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return fail("llm.upstream_url", format!("must start with http:// or https://, got {url:?}"));
+        }
+        if self.rate_limit.rpm == 0 || self.rate_limit.burst == 0 {
+            return fail(
+                "rate_limit.rpm",
+                "rpm and burst must be positive (set rate_limit.enabled = false to turn limits off)".into(),
+            );
         }
         if self.llm.timeout_secs == 0 {
             return fail("llm.timeout_secs", "must be positive".into());

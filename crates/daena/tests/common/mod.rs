@@ -20,6 +20,7 @@ pub fn daena(dir: &Path) -> Command {
         .env("DAENA_DATA_DIR", dir.join("data"))
         .env("DAENA_CONFIG_DIR", dir.join("config"))
         .env("DAENA_LOG", "info")
+        .env("DAENA_RATE_LIMIT_ENABLED", "false")
         .current_dir(dir);
     let _ = std::fs::create_dir_all(dir.join("config"));
     cmd

@@ -1,0 +1,244 @@
+//! Per-tenant rate limits: GCRA (`daena_core::gcra`) with one timestamp per active tenant,
+//! sharded for concurrency, idle tenants dropped. Overrides per tenant are persisted and
+//! ledgered.
+
+use crate::Daena;
+use crate::auth::Principal;
+use crate::clock::Clock;
+use crate::config::RateLimitConfig;
+use crate::error::{AppError, AppResult};
+use daena_core::gcra::{self, Decision, Limit};
+use daena_core::ids::TenantId;
+use daena_core::ledger::NewEntry;
+use daena_store::kv::{DocTable, Kv, doc_table};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const OVERRIDES: DocTable = doc_table("rate_limit_overrides");
+const SHARDS: usize = 64;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct TenantState {
+    tat: Option<i64>,
+    allowed: u64,
+    rejected: u64,
+    last_seen: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitView {
+    pub rpm: u32,
+    pub burst: u32,
+}
+
+impl From<Limit> for LimitView {
+    fn from(l: Limit) -> Self {
+        LimitView { rpm: l.rpm, burst: l.burst }
+    }
+}
+
+/// The limiter's answer for one request, with what the response headers say.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub limit: Limit,
+}
+
+pub struct RateLimiter {
+    enabled: bool,
+    defaults: Limit,
+    idle_micros: i64,
+    shards: Vec<Mutex<HashMap<String, TenantState>>>,
+    hasher: std::collections::hash_map::RandomState,
+    overrides: RwLock<HashMap<String, Limit>>,
+    clock: Arc<dyn Clock>,
+    kv: Kv,
+    pub allowed: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").field("defaults", &self.defaults).finish()
+    }
+}
+
+impl RateLimiter {
+    pub fn load(cfg: &RateLimitConfig, kv: Kv, clock: Arc<dyn Clock>) -> AppResult<RateLimiter> {
+        let overrides = kv
+            .scan_docs::<LimitView>(OVERRIDES)?
+            .into_iter()
+            .map(|(t, l)| (t, Limit { rpm: l.rpm, burst: l.burst }))
+            .collect();
+        Ok(RateLimiter {
+            enabled: cfg.enabled,
+            defaults: Limit { rpm: cfg.rpm, burst: cfg.burst },
+            idle_micros: i64::try_from(cfg.idle_secs).unwrap_or(i64::MAX / 1_000_000) * 1_000_000,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            overrides: RwLock::new(overrides),
+            clock,
+            kv,
+            allowed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn defaults(&self) -> Limit {
+        self.defaults
+    }
+
+    pub fn limit_of(&self, tenant: &str) -> Limit {
+        self.overrides.read().get(tenant).copied().unwrap_or(self.defaults)
+    }
+
+    fn shard(&self, tenant: &str) -> &Mutex<HashMap<String, TenantState>> {
+        let mut h = self.hasher.build_hasher();
+        tenant.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Decides one request of `tenant` now.
+    pub fn check(&self, tenant: &str) -> Verdict {
+        let limit = self.limit_of(tenant);
+        let now = self.clock.now().0;
+        let mut shard = self.shard(tenant).lock();
+        let state = match shard.get_mut(tenant) {
+            Some(s) => s,
+            None => shard.entry(tenant.to_owned()).or_default(),
+        };
+        let (decision, tat) = gcra::decide(limit, state.tat, now);
+        state.tat = tat;
+        state.last_seen = now;
+        match decision {
+            Decision::Allow { .. } => {
+                state.allowed += 1;
+                self.allowed.fetch_add(1, Ordering::Relaxed);
+            }
+            Decision::Deny { .. } => {
+                state.rejected += 1;
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Verdict { decision, limit }
+    }
+
+    /// Drops the state of tenants idle for `rate_limit.idle_secs`; returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now().0;
+        let mut dropped = 0;
+        for shard in &self.shards {
+            let mut s = shard.lock();
+            let before = s.len();
+            s.retain(|_, st| now - st.last_seen < self.idle_micros);
+            dropped += before - s.len();
+        }
+        dropped
+    }
+
+    fn snapshot(&self) -> Vec<(String, TenantState)> {
+        self.shards.iter().flat_map(|s| s.lock().iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>()).collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantStatus {
+    pub tenant: String,
+    pub limit: LimitView,
+    /// Whether the limit is a per-tenant override.
+    pub overridden: bool,
+    /// Requests that fit right now.
+    pub remaining: u32,
+    pub allowed: u64,
+    pub rejected: u64,
+    /// Share of the burst in use right now, in percent.
+    pub utilization_pct: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RateLimitStats {
+    pub enabled: bool,
+    pub defaults: LimitView,
+    pub overrides: BTreeMap<String, LimitView>,
+    /// Tenants with limiter state (seen within `rate_limit.idle_secs`).
+    pub active_tenants: usize,
+    pub allowed: u64,
+    pub rejected: u64,
+    /// Active tenants, most requests first (at most 100).
+    pub tenants: Vec<TenantStatus>,
+}
+
+fn status_of(r: &RateLimiter, tenant: &str, st: TenantState, now: i64) -> TenantStatus {
+    let limit = r.limit_of(tenant);
+    let remaining = gcra::available(limit, st.tat, now);
+    TenantStatus {
+        tenant: tenant.to_owned(),
+        limit: limit.into(),
+        overridden: r.overrides.read().contains_key(tenant),
+        remaining,
+        allowed: st.allowed,
+        rejected: st.rejected,
+        utilization_pct: ((1.0 - f64::from(remaining) / f64::from(limit.burst.max(1))) * 10_000.0).round() / 100.0,
+    }
+}
+
+pub fn stats(d: &Daena) -> RateLimitStats {
+    let r = &d.limiter;
+    let now = d.clock.now().0;
+    let mut tenants: Vec<TenantStatus> = r.snapshot().into_iter().map(|(t, st)| status_of(r, &t, st, now)).collect();
+    let active_tenants = tenants.len();
+    tenants.sort_by(|a, b| (b.allowed + b.rejected).cmp(&(a.allowed + a.rejected)).then(a.tenant.cmp(&b.tenant)));
+    tenants.truncate(100);
+    RateLimitStats {
+        enabled: r.enabled,
+        defaults: r.defaults.into(),
+        overrides: r.overrides.read().iter().map(|(t, l)| (t.clone(), (*l).into())).collect(),
+        active_tenants,
+        allowed: r.allowed.load(Ordering::Relaxed),
+        rejected: r.rejected.load(Ordering::Relaxed),
+        tenants,
+    }
+}
+
+pub fn status(d: &Daena, tenant: &TenantId) -> TenantStatus {
+    let st = d.limiter.shard(tenant.as_str()).lock().get(tenant.as_str()).copied().unwrap_or_default();
+    status_of(&d.limiter, tenant.as_str(), st, d.clock.now().0)
+}
+
+/// Sets (or with `None` removes) a tenant's limit; persisted and ledgered.
+pub async fn set_override(
+    d: &Daena,
+    who: &Principal,
+    tenant: &TenantId,
+    limit: Option<LimitView>,
+) -> AppResult<TenantStatus> {
+    if let Some(l) = limit
+        && (l.rpm == 0 || l.burst == 0)
+    {
+        return Err(AppError::invalid("rpm and burst must be positive"));
+    }
+    match limit {
+        Some(l) => {
+            d.limiter.kv.put_doc(OVERRIDES, tenant.as_str(), &l)?;
+            d.limiter.overrides.write().insert(tenant.to_string(), Limit { rpm: l.rpm, burst: l.burst });
+        }
+        None => {
+            d.limiter.kv.delete_doc(OVERRIDES, tenant.as_str())?;
+            d.limiter.overrides.write().remove(tenant.as_str());
+        }
+    }
+    let entry = NewEntry::new(tenant.as_str(), who.actor(), "ratelimit.override", format!("tenant/{tenant}")).attrs(
+        serde_json::json!({"rpm": limit.map(|l| l.rpm), "burst": limit.map(|l| l.burst), "removed": limit.is_none()}),
+    );
+    d.commit.append(vec![entry]).await?;
+    Ok(status(d, tenant))
+}
