@@ -14,7 +14,7 @@ use daena_store::kv::{DocTable, Kv, doc_table};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -102,9 +102,7 @@ impl RateLimiter {
     }
 
     fn shard(&self, tenant: &str) -> &Mutex<HashMap<String, TenantState>> {
-        let mut h = self.hasher.build_hasher();
-        tenant.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(tenant) as usize) % SHARDS]
     }
 
     /// Decides one request of `tenant` now.
