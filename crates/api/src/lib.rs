@@ -36,6 +36,7 @@ use utoipa_axum::routes;
         (name = "ledger", description = "the Merkle ledger: head, entries, proofs, checkpoints"),
         (name = "memory", description = "records in three tiers, with trust and quarantine"),
         (name = "monitoring", description = "the runbook's monitoring routes"),
+        (name = "analytics", description = "fleet analytics"),
         (name = "limits", description = "per-tenant rate limits"),
         (name = "llm", description = "the LLM cache: OpenAI-compatible proxy and cache-aside API"),
     )
@@ -54,7 +55,7 @@ impl Modify for ApiKeyScheme {
 
 /// The routes and the OpenAPI document they describe.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{admin, agents, cas, ledger, memory, monitoring, ratelimit, system};
+    use routes::{admin, agents, analytics, cas, ledger, memory, monitoring, ratelimit, system};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
@@ -79,6 +80,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cas::monitoring))
         .routes(routes!(cas::costs))
         .routes(routes!(cas::diagnostics))
+        .routes(routes!(analytics::interactions))
+        .routes(routes!(analytics::summary))
+        .routes(routes!(analytics::anomalies))
+        .routes(routes!(analytics::efficiency))
+        .routes(routes!(analytics::patterns))
         .routes(routes!(ratelimit::stats))
         .routes(routes!(ratelimit::status))
         .routes(routes!(ratelimit::set, ratelimit::remove))
@@ -110,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe_agents))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::rate_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::track))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

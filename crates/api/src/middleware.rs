@@ -100,3 +100,49 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     }
     response
 }
+
+/// Feeds analytics with what the service sees of each agent: memory and LLM calls that carry
+/// `X-Agent-ID`, their latency, server-side failures and cache hits.
+pub async fn observe_agents(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use daena_app::analytics::Observed;
+    let agent = req
+        .headers()
+        .get("x-agent-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| daena_core::ids::AgentId::new(a.trim()).ok());
+    let route = matched.as_ref().map(MatchedPath::as_str).unwrap_or("");
+    let kind = match (req.method().as_str(), route) {
+        ("GET", "/api/v1/memory/{class}/{key}") => Some(Observed::MemoryRead),
+        ("PUT" | "DELETE", "/api/v1/memory/{class}/{key}") => Some(Observed::MemoryWrite),
+        ("POST", "/v1/chat/completions") => Some(Observed::Llm { hit: false }),
+        _ => None,
+    };
+    let (Some(agent), Some(kind)) = (agent, kind) else { return next.run(req).await };
+    let (parts, body) = req.into_parts();
+    let who = crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Data).ok();
+    let req = Request::from_parts(parts, body);
+    let start = Instant::now();
+    let response = next.run(req).await;
+    if let Some(who) = who {
+        let kind = match kind {
+            Observed::Llm { .. } => Observed::Llm {
+                hit: response.headers().get("x-daena-cache").is_some_and(|v| v == "hit" || v == "near"),
+            },
+            k => k,
+        };
+        let failed = response.status().is_server_error();
+        state.analytics.observe(
+            who.tenant().as_str(),
+            agent.as_str(),
+            kind,
+            start.elapsed().as_secs_f64() * 1e3,
+            failed,
+        );
+    }
+    response
+}

@@ -210,6 +210,18 @@ impl KeyRing {
         Ok(())
     }
 
+    /// A principal for the service's own fleet-wide reports (metrics): an ops view of the
+    /// default tenant that no request can obtain.
+    pub(crate) fn authenticate_system(&self) -> Principal {
+        Principal {
+            key_id: "system".into(),
+            key_name: "system".into(),
+            role: Role::Ops,
+            tenant: TenantId::default_tenant(),
+            attributes: KeyAttributes::default(),
+        }
+    }
+
     /// Resolves a request's key and tenant header into a principal admitted by `access`.
     pub fn authenticate(
         &self,

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod analytics;
 pub mod auth;
 pub mod cas;
 pub mod clock;
@@ -32,6 +33,7 @@ use crate::memory::MemoryShared;
 use crate::memory::state::MemoryState;
 use crate::policy::PolicyEngine;
 use crate::telemetry::Metrics;
+use daena_core::ids::TenantId;
 use daena_store::cold::ColdStore;
 use daena_store::datadir::{DataDir, LockInfo};
 use daena_store::kv::Kv;
@@ -77,6 +79,7 @@ pub struct Daena {
     /// The bearer token sent to the upstream model endpoint (`DAENA_LLM_API_KEY`).
     pub llm_api_key: Option<config::Secret>,
     pub limiter: ratelimit::RateLimiter,
+    pub analytics: analytics::Analytics,
     pub metrics: Metrics,
     writes_enabled: AtomicBool,
     started: Instant,
@@ -111,6 +114,7 @@ impl Daena {
         let agents = AgentRegistry::load(kv.clone(), clock.clone(), config.agents.heartbeat_window_secs)?;
         let policy = PolicyEngine::compile(&config.policy, &config_dir)?;
         let limiter = ratelimit::RateLimiter::load(&config.rate_limit, kv.clone(), clock.clone())?;
+        let analytics = analytics::Analytics::load(kv.clone(), clock.clone())?;
         let cold = ColdStore::open(&data.l3_dir())?;
         let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
         let cas = cas::CasShared::open(kv.clone(), keyring.clone(), clock.clone(), config.clone())?;
@@ -135,6 +139,7 @@ impl Daena {
             cas,
             llm_api_key: secrets.llm_api_key.clone(),
             limiter,
+            analytics,
             metrics,
             started: Instant::now(),
         }))
@@ -178,19 +183,91 @@ impl Daena {
     pub fn render_metrics(&self) -> String {
         let m = &self.metrics;
         m.active_agents.clear();
+        // The default tenant is always there, so a silent fleet shows as 0 and not as no series.
+        m.active_agents
+            .get_or_create(&telemetry::TenantLabels { tenant: TenantId::default_tenant().to_string() })
+            .set(0);
         for (tenant, active) in self.agents.active_by_tenant() {
             m.active_agents
                 .get_or_create(&telemetry::TenantLabels { tenant: tenant.to_string() })
                 .set(i64::try_from(active).unwrap_or(i64::MAX));
         }
         m.writes_enabled.set(i64::from(self.writes_enabled()));
+        self.refresh_state_metrics();
         m.uptime_seconds.set(self.started.elapsed().as_secs_f64());
         m.encode()
     }
 
-    /// Periodic housekeeping: flushes heartbeats. Called by the scheduler and at shutdown.
+    /// Sets the gauges that describe state: memory, cache, costs, errors, limits, ledger.
+    fn refresh_state_metrics(&self) {
+        use telemetry::{LimitLabels, ResultLabels, TierLabels, WindowLabels};
+        let m = &self.metrics;
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let ops = self.keys.authenticate_system();
+        let report = memory::monitor::report(self, &ops);
+        for (tier, view) in [("l2", &report.l2), ("l2q", &report.l2q), ("l3", &report.l3)] {
+            let l = TierLabels { tier: tier.to_owned() };
+            m.memory_records.get_or_create(&l).set(as_i64(view.records));
+            m.memory_bytes.get_or_create(&l).set(as_i64(view.bytes));
+        }
+        for (tier, lat) in [("l1", &report.l1.latency), ("l2", &report.l2.latency), ("l3", &report.l3.latency)] {
+            m.memory_latency_p95_ms
+                .get_or_create(&TierLabels { tier: tier.to_owned() })
+                .set(lat.as_ref().map_or(0.0, |l| l.p95_ms));
+        }
+        m.memory_growth_records_per_hour.set(report.growth.records_per_hour.unwrap_or(0.0));
+        m.divergence_rate.set(report.divergence.rate);
+        m.policy_denies.set(as_i64(report.operations.policy_denies));
+        m.ledger_entries.set(as_i64(report.ledger.size));
+        m.ledger_checkpoint_size.set(as_i64(report.ledger.checkpoint_size));
+        let cas = cas::report::cas(self);
+        for (result, n) in [
+            ("exact", cas.rates.exact_hits),
+            ("near", cas.rates.near_hits),
+            ("miss", cas.rates.misses),
+            ("bypass", cas.rates.bypass),
+            ("upstream_error", cas.rates.upstream_errors),
+        ] {
+            m.cas_requests.get_or_create(&ResultLabels { result: result.to_owned() }).set(as_i64(n));
+        }
+        m.cas_hit_rate.set(cas.rates.hit_rate);
+        m.cas_entries.set(i64::try_from(cas.entries).unwrap_or(i64::MAX));
+        let costs = cas::report::costs(self);
+        m.cost_spend_usd.set(costs.total.spend_usd);
+        m.cost_saved_usd.set(costs.total.saved_usd);
+        for (window, minutes) in [("5m", 5), ("1h", 60)] {
+            m.error_rate
+                .get_or_create(&WindowLabels { window: window.to_owned() })
+                .set(analytics::fleet_error_rate(self, minutes).rate);
+        }
+        m.anomalies.clear();
+        for (tenant, n) in analytics::anomaly_counts(self).into_iter().take(100) {
+            m.anomalies.get_or_create(&telemetry::TenantLabels { tenant }).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        // Tenant labels stay bounded: the 50 busiest tenants by name, the rest as "other".
+        m.rate_limit_requests.clear();
+        let stats = ratelimit::stats(self);
+        let (mut other_allowed, mut other_rejected) = (stats.allowed, stats.rejected);
+        for t in stats.tenants.iter().take(50) {
+            other_allowed = other_allowed.saturating_sub(t.allowed);
+            other_rejected = other_rejected.saturating_sub(t.rejected);
+            for (decision, n) in [("allowed", t.allowed), ("rejected", t.rejected)] {
+                m.rate_limit_requests
+                    .get_or_create(&LimitLabels { tenant: t.tenant.clone(), decision: decision.to_owned() })
+                    .set(as_i64(n));
+            }
+        }
+        for (decision, n) in [("allowed", other_allowed), ("rejected", other_rejected)] {
+            m.rate_limit_requests
+                .get_or_create(&LimitLabels { tenant: "other".to_owned(), decision: decision.to_owned() })
+                .set(as_i64(n));
+        }
+    }
+
+    /// Periodic housekeeping: flushes heartbeats and analytics. Called by the scheduler and at shutdown.
     pub fn flush(&self) -> AppResult<()> {
-        self.agents.flush()
+        self.agents.flush()?;
+        self.analytics.flush()
     }
 
     /// Orderly shutdown: persists everything kept in memory, checkpoints the ledger and

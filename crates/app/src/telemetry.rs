@@ -26,6 +26,27 @@ pub struct TenantLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    pub window: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub tenant: String,
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabels {
     pub check: String,
 }
@@ -48,6 +69,22 @@ pub struct Metrics {
     /// Health per check: 1 pass, 0.5 warn, 0 fail.
     pub health_check: Family<CheckLabels, GaugeF64>,
     pub uptime_seconds: GaugeF64,
+    pub memory_records: Family<TierLabels, Gauge>,
+    pub memory_bytes: Family<TierLabels, Gauge>,
+    pub memory_latency_p95_ms: Family<TierLabels, GaugeF64>,
+    pub memory_growth_records_per_hour: GaugeF64,
+    pub divergence_rate: GaugeF64,
+    pub policy_denies: Gauge,
+    pub cas_requests: Family<ResultLabels, Gauge>,
+    pub cas_hit_rate: GaugeF64,
+    pub cas_entries: Gauge,
+    pub cost_spend_usd: GaugeF64,
+    pub cost_saved_usd: GaugeF64,
+    pub error_rate: Family<WindowLabels, GaugeF64>,
+    pub anomalies: Family<TenantLabels, Gauge>,
+    pub rate_limit_requests: Family<LimitLabels, Gauge>,
+    pub ledger_entries: Gauge,
+    pub ledger_checkpoint_size: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -87,8 +124,68 @@ impl Metrics {
         registry.register("health_check", "Health checks: 1 pass, 0.5 warn, 0 fail", health_check.clone());
         let uptime_seconds = GaugeF64::default();
         registry.register("uptime_seconds", "Seconds since the service started", uptime_seconds.clone());
+        macro_rules! reg {
+            ($name:literal, $help:literal, $metric:expr) => {{
+                let m = $metric;
+                registry.register($name, $help, m.clone());
+                m
+            }};
+        }
+        let memory_records =
+            reg!("memory_records", "Records per tier (l2, l2q, l3)", Family::<TierLabels, Gauge>::default());
+        let memory_bytes = reg!("memory_bytes", "Stored bytes per tier", Family::<TierLabels, Gauge>::default());
+        let memory_latency_p95_ms = reg!(
+            "memory_latency_p95_ms",
+            "Read latency p95 per tier over the last 4096 reads (ms)",
+            Family::<TierLabels, GaugeF64>::default()
+        );
+        let memory_growth_records_per_hour =
+            reg!("memory_growth_records_per_hour", "Record growth rate over the last day", GaugeF64::default());
+        let divergence_rate =
+            reg!("divergence_rate", "Unintended divergent overwrites / overwrites", GaugeF64::default());
+        let policy_denies = reg!("policy_denies", "ABAC denials since start", Gauge::default());
+        let cas_requests = reg!(
+            "cas_requests",
+            "LLM cache requests by result (exact, near, miss, bypass, upstream_error)",
+            Family::<ResultLabels, Gauge>::default()
+        );
+        let cas_hit_rate = reg!("cas_hit_rate", "LLM cache hit rate (exact + near) / lookups", GaugeF64::default());
+        let cas_entries = reg!("cas_entries", "LLM cache entries", Gauge::default());
+        let cost_spend_usd = reg!("cost_spend_usd", "Upstream LLM spend (USD)", GaugeF64::default());
+        let cost_saved_usd = reg!("cost_saved_usd", "What cache hits would have cost (USD)", GaugeF64::default());
+        let error_rate = reg!(
+            "error_rate",
+            "Failed / all agent interactions and requests, per window",
+            Family::<WindowLabels, GaugeF64>::default()
+        );
+        let anomalies =
+            reg!("anomalies", "Anomalies detected now, per tenant", Family::<TenantLabels, Gauge>::default());
+        let rate_limit_requests = reg!(
+            "rate_limit_requests",
+            "Rate-limited requests per tenant and decision (tenants seen recently)",
+            Family::<LimitLabels, Gauge>::default()
+        );
+        let ledger_entries = reg!("ledger_entries", "Ledger entries", Gauge::default());
+        let ledger_checkpoint_size =
+            reg!("ledger_checkpoint_size", "Entries covered by the newest signed checkpoint", Gauge::default());
         Metrics {
             registry,
+            memory_records,
+            memory_bytes,
+            memory_latency_p95_ms,
+            memory_growth_records_per_hour,
+            divergence_rate,
+            policy_denies,
+            cas_requests,
+            cas_hit_rate,
+            cas_entries,
+            cost_spend_usd,
+            cost_saved_usd,
+            error_rate,
+            anomalies,
+            rate_limit_requests,
+            ledger_entries,
+            ledger_checkpoint_size,
             http_requests,
             http_duration,
             active_agents,

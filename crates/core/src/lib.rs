@@ -11,4 +11,5 @@ pub mod gcra;
 pub mod ids;
 pub mod ledger;
 pub mod merkle;
+pub mod stats;
 pub mod time;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod analytics;
 pub mod cas;
 pub mod ledger;
 pub mod memory;
