@@ -6,6 +6,8 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{OPS, TestApp};
+use daena_app::clock::Clock;
+use daena_core::time::Micros;
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -169,4 +171,61 @@ async fn observed_calls_per_agent_survive_a_restart() {
     assert_eq!(app.call("GET", "/api/v1/analytics/summary", Some(&auditor), None).await.status, StatusCode::OK);
     let agent = app.key("bot", "agent", "default", &[]).await;
     assert_eq!(app.call("GET", "/api/v1/analytics/summary", Some(&agent), None).await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn late_batches_fill_their_minutes_and_a_failure_burst_shows_at_once() {
+    let app = TestApp::new();
+    let now = app.clock.now();
+    let at = |minutes_ago: i64| daena_app::clock::rfc3339(Micros(now.0 - minutes_ago * MINUTE));
+    // Twenty minutes of history reported late in one batch: 6 a minute, all fine.
+    let batch: Vec<_> = (1..=20)
+        .flat_map(|m| {
+            (0..6).map(move |i| {
+                json!({"from": "finance_synth", "to": "finance_executor", "kind": "delegation",
+                       "latency_ms": 50.0 + f64::from(i), "at": at(m)})
+            })
+        })
+        .collect();
+    let r = app.call("POST", "/api/v1/analytics/interactions", Some(OPS), Some(json!(batch))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["count"], 120);
+    let p = app.call("GET", "/api/v1/analytics/summary", Some(OPS), None).await.json();
+    assert_eq!(p["total_interactions"], 120, "{p}");
+    let a = app.call("GET", "/api/v1/analytics/anomalies", Some(OPS), None).await.json();
+    assert_eq!(a["total_anomalies"], 0, "{a}");
+    // Now, in the current minute, a burst of slow failures: seen without waiting for the minute.
+    let burst: Vec<_> = (0..12)
+        .map(|_| json!({"from": "finance_synth", "to": "finance_executor", "kind": "delegation", "latency_ms": 800.0, "success": false}))
+        .collect();
+    let r = app.call("POST", "/api/v1/analytics/interactions", Some(OPS), Some(json!(burst))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let a = app.call("GET", "/api/v1/analytics/anomalies", Some(OPS), None).await.json();
+    let metrics: Vec<&str> =
+        a["anomalies"].as_array().expect("list").iter().filter_map(|x| x["metric"].as_str()).collect();
+    assert!(metrics.contains(&"error_rate") && metrics.contains(&"latency_ms"), "{a}");
+    assert!(!metrics.contains(&"activity"), "activity waits for a complete minute: {a}");
+
+    // A batch is all or nothing; times outside the window and oversized batches are refused.
+    let before = app.call("GET", "/api/v1/analytics/summary", Some(OPS), None).await.json();
+    let bad = json!([{"from": "hr_synth", "kind": "x"}, {"from": "hr_synth", "kind": "x", "at": at(200)}]);
+    let r = app.call("POST", "/api/v1/analytics/interactions", Some(OPS), Some(bad)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("interaction 1") && r.text().contains("outside the analytics window"), "{}", r.text());
+    let after = app.call("GET", "/api/v1/analytics/summary", Some(OPS), None).await.json();
+    assert_eq!(before["total_interactions"], after["total_interactions"]);
+    let r = app
+        .call(
+            "POST",
+            "/api/v1/analytics/interactions",
+            Some(OPS),
+            Some(json!([{"from": "hr_synth", "kind": "x", "at": "yesterday"}])),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = app.call("POST", "/api/v1/analytics/interactions", Some(OPS), Some(json!([]))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let many: Vec<_> = (0..1001).map(|_| json!({"from": "hr_synth", "kind": "x"})).collect();
+    let r = app.call("POST", "/api/v1/analytics/interactions", Some(OPS), Some(json!(many))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }

@@ -4,8 +4,12 @@
 //!
 //! Anomalies: for each agent and metric (activity per minute, error rate, mean latency), the
 //! last complete minute is scored against the 60 minutes before it with a robust z-score
-//! (median and MAD, `daena_core::stats`); 3.5 is medium, 6 high. State is persisted every
-//! flush, so a restart does not reset it.
+//! (median and MAD, `daena_core::stats`); 3.5 is medium, 6 high. Error rate and latency are
+//! also judged on the current minute once it holds enough events, so a burst of failures
+//! shows while it happens. State is persisted every flush, so a restart does not reset it.
+//!
+//! Agents that buffer may report interactions late, in batches, with the time they happened
+//! (`at`, up to the history kept, three hours).
 
 use crate::Daena;
 use crate::auth::Principal;
@@ -27,6 +31,10 @@ const HISTORY_MINUTES: i64 = 180;
 /// Minutes the anomaly baseline spans, and the fewest it needs.
 const BASELINE_MINUTES: i64 = 60;
 const MIN_BASELINE: usize = 10;
+/// Events the current, unfinished minute needs before its error rate and latency are judged.
+const MIN_CURRENT_EVENTS: u64 = 10;
+/// Most interactions one request may report.
+pub const MAX_BATCH: usize = 1000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -79,15 +87,21 @@ struct TenantData {
 }
 
 impl TenantData {
+    /// The agent's bucket for `minute`, kept in order; late reports land in their minute.
     fn bucket(&mut self, agent: &str, minute: i64) -> &mut Minute {
         let q = self.minutes.entry(agent.to_owned()).or_default();
-        if q.back().is_none_or(|m| m.minute != minute) {
-            q.push_back(Minute { minute, ..Minute::default() });
-        }
-        while q.front().is_some_and(|m| m.minute <= minute - HISTORY_MINUTES) {
+        let newest = q.back().map_or(minute, |m| m.minute.max(minute));
+        while q.front().is_some_and(|m| m.minute <= newest - HISTORY_MINUTES) {
             q.pop_front();
         }
-        q.back_mut().expect("just pushed")
+        let at = match q.binary_search_by_key(&minute, |m| m.minute) {
+            Ok(i) => i,
+            Err(i) => {
+                q.insert(i, Minute { minute, ..Minute::default() });
+                i
+            }
+        };
+        &mut q[at]
     }
 }
 
@@ -192,6 +206,16 @@ pub struct Interaction {
     pub tokens: u64,
     #[serde(default)]
     pub cost_usd: f64,
+    /// When it happened (RFC 3339), for late reports; at most three hours ago. Default: now.
+    pub at: Option<String>,
+}
+
+/// One interaction or a batch of up to 1000.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Interactions {
+    One(Interaction),
+    Many(Vec<Interaction>),
 }
 
 fn yes() -> bool {
@@ -201,11 +225,20 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recorded {
     pub recorded: bool,
+    /// How many interactions were recorded.
+    pub count: usize,
     pub tenant: String,
 }
 
-/// Records an interaction reported by an agent.
-pub fn record(d: &Daena, who: &Principal, i: Interaction) -> AppResult<Recorded> {
+/// An interaction that passed validation, with its minute.
+struct Valid {
+    i: Interaction,
+    from: AgentId,
+    to: Option<AgentId>,
+    minute: i64,
+}
+
+fn validate(i: Interaction, now: Micros) -> AppResult<Valid> {
     let from = AgentId::new(&i.from).map_err(|e| AppError::invalid(format!("from: {e}")))?;
     let to = i.to.as_deref().map(AgentId::new).transpose().map_err(|e| AppError::invalid(format!("to: {e}")))?;
     if i.kind.is_empty() || i.kind.len() > 64 || i.kind.chars().any(|c| c.is_control()) {
@@ -215,10 +248,52 @@ pub fn record(d: &Daena, who: &Principal, i: Interaction) -> AppResult<Recorded>
     if !(latency.is_finite() && latency >= 0.0 && i.cost_usd.is_finite() && i.cost_usd >= 0.0) {
         return Err(AppError::invalid("latency_ms and cost_usd must be non-negative numbers"));
     }
+    let at = match &i.at {
+        None => now,
+        Some(s) => {
+            let at = crate::clock::parse_rfc3339(s)
+                .ok_or_else(|| AppError::invalid(format!("at: {s:?} is not an RFC 3339 time")))?;
+            let oldest = now.saturating_sub((HISTORY_MINUTES - 1) * Micros::MINUTE);
+            if at < oldest || at > now.saturating_add(Micros::MINUTE) {
+                return Err(AppError::invalid(format!(
+                    "at: {s} is outside the analytics window (the last {} hours, up to a minute ahead)",
+                    HISTORY_MINUTES / 60
+                )));
+            }
+            at
+        }
+    };
+    Ok(Valid { minute: at.0.div_euclid(Micros::MINUTE), i, from, to })
+}
+
+/// Records interactions reported by agents: all of a batch, or none when one is invalid.
+pub fn record(d: &Daena, who: &Principal, batch: Interactions) -> AppResult<Recorded> {
+    let list = match batch {
+        Interactions::One(i) => vec![i],
+        Interactions::Many(v) => v,
+    };
+    if list.is_empty() || list.len() > MAX_BATCH {
+        return Err(AppError::invalid(format!("send 1..={MAX_BATCH} interactions, got {}", list.len())));
+    }
+    let now = d.analytics.clock.now();
+    let valid = list
+        .into_iter()
+        .enumerate()
+        .map(|(n, i)| validate(i, now).map_err(|e| AppError::invalid(format!("interaction {n}: {}", e.message))))
+        .collect::<AppResult<Vec<_>>>()?;
+    let count = valid.len();
     let a = &d.analytics;
-    let minute = a.minute();
     let t = a.tenant(who.tenant().as_str());
     let mut t = t.lock();
+    for v in valid {
+        apply(&mut t, v);
+    }
+    a.dirty.store(true, Ordering::Relaxed);
+    Ok(Recorded { recorded: true, count, tenant: who.tenant().to_string() })
+}
+
+fn apply(t: &mut TenantData, Valid { i, from, to, minute }: Valid) {
+    let latency = i.latency_ms.unwrap_or(0.0);
     let s = t.agents.entry(from.to_string()).or_default();
     s.tasks += 1;
     if i.success {
@@ -250,8 +325,6 @@ pub fn record(d: &Daena, who: &Principal, i: Interaction) -> AppResult<Recorded>
         b.latency_ms_sum += latency;
         b.latency_n += 1;
     }
-    a.dirty.store(true, Ordering::Relaxed);
-    Ok(Recorded { recorded: true, tenant: who.tenant().to_string() })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -277,30 +350,41 @@ fn round(v: f64, places: i32) -> f64 {
 }
 
 fn detect(data: &TenantData, now_minute: i64) -> Vec<Anomaly> {
-    let judged = now_minute - 1;
     let mut out = Vec::new();
     for (agent, q) in &data.minutes {
         let by_minute: HashMap<i64, &Minute> = q.iter().map(|m| (m.minute, m)).collect();
-        let first = q.front().map_or(judged, |m| m.minute);
-        let span: Vec<i64> = ((judged - BASELINE_MINUTES).max(first)..judged).collect();
-        if span.len() < MIN_BASELINE {
-            continue;
-        }
-        let cur = by_minute.get(&judged).copied().copied().unwrap_or(Minute { minute: judged, ..Minute::default() });
-        let activity: Vec<f64> = span.iter().map(|m| by_minute.get(m).map_or(0.0, |b| b.events as f64)).collect();
-        let with_events: Vec<&Minute> =
-            span.iter().filter_map(|m| by_minute.get(m).copied()).filter(|b| b.events > 0).collect();
-        let error_rates: Vec<f64> = with_events.iter().map(|b| b.errors as f64 / b.events as f64).collect();
-        let latencies: Vec<f64> =
-            with_events.iter().filter(|b| b.latency_n > 0).map(|b| b.latency_ms_sum / b.latency_n as f64).collect();
-        let mut check = |metric: &str, baseline: &[f64], observed: f64, floor: f64| {
-            if baseline.len() < MIN_BASELINE {
-                return;
+        let first = q.front().map_or(now_minute, |m| m.minute);
+        let mut found: Vec<Anomaly> = Vec::new();
+        // The last complete minute on every metric; the current one on the rates, once it
+        // holds enough events to be judged.
+        for (judged, current) in [(now_minute - 1, false), (now_minute, true)] {
+            let span: Vec<i64> = ((judged - BASELINE_MINUTES).max(first)..judged).collect();
+            if span.len() < MIN_BASELINE {
+                continue;
             }
-            if let Some((score, median)) = daena_core::stats::robust_score(baseline, observed, floor)
-                && score >= 3.5
-            {
-                out.push(Anomaly {
+            let cur =
+                by_minute.get(&judged).copied().copied().unwrap_or(Minute { minute: judged, ..Minute::default() });
+            if current && cur.events < MIN_CURRENT_EVENTS {
+                continue;
+            }
+            let activity: Vec<f64> = span.iter().map(|m| by_minute.get(m).map_or(0.0, |b| b.events as f64)).collect();
+            let with_events: Vec<&Minute> =
+                span.iter().filter_map(|m| by_minute.get(m).copied()).filter(|b| b.events > 0).collect();
+            let error_rates: Vec<f64> = with_events.iter().map(|b| b.errors as f64 / b.events as f64).collect();
+            let latencies: Vec<f64> =
+                with_events.iter().filter(|b| b.latency_n > 0).map(|b| b.latency_ms_sum / b.latency_n as f64).collect();
+            let mut check = |metric: &str, baseline: &[f64], observed: f64, floor: f64| {
+                if baseline.len() < MIN_BASELINE {
+                    return;
+                }
+                let Some((score, median)) = daena_core::stats::robust_score(baseline, observed, floor) else {
+                    return;
+                };
+                if score < 3.5 || found.iter().any(|a| a.metric == metric && a.score >= score) {
+                    return;
+                }
+                found.retain(|a| a.metric != metric);
+                found.push(Anomaly {
                     agent_id: agent.clone(),
                     department: agents::department_of(agent).map(str::to_owned),
                     metric: metric.to_owned(),
@@ -312,17 +396,20 @@ fn detect(data: &TenantData, now_minute: i64) -> Vec<Anomaly> {
                     minute: rfc3339(Micros(judged * Micros::MINUTE)),
                     window: format!("{}m", baseline.len()),
                 });
+            };
+            if !current {
+                let med_activity = daena_core::stats::median(&activity).unwrap_or(0.0);
+                check("activity", &activity, cur.events as f64, (0.25 * med_activity).max(1.0));
             }
-        };
-        let med_activity = daena_core::stats::median(&activity).unwrap_or(0.0);
-        check("activity", &activity, cur.events as f64, (0.25 * med_activity).max(1.0));
-        if cur.events > 0 {
-            check("error_rate", &error_rates, cur.errors as f64 / cur.events as f64, 0.05);
-            if cur.latency_n > 0 {
-                let med = daena_core::stats::median(&latencies).unwrap_or(0.0);
-                check("latency_ms", &latencies, cur.latency_ms_sum / cur.latency_n as f64, (0.25 * med).max(1.0));
+            if cur.events > 0 {
+                check("error_rate", &error_rates, cur.errors as f64 / cur.events as f64, 0.05);
+                if cur.latency_n > 0 {
+                    let med = daena_core::stats::median(&latencies).unwrap_or(0.0);
+                    check("latency_ms", &latencies, cur.latency_ms_sum / cur.latency_n as f64, (0.25 * med).max(1.0));
+                }
             }
         }
+        out.extend(found);
     }
     out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.agent_id.cmp(&b.agent_id)));
     out
@@ -344,7 +431,9 @@ pub fn anomalies(d: &Daena, who: &Principal) -> AnomalyReport {
         tenant: who.tenant().to_string(),
         total_anomalies: list.len(),
         anomalies: list,
-        method: "robust z-score (median, MAD) of the last complete minute against the 60 before it".into(),
+        method: "robust z-score (median, MAD) of the last complete minute, and of the current one for error rate and \
+                 latency, against the 60 minutes before"
+            .into(),
         threshold: 3.5,
     }
 }

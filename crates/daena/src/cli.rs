@@ -76,6 +76,9 @@ pub enum Command {
     /// Apply the memory aging rules now (tighten, archive to L3, expire by retention)
     #[command(subcommand)]
     Aging(AgingCommand),
+    /// Drive realistic traffic from the 6×8 agent fleet against a running server
+    #[command(after_help = SIMULATE_HELP)]
+    Simulate(SimulateArgs),
     /// Read or flip the read-only switch of a running server (the runbook's "stop writes")
     #[command(after_help = "Examples:\n  daena writes off     # writes get 503 writes_disabled, reads continue\n  \
                             daena writes on\n  daena writes status --json\n\n\
@@ -84,6 +87,49 @@ pub enum Command {
         #[arg(value_enum)]
         action: WritesAction,
     },
+}
+
+const SIMULATE_HELP: &str = "\
+The simulator runs a scripted OpenAI-compatible model on --upstream-listen and refuses to send
+LLM traffic to any other upstream, so start the server pointing at it:
+
+  DAENA_OPS_KEY=ops-key DAENA_LLM_UPSTREAM_URL=http://127.0.0.1:18099/v1 daena serve
+  daena simulate --url http://127.0.0.1:8000 --api-key ops-key --agents 48 --duration 60s --seed 7
+  daena simulate --api-key ops-key --duration 5m --rate 0.5 --json > simulation.json
+  daena simulate --api-key ops-key --no-llm          # memory, heartbeats and interactions only
+
+Before the live run it reports --history minutes of past interactions so anomaly detection has a
+baseline; halfway through, one agent turns slow and failing, and the summary says whether the
+server flagged it. The default pace (0.25 actions/s per agent, ~14 requests/s for 48 agents)
+stays under the default tenant limit of 1000 requests/minute; 429s are counted as refused.
+Exit 1 when requests failed (transport errors or 5xx).";
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// How many agents of the fleet take part, in department then role order
+    #[arg(long, default_value_t = 48)]
+    pub agents: usize,
+    /// How long the live run lasts: 60s, 5m, 1h ...
+    #[arg(long, default_value = "60s", value_parser = crate::commands::simulate::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Seed of the traffic mix (printed, so a run can be repeated) [default: random]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Actions per second per agent
+    #[arg(long, default_value_t = 0.25)]
+    pub rate: f64,
+    /// Minutes of past interactions to report first, as the anomaly baseline (0: none)
+    #[arg(long, default_value_t = 15)]
+    pub history: u64,
+    /// The tenant to act for (sent as X-Tenant-ID; needs an ops key) [default: the key's]
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Where the scripted LLM upstream listens
+    #[arg(long, default_value = "127.0.0.1:18099", value_name = "ADDR")]
+    pub upstream_listen: String,
+    /// Send no LLM traffic (no upstream needed)
+    #[arg(long)]
+    pub no_llm: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -4,16 +4,17 @@ use crate::error::{ApiResult, AuthErrors, BodyErrors};
 use crate::extract::{AppState, Auth, DataAccess, Json, Query, ReadAccess};
 use axum::extract::State;
 use axum::http::StatusCode;
-use daena_app::analytics::{self, AnomalyReport, EfficiencyReport, Interaction, Patterns, Recorded, Summary};
+use daena_app::analytics::{self, AnomalyReport, EfficiencyReport, Interactions, Patterns, Recorded, Summary};
 use serde::Deserialize;
 
-/// Records an agent-to-agent interaction (agent ids such as `legal_synth`).
-#[utoipa::path(post, path = "/api/v1/analytics/interactions", tag = "analytics", request_body = Interaction,
+/// Records an agent-to-agent interaction (agent ids such as `legal_synth`), or a batch of up
+/// to 1000 as a JSON array (all or none). `at` places a late report in its minute.
+#[utoipa::path(post, path = "/api/v1/analytics/interactions", tag = "analytics", request_body = Interactions,
     responses((status = 201, body = Recorded), AuthErrors, BodyErrors), security(("api_key" = [])))]
 pub async fn interactions(
     State(state): State<AppState>,
     Auth(who, _): Auth<DataAccess>,
-    Json(i): Json<Interaction>,
+    Json(i): Json<Interactions>,
 ) -> ApiResult<(StatusCode, axum::Json<Recorded>)> {
     Ok((StatusCode::CREATED, axum::Json(analytics::record(&state, &who, i)?)))
 }

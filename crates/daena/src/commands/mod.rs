@@ -5,6 +5,7 @@ mod config;
 mod keys;
 mod ledger;
 mod serve;
+pub mod simulate;
 
 use crate::cli::{Cli, Command, Global, WritesAction};
 use crate::client::Remote;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Cas(crate::cli::CasCommand::Diagnostics) => cas_diagnostics(&cli.global).await,
             Command::Aging(crate::cli::AgingCommand::Run { dry_run }) => aging(&cli.global, dry_run).await,
             Command::Writes { action } => writes(&cli.global, action).await,
+            Command::Simulate(args) => simulate::run(&cli.global, args).await,
         }
     })
 }
