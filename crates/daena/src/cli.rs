@@ -76,6 +76,19 @@ pub enum Command {
     /// Apply the memory aging rules now (tighten, archive to L3, expire by retention)
     #[command(subcommand)]
     Aging(AgingCommand),
+    /// Show the effective ABAC policy per class and explain a decision
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Run the runbook's daily, weekly or monthly checklist against a running server:
+    /// a PASS/WARN/FAIL table, exit 1 on any FAIL
+    #[command(after_help = "Examples:\n  DAENA_API_KEY=ops-key daena runbook daily\n  \
+                            daena runbook weekly --url http://daena-1:8000 --json | jq '.checks[] | select(.status != \"PASS\")'\n\n\
+                            Thresholds are the server's own (memory_config.yaml slo.*): CAS hit rate, L1/L2 p95, \
+                            error rate, divergence; 48 active agents.")]
+    Runbook {
+        #[arg(value_enum)]
+        cadence: Cadence,
+    },
     /// Drive realistic traffic from the 6×8 agent fleet against a running server
     #[command(after_help = SIMULATE_HELP)]
     Simulate(SimulateArgs),
@@ -130,6 +143,45 @@ pub struct SimulateArgs {
     /// Send no LLM traffic (no upstream needed)
     #[arg(long)]
     pub no_llm: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Cadence {
+    /// Morning checks: health, latency objectives, CAS hit rate, error rate, agents, growth,
+    /// anomalies, rate limits
+    Daily,
+    /// Governance (policy, ledger), performance (efficiency, cost, communication) and DR
+    Weekly,
+    /// Key rotation and policy review
+    Monthly,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The rules of policy_config.yaml per class as compiled to Cedar; with --explain, the
+    /// decision for one caller and the rules that made it
+    #[command(after_help = "Examples:\n  daena policy inspect\n  daena policy inspect --class pii --cedar\n  \
+                            daena policy inspect --class legal --explain --role finance.analyst --tenant acme --action read")]
+    Inspect {
+        /// Only this class
+        #[arg(long)]
+        class: Option<String>,
+        /// Decide for the caller given by --role, --tenant and --action (needs --class)
+        #[arg(long)]
+        explain: bool,
+        /// The caller's ABAC roles, comma-separated
+        #[arg(long, value_delimiter = ',', requires = "explain")]
+        role: Vec<String>,
+        /// The caller's tenant
+        #[arg(long, default_value = "default", requires = "explain")]
+        tenant: String,
+        /// read, write, delete or list
+        #[arg(long, default_value = "read", requires = "explain")]
+        action: String,
+        /// Also print the compiled Cedar policies
+        #[arg(long)]
+        cedar: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

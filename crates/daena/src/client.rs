@@ -20,6 +20,10 @@ impl Remote {
         Ok(Remote { base: base.trim_end_matches('/').to_owned(), api_key: api_key.to_owned(), http })
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<T> {
         let resp = req
             .header("X-API-Key", &self.api_key)

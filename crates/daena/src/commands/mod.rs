@@ -4,6 +4,8 @@
 mod config;
 mod keys;
 mod ledger;
+mod policy;
+mod runbook;
 mod serve;
 pub mod simulate;
 
@@ -27,6 +29,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Aging(crate::cli::AgingCommand::Run { dry_run }) => aging(&cli.global, dry_run).await,
             Command::Writes { action } => writes(&cli.global, action).await,
             Command::Simulate(args) => simulate::run(&cli.global, args).await,
+            Command::Policy(cmd) => policy::run(&cli.global, cmd),
+            Command::Runbook { cadence } => runbook::run(&cli.global, cadence).await,
         }
     })
 }

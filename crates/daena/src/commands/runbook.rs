@@ -1,0 +1,276 @@
+//! `daena runbook daily|weekly|monthly`: the operators' checklists run against a running
+//! server, each check judged against the thresholds of the server's own reports (which
+//! come from `memory_config.yaml`), printed as a PASS/WARN/FAIL table; exit 1 on any FAIL.
+
+use super::{load_config, remote};
+use crate::cli::{Cadence, Global};
+use crate::client::Remote;
+use serde::Serialize;
+use serde_json::Value;
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cadence: &'static str,
+    url: String,
+    status: Status,
+    checks: Vec<Check>,
+}
+
+fn check(name: &str, status: Status, detail: impl Into<String>) -> Check {
+    Check { name: name.to_owned(), status, detail: detail.into() }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}%", v * 100.0)
+}
+
+/// Fetches `path`; a failure becomes a FAIL check instead of stopping the checklist.
+async fn fetch(r: &Remote, path: &str, checks: &mut Vec<Check>, name: &str) -> Option<Value> {
+    match r.get::<Value>(path).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            checks.push(check(name, Status::Fail, format!("{e:#}")));
+            None
+        }
+    }
+}
+
+async fn daily(r: &Remote, checks: &mut Vec<Check>) {
+    if let Some(h) = fetch(r, "/health", checks, "health").await {
+        let status = match h["status"].as_str() {
+            Some("healthy") => Status::Pass,
+            Some("degraded") => Status::Warn,
+            _ => Status::Fail,
+        };
+        let failing: Vec<String> = h["checks"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, c)| c["status"] != "pass")
+                    .map(|(k, c)| format!("{k}: {}", c["detail"].as_str().unwrap_or("")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let detail = if failing.is_empty() {
+            h["status"].as_str().unwrap_or("?").to_owned()
+        } else {
+            format!("{}; {}", h["status"].as_str().unwrap_or("?"), failing.join("; "))
+        };
+        checks.push(check("health", status, detail));
+    }
+    if let Some(m) = fetch(r, "/monitoring/memory", checks, "memory").await {
+        for (slo, name) in [("l1_p95_ms", "L1 p95 latency"), ("l2_p95_ms", "L2 p95 latency")] {
+            let s = &m["slo"][slo];
+            let target = s["target"].as_f64().unwrap_or(0.0);
+            checks.push(match (s["status"].as_str(), s["observed"].as_f64()) {
+                (Some("ok"), Some(v)) => check(name, Status::Pass, format!("{v:.2} ms (< {target} ms)")),
+                (Some("violated"), Some(v)) => check(name, Status::Fail, format!("{v:.2} ms, objective < {target} ms")),
+                _ => check(name, Status::Warn, format!("no reads measured yet (objective < {target} ms)")),
+            });
+        }
+        let div = &m["divergence"];
+        let (rate, max) = (div["rate"].as_f64().unwrap_or(0.0), div["max_rate"].as_f64().unwrap_or(0.0));
+        checks.push(check(
+            "divergence rate",
+            if rate > max { Status::Fail } else { Status::Pass },
+            format!("{} of {} overwrites (max {})", pct(rate), div["overwrites"], pct(max)),
+        ));
+        let g = &m["growth"];
+        checks.push(match g["records_per_hour"].as_f64() {
+            Some(v) => check(
+                "memory growth",
+                Status::Pass,
+                format!(
+                    "{v:.1} records/h, {:.1} KiB/h over {:.1} h; {} records in all",
+                    g["bytes_per_hour"].as_f64().unwrap_or(0.0) / 1024.0,
+                    g["window_hours"].as_f64().unwrap_or(0.0),
+                    m["totals"]["records"]
+                ),
+            ),
+            None => check("memory growth", Status::Warn, "not enough history for a growth rate yet"),
+        });
+        if m["writes_enabled"] == false {
+            checks.push(check("writes", Status::Warn, "writes are disabled (read-only); `daena writes on` resumes"));
+        }
+    }
+    if let Some(c) = fetch(r, "/monitoring/memory/cas", checks, "CAS hit rate").await {
+        let (rate, target) = (c["hit_rate"].as_f64().unwrap_or(0.0), c["target_hit_rate"].as_f64().unwrap_or(0.6));
+        checks.push(match c["status"].as_str() {
+            Some("no_data") => check("CAS hit rate", Status::Warn, "no LLM requests yet"),
+            _ if rate >= target => check("CAS hit rate", Status::Pass, format!("{} (> {})", pct(rate), pct(target))),
+            _ => check(
+                "CAS hit rate",
+                Status::Fail,
+                format!("{} below {}; `daena cas diagnostics` has advice", pct(rate), pct(target)),
+            ),
+        });
+    }
+    if let Some(s) = fetch(r, "/api/v1/analytics/summary", checks, "analytics").await {
+        let e = &s["error_rate_1h"];
+        let (rate, max) = (e["rate"].as_f64().unwrap_or(0.0), s["max_error_rate"].as_f64().unwrap_or(0.001));
+        checks.push(match e["events"].as_u64().unwrap_or(0) {
+            0 => check("error rate (1 h)", Status::Warn, "no agent traffic in the last hour"),
+            n if rate < max => {
+                check("error rate (1 h)", Status::Pass, format!("{} of {n} events (< {})", pct(rate), pct(max)))
+            }
+            n => check(
+                "error rate (1 h)",
+                Status::Fail,
+                format!("{} of {n} events, objective < {}", pct(rate), pct(max)),
+            ),
+        });
+        let (active, expected) =
+            (s["active_agents"].as_u64().unwrap_or(0), s["expected_agents"].as_u64().unwrap_or(48));
+        checks.push(check(
+            "active agents",
+            if active >= expected { Status::Pass } else { Status::Warn },
+            format!("{active} of {expected} sent a heartbeat recently"),
+        ));
+    }
+    if let Some(a) = fetch(r, "/api/v1/analytics/anomalies", checks, "anomalies").await {
+        let list = a["anomalies"].as_array().cloned().unwrap_or_default();
+        let high = list.iter().filter(|x| x["severity"] == "high").count();
+        let named: Vec<String> = list
+            .iter()
+            .take(5)
+            .map(|x| format!("{}/{}", x["agent_id"].as_str().unwrap_or("?"), x["metric"].as_str().unwrap_or("?")))
+            .collect();
+        checks.push(match list.len() {
+            0 => check("anomalies", Status::Pass, "none"),
+            n => check("anomalies", Status::Warn, format!("{n} ({high} high): {}", named.join(", "))),
+        });
+    }
+    if let Some(l) = fetch(r, "/api/v1/tenant-rate-limit/stats", checks, "rate limits").await {
+        let (allowed, rejected) = (l["allowed"].as_u64().unwrap_or(0), l["rejected"].as_u64().unwrap_or(0));
+        let share = rejected as f64 / (allowed + rejected).max(1) as f64;
+        checks.push(check(
+            "rate-limit rejections",
+            if share > 0.01 { Status::Warn } else { Status::Pass },
+            format!("{rejected} of {} requests rejected ({})", allowed + rejected, pct(share)),
+        ));
+    }
+}
+
+async fn weekly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
+    // Monday: governance review.
+    match super::policy::inspect(global, None) {
+        Ok((p, _)) => checks.push(check(
+            "policy",
+            Status::Pass,
+            format!("{} classes with rules, {} Cedar rules compile", p.classes.len(), p.rule_count),
+        )),
+        Err(e) => checks.push(check("policy", Status::Fail, format!("{e:#}"))),
+    }
+    if let Some(h) = fetch(r, "/health", checks, "ledger").await {
+        let l = &h["checks"]["ledger"];
+        checks.push(check(
+            "ledger",
+            if l["status"] == "pass" { Status::Pass } else { Status::Fail },
+            format!(
+                "{}; run `daena ledger verify` on the server's host for a full re-verification",
+                l["detail"].as_str().unwrap_or("no ledger check in /health")
+            ),
+        ));
+    }
+    checks.push(check(
+        "governance artifacts",
+        Status::Warn,
+        "not available in this version (`daena governance artifacts`); use `daena ledger export` and `daena policy inspect`",
+    ));
+    // Wednesday: performance review.
+    if let Some(e) = fetch(r, "/api/v1/analytics/agents/efficiency", checks, "efficiency").await {
+        let agents = e["agents"].as_array().map_or(0, Vec::len);
+        checks.push(check("agent efficiency", Status::Pass, format!("{agents} agents reported")));
+    }
+    if let Some(c) = fetch(r, "/monitoring/memory/cost-tracking", checks, "cost tracking").await {
+        checks.push(check(
+            "cost tracking",
+            Status::Pass,
+            format!("spent ${:.4}, saved ${:.4} by the cache", num(&c, "spend_usd"), num(&c, "saved_usd")),
+        ));
+    }
+    if let Some(p) = fetch(r, "/api/v1/analytics/communication-patterns", checks, "communication").await {
+        checks.push(check(
+            "communication patterns",
+            Status::Pass,
+            format!("{} messages, honeycomb neighbour share {}", p["total_messages"], p["neighbour_share"]),
+        ));
+    }
+    // Friday: disaster recovery.
+    checks.push(check(
+        "backups and DR drill",
+        Status::Fail,
+        "no snapshot exists: `daena snapshot` and `daena drill` are not available in this version",
+    ));
+}
+
+/// A number at the top level of a report, also where it is nested under `totals`.
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().or_else(|| v["totals"][key].as_f64()).unwrap_or(0.0)
+}
+
+async fn monthly(global: &Global, checks: &mut Vec<Check>) {
+    checks.push(check(
+        "key rotation",
+        Status::Fail,
+        "`daena key rotate` and `daena key validate` are not available in this version; the master key has not been rotated",
+    ));
+    match super::policy::inspect(global, None) {
+        Ok((p, _)) => checks.push(check(
+            "policy review",
+            Status::Pass,
+            format!("{} classes with rules; review them with `daena policy inspect`", p.classes.len()),
+        )),
+        Err(e) => checks.push(check("policy review", Status::Fail, format!("{e:#}"))),
+    }
+}
+
+pub async fn run(global: &Global, cadence: Cadence) -> anyhow::Result<ExitCode> {
+    let loaded = load_config(global, Vec::new())?;
+    let r = remote(global, &loaded.config.data_dir)?;
+    let mut checks = Vec::new();
+    let name = match cadence {
+        Cadence::Daily => {
+            daily(&r, &mut checks).await;
+            "daily"
+        }
+        Cadence::Weekly => {
+            weekly(global, &r, &mut checks).await;
+            "weekly"
+        }
+        Cadence::Monthly => {
+            monthly(global, &mut checks).await;
+            "monthly"
+        }
+    };
+    let status = checks.iter().map(|c| c.status).max().unwrap_or(Status::Pass);
+    let report = Report { cadence: name, url: r.base().to_owned(), status, checks };
+    if global.json {
+        crate::output::json(&report)?;
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .checks
+            .iter()
+            .map(|c| vec![format!("{:?}", c.status).to_uppercase(), c.name.clone(), c.detail.clone()])
+            .collect();
+        crate::output::table(&["status", "check", "detail"], &rows);
+        println!("{name} checklist: {}", format!("{status:?}").to_uppercase());
+    }
+    Ok(if status == Status::Fail { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

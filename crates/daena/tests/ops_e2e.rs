@@ -1,0 +1,113 @@
+//! `daena runbook` and `daena policy inspect` with the real binary: the checklist passes,
+//! warns and fails on what the server reports, and the policy explanation names its rules.
+
+mod common;
+
+use common::{OPS, Server, client, daena, run, stderr, stdout};
+use serde_json::{Value, json};
+
+fn runbook(server: &Server, cadence: &str) -> (Option<i32>, Value) {
+    let o = run(daena(&server.dir).args(["runbook", cadence, "--url", &server.url, "--api-key", OPS, "--json"]));
+    let v = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(&o), stderr(&o)));
+    (o.status.code(), v)
+}
+
+fn status_of<'a>(report: &'a Value, check: &str) -> &'a str {
+    report["checks"]
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["name"] == check))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_else(|| panic!("no check {check}: {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runbook_daily_judges_the_servers_figures() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[]);
+    // A fresh server: nothing is wrong, but there is nothing to judge either.
+    let (code, r) = runbook(&server, "daily");
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["status"], "WARN", "{r}");
+    assert_eq!(status_of(&r, "CAS hit rate"), "WARN");
+    assert_eq!(status_of(&r, "error rate (1 h)"), "WARN");
+    assert_eq!(status_of(&r, "active agents"), "WARN");
+
+    // Every agent checks in and one interaction in five fails: the error rate check fails.
+    let http = client();
+    for a in daena_core::agents::fleet() {
+        let r = http
+            .post(format!("{}/api/v1/agents/{}/heartbeat", server.url, a.id))
+            .header("X-API-Key", OPS)
+            .send()
+            .await
+            .expect("heartbeat");
+        assert!(r.status().is_success());
+    }
+    let batch: Vec<Value> = (0..50)
+        .map(|i| json!({"from": "legal_synth", "to": "legal_executor", "kind": "message", "success": i % 5 != 0}))
+        .collect();
+    let r = http
+        .post(format!("{}/api/v1/analytics/interactions", server.url))
+        .header("X-API-Key", OPS)
+        .json(&batch)
+        .send()
+        .await
+        .expect("interactions");
+    assert!(r.status().is_success());
+    let (code, r) = runbook(&server, "daily");
+    assert_eq!(code, Some(1), "{r}");
+    assert_eq!(r["status"], "FAIL");
+    assert_eq!(status_of(&r, "error rate (1 h)"), "FAIL");
+    assert_eq!(status_of(&r, "active agents"), "PASS");
+    assert_eq!(status_of(&r, "health"), "PASS", "{r}");
+
+    // Weekly: the ledger passes; backups cannot, as snapshots do not exist yet.
+    let (code, r) = runbook(&server, "weekly");
+    assert_eq!(code, Some(1));
+    assert_eq!(status_of(&r, "ledger"), "PASS", "{r}");
+    assert_eq!(status_of(&r, "backups and DR drill"), "FAIL");
+
+    // Without a key the checklist cannot run, and says so.
+    let o = run(daena(&server.dir).env("DAENA_URL", &server.url).args(["runbook", "daily"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("DAENA_API_KEY"), "{}", stderr(&o));
+}
+
+#[test]
+fn policy_inspect_explains_a_decision() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(tmp.path().join("config")).expect("config dir");
+    std::fs::write(
+        tmp.path().join("config/policy_config.yaml"),
+        "default: { allow: true }\nclasses:\n  legal:\n    allow_roles: [legal.officer]\n    deny_roles: [finance.analyst]\n",
+    )
+    .expect("policy");
+    let o = run(daena(tmp.path()).args(["policy", "inspect", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["classes"][0]["class"], "legal");
+    assert_eq!(v["classes"][0]["deny_roles"], json!(["finance.analyst"]));
+    let explain = |role: &str| -> Value {
+        let o = run(daena(tmp.path()).args([
+            "policy",
+            "inspect",
+            "--class",
+            "legal",
+            "--explain",
+            "--role",
+            role,
+            "--action",
+            "write",
+            "--json",
+        ]));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_str::<Value>(&stdout(&o)).expect("json")["explain"].clone()
+    };
+    let denied = explain("finance.analyst");
+    assert_eq!(denied["allowed"], false);
+    assert!(denied["rules"].as_array().expect("rules").iter().any(|r| r == "legal.deny_roles"), "{denied}");
+    assert_eq!(explain("legal.officer")["allowed"], true);
+    let o = run(daena(tmp.path()).args(["policy", "inspect", "--explain", "--role", "x"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--explain needs --class"), "{}", stderr(&o));
+}
