@@ -67,6 +67,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_key))
         .routes(routes!(admin::get_writes, admin::set_writes))
         .routes(routes!(admin::run_aging))
+        .routes(routes!(admin::create_snapshot, admin::list_snapshots))
         .routes(routes!(memory::put, memory::get, memory::delete))
         .routes(routes!(memory::list))
         .routes(routes!(memory::confirm))

@@ -18,6 +18,7 @@ pub mod memory;
 pub mod policy;
 pub mod ratelimit;
 pub mod scheduler;
+pub mod snapshot;
 pub mod telemetry;
 
 use crate::agents::AgentRegistry;

@@ -76,6 +76,9 @@ pub enum Command {
     /// Apply the memory aging rules now (tighten, archive to L3, expire by retention)
     #[command(subcommand)]
     Aging(AgingCommand),
+    /// Consistent snapshots of the whole state: create (also while serving), list, restore
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Show the effective ABAC policy per class and explain a decision
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -143,6 +146,30 @@ pub struct SimulateArgs {
     /// Send no LLM traffic (no upstream needed)
     #[arg(long)]
     pub no_llm: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot the state, ledger and L3 at one ledger position into <data>/snapshots/ as
+    /// a .tar.zst with a manifest of SHA-256 per file; no key material is archived
+    #[command(
+        after_help = "Examples:\n  DAENA_API_KEY=ops-key daena snapshot create     # through the running server\n  \
+                            daena snapshot create --json | jq .ledger_size        # offline, on a stopped directory"
+    )]
+    Create,
+    /// The snapshots in <data>/snapshots/, oldest first
+    #[command(after_help = "Example:\n  daena snapshot list --json")]
+    List,
+    /// Verify a snapshot (hashes, ledger chain and root, master key) and put it in place of
+    /// the stopped directory's state; the replaced state is kept under <data>/replaced/
+    #[command(after_help = "Examples:\n  daena snapshot restore latest\n  \
+                            daena snapshot restore data/snapshots/daena-snapshot-20261128T101500Z-00000042.tar.zst\n\n\
+                            The server must be stopped. The master key (DAENA_MEMORY_AES_KEY or keys/master.key) must be \
+                            the one the snapshot was sealed under.")]
+    Restore {
+        /// An archive path, or `latest`
+        file: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

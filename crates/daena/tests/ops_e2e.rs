@@ -61,11 +61,15 @@ async fn runbook_daily_judges_the_servers_figures() {
     assert_eq!(status_of(&r, "active agents"), "PASS");
     assert_eq!(status_of(&r, "health"), "PASS", "{r}");
 
-    // Weekly: the ledger passes; backups cannot, as snapshots do not exist yet.
+    // Weekly: the ledger passes; backups fail until a snapshot is taken.
     let (code, r) = runbook(&server, "weekly");
     assert_eq!(code, Some(1));
     assert_eq!(status_of(&r, "ledger"), "PASS", "{r}");
-    assert_eq!(status_of(&r, "backups and DR drill"), "FAIL");
+    assert_eq!(status_of(&r, "backups"), "FAIL");
+    let o = run(daena(&server.dir).env("DAENA_API_KEY", OPS).args(["snapshot", "create"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (_, r) = runbook(&server, "weekly");
+    assert_eq!(status_of(&r, "backups"), "PASS", "{r}");
 
     // Without a key the checklist cannot run, and says so.
     let o = run(daena(&server.dir).env("DAENA_URL", &server.url).args(["runbook", "daily"]));

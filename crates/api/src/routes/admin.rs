@@ -118,3 +118,25 @@ pub async fn run_aging(
 ) -> ApiResult<axum::Json<daena_app::memory::aging::AgingReport>> {
     Ok(axum::Json(daena_app::memory::aging::run(&state, &who.actor(), req.dry_run).await?))
 }
+
+/// Takes a consistent snapshot into the data directory's `snapshots/` while serving; returns
+/// its manifest (ledger position, records, per-file SHA-256).
+#[utoipa::path(post, path = "/api/v1/admin/snapshots", tag = "admin",
+    responses((status = 201, body = daena_app::snapshot::Manifest), AuthErrors), security(("api_key" = [])))]
+pub async fn create_snapshot(
+    State(state): State<AppState>,
+    _auth: Auth<OpsOnly>,
+) -> ApiResult<(StatusCode, axum::Json<daena_app::snapshot::Manifest>)> {
+    Ok((StatusCode::CREATED, axum::Json(daena_app::snapshot::create(&state).await?)))
+}
+
+/// The snapshots in the data directory, oldest first.
+#[utoipa::path(get, path = "/api/v1/admin/snapshots", tag = "admin",
+    responses((status = 200, body = Vec<daena_app::snapshot::Manifest>), AuthErrors), security(("api_key" = [])))]
+pub async fn list_snapshots(
+    State(state): State<AppState>,
+    _auth: Auth<OpsOnly>,
+) -> ApiResult<axum::Json<Vec<daena_app::snapshot::Manifest>>> {
+    let list = daena_app::snapshot::list(&state.data.snapshots_dir())?;
+    Ok(axum::Json(list.into_iter().map(|(_, m)| m).collect()))
+}

@@ -8,6 +8,7 @@ mod policy;
 mod runbook;
 mod serve;
 pub mod simulate;
+mod snapshot;
 
 use crate::cli::{Cli, Command, Global, WritesAction};
 use crate::client::Remote;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Writes { action } => writes(&cli.global, action).await,
             Command::Simulate(args) => simulate::run(&cli.global, args).await,
             Command::Policy(cmd) => policy::run(&cli.global, cmd),
+            Command::Snapshot(cmd) => snapshot::run(&cli.global, cmd).await,
             Command::Runbook { cadence } => runbook::run(&cli.global, cadence).await,
         }
     })
