@@ -68,6 +68,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::get_writes, admin::set_writes))
         .routes(routes!(admin::run_aging))
         .routes(routes!(admin::create_snapshot, admin::list_snapshots))
+        .routes(routes!(admin::record_drill))
+        .routes(routes!(admin::last_drill))
         .routes(routes!(memory::put, memory::get, memory::delete))
         .routes(routes!(memory::list))
         .routes(routes!(memory::confirm))

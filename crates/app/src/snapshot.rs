@@ -208,7 +208,11 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
             let (tables, records) = copy_state(&txn, &state)?;
             drop(txn);
             let part = target.join(format!("{name2}.tar.zst.part"));
-            let file = std::fs::File::create(&part).map_err(|e| io(part.display(), e))?;
+            let mut open = std::fs::OpenOptions::new();
+            open.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            let file = open.open(&part).map_err(|e| io(part.display(), e))?;
             let enc = zstd::Encoder::new(file, 3).map_err(|e| io("zstd", e))?;
             let mut tar = tar::Builder::new(enc);
             let mut files = Vec::new();
@@ -393,7 +397,8 @@ pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResul
     let staging = root.join(format!(".restore-{stamp}"));
     let _ = std::fs::remove_dir_all(&staging);
     let result = (|| {
-        let manifest = unpack_verified(archive, &staging)?;
+        let mut manifest = unpack_verified(archive, &staging)?;
+        manifest.archive_bytes = std::fs::metadata(archive).map_or(0, |m| m.len());
         let ledger = staging.join("ledger");
         let checkpoints = daena_store::ledger::read_checkpoints(&ledger).map_err(|e| io("snapshot ledger", e))?;
         let (summary, _) = daena_store::ledger::verify_path(&ledger, checkpoints, None, |_| {})
@@ -445,4 +450,77 @@ pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResul
     let _ = std::fs::remove_dir_all(&staging);
     drop(data);
     result
+}
+
+/// The outcome of a DR drill, as it is ledgered (`ops.drill`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillRecord {
+    pub snapshot: String,
+    pub passed: bool,
+    pub rto_seconds: f64,
+    pub rpo_seconds: f64,
+    /// Ledger entries written after the snapshot's position when the drill ended.
+    pub rpo_entries: u64,
+    /// Names of the checks that failed.
+    #[serde(default)]
+    pub failed_checks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Ledgered {
+    pub seq: u64,
+}
+
+/// Records a drill's outcome in the ledger.
+pub async fn record_drill(d: &Daena, who: &crate::auth::Principal, r: &DrillRecord) -> AppResult<Ledgered> {
+    let ok = |v: f64| v.is_finite() && v >= 0.0;
+    if r.snapshot.is_empty()
+        || r.snapshot.len() > 200
+        || r.failed_checks.len() > 100
+        || !ok(r.rto_seconds)
+        || !ok(r.rpo_seconds)
+    {
+        return Err(AppError::invalid(
+            "a drill record needs a snapshot name (≤ 200), ≤ 100 failed checks, non-negative times",
+        ));
+    }
+    let attrs = serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string()))?;
+    let e = daena_core::ledger::NewEntry::new(who.tenant().as_str(), who.actor(), "ops.drill", r.snapshot.clone())
+        .attrs(attrs);
+    let receipts = d.commit.append(vec![e]).await?;
+    let seq = receipts.first().map_or(0, |r| r.seq);
+    let last = LastDrill { record: r.clone(), at: rfc3339(d.clock.now()), seq };
+    d.kv.put_doc(daena_store::kv::SETTINGS, LAST_DRILL, &last)?;
+    Ok(Ledgered { seq })
+}
+
+const LAST_DRILL: &str = "last_drill";
+
+/// The newest drill's outcome, when and where it was ledgered.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LastDrill {
+    #[serde(flatten)]
+    pub record: DrillRecord,
+    pub at: String,
+    pub seq: u64,
+}
+
+pub fn last_drill(d: &Daena) -> AppResult<Option<LastDrill>> {
+    Ok(d.kv.get_doc(daena_store::kv::SETTINGS, LAST_DRILL)?)
+}
+
+/// Every record's table key, in order (for a drill's count and sampled reads).
+pub fn record_keys(d: &Daena) -> AppResult<Vec<Vec<u8>>> {
+    let txn = d.kv.db().begin_read().map_err(store)?;
+    let table = match txn.open_table(daena_store::records::RECORDS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(store(e)),
+    };
+    let mut keys = Vec::new();
+    for item in table.iter().map_err(store)? {
+        keys.push(item.map_err(store)?.0.value().to_vec());
+    }
+    Ok(keys)
 }

@@ -79,6 +79,13 @@ pub enum Command {
     /// Consistent snapshots of the whole state: create (also while serving), list, restore
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Disaster-recovery drill: snapshot, restore into a scratch directory, verify, report
+    /// RTO and RPO in drill_report.json; ledgered; exit 1 when a check fails
+    #[command(
+        after_help = "Examples:\n  DAENA_API_KEY=ops-key daena drill             # against the running server\n  \
+                            daena drill --out /var/log/daena/drill_report.json --samples 500 --json"
+    )]
+    Drill(DrillArgs),
     /// Show the effective ABAC policy per class and explain a decision
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -146,6 +153,22 @@ pub struct SimulateArgs {
     /// Send no LLM traffic (no upstream needed)
     #[arg(long)]
     pub no_llm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Where the report goes
+    #[arg(long, default_value = "drill_report.json", value_name = "FILE")]
+    pub out: PathBuf,
+    /// Records read back from the restored copy
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    /// Restore into this (empty or new) directory and keep it [default: a temporary directory, removed]
+    #[arg(long, value_name = "DIR")]
+    pub scratch: Option<PathBuf>,
+    /// Keep the temporary scratch directory
+    #[arg(long)]
+    pub keep_scratch: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -70,6 +70,11 @@ async fn runbook_daily_judges_the_servers_figures() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let (_, r) = runbook(&server, "weekly");
     assert_eq!(status_of(&r, "backups"), "PASS", "{r}");
+    assert_eq!(status_of(&r, "DR drill"), "FAIL", "no drill yet: {r}");
+    let o = run(daena(&server.dir).env("DAENA_API_KEY", OPS).args(["drill", "--out", "drill.json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (_, r) = runbook(&server, "weekly");
+    assert_eq!(status_of(&r, "DR drill"), "PASS", "{r}");
 
     // Without a key the checklist cannot run, and says so.
     let o = run(daena(&server.dir).env("DAENA_URL", &server.url).args(["runbook", "daily"]));

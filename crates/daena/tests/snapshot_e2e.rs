@@ -106,3 +106,49 @@ async fn snapshot_wipe_restore_gives_back_the_snapshot() {
         .expect("json");
     assert_eq!(proof["root_from"], m["ledger_root"], "{proof}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_passes_on_a_healthy_store_and_fails_on_a_corrupted_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[]);
+    for i in 0..30 {
+        put(&server.url, "chat", &format!("d{i}"), i).await;
+    }
+    let report = tmp.path().join("drill_report.json");
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["drill", "--out", report.to_str().expect("path")]));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(r["passed"], true, "{r}");
+    assert_eq!(r["records"], 30);
+    assert_eq!(r["sampled_reads"], 30);
+    assert!(r["rto_seconds"].as_f64().unwrap_or(-1.0) > 0.0);
+    assert!(!std::path::Path::new(r["scratch_dir"].as_str().expect("scratch")).exists(), "scratch removed");
+    // The outcome is in the ledger.
+    let entries: Value = client()
+        .get(format!("{}/api/v1/ledger/entries?limit=1000", server.url))
+        .header("X-API-Key", OPS)
+        .send()
+        .await
+        .expect("entries")
+        .json()
+        .await
+        .expect("json");
+    assert!(entries.to_string().contains("ops.drill"), "{entries}");
+    server.stop();
+
+    // Corrupt one byte inside a ledger entry: the drill fails and says where.
+    let seg = std::fs::read_dir(tmp.path().join("data/ledger"))
+        .expect("ledger")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seg-")))
+        .expect("segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let at = bytes.windows(6).position(|w| w == b"\"key\":").expect("an entry with a key") + 8;
+    bytes[at] ^= 0x01;
+    std::fs::write(&seg, bytes).expect("write");
+    let o = run(daena(tmp.path()).args(["drill", "--out", report.to_str().expect("path")]));
+    assert_eq!(o.status.code(), Some(1), "{}\n{}", stdout(&o), stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!(r["passed"], false, "{r}");
+    assert!(r["checks"].as_array().expect("checks").iter().any(|c| c["status"] == "FAIL"), "{r}");
+}

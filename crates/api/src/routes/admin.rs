@@ -140,3 +140,24 @@ pub async fn list_snapshots(
     let list = daena_app::snapshot::list(&state.data.snapshots_dir())?;
     Ok(axum::Json(list.into_iter().map(|(_, m)| m).collect()))
 }
+
+/// Records the outcome of a DR drill (`daena drill`) in the ledger as `ops.drill`.
+#[utoipa::path(post, path = "/api/v1/admin/drills", tag = "admin", request_body = daena_app::snapshot::DrillRecord,
+    responses((status = 201, body = daena_app::snapshot::Ledgered), AuthErrors, BodyErrors), security(("api_key" = [])))]
+pub async fn record_drill(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+    Json(r): Json<daena_app::snapshot::DrillRecord>,
+) -> ApiResult<(StatusCode, axum::Json<daena_app::snapshot::Ledgered>)> {
+    Ok((StatusCode::CREATED, axum::Json(daena_app::snapshot::record_drill(&state, &who, &r).await?)))
+}
+
+/// The newest drill's outcome (null when no drill has run).
+#[utoipa::path(get, path = "/api/v1/admin/drills/last", tag = "admin",
+    responses((status = 200, body = Option<daena_app::snapshot::LastDrill>), AuthErrors), security(("api_key" = [])))]
+pub async fn last_drill(
+    State(state): State<AppState>,
+    _auth: Auth<ReadAccess>,
+) -> ApiResult<axum::Json<Option<daena_app::snapshot::LastDrill>>> {
+    Ok(axum::Json(daena_app::snapshot::last_drill(&state)?))
+}

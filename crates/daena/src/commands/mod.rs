@@ -2,6 +2,7 @@
 //! choosing between a running server (admin API) and the data directory (offline).
 
 mod config;
+mod drill;
 mod keys;
 mod ledger;
 mod policy;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Simulate(args) => simulate::run(&cli.global, args).await,
             Command::Policy(cmd) => policy::run(&cli.global, cmd),
             Command::Snapshot(cmd) => snapshot::run(&cli.global, cmd).await,
+            Command::Drill(args) => drill::run(&cli.global, args).await,
             Command::Runbook { cadence } => runbook::run(&cli.global, cadence).await,
         }
     })

@@ -32,7 +32,7 @@ struct Report {
     checks: Vec<Check>,
 }
 
-fn check(name: &str, status: Status, detail: impl Into<String>) -> Check {
+pub fn check(name: &str, status: Status, detail: impl Into<String>) -> Check {
     Check { name: name.to_owned(), status, detail: detail.into() }
 }
 
@@ -233,12 +233,26 @@ async fn weekly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
             }
         });
     }
-    checks.push(check(
-        "DR drill",
-        Status::Warn,
-        "`daena drill` is not available in this version; restore the newest snapshot into a scratch directory \
-         (DAENA_DATA_DIR=/tmp/drill daena snapshot restore FILE) and compare",
-    ));
+    if let Some(last) = fetch(r, "/api/v1/admin/drills/last", checks, "DR drill").await {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        checks.push(if last.is_null() {
+            check("DR drill", Status::Fail, "no drill has run: `daena drill`")
+        } else {
+            let age_days = last["at"]
+                .as_str()
+                .and_then(daena_app::clock::parse_rfc3339)
+                .map_or(f64::INFINITY, |t| (now - t.0 / 1_000_000) as f64 / 86_400.0);
+            let detail = format!(
+                "{} {age_days:.1} days ago: RTO {}s, RPO {}s (ledger entry {})",
+                if last["passed"] == true { "passed" } else { "FAILED" },
+                last["rto_seconds"],
+                last["rpo_seconds"],
+                last["seq"]
+            );
+            let ok = last["passed"] == true && age_days <= 7.0;
+            check("DR drill", if ok { Status::Pass } else { Status::Fail }, detail)
+        });
+    }
 }
 
 /// A number at the top level of a report, also where it is nested under `totals`.
