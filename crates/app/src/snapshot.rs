@@ -390,10 +390,7 @@ pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResul
         ),
         other => AppError::internal(other.to_string()),
     })?;
-    let stamp = rfc3339(daena_core::time::Micros::from_secs(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-    ))
-    .replace([':', '-'], "");
+    let stamp = stamp_now();
     let staging = root.join(format!(".restore-{stamp}"));
     let _ = std::fs::remove_dir_all(&staging);
     let result = (|| {
@@ -420,26 +417,7 @@ pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResul
                 manifest.master_key_id, e.message
             ))
         })?;
-        let aside = root.join("replaced").join(&stamp);
-        std::fs::create_dir_all(&aside).map_err(|e| io(aside.display(), e))?;
-        for part in [STATE, "ledger", "l3"] {
-            let current = root.join(part);
-            if current.exists() {
-                std::fs::rename(&current, aside.join(part)).map_err(|e| io(current.display(), e))?;
-            }
-        }
-        // The signing key's public half stays with the key that signs from now on.
-        if let Ok(p) = std::fs::read(aside.join("ledger/signing_key.pub")) {
-            let _ = std::fs::write(staging.join("ledger/signing_key.pub"), p);
-        }
-        for part in [STATE, "ledger", "l3"] {
-            let staged = staging.join(part);
-            if staged.exists() {
-                std::fs::rename(&staged, root.join(part)).map_err(|e| io(staged.display(), e))?;
-            } else if part != STATE {
-                std::fs::create_dir_all(root.join(part)).map_err(|e| io(part, e))?;
-            }
-        }
+        let aside = swap_in(root, &staging, &stamp)?;
         Ok(RestoreReport {
             archive: archive.display().to_string(),
             manifest,
@@ -523,4 +501,200 @@ pub fn record_keys(d: &Daena) -> AppResult<Vec<Vec<u8>>> {
         keys.push(item.map_err(store)?.0.value().to_vec());
     }
     Ok(keys)
+}
+
+/// Moves the current state, ledger and L3 of `root` aside to `<root>/replaced/<stamp>/` and
+/// the staged ones into their place; returns where the old ones went.
+fn swap_in(root: &Path, staging: &Path, stamp: &str) -> AppResult<PathBuf> {
+    let aside = root.join("replaced").join(stamp);
+    std::fs::create_dir_all(&aside).map_err(|e| io(aside.display(), e))?;
+    for part in [STATE, "ledger", "l3"] {
+        let current = root.join(part);
+        if current.exists() {
+            std::fs::rename(&current, aside.join(part)).map_err(|e| io(current.display(), e))?;
+        }
+    }
+    // The signing key's public half stays with the key that signs from now on.
+    if let Ok(p) = std::fs::read(aside.join("ledger/signing_key.pub")) {
+        let _ = std::fs::write(staging.join("ledger/signing_key.pub"), p);
+    }
+    for part in [STATE, "ledger", "l3"] {
+        let staged = staging.join(part);
+        if staged.exists() {
+            std::fs::rename(&staged, root.join(part)).map_err(|e| io(staged.display(), e))?;
+        } else if part != STATE {
+            std::fs::create_dir_all(root.join(part)).map_err(|e| io(part, e))?;
+        }
+    }
+    Ok(aside)
+}
+
+fn stamp_now() -> String {
+    rfc3339(daena_core::time::Micros::from_secs(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
+    ))
+    .replace([':', '-'], "")
+}
+
+#[derive(Debug, Deserialize)]
+struct LineHead {
+    seq: u64,
+    ts: i64,
+    hash: String,
+}
+
+/// The sequence number `to` names: a number, or the last entry at or before an RFC 3339 time.
+pub fn resolve_point(ledger: &Path, to: &str) -> AppResult<u64> {
+    if let Ok(seq) = to.parse::<u64>() {
+        return Ok(seq);
+    }
+    let t = crate::clock::parse_rfc3339(to)
+        .ok_or_else(|| AppError::invalid(format!("--to {to:?} is neither a sequence number nor an RFC 3339 time")))?;
+    let mut last = 0u64;
+    let mut bad = None;
+    daena_store::ledger::stream_dir(ledger, |line| match serde_json::from_str::<LineHead>(line) {
+        Ok(h) if h.ts <= t.0 => last = h.seq,
+        Ok(_) => {}
+        Err(e) => bad = Some(e.to_string()),
+    })
+    .map_err(|e| io("ledger", e))?;
+    if let Some(e) = bad {
+        return Err(AppError::invalid(format!("the ledger has an unreadable entry: {e}")));
+    }
+    Ok(last)
+}
+
+/// Copies the first `upto` entries of the ledger in `src` (segments, the checkpoints that
+/// cover at most `upto`, the public key) to `dst`; returns the hash of entry `mark` if seen.
+fn copy_prefix(src: &Path, dst: &Path, upto: u64, mark: u64) -> AppResult<(u64, Option<String>)> {
+    use std::io::BufRead;
+    std::fs::create_dir_all(dst).map_err(|e| io(dst.display(), e))?;
+    let (mut copied, mut mark_hash) = (0u64, None);
+    for (first, path) in daena_store::ledger::list_segments(src).map_err(|e| io("ledger", e))? {
+        if first > upto {
+            continue;
+        }
+        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(dst.join(&name)).map_err(|e| io(dst.display(), e))?);
+        let reader = std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| io(path.display(), e))?);
+        for line in reader.split(b'\n') {
+            let line = line.map_err(|e| io(path.display(), e))?;
+            if line.is_empty() {
+                continue;
+            }
+            let head: LineHead = serde_json::from_slice(&line)
+                .map_err(|e| AppError::invalid(format!("{}: an unreadable entry: {e}", path.display())))?;
+            if head.seq > upto {
+                break;
+            }
+            if head.seq == mark {
+                mark_hash = Some(head.hash.clone());
+            }
+            out.write_all(&line).and_then(|_| out.write_all(b"\n")).map_err(|e| io(dst.display(), e))?;
+            copied += 1;
+        }
+        out.into_inner().map_err(|e| io(dst.display(), e))?.sync_all().map_err(|e| io(dst.display(), e))?;
+    }
+    if let Ok(text) = std::fs::read_to_string(src.join(daena_store::ledger::CHECKPOINTS_FILE)) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["size"].as_u64())
+                    .is_some_and(|s| s <= upto)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(dst.join(daena_store::ledger::CHECKPOINTS_FILE), kept).map_err(|e| io(dst.display(), e))?;
+    }
+    if let Ok(p) = std::fs::read(src.join("signing_key.pub")) {
+        std::fs::write(dst.join("signing_key.pub"), p).map_err(|e| io(dst.display(), e))?;
+    }
+    Ok((copied, mark_hash))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackReport {
+    /// The state is now as it was after this entry.
+    pub to_seq: u64,
+    pub previous_head: u64,
+    pub snapshot: String,
+    pub snapshot_position: u64,
+    /// Entries after the snapshot applied again at the next open.
+    pub replayed_entries: u64,
+    /// Entries after `to_seq`, kept with the replaced state.
+    pub set_aside_entries: u64,
+    pub replaced_dir: String,
+}
+
+/// Point-in-time recovery of a stopped data directory: the newest snapshot at or before
+/// `to`, plus the current ledger's entries up to `to`, which the next open applies again.
+/// The current state, ledger and L3 are moved aside, never deleted.
+pub fn rollback(loaded: &crate::config::LoadedConfig, to: &str) -> AppResult<RollbackReport> {
+    use daena_store::datadir::{DataDir, LockInfo};
+    let root = &loaded.config.data_dir;
+    let info = LockInfo { pid: std::process::id(), listen: None, holder: "rollback".into() };
+    let data = DataDir::open(root, &info).map_err(|e| match e {
+        daena_store::StoreError::Locked { .. } => AppError::new(
+            crate::error::ErrorCode::Unavailable,
+            format!("{e}; stop the server before a rollback (its state is replaced on disk)"),
+        ),
+        other => AppError::internal(other.to_string()),
+    })?;
+    let ledger = data.ledger_dir();
+    let to_seq = resolve_point(&ledger, to)?;
+    let mut head = 0u64;
+    daena_store::ledger::stream_dir(&ledger, |_| head += 1).map_err(|e| io("ledger", e))?;
+    if to_seq >= head {
+        return Err(AppError::invalid(format!("the ledger ends at {head}; --to {to} ({to_seq}) is not before it")));
+    }
+    let snapshots = list(&data.snapshots_dir())?;
+    let Some((archive, chosen)) = snapshots.iter().rev().find(|(_, m)| m.ledger_size <= to_seq).cloned() else {
+        let earliest = snapshots.first().map_or("none".to_owned(), |(_, m)| m.ledger_size.to_string());
+        return Err(AppError::invalid(format!(
+            "no snapshot at or before entry {to_seq} (earliest snapshot position: {earliest}); \
+             a rollback needs one, as the data keys live in the state"
+        )));
+    };
+    let stamp = stamp_now();
+    let staging = root.join(format!(".rollback-{stamp}"));
+    let _ = std::fs::remove_dir_all(&staging);
+    let result = (|| {
+        unpack_verified(&archive, &staging)?;
+        let staged_ledger = staging.join("ledger");
+        std::fs::remove_dir_all(&staged_ledger).map_err(|e| io(staged_ledger.display(), e))?;
+        let (copied, mark) = copy_prefix(&ledger, &staged_ledger, to_seq, chosen.ledger_size)?;
+        if chosen.ledger_size > 0 && mark.as_deref() != Some(chosen.ledger_head_hash.as_str()) {
+            return Err(AppError::invalid(format!(
+                "snapshot {} is not of this ledger: its entry {} differs",
+                chosen.name, chosen.ledger_size
+            )));
+        }
+        let checkpoints = daena_store::ledger::read_checkpoints(&staged_ledger).map_err(|e| io("ledger", e))?;
+        let (summary, _) =
+            daena_store::ledger::verify_path(&staged_ledger, checkpoints, None, |_| {}).map_err(|e| io("ledger", e))?;
+        if let Some(f) = &summary.failure {
+            return Err(AppError::invalid(format!("the ledger up to {to_seq} does not verify: {}", f.reason)));
+        }
+        if copied != to_seq || summary.entries != to_seq {
+            return Err(AppError::invalid(format!("copied {copied} entries, expected {to_seq}")));
+        }
+        let master = crate::crypto::load_master(&data, loaded.secrets.memory_aes_key.as_ref())?;
+        crate::crypto::check_master(&staging.join(STATE), &master)?;
+        let aside = swap_in(root, &staging, &stamp)?;
+        Ok(RollbackReport {
+            to_seq,
+            previous_head: head,
+            snapshot: chosen.name.clone(),
+            snapshot_position: chosen.ledger_size,
+            replayed_entries: to_seq - chosen.ledger_size,
+            set_aside_entries: head - to_seq,
+            replaced_dir: aside.display().to_string(),
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    drop(data);
+    result
 }

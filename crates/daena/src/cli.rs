@@ -79,6 +79,18 @@ pub enum Command {
     /// Consistent snapshots of the whole state: create (also while serving), list, restore
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Point-in-time recovery of a stopped data directory: the newest snapshot at or before
+    /// the point plus the ledger up to it; the current state is kept aside, never deleted
+    #[command(
+        after_help = "Examples:\n  daena rollback --to 120533\n  daena rollback --to 2026-11-28T09:30:00Z --json\n\n\
+                            The server must be stopped. Entries after the point, and the state before the rollback, are \
+                            moved to <data>/replaced/<time>/. Keys created after the snapshot are not restored."
+    )]
+    Rollback {
+        /// A ledger sequence number, or an RFC 3339 time (the last entry at or before it)
+        #[arg(long, value_name = "SEQ|TIME")]
+        to: String,
+    },
     /// Disaster-recovery drill: snapshot, restore into a scratch directory, verify, report
     /// RTO and RPO in drill_report.json; ledgered; exit 1 when a check fails
     #[command(

@@ -152,3 +152,73 @@ async fn drill_passes_on_a_healthy_store_and_fails_on_a_corrupted_one() {
     assert_eq!(r["passed"], false, "{r}");
     assert!(r["checks"].as_array().expect("checks").iter().any(|c| c["status"] == "FAIL"), "{r}");
 }
+
+async fn head(url: &str) -> u64 {
+    let h: Value = client()
+        .get(format!("{url}/api/v1/ledger/head"))
+        .header("X-API-Key", OPS)
+        .send()
+        .await
+        .expect("head")
+        .json()
+        .await
+        .expect("json");
+    h["size"].as_u64().expect("size")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_to_a_sequence_number_gives_the_state_at_that_point() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[]);
+    for i in 0..20 {
+        put(&server.url, "chat", &format!("k{i}"), i).await;
+    }
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["snapshot", "create"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // After the snapshot: five overwrites, then the point, then more that must go away.
+    for i in 0..5 {
+        put(&server.url, "chat", &format!("k{i}"), 100 + i).await;
+    }
+    let point = head(&server.url).await;
+    for i in 5..10 {
+        put(&server.url, "chat", &format!("k{i}"), 100 + i).await;
+    }
+    for i in 20..25 {
+        put(&server.url, "chat", &format!("k{i}"), i).await;
+    }
+    let r = client()
+        .delete(format!("{}/api/v1/memory/chat/k19", server.url))
+        .header("X-API-Key", OPS)
+        .send()
+        .await
+        .expect("delete");
+    assert!(r.status().is_success());
+    let after = head(&server.url).await;
+    server.stop();
+
+    let o = run(daena(tmp.path()).args(["rollback", "--to", &(after + 5).to_string()]));
+    assert_eq!(o.status.code(), Some(1), "a point after the end is refused");
+    let o = run(daena(tmp.path()).args(["rollback", "--to", &point.to_string(), "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("report");
+    assert_eq!(report["to_seq"], point);
+    assert_eq!(report["replayed_entries"], 5, "{report}");
+    assert_eq!(report["set_aside_entries"], after - point);
+
+    let server = Server::start(tmp.path(), &[]);
+    for i in 0..25u64 {
+        let (status, body) = get(&server.url, "chat", &format!("k{i}")).await;
+        let expected = match i {
+            0..5 => Some(100 + i),
+            5..20 => Some(i),
+            _ => None,
+        };
+        match expected {
+            Some(n) => {
+                assert_eq!(status, 200, "k{i}");
+                assert_eq!(body["payload"]["n"], n, "k{i} as at entry {point}: {body}");
+            }
+            None => assert_eq!(status, 404, "k{i} did not exist at entry {point}"),
+        }
+    }
+}

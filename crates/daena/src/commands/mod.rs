@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Policy(cmd) => policy::run(&cli.global, cmd),
             Command::Snapshot(cmd) => snapshot::run(&cli.global, cmd).await,
             Command::Drill(args) => drill::run(&cli.global, args).await,
+            Command::Rollback { to } => snapshot::rollback(&cli.global, &to).await,
             Command::Runbook { cadence } => runbook::run(&cli.global, cadence).await,
         }
     })
