@@ -125,6 +125,21 @@ pub fn load_master(data: &DataDir, env: Option<&Secret>) -> AppResult<MasterKey>
     }
 }
 
+/// The key store at a glance; ids and dates only.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeyStatus {
+    pub master_key_id: String,
+    /// `DAENA_MEMORY_AES_KEY` or the key file's path.
+    pub master_key_source: String,
+    pub tenants_with_data_keys: usize,
+    pub data_keys: usize,
+    pub oldest_data_key_created_at: Option<String>,
+    pub oldest_data_key_age_days: f64,
+    /// Master key rotations done; rotation (`daena key rotate`) is not in this version.
+    pub rotations: u64,
+    pub rotation_available: bool,
+}
+
 /// A tenant data key as stored: wrapped by a master key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct WrappedKey {
@@ -223,6 +238,24 @@ impl Keyring {
 
     pub fn master_id(&self) -> &str {
         &self.master.id
+    }
+
+    /// What the key store holds, without any key material: for `daena governance artifacts`
+    /// and the monthly checklist.
+    pub fn status(&self) -> AppResult<KeyStatus> {
+        let docs = self.kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?;
+        let oldest = docs.iter().flat_map(|(_, d)| d.keys.iter().map(|k| k.created_at)).min();
+        let now = self.clock.now();
+        Ok(KeyStatus {
+            master_key_id: self.master.id.clone(),
+            master_key_source: self.master.source.clone(),
+            tenants_with_data_keys: docs.len(),
+            data_keys: docs.iter().map(|(_, d)| d.keys.len()).sum(),
+            oldest_data_key_created_at: oldest.map(crate::clock::rfc3339),
+            oldest_data_key_age_days: oldest.map_or(0.0, |t| (now.days_since(t) * 10.0).round() / 10.0),
+            rotations: 0,
+            rotation_available: false,
+        })
     }
 
     /// The tenant's current data key, created (and stored wrapped) on first use.

@@ -79,6 +79,9 @@ pub enum Command {
     /// Consistent snapshots of the whole state: create (also while serving), list, restore
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Evidence for auditors
+    #[command(subcommand)]
+    Governance(GovernanceCommand),
     /// Point-in-time recovery of a stopped data directory: the newest snapshot at or before
     /// the point plus the ledger up to it; the current state is kept aside, never deleted
     #[command(
@@ -165,6 +168,21 @@ pub struct SimulateArgs {
     /// Send no LLM traffic (no upstream needed)
     #[arg(long)]
     pub no_llm: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GovernanceCommand {
+    /// Write the ledger manifest, policy summary, newest drill report, key status, a governance
+    /// summary and compliance_report.md into one directory
+    #[command(
+        after_help = "Examples:\n  DAENA_API_KEY=ops-key daena governance artifacts --out-dir /srv/audit/2026-11\n  \
+                            daena governance artifacts --json"
+    )]
+    Artifacts {
+        /// Where to write [default: ./governance_artifacts_<UTC time>]
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -76,6 +76,42 @@ async fn runbook_daily_judges_the_servers_figures() {
     let (_, r) = runbook(&server, "weekly");
     assert_eq!(status_of(&r, "DR drill"), "PASS", "{r}");
 
+    let (code, r) = runbook(&server, "monthly");
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(status_of(&r, "key rotation"), "WARN", "young keys, rotation not available: {r}");
+
+    // Governance artifacts: every file, no nulls in the summary, no key material anywhere.
+    let o = run(daena(&server.dir).env("DAENA_API_KEY", OPS).args(["governance", "artifacts", "--out-dir", "ga"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ga = server.dir.join("ga");
+    let master = std::fs::read_to_string(server.dir.join("data/keys/master.key")).expect("master key");
+    for f in [
+        "ledger_manifest.json",
+        "policy_summary.json",
+        "drill_report.json",
+        "key_rotation_status.json",
+        "governance_summary.json",
+        "compliance_report.md",
+    ] {
+        let text = std::fs::read_to_string(ga.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(!text.contains(master.trim()), "{f} holds the master key");
+    }
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(ga.join("governance_summary.json")).expect("summary"))
+            .expect("json");
+    fn no_nulls(v: &Value) -> bool {
+        match v {
+            Value::Null => false,
+            Value::Array(a) => a.iter().all(no_nulls),
+            Value::Object(o) => o.values().all(no_nulls),
+            _ => true,
+        }
+    }
+    assert!(no_nulls(&summary), "{summary}");
+    assert_eq!(summary["drill"]["passed"], true, "{summary}");
+    let report = std::fs::read_to_string(ga.join("compliance_report.md")).expect("report");
+    assert!(report.contains("Merkle root") && report.contains("Newest drill: passed"), "{report}");
+
     // Without a key the checklist cannot run, and says so.
     let o = run(daena(&server.dir).env("DAENA_URL", &server.url).args(["runbook", "daily"]));
     assert_eq!(o.status.code(), Some(1));

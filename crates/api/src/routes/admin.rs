@@ -161,3 +161,13 @@ pub async fn last_drill(
 ) -> ApiResult<axum::Json<Option<daena_app::snapshot::LastDrill>>> {
     Ok(axum::Json(daena_app::snapshot::last_drill(&state)?))
 }
+
+/// The key store without key material: master key id and source, data keys per tenant, ages.
+#[utoipa::path(get, path = "/api/v1/admin/key-status", tag = "admin",
+    responses((status = 200, body = daena_app::crypto::KeyStatus), AuthErrors), security(("api_key" = [])))]
+pub async fn key_status(
+    State(state): State<AppState>,
+    _auth: Auth<ReadAccess>,
+) -> ApiResult<axum::Json<daena_app::crypto::KeyStatus>> {
+    Ok(axum::Json(state.keyring.status()?))
+}

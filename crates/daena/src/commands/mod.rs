@@ -3,6 +3,7 @@
 
 mod config;
 mod drill;
+mod governance;
 mod keys;
 mod ledger;
 mod policy;
@@ -11,7 +12,7 @@ mod serve;
 pub mod simulate;
 mod snapshot;
 
-use crate::cli::{Cli, Command, Global, WritesAction};
+use crate::cli::{Cli, Command, Global, GovernanceCommand, WritesAction};
 use crate::client::Remote;
 use anyhow::{Context, bail};
 use daena_app::config::{LoadOptions, LoadedConfig};
@@ -35,6 +36,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Snapshot(cmd) => snapshot::run(&cli.global, cmd).await,
             Command::Drill(args) => drill::run(&cli.global, args).await,
             Command::Rollback { to } => snapshot::rollback(&cli.global, &to).await,
+            Command::Governance(GovernanceCommand::Artifacts { out_dir }) => {
+                governance::artifacts(&cli.global, out_dir).await
+            }
             Command::Runbook { cadence } => runbook::run(&cli.global, cadence).await,
         }
     })

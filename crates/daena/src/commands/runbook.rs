@@ -188,11 +188,6 @@ async fn weekly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
             ),
         ));
     }
-    checks.push(check(
-        "governance artifacts",
-        Status::Warn,
-        "not available in this version (`daena governance artifacts`); use `daena ledger export` and `daena policy inspect`",
-    ));
     // Wednesday: performance review.
     if let Some(e) = fetch(r, "/api/v1/analytics/agents/efficiency", checks, "efficiency").await {
         let agents = e["agents"].as_array().map_or(0, Vec::len);
@@ -260,12 +255,20 @@ fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().or_else(|| v["totals"][key].as_f64()).unwrap_or(0.0)
 }
 
-async fn monthly(global: &Global, checks: &mut Vec<Check>) {
-    checks.push(check(
-        "key rotation",
-        Status::Fail,
-        "`daena key rotate` and `daena key validate` are not available in this version; the master key has not been rotated",
-    ));
+/// Days after which the runbook expects keys to be rotated.
+const ROTATION_DAYS: f64 = 90.0;
+
+async fn monthly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
+    if let Some(k) = fetch(r, "/api/v1/admin/key-status", checks, "key rotation").await {
+        let age = k["oldest_data_key_age_days"].as_f64().unwrap_or(0.0);
+        let detail = format!(
+            "master key {} from {}; oldest data key {age:.1} days (rotation period {ROTATION_DAYS} days); \
+             `daena key rotate` is not available in this version",
+            k["master_key_id"].as_str().unwrap_or("?"),
+            k["master_key_source"].as_str().unwrap_or("?")
+        );
+        checks.push(check("key rotation", if age > ROTATION_DAYS { Status::Fail } else { Status::Warn }, detail));
+    }
     match super::policy::inspect(global, None) {
         Ok((p, _)) => checks.push(check(
             "policy review",
@@ -290,7 +293,7 @@ pub async fn run(global: &Global, cadence: Cadence) -> anyhow::Result<ExitCode> 
             "weekly"
         }
         Cadence::Monthly => {
-            monthly(global, &mut checks).await;
+            monthly(global, &r, &mut checks).await;
             "monthly"
         }
     };
