@@ -71,6 +71,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::record_drill))
         .routes(routes!(admin::last_drill))
         .routes(routes!(admin::key_status))
+        .routes(routes!(admin::export_archive))
         .routes(routes!(memory::put, memory::get, memory::delete))
         .routes(routes!(memory::list))
         .routes(routes!(memory::confirm))

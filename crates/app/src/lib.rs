@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod analytics;
+pub mod archive;
 pub mod auth;
 pub mod cas;
 pub mod clock;

@@ -488,8 +488,10 @@ pub fn last_drill(d: &Daena) -> AppResult<Option<LastDrill>> {
     Ok(d.kv.get_doc(daena_store::kv::SETTINGS, LAST_DRILL)?)
 }
 
-/// Every record's table key, in order (for a drill's count and sampled reads).
-pub fn record_keys(d: &Daena) -> AppResult<Vec<Vec<u8>>> {
+/// Every record's table key, in order (for a drill's count and sampled reads, and archives),
+/// after the commit thread has settled what it holds in memory into the store.
+pub async fn record_keys(d: &Daena) -> AppResult<Vec<Vec<u8>>> {
+    d.commit.settle().await?;
     let txn = d.kv.db().begin_read().map_err(store)?;
     let table = match txn.open_table(daena_store::records::RECORDS) {
         Ok(t) => t,

@@ -79,6 +79,9 @@ pub enum Command {
     /// Consistent snapshots of the whole state: create (also while serving), list, restore
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Portable logical backups: decrypted records as JSON lines, zstd-compressed
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
     /// Evidence for auditors
     #[command(subcommand)]
     Governance(GovernanceCommand),
@@ -168,6 +171,29 @@ pub struct SimulateArgs {
     /// Send no LLM traffic (no upstream needed)
     #[arg(long)]
     pub no_llm: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Write every record (of one tenant, or all) to <out>/legacy_archive_<UTC time>.json.zst;
+    /// the archive holds plaintext
+    #[command(after_help = "Examples:\n  DAENA_API_KEY=ops-key daena archive export --out /mnt/backup\n  \
+                            daena archive export --tenant acme --json")]
+    Export {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Check an archive: format, every record's content hash, the trailer's count and hash
+    #[command(after_help = "Example:\n  daena archive verify legacy_archive_20261128T101500Z.json.zst")]
+    Verify { file: PathBuf },
+    /// Verify an archive, then write its records (as intended revisions) into this Daena;
+    /// quarantined classes land in quarantine again
+    #[command(
+        after_help = "Example:\n  DAENA_API_KEY=ops-key daena archive import legacy_archive_20261128T101500Z.json.zst"
+    )]
+    Import { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]

@@ -171,3 +171,25 @@ pub async fn key_status(
 ) -> ApiResult<axum::Json<daena_app::crypto::KeyStatus>> {
     Ok(axum::Json(state.keyring.status()?))
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveRequest {
+    /// Only this tenant's records (default: every tenant).
+    pub tenant: Option<String>,
+}
+
+/// Writes a portable logical backup (decrypted records as JSON lines, zstd) into the data
+/// directory's `archives/`; returns its path, record count and SHA-256.
+#[utoipa::path(post, path = "/api/v1/admin/archives", tag = "admin", request_body = ArchiveRequest,
+    responses((status = 201, body = daena_app::archive::ArchiveSummary), AuthErrors, BodyErrors), security(("api_key" = [])))]
+pub async fn export_archive(
+    State(state): State<AppState>,
+    _auth: Auth<OpsOnly>,
+    Json(req): Json<ArchiveRequest>,
+) -> ApiResult<(StatusCode, axum::Json<daena_app::archive::ArchiveSummary>)> {
+    let tenant = req.tenant.as_deref().map(TenantId::new).transpose().map_err(AppError::from)?;
+    let dir = daena_app::archive::archives_dir(&state);
+    let summary = daena_app::archive::export(&state, tenant, dir).await?;
+    Ok((StatusCode::CREATED, axum::Json(summary)))
+}

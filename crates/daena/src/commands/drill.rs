@@ -81,7 +81,7 @@ async fn rehearse(
         if head == m.ledger_size { Status::Pass } else { Status::Fail },
         format!("{head} entries, snapshot says {}", m.ledger_size),
     ));
-    let keys = match snapshot::record_keys(&d) {
+    let keys = match snapshot::record_keys(&d).await {
         Ok(k) => k,
         Err(e) => {
             checks.push(check("record count", Status::Fail, e.message));

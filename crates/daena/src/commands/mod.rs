@@ -1,6 +1,7 @@
 //! Command dispatch and the helpers every command shares: loading the configuration and
 //! choosing between a running server (admin API) and the data directory (offline).
 
+mod archive;
 mod config;
 mod drill;
 mod governance;
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Policy(cmd) => policy::run(&cli.global, cmd),
             Command::Snapshot(cmd) => snapshot::run(&cli.global, cmd).await,
             Command::Drill(args) => drill::run(&cli.global, args).await,
+            Command::Archive(cmd) => archive::run(&cli.global, cmd).await,
             Command::Rollback { to } => snapshot::rollback(&cli.global, &to).await,
             Command::Governance(GovernanceCommand::Artifacts { out_dir }) => {
                 governance::artifacts(&cli.global, out_dir).await

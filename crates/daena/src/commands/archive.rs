@@ -1,0 +1,143 @@
+//! `daena archive export|import|verify`: portable logical backups.
+
+use super::{Target, target};
+use crate::cli::{ArchiveCommand, Global};
+use crate::client::segment;
+use anyhow::{Context, anyhow, bail};
+use daena_app::archive::{self, ArchiveSummary, ArchivedRecord};
+use daena_app::auth::Principal;
+use daena_app::memory::PutRequest;
+use daena_core::ids::TenantId;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+fn print(global: &Global, verb: &str, s: &ArchiveSummary) -> anyhow::Result<()> {
+    if global.json {
+        crate::output::json(s)
+    } else {
+        println!(
+            "{verb} {}: {} records of {} tenant(s), {:.1} MiB, SHA-256 of the records {}",
+            s.path,
+            s.records,
+            s.tenants.len(),
+            s.bytes as f64 / (1 << 20) as f64,
+            s.sha256
+        );
+        Ok(())
+    }
+}
+
+/// Reads the archive on a blocking thread and hands each checked record to `put`.
+async fn feed<F, Fut>(path: &Path, mut put: F) -> anyhow::Result<ArchiveSummary>
+where
+    F: FnMut(ArchivedRecord) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ArchivedRecord>(256);
+    let p = path.to_owned();
+    let reader = tokio::task::spawn_blocking(move || {
+        archive::read(&p, |r| {
+            tx.blocking_send(r).map_err(|_| daena_app::error::AppError::internal("the import stopped"))
+        })
+    });
+    let mut progress = crate::output::Progress::new("importing", None);
+    let mut failed = None;
+    while let Some(r) = rx.recv().await {
+        if failed.is_none() {
+            let what = format!("{}/{}/{}", r.tenant, r.class, r.key);
+            if let Err(e) = put(r).await {
+                failed = Some(e.context(what));
+                rx.close();
+            }
+            progress.inc(1);
+        }
+    }
+    progress.finish();
+    let summary = reader.await.map_err(|e| anyhow!("archive reader: {e}"))?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    summary.map_err(|e| anyhow!(e.message))
+}
+
+pub async fn run(global: &Global, cmd: ArchiveCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ArchiveCommand::Export { tenant, out } => {
+            let tenant_id = tenant.as_deref().map(TenantId::new).transpose().map_err(|e| anyhow!("--tenant: {e}"))?;
+            let summary = match target(global, "archive export")? {
+                Target::Remote(r) => {
+                    let s: ArchiveSummary =
+                        r.post("/api/v1/admin/archives", &serde_json::json!({"tenant": tenant})).await?;
+                    // The server wrote it into its data directory; bring it here when it is local.
+                    let src = PathBuf::from(&s.path);
+                    let name = src.file_name().map(|n| n.to_owned()).unwrap_or_default();
+                    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+                    let dst = out.join(name);
+                    match std::fs::copy(&src, &dst) {
+                        Ok(_) => ArchiveSummary { path: dst.display().to_string(), ..s },
+                        Err(e) => {
+                            eprintln!("note: the archive stays on the server's host at {} ({e})", s.path);
+                            s
+                        }
+                    }
+                }
+                Target::Offline(d) => {
+                    let result = archive::export(&d, tenant_id, out.clone()).await;
+                    d.shutdown().await.map_err(|e| anyhow!(e.message))?;
+                    result.map_err(|e| anyhow!(e.message))?
+                }
+            };
+            print(global, "wrote", &summary)?;
+            eprintln!("the archive holds the records in plaintext: keep it as carefully as the data");
+            Ok(ExitCode::SUCCESS)
+        }
+        ArchiveCommand::Verify { file } => {
+            let summary = archive::read(&file, |_| Ok(())).map_err(|e| anyhow!(e.message))?;
+            print(global, "verified", &summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ArchiveCommand::Import { file } => {
+            // Check the whole archive before writing anything.
+            archive::read(&file, |_| Ok(())).map_err(|e| anyhow!(e.message))?;
+            let summary = match target(global, "archive import")? {
+                Target::Remote(r) => feed(&file, |rec| {
+                    let r = r.clone();
+                    async move {
+                        let path = format!("/api/v1/memory/{}/{}", segment(&rec.class), segment(&rec.key));
+                        let body =
+                            serde_json::json!({"payload": rec.payload, "meta": rec.meta, "intended_revision": true});
+                        r.put_as::<_, serde_json::Value>(&path, &rec.tenant, &body).await.map(|_| ())
+                    }
+                })
+                .await?,
+                Target::Offline(d) => {
+                    let d2 = d.clone();
+                    let result = feed(&file, move |rec| {
+                        let d = d2.clone();
+                        async move {
+                            let who = Principal::local_operator(TenantId::new(&rec.tenant)?);
+                            let req = PutRequest {
+                                class: rec.class,
+                                key: rec.key,
+                                payload: rec.payload,
+                                meta: (!rec.meta.is_null()).then_some(rec.meta),
+                                if_match: None,
+                                intended_revision: true,
+                                agent: None,
+                            };
+                            daena_app::memory::put(&d, &who, req).await.map(|_| ()).map_err(|e| anyhow!(e.message))
+                        }
+                    })
+                    .await;
+                    d.shutdown().await.map_err(|e| anyhow!(e.message))?;
+                    result?
+                }
+            };
+            if summary.records == 0 {
+                bail!("{} holds no records", file.display());
+            }
+            print(global, "imported", &summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
