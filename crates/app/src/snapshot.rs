@@ -635,36 +635,81 @@ pub struct RollbackReport {
 /// `to`, plus the current ledger's entries up to `to`, which the next open applies again.
 /// The current state, ledger and L3 are moved aside, never deleted.
 pub fn rollback(loaded: &crate::config::LoadedConfig, to: &str) -> AppResult<RollbackReport> {
+    rebuild(loaded, Rebuild { ledger: None, snapshot: None, to: Some(to), holder: "rollback" })
+}
+
+/// What to rebuild a stopped data directory from.
+#[derive(Debug, Clone, Copy)]
+pub struct Rebuild<'a> {
+    /// A ledger directory (default: the data directory's own).
+    pub ledger: Option<&'a Path>,
+    /// A snapshot archive (default: the newest in `<data>/snapshots` at or before the point).
+    pub snapshot: Option<&'a Path>,
+    /// A sequence number or RFC 3339 time (default: the ledger's end).
+    pub to: Option<&'a str>,
+    /// `rollback` (the point must be before the end) or `replay`.
+    pub holder: &'static str,
+}
+
+/// Rebuilds the state of a stopped data directory from a snapshot and the ledger entries after
+/// it, up to a point: the snapshot is unpacked and verified, the ledger's entries up to the
+/// point are copied beside it (checked to continue the snapshot's head hash, and verified),
+/// the master key is checked, and only then are the current state, ledger and L3 moved aside
+/// to `<data>/replaced/<time>/`; the next open applies the entries after the snapshot.
+pub fn rebuild(loaded: &crate::config::LoadedConfig, spec: Rebuild<'_>) -> AppResult<RollbackReport> {
     use daena_store::datadir::{DataDir, LockInfo};
     let root = &loaded.config.data_dir;
-    let info = LockInfo { pid: std::process::id(), listen: None, holder: "rollback".into() };
+    let info = LockInfo { pid: std::process::id(), listen: None, holder: spec.holder.into() };
     let data = DataDir::open(root, &info).map_err(|e| match e {
         daena_store::StoreError::Locked { .. } => AppError::new(
             crate::error::ErrorCode::Unavailable,
-            format!("{e}; stop the server before a rollback (its state is replaced on disk)"),
+            format!("{e}; stop the server first (its state is replaced on disk)"),
         ),
         other => AppError::internal(other.to_string()),
     })?;
-    let ledger = data.ledger_dir();
-    let to_seq = resolve_point(&ledger, to)?;
+    let ledger = spec.ledger.map_or_else(|| data.ledger_dir(), Path::to_path_buf);
+    if !ledger.is_dir() {
+        return Err(AppError::invalid(format!("{} is not a ledger directory", ledger.display())));
+    }
     let mut head = 0u64;
     daena_store::ledger::stream_dir(&ledger, |_| head += 1).map_err(|e| io("ledger", e))?;
-    if to_seq >= head {
-        return Err(AppError::invalid(format!("the ledger ends at {head}; --to {to} ({to_seq}) is not before it")));
-    }
-    let snapshots = list(&data.snapshots_dir())?;
-    let Some((archive, chosen)) = snapshots.iter().rev().find(|(_, m)| m.ledger_size <= to_seq).cloned() else {
-        let earliest = snapshots.first().map_or("none".to_owned(), |(_, m)| m.ledger_size.to_string());
+    let to_seq = match spec.to {
+        Some(to) => resolve_point(&ledger, to)?,
+        None => head,
+    };
+    if to_seq > head || (spec.holder == "rollback" && to_seq >= head) {
         return Err(AppError::invalid(format!(
-            "no snapshot at or before entry {to_seq} (earliest snapshot position: {earliest}); \
-             a rollback needs one, as the data keys live in the state"
+            "the ledger ends at {head}; the point {to_seq} is not {} it",
+            if spec.holder == "rollback" { "before" } else { "within" }
         )));
+    }
+    let archive = match spec.snapshot {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let snapshots = list(&data.snapshots_dir())?;
+            match snapshots.iter().rev().find(|(_, m)| m.ledger_size <= to_seq) {
+                Some((p, _)) => p.clone(),
+                None => {
+                    let earliest = snapshots.first().map_or("none".to_owned(), |(_, m)| m.ledger_size.to_string());
+                    return Err(AppError::invalid(format!(
+                        "no snapshot at or before entry {to_seq} (earliest snapshot position: {earliest}); \
+                         one is needed, as the data keys live in the state"
+                    )));
+                }
+            }
+        }
     };
     let stamp = stamp_now();
-    let staging = root.join(format!(".rollback-{stamp}"));
+    let staging = root.join(format!(".{}-{stamp}", spec.holder));
     let _ = std::fs::remove_dir_all(&staging);
     let result = (|| {
-        unpack_verified(&archive, &staging)?;
+        let chosen = unpack_verified(&archive, &staging)?;
+        if chosen.ledger_size > to_seq {
+            return Err(AppError::invalid(format!(
+                "snapshot {} is at entry {}, after the point {to_seq}",
+                chosen.name, chosen.ledger_size
+            )));
+        }
         let staged_ledger = staging.join("ledger");
         std::fs::remove_dir_all(&staged_ledger).map_err(|e| io(staged_ledger.display(), e))?;
         let (copied, mark) = copy_prefix(&ledger, &staged_ledger, to_seq, chosen.ledger_size)?;

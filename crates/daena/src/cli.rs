@@ -97,6 +97,26 @@ pub enum Command {
         #[arg(long, value_name = "SEQ|TIME")]
         to: String,
     },
+    /// Rebuild a stopped data directory's state from a snapshot and a ledger's entries after
+    /// it (up to --to); the current state is kept aside, never deleted
+    #[command(
+        after_help = "Examples:\n  daena replay --ledger /mnt/offsite/ledger --from-snapshot /mnt/offsite/daena-snapshot-...tar.zst\n  \
+                            daena replay --ledger data/replaced/20261128T101500Z/ledger --to 4200\n\n\
+                            The ledger must continue the snapshot (its entry at the snapshot's position has the snapshot's \
+                            head hash). Without --from-snapshot, the newest snapshot in <data>/snapshots at or before the \
+                            point is used."
+    )]
+    Replay {
+        /// A ledger directory (segments)
+        #[arg(long, value_name = "DIR")]
+        ledger: PathBuf,
+        /// A snapshot archive to start from
+        #[arg(long, value_name = "FILE")]
+        from_snapshot: Option<PathBuf>,
+        /// The last entry to apply: a sequence number or an RFC 3339 time [default: the ledger's end]
+        #[arg(long, value_name = "SEQ|TIME")]
+        to: Option<String>,
+    },
     /// Disaster-recovery drill: snapshot, restore into a scratch directory, verify, report
     /// RTO and RPO in drill_report.json; ledgered; exit 1 when a check fails
     #[command(

@@ -110,36 +110,53 @@ pub async fn run(global: &Global, cmd: SnapshotCommand) -> anyhow::Result<ExitCo
 
 /// `daena rollback --to <seq|time>`.
 pub async fn rollback(global: &Global, to: &str) -> anyhow::Result<ExitCode> {
+    rebuild(global, snapshot::Rebuild { ledger: None, snapshot: None, to: Some(to), holder: "rollback" }).await
+}
+
+/// `daena replay --ledger DIR [--from-snapshot S] [--to SEQ]`.
+pub async fn replay(
+    global: &Global,
+    ledger: &std::path::Path,
+    from_snapshot: Option<&std::path::Path>,
+    to: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    rebuild(global, snapshot::Rebuild { ledger: Some(ledger), snapshot: from_snapshot, to, holder: "replay" }).await
+}
+
+async fn rebuild(global: &Global, spec: snapshot::Rebuild<'_>) -> anyhow::Result<ExitCode> {
     let loaded = load_config(global, Vec::new())?;
     let root = loaded.config.data_dir.clone();
     if daena_store::datadir::is_locked(&root) {
         bail!(
-            "the data directory {} is held by a running server; stop it first: a rollback replaces its state on \
+            "the data directory {} is held by a running server; stop it first: a {} replaces its state on \
              disk (the current state is kept under {}/replaced/)",
             root.display(),
+            spec.holder,
             root.display()
         );
     }
-    let report = snapshot::rollback(&loaded, to).map_err(|e| anyhow!(e.message))?;
+    let report = snapshot::rebuild(&loaded, spec).map_err(|e| anyhow!(e.message))?;
     // The next open applies the ledger entries after the snapshot: do it now, and check.
-    let d = Daena::open(load_config(global, Vec::new())?, OpenOptions::offline("rollback"))
-        .map_err(|e| anyhow!("the rolled-back data directory does not open: {}", e.message))?;
+    let d = Daena::open(load_config(global, Vec::new())?, OpenOptions::offline(spec.holder))
+        .map_err(|e| anyhow!("the rebuilt data directory does not open: {}", e.message))?;
     let head = d.ledger.reader.head().size;
     d.shutdown().await.map_err(|e| anyhow!(e.message))?;
     if head != report.to_seq {
-        bail!("after the rollback the ledger is at {head}, expected {}", report.to_seq);
+        bail!("after the {} the ledger is at {head}, expected {}", spec.holder, report.to_seq);
     }
     if global.json {
         crate::output::json(&report)?;
     } else {
         println!(
-            "rolled back to entry {} (of {}): snapshot {} at {} plus {} entries replayed",
-            report.to_seq, report.previous_head, report.snapshot, report.snapshot_position, report.replayed_entries
+            "{} to entry {} (of {}): snapshot {} at {} plus {} entries replayed",
+            if spec.holder == "rollback" { "rolled back" } else { "rebuilt" },
+            report.to_seq,
+            report.previous_head,
+            report.snapshot,
+            report.snapshot_position,
+            report.replayed_entries
         );
-        println!(
-            "{} later entries and the state before the rollback are kept in {}",
-            report.set_aside_entries, report.replaced_dir
-        );
+        println!("{} later entries and the state before are kept in {}", report.set_aside_entries, report.replaced_dir);
     }
     Ok(ExitCode::SUCCESS)
 }
