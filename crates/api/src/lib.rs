@@ -72,6 +72,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::last_drill))
         .routes(routes!(admin::key_status))
         .routes(routes!(admin::export_archive))
+        .routes(routes!(admin::rotate_key))
+        .routes(routes!(admin::validate_keys))
         .routes(routes!(memory::put, memory::get, memory::delete))
         .routes(routes!(memory::list))
         .routes(routes!(memory::confirm))

@@ -135,9 +135,76 @@ pub struct KeyStatus {
     pub data_keys: usize,
     pub oldest_data_key_created_at: Option<String>,
     pub oldest_data_key_age_days: f64,
-    /// Master key rotations done; rotation (`daena key rotate`) is not in this version.
+    /// Master key rotations done (`daena key rotate`), and when the newest was.
     pub rotations: u64,
-    pub rotation_available: bool,
+    pub last_rotation_at: Option<String>,
+    /// Days the current master key has been in use: since the newest rotation, else since the
+    /// oldest data key.
+    pub master_key_age_days: f64,
+}
+
+const NEXT_MASTER: &str = "master.key.next";
+const RETIRED_DIR: &str = "retired";
+
+/// Writes the next master key to `keys/master.key.next` (mode 0600, synced) before the data
+/// keys are re-wrapped under it.
+pub fn write_next_master(keys: &std::path::Path, raw: &[u8; 32]) -> AppResult<()> {
+    let text = Zeroizing::new(format!("{}\n", base64::engine::general_purpose::STANDARD.encode(raw)));
+    write_atomic(&keys.join(NEXT_MASTER), text.as_bytes(), true)?;
+    Ok(())
+}
+
+/// After the data keys are under the next key: `master.key` → `retired/master-<old id>.key`,
+/// `master.key.next` → `master.key`.
+pub fn finish_rotation_files(keys: &std::path::Path, old_id: &str) -> AppResult<()> {
+    let retired = keys.join(RETIRED_DIR);
+    std::fs::create_dir_all(&retired).map_err(|e| AppError::internal(format!("{}: {e}", retired.display())))?;
+    let current = keys.join(MASTER_KEY_FILE);
+    if current.exists() {
+        let to = retired.join(format!("master-{old_id}.key"));
+        std::fs::rename(&current, &to).map_err(|e| AppError::internal(format!("retiring the master key: {e}")))?;
+    }
+    std::fs::rename(keys.join(NEXT_MASTER), &current)
+        .map_err(|e| AppError::internal(format!("installing the new master key: {e}")))?;
+    if let Ok(dir) = std::fs::File::open(keys) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// At start: completes a rotation interrupted after its data keys were re-wrapped, or drops
+/// the unused next key of one interrupted before.
+pub fn finish_rotation(data: &DataDir) -> AppResult<()> {
+    let keys = data.keys_dir();
+    let next = keys.join(NEXT_MASTER);
+    let Ok(text) = std::fs::read_to_string(&next) else {
+        return Ok(());
+    };
+    let text = Zeroizing::new(text);
+    let new = MasterKey::from_bytes(parse_master_key(&text, &next.display().to_string())?, "next");
+    let wrapped_by_new = daena_store::kv::read_docs_untouched::<TenantKeyDoc>(&data.state_db(), DATA_KEYS)?
+        .is_some_and(|docs| {
+            !docs.is_empty() && docs.iter().all(|(_, d)| d.keys.iter().all(|k| k.master_key_id == new.id))
+        });
+    if wrapped_by_new {
+        let old_id = std::fs::read_to_string(keys.join(MASTER_KEY_FILE))
+            .ok()
+            .and_then(|t| parse_master_key(&Zeroizing::new(t), "master.key").ok())
+            .map_or_else(|| "unknown".to_owned(), |k| key_id(&k));
+        tracing::warn!("completing an interrupted master key rotation");
+        finish_rotation_files(&keys, &old_id)
+    } else {
+        tracing::warn!("dropping the next master key of a rotation interrupted before it took effect");
+        std::fs::remove_file(&next).map_err(|e| AppError::internal(format!("{}: {e}", next.display())))
+    }
+}
+
+/// The retired master key with id `id`, if kept (`keys/retired/master-<id>.key`).
+pub fn retired_master(keys: &std::path::Path, id: &str) -> Option<MasterKey> {
+    let path = keys.join(RETIRED_DIR).join(format!("master-{id}.key"));
+    let text = Zeroizing::new(std::fs::read_to_string(&path).ok()?);
+    let key = parse_master_key(&text, &path.display().to_string()).ok()?;
+    Some(MasterKey::from_bytes(key, &path.display().to_string()))
 }
 
 /// A tenant data key as stored: wrapped by a master key.
@@ -163,7 +230,8 @@ struct TenantKeys {
 
 /// The keyring: the master key and every tenant's unwrapped data keys.
 pub struct Keyring {
-    master: MasterKey,
+    /// Swapped by a rotation, under `create`.
+    master: RwLock<Arc<MasterKey>>,
     clock: Arc<dyn crate::clock::Clock>,
     kv: Kv,
     tenants: RwLock<HashMap<String, TenantKeys>>,
@@ -172,7 +240,10 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keyring").field("master", &self.master).field("tenants", &self.tenants.read().len()).finish()
+        f.debug_struct("Keyring")
+            .field("master", &*self.master.read())
+            .field("tenants", &self.tenants.read().len())
+            .finish()
     }
 }
 
@@ -189,6 +260,73 @@ pub fn check_master(state_db: &std::path::Path, master: &MasterKey) -> AppResult
     Ok(())
 }
 
+/// The raw data key of `tenant` version `k.version`, unwrapped with `master`.
+fn unwrap_one(master: &MasterKey, tenant: &str, k: &WrappedKey) -> AppResult<Zeroizing<Vec<u8>>> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&k.wrapped)
+        .map_err(|_| AppError::internal(format!("data key {tenant}/{} is not base64", k.version)))?;
+    if raw.len() < NONCE + 16 {
+        return Err(AppError::internal(format!("data key {tenant}/{} is truncated", k.version)));
+    }
+    let (nonce, ct) = raw.split_at(NONCE);
+    let nonce: [u8; NONCE] = nonce.try_into().map_err(|_| AppError::internal("bad nonce"))?;
+    master
+        .cipher()
+        .decrypt((&nonce).into(), Payload { msg: ct, aad: &wrap_aad(tenant, k.version) })
+        .map(Zeroizing::new)
+        .map_err(|_| {
+            AppError::unavailable(format!(
+                "cannot unwrap the data key of tenant {tenant} (version {}) with the master key from {}: \
+                 wrong key or damaged key store. Nothing was changed.",
+                k.version, master.source
+            ))
+        })
+}
+
+/// `key` wrapped for `tenant` version `version` under `master`: nonce ‖ ciphertext ‖ tag, base64.
+fn wrap_one(master: &MasterKey, tenant: &str, version: u32, key: &[u8]) -> AppResult<String> {
+    let nonce: [u8; NONCE] = rand::random();
+    let wrapped = master
+        .cipher()
+        .encrypt((&nonce).into(), Payload { msg: key, aad: &wrap_aad(tenant, version) })
+        .map_err(|_| AppError::internal("wrapping a data key failed"))?;
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&wrapped);
+    Ok(base64::engine::general_purpose::STANDARD.encode(&blob))
+}
+
+/// Every data key of `docs` unwrapped with `old` and wrapped again with `new`; the data keys
+/// themselves do not change, so no record needs re-encrypting.
+fn rewrap_docs(
+    docs: Vec<(String, TenantKeyDoc)>,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> AppResult<Vec<(String, TenantKeyDoc)>> {
+    let mut out = Vec::with_capacity(docs.len());
+    for (tenant, mut doc) in docs {
+        for k in &mut doc.keys {
+            if k.master_key_id == new.id {
+                continue;
+            }
+            let raw = unwrap_one(old, &tenant, k)?;
+            k.wrapped = wrap_one(new, &tenant, k.version, &raw)?;
+            k.master_key_id = new.id.clone();
+        }
+        out.push((tenant, doc));
+    }
+    Ok(out)
+}
+
+/// Re-wraps the data keys stored in the redb file at `state_db` (a restored snapshot's) from
+/// `old` to `new`, in one transaction.
+pub fn rewrap_file(state_db: &std::path::Path, old: &MasterKey, new: &MasterKey) -> AppResult<usize> {
+    let kv = Kv::open(state_db, 16 * 1024 * 1024)?;
+    let docs = rewrap_docs(kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?, old, new)?;
+    let n = docs.len();
+    kv.put_docs(DATA_KEYS, &docs)?;
+    Ok(n)
+}
+
 fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResult<HashMap<String, TenantKeys>> {
     let mut tenants = HashMap::new();
     for (tenant, doc) in docs {
@@ -201,25 +339,7 @@ fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResul
                     master.source, master.id, k.master_key_id
                 )));
             }
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(&k.wrapped)
-                .map_err(|_| AppError::internal(format!("data key {tenant}/{} is not base64", k.version)))?;
-            if raw.len() < NONCE + 16 {
-                return Err(AppError::internal(format!("data key {tenant}/{} is truncated", k.version)));
-            }
-            let (nonce, ct) = raw.split_at(NONCE);
-            let nonce: [u8; NONCE] = nonce.try_into().map_err(|_| AppError::internal("bad nonce"))?;
-            let key = master
-                .cipher()
-                .decrypt((&nonce).into(), Payload { msg: ct, aad: &wrap_aad(&tenant, k.version) })
-                .map(Zeroizing::new)
-                .map_err(|_| {
-                    AppError::unavailable(format!(
-                        "cannot unwrap the data key of tenant {tenant} (version {}) with the master key from {}: \
-                             wrong key or damaged key store. Nothing was changed.",
-                        k.version, master.source
-                    ))
-                })?;
+            let key = unwrap_one(master, &tenant, k)?;
             let cipher =
                 Aes256Gcm::new_from_slice(&key).map_err(|_| AppError::internal("data key has the wrong length"))?;
             ciphers.insert(k.version, Arc::new(cipher));
@@ -233,11 +353,48 @@ impl Keyring {
     /// Unwraps every tenant data key; fails when they were wrapped by another master key.
     pub fn load(kv: Kv, master: MasterKey, clock: Arc<dyn crate::clock::Clock>) -> AppResult<Keyring> {
         let tenants = unwrap_all(kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?, &master)?;
-        Ok(Keyring { master, clock, kv, tenants: RwLock::new(tenants), create: Mutex::new(()) })
+        Ok(Keyring {
+            master: RwLock::new(Arc::new(master)),
+            clock,
+            kv,
+            tenants: RwLock::new(tenants),
+            create: Mutex::new(()),
+        })
     }
 
-    pub fn master_id(&self) -> &str {
-        &self.master.id
+    pub fn master_id(&self) -> String {
+        self.master.read().id.clone()
+    }
+
+    pub fn master_source(&self) -> String {
+        self.master.read().source.clone()
+    }
+
+    /// Wraps every tenant data key under `new` in one transaction and makes `new` the master
+    /// key from then on. New tenants wait meanwhile; reads and writes go on, as the data keys
+    /// themselves do not change. Returns (tenants, data keys).
+    pub fn rewrap(&self, new: MasterKey, dry_run: bool) -> AppResult<(usize, usize)> {
+        let _guard = self.create.lock();
+        let old = self.master.read().clone();
+        let docs = rewrap_docs(self.kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?, &old, &new)?;
+        let counts = (docs.len(), docs.iter().map(|(_, d)| d.keys.len()).sum());
+        if !dry_run {
+            self.kv.put_docs(DATA_KEYS, &docs)?;
+            *self.master.write() = Arc::new(new);
+        }
+        Ok(counts)
+    }
+
+    /// Tenants with a data key not wrapped by the current master key.
+    pub fn stale_tenants(&self) -> AppResult<Vec<String>> {
+        let id = self.master_id();
+        Ok(self
+            .kv
+            .scan_docs::<TenantKeyDoc>(DATA_KEYS)?
+            .into_iter()
+            .filter(|(_, d)| d.keys.iter().any(|k| k.master_key_id != id))
+            .map(|(t, _)| t)
+            .collect())
     }
 
     /// What the key store holds, without any key material: for `daena governance artifacts`
@@ -246,15 +403,17 @@ impl Keyring {
         let docs = self.kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?;
         let oldest = docs.iter().flat_map(|(_, d)| d.keys.iter().map(|k| k.created_at)).min();
         let now = self.clock.now();
+        let master = self.master.read().clone();
         Ok(KeyStatus {
-            master_key_id: self.master.id.clone(),
-            master_key_source: self.master.source.clone(),
+            master_key_id: master.id.clone(),
+            master_key_source: master.source.clone(),
             tenants_with_data_keys: docs.len(),
             data_keys: docs.iter().map(|(_, d)| d.keys.len()).sum(),
             oldest_data_key_created_at: oldest.map(crate::clock::rfc3339),
             oldest_data_key_age_days: oldest.map_or(0.0, |t| (now.days_since(t) * 10.0).round() / 10.0),
             rotations: 0,
-            rotation_available: false,
+            last_rotation_at: None,
+            master_key_age_days: oldest.map_or(0.0, |t| (now.days_since(t) * 10.0).round() / 10.0),
         })
     }
 
@@ -273,20 +432,13 @@ impl Keyring {
         }
         let key = Zeroizing::new(rand::random::<[u8; 32]>());
         let version = 1u32;
-        let nonce: [u8; NONCE] = rand::random();
-        let wrapped = self
-            .master
-            .cipher()
-            .encrypt((&nonce).into(), Payload { msg: key.as_slice(), aad: &wrap_aad(tenant, version) })
-            .map_err(|_| AppError::internal("wrapping a data key failed"))?;
-        let mut blob = nonce.to_vec();
-        blob.extend_from_slice(&wrapped);
+        let master = self.master.read().clone();
         let doc = TenantKeyDoc {
             current: version,
             keys: vec![WrappedKey {
                 version,
-                master_key_id: self.master.id.clone(),
-                wrapped: base64::engine::general_purpose::STANDARD.encode(&blob),
+                master_key_id: master.id.clone(),
+                wrapped: wrap_one(&master, tenant, version, key.as_slice())?,
                 created_at: self.clock.now(),
             }],
         };

@@ -14,6 +14,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod health;
+pub mod keyrotate;
 pub mod ledger;
 pub mod memory;
 pub mod policy;
@@ -105,6 +106,7 @@ impl Daena {
             other => AppError::internal(other.to_string()),
         })?;
         // The master key is checked against the stored data keys before anything is written.
+        crypto::finish_rotation(&data)?;
         let master = crypto::load_master(&data, secrets.memory_aes_key.as_ref())?;
         crypto::check_master(&data.state_db(), &master)?;
         let kv = Kv::open(&data.state_db(), 256 * 1024 * 1024)?;

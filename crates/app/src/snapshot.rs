@@ -409,14 +409,7 @@ pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResul
                 summary.entries, summary.root, manifest.ledger_size, manifest.ledger_root
             )));
         }
-        let master = crate::crypto::load_master(&data, loaded.secrets.memory_aes_key.as_ref())?;
-        crate::crypto::check_master(&staging.join(STATE), &master).map_err(|e| {
-            AppError::invalid(format!(
-                "the current master key cannot open this snapshot's data keys (it was sealed under master key id \
-                 {}): {}; set DAENA_MEMORY_AES_KEY to that key",
-                manifest.master_key_id, e.message
-            ))
-        })?;
+        adopt_master(&data, loaded, &staging.join(STATE), &manifest.master_key_id)?;
         let aside = swap_in(root, &staging, &stamp)?;
         Ok(RestoreReport {
             archive: archive.display().to_string(),
@@ -728,8 +721,7 @@ pub fn rebuild(loaded: &crate::config::LoadedConfig, spec: Rebuild<'_>) -> AppRe
         if copied != to_seq || summary.entries != to_seq {
             return Err(AppError::invalid(format!("copied {copied} entries, expected {to_seq}")));
         }
-        let master = crate::crypto::load_master(&data, loaded.secrets.memory_aes_key.as_ref())?;
-        crate::crypto::check_master(&staging.join(STATE), &master)?;
+        adopt_master(&data, loaded, &staging.join(STATE), &chosen.master_key_id)?;
         let aside = swap_in(root, &staging, &stamp)?;
         Ok(RollbackReport {
             to_seq,
@@ -744,4 +736,29 @@ pub fn rebuild(loaded: &crate::config::LoadedConfig, spec: Rebuild<'_>) -> AppRe
     let _ = std::fs::remove_dir_all(&staging);
     drop(data);
     result
+}
+
+/// Makes a snapshot's state openable with the current master key: as it is, or, when it was
+/// sealed under a master key retired by a rotation and kept in `keys/retired/`, by re-wrapping
+/// its data keys under the current one.
+fn adopt_master(
+    data: &daena_store::datadir::DataDir,
+    loaded: &crate::config::LoadedConfig,
+    state: &Path,
+    sealed_under: &str,
+) -> AppResult<()> {
+    let master = crate::crypto::load_master(data, loaded.secrets.memory_aes_key.as_ref())?;
+    let Err(e) = crate::crypto::check_master(state, &master) else {
+        return Ok(());
+    };
+    let Some(old) = crate::crypto::retired_master(&data.keys_dir(), sealed_under) else {
+        return Err(AppError::invalid(format!(
+            "the current master key cannot open this snapshot's data keys (sealed under master key id \
+             {sealed_under}, which is not in keys/retired/): {}; set DAENA_MEMORY_AES_KEY to that key",
+            e.message
+        )));
+    };
+    crate::crypto::check_master(state, &old)?;
+    crate::crypto::rewrap_file(state, &old, &master)?;
+    crate::crypto::check_master(state, &master)
 }

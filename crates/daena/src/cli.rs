@@ -79,6 +79,9 @@ pub enum Command {
     /// Consistent snapshots of the whole state: create (also while serving), list, restore
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// The master (key-encryption) key: rotate and validate
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Portable logical backups: decrypted records as JSON lines, zstd-compressed
     #[command(subcommand)]
     Archive(ArchiveCommand),
@@ -191,6 +194,27 @@ pub struct SimulateArgs {
     /// Send no LLM traffic (no upstream needed)
     #[arg(long)]
     pub no_llm: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Wrap every tenant data key under a new master key, in one transaction, while serving
+    /// (records are not re-encrypted: the data keys stay). With keys/master.key the new key is
+    /// generated and the old one kept in keys/retired/ for older snapshots; with
+    /// DAENA_MEMORY_AES_KEY, stop the server and give the new key in DAENA_MEMORY_AES_KEY_NEW
+    #[command(
+        after_help = "Examples:\n  DAENA_API_KEY=ops-key daena key rotate --dry-run\n  DAENA_API_KEY=ops-key daena key rotate\n  \
+                            DAENA_MEMORY_AES_KEY_NEW=$(openssl rand -base64 32) daena key rotate   # stopped server, env key"
+    )]
+    Rotate {
+        /// Only count what would be re-wrapped
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check the rotation chain, that every data key is under the current master key, and that
+    /// every record reads; exit 1 otherwise
+    #[command(after_help = "Example:\n  DAENA_API_KEY=ops-key daena key validate --json")]
+    Validate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -111,5 +111,11 @@ async fn a_short_run_fills_analytics_and_monitoring() {
     };
     assert!(value("daena_cas_hit_rate") > 0.0, "{metrics}");
     assert_eq!(value("daena_active_agents"), 48.0);
-    assert!(value("daena_memory_records{") > 0.0);
+    // One series per tier; some tiers are empty after a short run.
+    let records: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("daena_memory_records{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    assert!(records > 0.0, "{metrics}");
 }

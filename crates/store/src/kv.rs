@@ -83,6 +83,20 @@ impl Kv {
         Ok(())
     }
 
+    /// Writes several documents in one transaction: all or none.
+    pub fn put_docs<T: Serialize>(&self, table: DocTable, items: &[(String, T)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(table)?;
+            for (key, value) in items {
+                let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))?;
+                t.insert(key.as_str(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     pub fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
         let existed = {

@@ -169,7 +169,7 @@ pub async fn key_status(
     State(state): State<AppState>,
     _auth: Auth<ReadAccess>,
 ) -> ApiResult<axum::Json<daena_app::crypto::KeyStatus>> {
-    Ok(axum::Json(state.keyring.status()?))
+    Ok(axum::Json(daena_app::keyrotate::status(&state)?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -192,4 +192,35 @@ pub async fn export_archive(
     let dir = daena_app::archive::archives_dir(&state);
     let summary = daena_app::archive::export(&state, tenant, dir).await?;
     Ok((StatusCode::CREATED, axum::Json(summary)))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// Only count what would be re-wrapped.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Rotates the master key while serving (when it lives in `keys/master.key`): every data key
+/// re-wrapped under a new one in one transaction; requests go on; ledgered as `key.rotate`.
+#[utoipa::path(post, path = "/api/v1/admin/key-rotation", tag = "admin", request_body = RotateRequest,
+    responses((status = 200, body = daena_app::keyrotate::RotationReport), AuthErrors, BodyErrors), security(("api_key" = [])))]
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+    Json(req): Json<RotateRequest>,
+) -> ApiResult<axum::Json<daena_app::keyrotate::RotationReport>> {
+    Ok(axum::Json(daena_app::keyrotate::rotate(&state, &who, None, req.dry_run).await?))
+}
+
+/// Validates keys: the rotation chain, every data key under the current master key, every
+/// record readable.
+#[utoipa::path(post, path = "/api/v1/admin/key-validation", tag = "admin",
+    responses((status = 200, body = daena_app::keyrotate::ValidationReport), AuthErrors), security(("api_key" = [])))]
+pub async fn validate_keys(
+    State(state): State<AppState>,
+    _auth: Auth<OpsOnly>,
+) -> ApiResult<axum::Json<daena_app::keyrotate::ValidationReport>> {
+    Ok(axum::Json(daena_app::keyrotate::validate(&state).await?))
 }

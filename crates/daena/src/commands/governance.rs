@@ -46,7 +46,7 @@ pub async fn artifacts(global: &Global, out_dir: Option<PathBuf>) -> anyhow::Res
                 Ok((
                     serde_json::to_value(daena_app::ledger::manifest(&d).map_err(|e| anyhow!(e.message))?)?,
                     serde_json::to_value(daena_app::snapshot::last_drill(&d).map_err(|e| anyhow!(e.message))?)?,
-                    serde_json::to_value(d.keyring.status().map_err(|e| anyhow!(e.message))?)?,
+                    serde_json::to_value(daena_app::keyrotate::status(&d).map_err(|e| anyhow!(e.message))?)?,
                     serde_json::to_value(daena_app::memory::monitor::report(
                         &d,
                         &daena_app::auth::Principal::local_operator(daena_core::ids::TenantId::default_tenant()),
@@ -67,7 +67,13 @@ pub async fn artifacts(global: &Global, out_dir: Option<PathBuf>) -> anyhow::Res
         if k["oldest_data_key_created_at"].is_null() {
             k["oldest_data_key_created_at"] = json!("no data keys yet");
         }
-        k["rotation"] = json!("not available in this version: the master key has never been rotated");
+        k["rotation"] = match k["last_rotation_at"].as_str() {
+            Some(at) => json!(format!("{} rotation(s), the newest at {at}", k["rotations"])),
+            None => json!("the master key has never been rotated (`daena key rotate`)"),
+        };
+        if k["last_rotation_at"].is_null() {
+            k["last_rotation_at"] = json!("never");
+        }
         k
     };
     let ledger_ok = manifest["entries"].as_u64().is_some();

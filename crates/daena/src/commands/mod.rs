@@ -5,6 +5,7 @@ mod archive;
 mod config;
 mod drill;
 mod governance;
+mod key;
 mod keys;
 mod ledger;
 mod policy;
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Snapshot(cmd) => snapshot::run(&cli.global, cmd).await,
             Command::Drill(args) => drill::run(&cli.global, args).await,
             Command::Archive(cmd) => archive::run(&cli.global, cmd).await,
+            Command::Key(cmd) => key::run(&cli.global, cmd).await,
             Command::Rollback { to } => snapshot::rollback(&cli.global, &to).await,
             Command::Replay { ledger, from_snapshot, to } => {
                 snapshot::replay(&cli.global, &ledger, from_snapshot.as_deref(), to.as_deref()).await

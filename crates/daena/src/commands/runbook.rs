@@ -260,14 +260,15 @@ const ROTATION_DAYS: f64 = 90.0;
 
 async fn monthly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
     if let Some(k) = fetch(r, "/api/v1/admin/key-status", checks, "key rotation").await {
-        let age = k["oldest_data_key_age_days"].as_f64().unwrap_or(0.0);
+        let age = k["master_key_age_days"].as_f64().unwrap_or(0.0);
         let detail = format!(
-            "master key {} from {}; oldest data key {age:.1} days (rotation period {ROTATION_DAYS} days); \
-             `daena key rotate` is not available in this version",
+            "master key {} from {} in use {age:.1} days (rotation period {ROTATION_DAYS} days); {} rotation(s){}",
             k["master_key_id"].as_str().unwrap_or("?"),
-            k["master_key_source"].as_str().unwrap_or("?")
+            k["master_key_source"].as_str().unwrap_or("?"),
+            k["rotations"],
+            if age > ROTATION_DAYS { "; run `daena key rotate`" } else { "" }
         );
-        checks.push(check("key rotation", if age > ROTATION_DAYS { Status::Fail } else { Status::Warn }, detail));
+        checks.push(check("key rotation", if age > ROTATION_DAYS { Status::Fail } else { Status::Pass }, detail));
     }
     match super::policy::inspect(global, None) {
         Ok((p, _)) => checks.push(check(

@@ -1,0 +1,240 @@
+//! Master key rotation and validation.
+//!
+//! A rotation wraps every tenant data key under a new master key in one transaction and makes
+//! it the master from then on; the data keys do not change, so records are not re-encrypted
+//! and requests go on during it. With the master key in `keys/master.key`, the new key is
+//! written to `keys/master.key.next` first, the retired one is kept as
+//! `keys/retired/master-<id>.key` (so snapshots sealed under it can still be restored), and an
+//! interrupted rotation is completed or undone at the next start (`crypto::finish_rotation`).
+//! With `DAENA_MEMORY_AES_KEY`, the new key comes from `DAENA_MEMORY_AES_KEY_NEW` and the
+//! operator switches the variable before the next start.
+//!
+//! Every rotation is a line of `keys/rotations.jsonl`, hash-chained (key ids and counts only,
+//! never key material), and a `key.rotate` ledger entry, which the signed checkpoints cover.
+
+use crate::Daena;
+use crate::auth::Principal;
+use crate::config::Secret;
+use crate::crypto::{self, MasterKey};
+use crate::error::{AppError, AppResult};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+pub const ROTATIONS_FILE: &str = "rotations.jsonl";
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RotationReport {
+    pub dry_run: bool,
+    pub old_key_id: String,
+    pub new_key_id: String,
+    pub tenants: usize,
+    pub data_keys: usize,
+    /// Records re-encrypted: none, as rotating the master key re-wraps the data keys only.
+    pub records_reencrypted: u64,
+    pub ledger_seq: Option<u64>,
+    pub next_step: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RotationLine {
+    n: u64,
+    at: String,
+    old_key_id: String,
+    new_key_id: String,
+    tenants: usize,
+    data_keys: usize,
+    prev: String,
+    hash: String,
+}
+
+fn line_hash(l: &RotationLine) -> String {
+    let body =
+        format!("{}\0{}\0{}\0{}\0{}\0{}\0{}", l.n, l.at, l.old_key_id, l.new_key_id, l.tenants, l.data_keys, l.prev);
+    hex::encode(Sha256::digest(body.as_bytes()))
+}
+
+/// The rotation lines and the first break in their chain, if any.
+fn read_chain(keys: &Path) -> AppResult<(Vec<RotationLine>, Option<String>)> {
+    let text = match std::fs::read_to_string(keys.join(ROTATIONS_FILE)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) => return Err(AppError::internal(format!("reading {ROTATIONS_FILE}: {e}"))),
+    };
+    let mut lines = Vec::new();
+    let mut prev = "0".repeat(64);
+    for (i, raw) in text.lines().enumerate() {
+        let l: RotationLine = match serde_json::from_str(raw) {
+            Ok(l) => l,
+            Err(e) => return Ok((lines, Some(format!("line {}: {e}", i + 1)))),
+        };
+        if l.prev != prev || line_hash(&l) != l.hash || l.n != i as u64 + 1 {
+            return Ok((lines, Some(format!("line {} breaks the chain", i + 1))));
+        }
+        prev = l.hash.clone();
+        lines.push(l);
+    }
+    Ok((lines, None))
+}
+
+/// Rotates the master key (see the module). `new_key` is `DAENA_MEMORY_AES_KEY_NEW`, needed
+/// when the master key comes from the environment.
+pub async fn rotate(d: &Daena, who: &Principal, new_key: Option<&Secret>, dry_run: bool) -> AppResult<RotationReport> {
+    let keys = d.data.keys_dir();
+    let from_env = d.keyring.master_source() == "DAENA_MEMORY_AES_KEY";
+    let old_id = d.keyring.master_id();
+    let (new, bytes) = if from_env {
+        let Some(secret) = new_key else {
+            return Err(AppError::invalid(
+                "the master key comes from DAENA_MEMORY_AES_KEY: stop the server and run `daena key rotate` with the \
+                 new key in DAENA_MEMORY_AES_KEY_NEW, then start with DAENA_MEMORY_AES_KEY set to it",
+            ));
+        };
+        let raw = crypto::parse_master_key(secret.expose(), "DAENA_MEMORY_AES_KEY_NEW")?;
+        (MasterKey::from_bytes(raw, "DAENA_MEMORY_AES_KEY"), None)
+    } else {
+        let raw: [u8; 32] = rand::random();
+        let path = keys.join(crypto::MASTER_KEY_FILE);
+        (MasterKey::from_bytes(raw, &path.display().to_string()), Some(zeroize::Zeroizing::new(raw)))
+    };
+    if new.id == old_id {
+        return Err(AppError::invalid("the new master key is the current one"));
+    }
+    let new_id = new.id.clone();
+    if dry_run {
+        let (tenants, data_keys) = d.keyring.rewrap(new, true)?;
+        return Ok(RotationReport {
+            dry_run,
+            old_key_id: old_id,
+            new_key_id: new_id,
+            tenants,
+            data_keys,
+            records_reencrypted: 0,
+            ledger_seq: None,
+            next_step: "run without --dry-run".into(),
+        });
+    }
+    if let Some(raw) = &bytes {
+        crypto::write_next_master(&keys, raw)?;
+    }
+    let (tenants, data_keys) = d.keyring.rewrap(new, false)?;
+    if bytes.is_some() {
+        crypto::finish_rotation_files(&keys, &old_id)?;
+    }
+    let (chain, broken) = read_chain(&keys)?;
+    if let Some(b) = broken {
+        tracing::warn!("{ROTATIONS_FILE} was already broken ({b}); appending after its last good line");
+    }
+    let mut line = RotationLine {
+        n: chain.len() as u64 + 1,
+        at: crate::clock::rfc3339(d.clock.now()),
+        old_key_id: old_id.clone(),
+        new_key_id: new_id.clone(),
+        tenants,
+        data_keys,
+        prev: chain.last().map_or_else(|| "0".repeat(64), |l| l.hash.clone()),
+        hash: String::new(),
+    };
+    line.hash = line_hash(&line);
+    let mut text: String = chain.iter().map(|l| serde_json::to_string(l).unwrap_or_default() + "\n").collect();
+    text.push_str(&(serde_json::to_string(&line).map_err(|e| AppError::internal(e.to_string()))? + "\n"));
+    daena_store::datadir::write_atomic(&keys.join(ROTATIONS_FILE), text.as_bytes(), true)?;
+    let entry = daena_core::ledger::NewEntry::new(
+        who.tenant().as_str(),
+        who.actor(),
+        "key.rotate",
+        format!("master/{new_id}"),
+    )
+    .attrs(serde_json::json!({"old_key_id": old_id, "new_key_id": new_id, "tenants": tenants, "data_keys": data_keys}));
+    let seq = d.commit.append(vec![entry]).await?.first().map(|r| r.seq);
+    Ok(RotationReport {
+        dry_run,
+        old_key_id: old_id,
+        new_key_id: new_id,
+        tenants,
+        data_keys,
+        records_reencrypted: 0,
+        ledger_seq: seq,
+        next_step: if from_env {
+            "set DAENA_MEMORY_AES_KEY to the new key (the value of DAENA_MEMORY_AES_KEY_NEW) before the next start"
+                .into()
+        } else {
+            "none: keys/master.key holds the new key; the retired one is in keys/retired/ for older snapshots".into()
+        },
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ValidationReport {
+    pub ok: bool,
+    pub master_key_id: String,
+    pub rotations: usize,
+    /// The first break in keys/rotations.jsonl, if any.
+    pub chain_problem: Option<String>,
+    /// Tenants with a data key wrapped by another (retired) master key.
+    pub stale_tenants: Vec<String>,
+    pub records: u64,
+    /// Records that could not be read (at most 20 named).
+    pub unreadable: Vec<String>,
+    pub unreadable_count: u64,
+}
+
+/// Checks the rotation chain, that every data key is under the current master key, and that
+/// every record reads.
+pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> {
+    let (lines, chain_problem) = read_chain(&d.data.keys_dir())?;
+    let stale_tenants = d.keyring.stale_tenants()?;
+    let keys = crate::snapshot::record_keys(d).await?;
+    let d2 = d.clone();
+    let (records, unreadable, unreadable_count) = tokio::task::spawn_blocking(move || {
+        let (mut bad, mut n_bad) = (Vec::new(), 0u64);
+        for k in &keys {
+            let ok = daena_store::records::split_key(k).and_then(|(t, c, key)| {
+                let who = Principal::local_operator(daena_core::ids::TenantId::new(t).ok()?);
+                Some(crate::memory::get(&d2, &who, c, key).map_err(|e| format!("{t}/{c}/{key}: {}", e.message)))
+            });
+            match ok {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    n_bad += 1;
+                    if bad.len() < 20 {
+                        bad.push(e);
+                    }
+                }
+                None => {
+                    n_bad += 1;
+                    if bad.len() < 20 {
+                        bad.push(format!("{:?}: bad address", String::from_utf8_lossy(k)));
+                    }
+                }
+            }
+        }
+        (keys.len() as u64, bad, n_bad)
+    })
+    .await
+    .map_err(|e| AppError::internal(format!("validation task: {e}")))?;
+    Ok(ValidationReport {
+        ok: chain_problem.is_none() && stale_tenants.is_empty() && unreadable_count == 0,
+        master_key_id: d.keyring.master_id(),
+        rotations: lines.len(),
+        chain_problem,
+        stale_tenants,
+        records,
+        unreadable,
+        unreadable_count,
+    })
+}
+
+/// The key store's status with the rotation history (`GET /api/v1/admin/key-status`).
+pub fn status(d: &Daena) -> AppResult<crypto::KeyStatus> {
+    let mut st = d.keyring.status()?;
+    let (lines, _) = read_chain(&d.data.keys_dir())?;
+    if let Some(last) = lines.last() {
+        st.rotations = lines.len() as u64;
+        st.last_rotation_at = Some(last.at.clone());
+        if let Some(t) = crate::clock::parse_rfc3339(&last.at) {
+            st.master_key_age_days = (d.clock.now().days_since(t) * 10.0).round() / 10.0;
+        }
+    }
+    Ok(st)
+}

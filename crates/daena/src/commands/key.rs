@@ -1,0 +1,84 @@
+//! `daena key rotate|validate`: the master key.
+
+use super::{Target, target};
+use crate::cli::{Global, KeyCommand};
+use anyhow::anyhow;
+use daena_app::auth::Principal;
+use daena_app::config::Secret;
+use daena_app::keyrotate::{self, RotationReport, ValidationReport};
+use daena_core::ids::TenantId;
+use std::process::ExitCode;
+
+pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KeyCommand::Rotate { dry_run } => {
+            let new_key = std::env::var("DAENA_MEMORY_AES_KEY_NEW").ok().map(Secret::new);
+            let r: RotationReport = match target(global, "key rotate")? {
+                Target::Remote(r) => {
+                    if new_key.is_some() {
+                        eprintln!(
+                            "note: DAENA_MEMORY_AES_KEY_NEW is not sent to a running server; it rotates a key that \
+                             lives in keys/master.key"
+                        );
+                    }
+                    r.post("/api/v1/admin/key-rotation", &serde_json::json!({"dry_run": dry_run})).await?
+                }
+                Target::Offline(d) => {
+                    let who = Principal::local_operator(TenantId::default_tenant());
+                    let result = keyrotate::rotate(&d, &who, new_key.as_ref(), dry_run).await;
+                    d.shutdown().await.map_err(|e| anyhow!(e.message))?;
+                    result.map_err(|e| anyhow!(e.message))?
+                }
+            };
+            if global.json {
+                crate::output::json(&r)?;
+            } else {
+                println!(
+                    "{}master key {} -> {}: {} data keys of {} tenants re-wrapped; records unchanged{}",
+                    if r.dry_run { "dry run: " } else { "" },
+                    r.old_key_id,
+                    r.new_key_id,
+                    r.data_keys,
+                    r.tenants,
+                    r.ledger_seq.map(|s| format!("; ledger entry {s}")).unwrap_or_default()
+                );
+                println!("next: {}", r.next_step);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::Validate => {
+            let v: ValidationReport = match target(global, "key validate")? {
+                Target::Remote(r) => r.post("/api/v1/admin/key-validation", &serde_json::json!({})).await?,
+                Target::Offline(d) => {
+                    let result = keyrotate::validate(&d).await;
+                    d.shutdown().await.map_err(|e| anyhow!(e.message))?;
+                    result.map_err(|e| anyhow!(e.message))?
+                }
+            };
+            if global.json {
+                crate::output::json(&v)?;
+            } else {
+                println!("master key:     {}", v.master_key_id);
+                println!(
+                    "rotations:      {} ({})",
+                    v.rotations,
+                    v.chain_problem.as_deref().map_or("chain intact".to_owned(), |p| format!("BROKEN: {p}"))
+                );
+                println!(
+                    "data keys:      {}",
+                    if v.stale_tenants.is_empty() {
+                        "all under the current master key".to_owned()
+                    } else {
+                        format!("under a retired key for {}", v.stale_tenants.join(", "))
+                    }
+                );
+                println!("records:        {} read, {} unreadable", v.records - v.unreadable_count, v.unreadable_count);
+                for u in &v.unreadable {
+                    println!("  {u}");
+                }
+                println!("{}", if v.ok { "PASS" } else { "FAIL" });
+            }
+            Ok(if v.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
