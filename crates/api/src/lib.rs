@@ -74,6 +74,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::export_archive))
         .routes(routes!(admin::rotate_key))
         .routes(routes!(admin::validate_keys))
+        .routes(routes!(admin::shred_tenant))
         .routes(routes!(memory::put, memory::get, memory::delete))
         .routes(routes!(memory::list))
         .routes(routes!(memory::confirm))

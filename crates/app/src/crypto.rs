@@ -221,6 +221,9 @@ struct WrappedKey {
 struct TenantKeyDoc {
     current: u32,
     keys: Vec<WrappedKey>,
+    /// Versions up to this one were crypto-shredded (0: none).
+    #[serde(default)]
+    shredded_through: u32,
 }
 
 struct TenantKeys {
@@ -385,6 +388,31 @@ impl Keyring {
         Ok(counts)
     }
 
+    /// Crypto-shreds `tenant`: its wrapped data keys are deleted, leaving a tombstone with the
+    /// highest version so a later key never reuses one, and its ciphers are dropped (zeroized).
+    /// Returns how many data keys were destroyed.
+    pub fn shred(&self, tenant: &str) -> AppResult<usize> {
+        let _guard = self.create.lock();
+        let Some(doc) = self.kv.get_doc::<TenantKeyDoc>(DATA_KEYS, tenant)? else {
+            return Ok(0);
+        };
+        let top = doc.keys.iter().map(|k| k.version).max().unwrap_or(0).max(doc.current);
+        self.kv.put_doc(DATA_KEYS, tenant, &TenantKeyDoc { current: top, keys: Vec::new(), shredded_through: top })?;
+        self.tenants.write().remove(tenant);
+        Ok(doc.keys.len())
+    }
+
+    /// Tenants whose data keys were shredded.
+    pub fn shredded_tenants(&self) -> AppResult<Vec<String>> {
+        Ok(self
+            .kv
+            .scan_docs::<TenantKeyDoc>(DATA_KEYS)?
+            .into_iter()
+            .filter(|(_, d)| d.shredded_through > 0)
+            .map(|(t, _)| t)
+            .collect())
+    }
+
     /// Tenants with a data key not wrapped by the current master key.
     pub fn stale_tenants(&self) -> AppResult<Vec<String>> {
         let id = self.master_id();
@@ -431,7 +459,9 @@ impl Keyring {
             return Ok((t.current, c.clone()));
         }
         let key = Zeroizing::new(rand::random::<[u8; 32]>());
-        let version = 1u32;
+        // After a shred the stored doc keeps the highest version destroyed: never reuse it.
+        let shredded_through = self.kv.get_doc::<TenantKeyDoc>(DATA_KEYS, tenant)?.map_or(0, |d| d.shredded_through);
+        let version = shredded_through + 1;
         let master = self.master.read().clone();
         let doc = TenantKeyDoc {
             current: version,
@@ -441,6 +471,7 @@ impl Keyring {
                 wrapped: wrap_one(&master, tenant, version, key.as_slice())?,
                 created_at: self.clock.now(),
             }],
+            shredded_through,
         };
         self.kv.put_doc(DATA_KEYS, tenant, &doc)?;
         let cipher =

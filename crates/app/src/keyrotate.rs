@@ -174,6 +174,9 @@ pub struct ValidationReport {
     /// Tenants with a data key wrapped by another (retired) master key.
     pub stale_tenants: Vec<String>,
     pub records: u64,
+    /// Crypto-shredded tenants; their records sealed under destroyed keys are counted apart.
+    pub shredded_tenants: Vec<String>,
+    pub shredded_records: u64,
     /// Records that could not be read (at most 20 named).
     pub unreadable: Vec<String>,
     pub unreadable_count: u64,
@@ -184,18 +187,25 @@ pub struct ValidationReport {
 pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> {
     let (lines, chain_problem) = read_chain(&d.data.keys_dir())?;
     let stale_tenants = d.keyring.stale_tenants()?;
+    let shredded_tenants = d.keyring.shredded_tenants()?;
     let keys = crate::snapshot::record_keys(d).await?;
+    let shredded = shredded_tenants.clone();
     let d2 = d.clone();
-    let (records, unreadable, unreadable_count) = tokio::task::spawn_blocking(move || {
-        let (mut bad, mut n_bad) = (Vec::new(), 0u64);
+    let (records, shredded_records, unreadable, unreadable_count) = tokio::task::spawn_blocking(move || {
+        let (mut bad, mut n_bad, mut n_shredded) = (Vec::new(), 0u64, 0u64);
         for k in &keys {
             let ok = daena_store::records::split_key(k).and_then(|(t, c, key)| {
                 let who = Principal::local_operator(daena_core::ids::TenantId::new(t).ok()?);
-                Some(crate::memory::get(&d2, &who, c, key).map_err(|e| format!("{t}/{c}/{key}: {}", e.message)))
+                Some(
+                    crate::memory::get(&d2, &who, c, key)
+                        .map_err(|e| (t.to_owned(), format!("{t}/{c}/{key}: {}", e.message))),
+                )
             });
             match ok {
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
+                // Sealed under a destroyed key: unreadable by design.
+                Some(Err((t, e))) if shredded.contains(&t) && e.contains("shredded") => n_shredded += 1,
+                Some(Err((_, e))) => {
                     n_bad += 1;
                     if bad.len() < 20 {
                         bad.push(e);
@@ -209,7 +219,7 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
                 }
             }
         }
-        (keys.len() as u64, bad, n_bad)
+        (keys.len() as u64 - n_shredded, n_shredded, bad, n_bad)
     })
     .await
     .map_err(|e| AppError::internal(format!("validation task: {e}")))?;
@@ -220,6 +230,8 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
         chain_problem,
         stale_tenants,
         records,
+        shredded_tenants,
+        shredded_records,
         unreadable,
         unreadable_count,
     })
@@ -237,4 +249,60 @@ pub fn status(d: &Daena) -> AppResult<crypto::KeyStatus> {
         }
     }
     Ok(st)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShredReport {
+    pub tenant: String,
+    pub data_keys_destroyed: usize,
+    /// The tenant's LLM cache entries, evicted through the ledger first.
+    pub cache_entries_evicted: usize,
+    /// The tenant's records, unreadable from now on (they stay, sealed, as does the ledger).
+    pub records_unreadable: u64,
+    pub ledger_seq: Option<u64>,
+}
+
+/// Crypto-shreds a tenant: evicts its LLM cache entries, destroys its data keys, purges its
+/// decoded records from L1. Its records and ledger entries stay, sealed and unreadable; the
+/// ledger still verifies. `confirm` must repeat the tenant id. Snapshots taken before still
+/// hold the wrapped keys: delete them too, or the data can be restored.
+pub async fn shred(
+    d: &Daena,
+    who: &Principal,
+    tenant: &daena_core::ids::TenantId,
+    confirm: &str,
+) -> AppResult<ShredReport> {
+    if confirm != tenant.as_str() {
+        return Err(AppError::invalid(format!(
+            "crypto-shredding destroys tenant {tenant}'s data for good: confirm by repeating the tenant id"
+        )));
+    }
+    let mut evicted = 0;
+    for m in d.cas.all().into_iter().filter(|m| m.tenant == tenant.as_str()) {
+        let op = crate::cas::CasOp::Evict { tenant: m.tenant.clone(), key: m.key, reason: "shred", actor: who.actor() };
+        if d.commit.submit(crate::commit::Op::Cas(Box::new(op))).await.is_ok() {
+            evicted += 1;
+        }
+    }
+    let destroyed = d.keyring.shred(tenant.as_str())?;
+    let mut prefix = tenant.as_str().as_bytes().to_vec();
+    prefix.push(0);
+    let cached: Vec<Vec<u8>> =
+        d.memory.l1.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| (*k).clone()).collect();
+    for k in cached {
+        d.memory.l1.invalidate(&k);
+    }
+    let records = crate::snapshot::record_keys(d).await?.iter().filter(|k| k.starts_with(&prefix)).count() as u64;
+    let entry =
+        daena_core::ledger::NewEntry::new(tenant.as_str(), who.actor(), "key.shred", format!("tenant/{tenant}")).attrs(
+            serde_json::json!({"data_keys_destroyed": destroyed, "cache_entries_evicted": evicted, "records": records}),
+        );
+    let seq = d.commit.append(vec![entry]).await?.first().map(|r| r.seq);
+    Ok(ShredReport {
+        tenant: tenant.to_string(),
+        data_keys_destroyed: destroyed,
+        cache_entries_evicted: evicted,
+        records_unreadable: records,
+        ledger_seq: seq,
+    })
 }

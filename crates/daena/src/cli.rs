@@ -215,6 +215,17 @@ pub enum KeyCommand {
     /// every record reads; exit 1 otherwise
     #[command(after_help = "Example:\n  DAENA_API_KEY=ops-key daena key validate --json")]
     Validate,
+    /// Crypto-shred a tenant: destroy its data keys so its records can never be read again
+    /// (they and the ledger stay; the ledger still verifies). Cannot be undone. Snapshots
+    /// taken before still hold the wrapped keys: delete them too
+    #[command(after_help = "Example:\n  DAENA_API_KEY=ops-key daena key shred --tenant acme --confirm acme")]
+    Shred {
+        #[arg(long)]
+        tenant: String,
+        /// The tenant id again
+        #[arg(long, value_name = "TENANT")]
+        confirm: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -170,3 +170,119 @@ async fn an_interrupted_rotation_is_undone_or_completed_at_start() {
         .expect("json");
     assert_eq!(body["payload"], json!({"x": 1}), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shredded_tenant_is_unreadable_and_the_ledger_still_verifies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[]);
+    let http = client();
+    let put = |tenant: &'static str, key: &'static str, v: i64| {
+        let (http, url) = (http.clone(), server.url.clone());
+        async move {
+            http.put(format!("{url}/api/v1/memory/chat/{key}"))
+                .header("X-API-Key", OPS)
+                .header("X-Tenant-ID", tenant)
+                .json(&json!({"payload": {"v": v}}))
+                .send()
+                .await
+                .expect("put")
+                .status()
+                .as_u16()
+        }
+    };
+    let get = |tenant: &'static str, key: &'static str| {
+        let (http, url) = (http.clone(), server.url.clone());
+        async move {
+            let r = http
+                .get(format!("{url}/api/v1/memory/chat/{key}"))
+                .header("X-API-Key", OPS)
+                .header("X-Tenant-ID", tenant)
+                .send()
+                .await
+                .expect("get");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    for (t, k) in [("acme", "a1"), ("acme", "a2"), ("default", "d1")] {
+        assert_eq!(put(t, k, 1).await, 201);
+    }
+    assert_eq!(get("acme", "a1").await.0, 200, "warm L1 with the plaintext");
+    let chat =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarize the acme churn report."}]});
+    let answer = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "secret acme answer"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5}});
+    let r = http
+        .post(format!("{}/api/v1/cas/store", server.url))
+        .header("X-API-Key", OPS)
+        .header("X-Tenant-ID", "acme")
+        .json(&json!({"request": chat, "response": answer}))
+        .send()
+        .await
+        .expect("store");
+    assert!(r.status().is_success(), "{}", r.status());
+
+    let o =
+        run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["key", "shred", "--tenant", "acme", "--confirm", "acm"]));
+    assert_eq!(o.status.code(), Some(1), "a wrong confirmation is refused");
+    assert_eq!(get("acme", "a1").await.0, 200);
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args([
+        "key",
+        "shred",
+        "--tenant",
+        "acme",
+        "--confirm",
+        "acme",
+        "--json",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&stdout(&o)).expect("report");
+    assert_eq!(r["data_keys_destroyed"], 1);
+    assert_eq!(r["cache_entries_evicted"], 1);
+    assert_eq!(r["records_unreadable"], 2);
+
+    let (status, body) = get("acme", "a1").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shredded"), "{body}");
+    assert!(!body.contains("\"v\""), "{body}");
+    assert_eq!(get("default", "d1").await.0, 200, "other tenants are untouched");
+    let lookup: Value = http
+        .post(format!("{}/api/v1/cas/lookup", server.url))
+        .header("X-API-Key", OPS)
+        .header("X-Tenant-ID", "acme")
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarize the acme churn report."}]}))
+        .send()
+        .await
+        .expect("lookup")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(lookup["hit"], false, "{lookup}");
+    // New data for the tenant gets a new key; the old stays unreadable, also after a restart.
+    assert_eq!(put("acme", "a3", 3).await, 201);
+    assert_eq!(get("acme", "a3").await.0, 200);
+    server.stop();
+    let o = run(daena(tmp.path()).args(["ledger", "verify"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let server = Server::start(tmp.path(), &[]);
+    let get2 = |key: &'static str| {
+        let (http, url) = (http.clone(), server.url.clone());
+        async move {
+            http.get(format!("{url}/api/v1/memory/chat/{key}"))
+                .header("X-API-Key", OPS)
+                .header("X-Tenant-ID", "acme")
+                .send()
+                .await
+                .expect("get")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get2("a2").await, 503);
+    assert_eq!(get2("a3").await, 200);
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["key", "validate", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("validation");
+    assert_eq!(v["shredded_tenants"], json!(["acme"]));
+    assert_eq!(v["shredded_records"], 2, "{v}");
+}

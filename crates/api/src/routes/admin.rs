@@ -224,3 +224,25 @@ pub async fn validate_keys(
 ) -> ApiResult<axum::Json<daena_app::keyrotate::ValidationReport>> {
     Ok(axum::Json(daena_app::keyrotate::validate(&state).await?))
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShredRequest {
+    /// The tenant id again: crypto-shredding cannot be undone.
+    pub confirm: String,
+}
+
+/// Crypto-shreds a tenant: its data keys are destroyed, its cache entries evicted; its records
+/// stay sealed and unreadable and the ledger still verifies. Ledgered as `key.shred`.
+#[utoipa::path(post, path = "/api/v1/admin/tenants/{tenant}/shred", tag = "admin", request_body = ShredRequest,
+    params(("tenant" = String, Path)),
+    responses((status = 200, body = daena_app::keyrotate::ShredReport), AuthErrors, BodyErrors), security(("api_key" = [])))]
+pub async fn shred_tenant(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+    Path(tenant): Path<String>,
+    Json(req): Json<ShredRequest>,
+) -> ApiResult<axum::Json<daena_app::keyrotate::ShredReport>> {
+    let tenant = TenantId::new(&tenant).map_err(AppError::from)?;
+    Ok(axum::Json(daena_app::keyrotate::shred(&state, &who, &tenant, &req.confirm).await?))
+}

@@ -46,6 +46,35 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        KeyCommand::Shred { tenant, confirm } => {
+            let t = TenantId::new(&tenant).map_err(|e| anyhow!("--tenant: {e}"))?;
+            let r: keyrotate::ShredReport = match target(global, "key shred")? {
+                Target::Remote(r) => {
+                    let path = format!("/api/v1/admin/tenants/{}/shred", crate::client::segment(&tenant));
+                    r.post(&path, &serde_json::json!({"confirm": confirm})).await?
+                }
+                Target::Offline(d) => {
+                    let who = Principal::local_operator(t.clone());
+                    let result = keyrotate::shred(&d, &who, &t, &confirm).await;
+                    d.shutdown().await.map_err(|e| anyhow!(e.message))?;
+                    result.map_err(|e| anyhow!(e.message))?
+                }
+            };
+            if global.json {
+                crate::output::json(&r)?;
+            } else {
+                println!(
+                    "tenant {} shredded: {} data keys destroyed, {} cache entries evicted, {} records unreadable{}",
+                    r.tenant,
+                    r.data_keys_destroyed,
+                    r.cache_entries_evicted,
+                    r.records_unreadable,
+                    r.ledger_seq.map(|s| format!("; ledger entry {s}")).unwrap_or_default()
+                );
+                println!("snapshots taken before hold the wrapped keys: delete them (`daena snapshot list`)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         KeyCommand::Validate => {
             let v: ValidationReport = match target(global, "key validate")? {
                 Target::Remote(r) => r.post("/api/v1/admin/key-validation", &serde_json::json!({})).await?,
