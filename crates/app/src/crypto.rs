@@ -330,6 +330,22 @@ pub fn rewrap_file(state_db: &std::path::Path, old: &MasterKey, new: &MasterKey)
     Ok(n)
 }
 
+/// Copies into the redb file `into` the data keys of tenants it lacks from the redb file
+/// `from` (both under the same master key). A rebuild replays entries written after its
+/// snapshot, and a tenant whose first write came after it has its key only in the current
+/// state. Returns how many tenants were added.
+pub fn merge_missing_data_keys(into: &std::path::Path, from: &std::path::Path) -> AppResult<usize> {
+    let Some(theirs) = daena_store::kv::read_docs_untouched::<TenantKeyDoc>(from, DATA_KEYS)? else {
+        return Ok(0);
+    };
+    let kv = Kv::open(into, 16 * 1024 * 1024)?;
+    let ours: std::collections::HashSet<String> =
+        kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?.into_iter().map(|(t, _)| t).collect();
+    let missing: Vec<(String, TenantKeyDoc)> = theirs.into_iter().filter(|(t, _)| !ours.contains(t)).collect();
+    kv.put_docs(DATA_KEYS, &missing)?;
+    Ok(missing.len())
+}
+
 fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResult<HashMap<String, TenantKeys>> {
     let mut tenants = HashMap::new();
     for (tenant, doc) in docs {

@@ -722,6 +722,14 @@ pub fn rebuild(loaded: &crate::config::LoadedConfig, spec: Rebuild<'_>) -> AppRe
             return Err(AppError::invalid(format!("copied {copied} entries, expected {to_seq}")));
         }
         adopt_master(&data, loaded, &staging.join(STATE), &chosen.master_key_id)?;
+        // Tenants whose first write came after the snapshot have their data key only in the
+        // current state; the entries replayed at open need it.
+        let current = root.join(STATE);
+        if current.exists() {
+            crate::crypto::merge_missing_data_keys(&staging.join(STATE), &current)?;
+            let master = crate::crypto::load_master(&data, loaded.secrets.memory_aes_key.as_ref())?;
+            crate::crypto::check_master(&staging.join(STATE), &master)?;
+        }
         let aside = swap_in(root, &staging, &stamp)?;
         Ok(RollbackReport {
             to_seq,
