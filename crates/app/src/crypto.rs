@@ -330,20 +330,38 @@ pub fn rewrap_file(state_db: &std::path::Path, old: &MasterKey, new: &MasterKey)
     Ok(n)
 }
 
-/// Copies into the redb file `into` the data keys of tenants it lacks from the redb file
-/// `from` (both under the same master key). A rebuild replays entries written after its
-/// snapshot, and a tenant whose first write came after it has its key only in the current
-/// state. Returns how many tenants were added.
+/// Copies into the redb file `into` the data keys it lacks from the redb file `from` (both
+/// under the same master key): tenants, and versions of tenants, created after `into` was.
+/// A rebuild replays entries written after its snapshot, which may be sealed under such keys
+/// (a tenant's first write, or a rotation's new version). Returns how many keys were added.
 pub fn merge_missing_data_keys(into: &std::path::Path, from: &std::path::Path) -> AppResult<usize> {
     let Some(theirs) = daena_store::kv::read_docs_untouched::<TenantKeyDoc>(from, DATA_KEYS)? else {
         return Ok(0);
     };
     let kv = Kv::open(into, 16 * 1024 * 1024)?;
-    let ours: std::collections::HashSet<String> =
-        kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?.into_iter().map(|(t, _)| t).collect();
-    let missing: Vec<(String, TenantKeyDoc)> = theirs.into_iter().filter(|(t, _)| !ours.contains(t)).collect();
-    kv.put_docs(DATA_KEYS, &missing)?;
-    Ok(missing.len())
+    let mut ours: HashMap<String, TenantKeyDoc> = kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?.into_iter().collect();
+    let mut added = 0;
+    let mut changed = Vec::new();
+    for (tenant, doc) in theirs {
+        match ours.remove(&tenant) {
+            None => {
+                added += doc.keys.len();
+                changed.push((tenant, doc));
+            }
+            Some(mut mine) => {
+                let missing: Vec<WrappedKey> =
+                    doc.keys.into_iter().filter(|k| !mine.keys.iter().any(|m| m.version == k.version)).collect();
+                if !missing.is_empty() {
+                    added += missing.len();
+                    mine.keys.extend(missing);
+                    mine.current = mine.current.max(doc.current);
+                    changed.push((tenant, mine));
+                }
+            }
+        }
+    }
+    kv.put_docs(DATA_KEYS, &changed)?;
+    Ok(added)
 }
 
 fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResult<HashMap<String, TenantKeys>> {
@@ -416,6 +434,50 @@ impl Keyring {
         self.kv.put_doc(DATA_KEYS, tenant, &TenantKeyDoc { current: top, keys: Vec::new(), shredded_through: top })?;
         self.tenants.write().remove(tenant);
         Ok(doc.keys.len())
+    }
+
+    /// Whether `tenant`'s data key `version` is at hand (not shredded).
+    pub fn has_version(&self, tenant: &str, version: u32) -> bool {
+        self.tenants.read().get(tenant).is_some_and(|t| t.ciphers.contains_key(&version))
+    }
+
+    /// The version new records of `tenant` are sealed with, if it has a key.
+    pub fn current_version(&self, tenant: &str) -> Option<u32> {
+        self.tenants.read().get(tenant).filter(|t| t.ciphers.contains_key(&t.current)).map(|t| t.current)
+    }
+
+    /// Gives every tenant a new data key version (wrapped under the current master key), used
+    /// for new records from now on; older versions stay for reading until their records are
+    /// sealed again. Returns how many tenants got one.
+    pub fn new_data_key_versions(&self) -> AppResult<usize> {
+        let _guard = self.create.lock();
+        let master = self.master.read().clone();
+        let mut docs = self.kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?;
+        docs.retain(|(_, d)| !d.keys.is_empty());
+        let mut fresh = Vec::with_capacity(docs.len());
+        for (tenant, doc) in &mut docs {
+            let version =
+                doc.keys.iter().map(|k| k.version).max().unwrap_or(0).max(doc.current).max(doc.shredded_through) + 1;
+            let key = Zeroizing::new(rand::random::<[u8; 32]>());
+            doc.keys.push(WrappedKey {
+                version,
+                master_key_id: master.id.clone(),
+                wrapped: wrap_one(&master, tenant, version, key.as_slice())?,
+                created_at: self.clock.now(),
+            });
+            doc.current = version;
+            let cipher =
+                Arc::new(Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| AppError::internal("bad key length"))?);
+            fresh.push((tenant.clone(), version, cipher));
+        }
+        self.kv.put_docs(DATA_KEYS, &docs)?;
+        let mut tenants = self.tenants.write();
+        for (tenant, version, cipher) in fresh {
+            let t = tenants.entry(tenant).or_insert_with(|| TenantKeys { current: version, ciphers: BTreeMap::new() });
+            t.ciphers.insert(version, cipher);
+            t.current = version;
+        }
+        Ok(docs.len())
     }
 
     /// Tenants whose data keys were shredded.

@@ -1,8 +1,9 @@
 //! Master key rotation and validation.
 //!
 //! A rotation wraps every tenant data key under a new master key in one transaction and makes
-//! it the master from then on; the data keys do not change, so records are not re-encrypted
-//! and requests go on during it. With the master key in `keys/master.key`, the new key is
+//! it the master from then on, gives every tenant a new data key version for new records, and
+//! then seals every record again under it through the commit thread (ledgered, one record at
+//! a time, with progress), while requests go on: old versions stay readable until then. With the master key in `keys/master.key`, the new key is
 //! written to `keys/master.key.next` first, the retired one is kept as
 //! `keys/retired/master-<id>.key` (so snapshots sealed under it can still be restored), and an
 //! interrupted rotation is completed or undone at the next start (`crypto::finish_rotation`).
@@ -30,8 +31,11 @@ pub struct RotationReport {
     pub new_key_id: String,
     pub tenants: usize,
     pub data_keys: usize,
-    /// Records re-encrypted: none, as rotating the master key re-wraps the data keys only.
+    /// Tenants given a new data key version.
+    pub new_data_key_versions: usize,
+    /// Records sealed again under the new data keys (with --dry-run: records that would be).
     pub records_reencrypted: u64,
+    pub reencryption: crate::memory::aging::ResealReport,
     pub ledger_seq: Option<u64>,
     pub next_step: String,
 }
@@ -79,7 +83,13 @@ fn read_chain(keys: &Path) -> AppResult<(Vec<RotationLine>, Option<String>)> {
 
 /// Rotates the master key (see the module). `new_key` is `DAENA_MEMORY_AES_KEY_NEW`, needed
 /// when the master key comes from the environment.
-pub async fn rotate(d: &Daena, who: &Principal, new_key: Option<&Secret>, dry_run: bool) -> AppResult<RotationReport> {
+pub async fn rotate(
+    d: &Daena,
+    who: &Principal,
+    new_key: Option<&Secret>,
+    dry_run: bool,
+    progress: impl FnMut(u64, u64),
+) -> AppResult<RotationReport> {
     let keys = d.data.keys_dir();
     let from_env = d.keyring.master_source() == "DAENA_MEMORY_AES_KEY";
     let old_id = d.keyring.master_id();
@@ -103,13 +113,16 @@ pub async fn rotate(d: &Daena, who: &Principal, new_key: Option<&Secret>, dry_ru
     let new_id = new.id.clone();
     if dry_run {
         let (tenants, data_keys) = d.keyring.rewrap(new, true)?;
+        let (scanned, _) = crate::memory::aging::stale_records(d).await?;
         return Ok(RotationReport {
             dry_run,
             old_key_id: old_id,
             new_key_id: new_id,
             tenants,
             data_keys,
-            records_reencrypted: 0,
+            new_data_key_versions: tenants,
+            records_reencrypted: scanned,
+            reencryption: crate::memory::aging::ResealReport { scanned, stale: scanned, ..Default::default() },
             ledger_seq: None,
             next_step: "run without --dry-run".into(),
         });
@@ -120,6 +133,21 @@ pub async fn rotate(d: &Daena, who: &Principal, new_key: Option<&Secret>, dry_ru
     let (tenants, data_keys) = d.keyring.rewrap(new, false)?;
     if bytes.is_some() {
         crypto::finish_rotation_files(&keys, &old_id)?;
+    }
+    // New data key versions for new records, then every record sealed again under them.
+    let new_versions = d.keyring.new_data_key_versions()?;
+    let mut progress = progress;
+    let mut reencryption = crate::memory::aging::reseal_stale(d, &who.actor(), &mut progress).await?;
+    // Writes sealed just before the switch may land after the scan: look again until clean.
+    for _ in 0..3 {
+        let again = crate::memory::aging::reseal_stale(d, &who.actor(), &mut progress).await?;
+        reencryption.resealed += again.resealed;
+        reencryption.skipped += again.skipped;
+        reencryption.errors += again.errors;
+        reencryption.stale += again.stale;
+        if again.stale == 0 {
+            break;
+        }
     }
     let (chain, broken) = read_chain(&keys)?;
     if let Some(b) = broken {
@@ -153,7 +181,9 @@ pub async fn rotate(d: &Daena, who: &Principal, new_key: Option<&Secret>, dry_ru
         new_key_id: new_id,
         tenants,
         data_keys,
-        records_reencrypted: 0,
+        new_data_key_versions: new_versions,
+        records_reencrypted: reencryption.resealed,
+        reencryption,
         ledger_seq: seq,
         next_step: if from_env {
             "set DAENA_MEMORY_AES_KEY to the new key (the value of DAENA_MEMORY_AES_KEY_NEW) before the next start"
@@ -180,6 +210,8 @@ pub struct ValidationReport {
     /// Records that could not be read (at most 20 named).
     pub unreadable: Vec<String>,
     pub unreadable_count: u64,
+    /// Records still sealed under an older data key version of their tenant.
+    pub records_under_old_data_keys: u64,
 }
 
 /// Checks the rotation chain, that every data key is under the current master key, and that
@@ -188,6 +220,7 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
     let (lines, chain_problem) = read_chain(&d.data.keys_dir())?;
     let stale_tenants = d.keyring.stale_tenants()?;
     let shredded_tenants = d.keyring.shredded_tenants()?;
+    let (_, old_versions) = crate::memory::aging::stale_records(d).await?;
     let keys = crate::snapshot::record_keys(d).await?;
     let shredded = shredded_tenants.clone();
     let d2 = d.clone();
@@ -224,7 +257,8 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
     .await
     .map_err(|e| AppError::internal(format!("validation task: {e}")))?;
     Ok(ValidationReport {
-        ok: chain_problem.is_none() && stale_tenants.is_empty() && unreadable_count == 0,
+        ok: chain_problem.is_none() && stale_tenants.is_empty() && unreadable_count == 0 && old_versions.is_empty(),
+        records_under_old_data_keys: old_versions.len() as u64,
         master_key_id: d.keyring.master_id(),
         rotations: lines.len(),
         chain_problem,

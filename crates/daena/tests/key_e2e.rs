@@ -79,6 +79,9 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     assert_eq!(report["old_key_id"], old_id.as_str());
     assert_ne!(report["new_key_id"], old_id.as_str());
     assert_eq!(report["tenants"], 2, "{report}");
+    assert_eq!(report["new_data_key_versions"], 2, "{report}");
+    assert!(report["records_reencrypted"].as_u64().unwrap_or(0) >= 20, "every seeded record sealed again: {report}");
+    assert_eq!(report["reencryption"]["errors"], 0, "{report}");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed during the rotation");
     assert!(ok.load(Ordering::Relaxed) > 20);
     assert!(
@@ -91,6 +94,7 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let v: Value = serde_json::from_str(&stdout(&o)).expect("validation");
     assert_eq!(v["rotations"], 1);
+    assert_eq!(v["records_under_old_data_keys"], 0, "{v}");
     assert!(v["records"].as_u64().unwrap_or(0) >= 20, "{v}");
     assert!(tmp.path().join(format!("data/keys/retired/master-{old_id}.key")).exists());
     server.stop();
@@ -105,6 +109,41 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
         .await
         .expect("get");
     assert!(r.status().is_success());
+    let r = http
+        .put(format!("{}/api/v1/memory/chat/after", server.url))
+        .header("X-API-Key", OPS)
+        .json(&json!({"payload": {"after": true}}))
+        .send()
+        .await
+        .expect("put");
+    assert!(r.status().is_success());
+    let head: Value = http
+        .get(format!("{}/api/v1/ledger/head", server.url))
+        .header("X-API-Key", OPS)
+        .send()
+        .await
+        .expect("head")
+        .json()
+        .await
+        .expect("json");
+    server.stop();
+
+    // A rollback across the rotation replays records re-sealed under the new data key
+    // versions, which only the current state holds.
+    let to = head["size"].as_u64().expect("size") - 1;
+    let o = run(daena(tmp.path()).args(["rollback", "--to", &to.to_string()]));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let server = Server::start(tmp.path(), &[]);
+    for t in ["default", "acme"] {
+        let r = http
+            .get(format!("{}/api/v1/memory/chat/seed5", server.url))
+            .header("X-API-Key", OPS)
+            .header("X-Tenant-ID", t)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), 200, "{t}: {}", r.text().await.unwrap_or_default());
+    }
     server.stop();
 
     // The snapshot sealed under the old key restores, its data keys re-wrapped under the new one.

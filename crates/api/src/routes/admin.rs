@@ -211,7 +211,7 @@ pub async fn rotate_key(
     Auth(who, _): Auth<OpsOnly>,
     Json(req): Json<RotateRequest>,
 ) -> ApiResult<axum::Json<daena_app::keyrotate::RotationReport>> {
-    Ok(axum::Json(daena_app::keyrotate::rotate(&state, &who, None, req.dry_run).await?))
+    Ok(axum::Json(daena_app::keyrotate::rotate(&state, &who, None, req.dry_run, |_, _| {}).await?))
 }
 
 /// Validates keys: the rotation chain, every data key under the current master key, every

@@ -194,3 +194,110 @@ fn count(report: &mut AgingReport, d: Decision) {
         Decision::Keep => {}
     }
 }
+
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ResealReport {
+    pub scanned: u64,
+    /// Records sealed under an older data key version before the run.
+    pub stale: u64,
+    pub resealed: u64,
+    /// Changed meanwhile (a newer write is already under the current key).
+    pub skipped: u64,
+    pub errors: u64,
+}
+
+/// Records sealed under an older data key version than their tenant's current one, with the
+/// change sequence number seen; and how many records were scanned.
+pub async fn stale_records(d: &Daena) -> AppResult<(u64, Vec<(Addr, u64)>)> {
+    d.commit.settle().await?;
+    let mut scanned = 0u64;
+    let mut stale: Vec<(Addr, u64)> = Vec::new();
+    let db = d.memory.kv.db();
+    records::scan(db, &[], None, |k, row| {
+        scanned += 1;
+        let Some((t, c, key)) = records::split_key(k) else { return Ok(true) };
+        let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key)) else {
+            return Ok(true);
+        };
+        let Some(current) = d.memory.keyring.current_version(t) else { return Ok(true) };
+        let version = match &row.body {
+            RowBody::Inline(b) => crate::crypto::parse_header(b).map(|(_, v)| v).ok(),
+            RowBody::Cold { segment, offset, len } => d
+                .memory
+                .cold
+                .read(*segment, *offset, *len)
+                .ok()
+                .and_then(|b| crate::crypto::parse_header(&b).map(|(_, v)| v).ok()),
+        };
+        // Records under a shredded version stay as they are: nothing can open them.
+        if version.is_some_and(|v| v < current && d.memory.keyring.has_version(t, v)) {
+            stale.push((Addr { tenant, class, key }, row.seq));
+        }
+        Ok(true)
+    })?;
+    Ok((scanned, stale))
+}
+
+/// Seals again, under each tenant's current data key, every record sealed under an older
+/// version, in place through the commit thread (ledgered as `memory.age` / `reseal`), so
+/// requests go on. `progress(done, total)` is called as it goes.
+pub async fn reseal_stale(d: &Daena, actor: &str, mut progress: impl FnMut(u64, u64)) -> AppResult<ResealReport> {
+    if !d.writes_enabled() {
+        return Err(AppError::new(
+            ErrorCode::WritesDisabled,
+            "re-encryption changes records; the service is read-only",
+        ));
+    }
+    let (scanned, stale) = stale_records(d).await?;
+    let mut report = ResealReport { scanned, ..ResealReport::default() };
+    report.stale = stale.len() as u64;
+    let total = report.stale;
+    for (n, (addr, seq)) in stale.into_iter().enumerate() {
+        progress(n as u64, total);
+        let Some(row) = d.memory.row(&addr.table_key())? else {
+            report.skipped += 1;
+            continue;
+        };
+        if row.seq != seq {
+            report.skipped += 1;
+            continue;
+        }
+        let envelope = match &row.body {
+            RowBody::Inline(b) => b.clone(),
+            RowBody::Cold { segment, offset, len } => d.memory.cold.read(*segment, *offset, *len)?,
+        };
+        let (m, a, level) = (d.memory.clone(), addr.clone(), i32::from(row.level));
+        let sealed = tokio::task::spawn_blocking(move || {
+            codec::recompress(&m.keyring, &a.tenant, a.class.as_str(), a.key.as_str(), &envelope, level)
+        })
+        .await
+        .map_err(|e| AppError::internal(format!("reseal task: {e}")))?;
+        let (envelope, raw_len) = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not re-seal a record");
+                report.errors += 1;
+                continue;
+            }
+        };
+        let op = MemoryOp::Age {
+            addr,
+            actor: actor.to_owned(),
+            action: AgeAction::Reseal,
+            envelope,
+            raw_len,
+            level: row.level,
+            expect_seq: seq,
+        };
+        match d.commit.submit(Op::Memory(Box::new(op))).await {
+            Ok(_) => report.resealed += 1,
+            Err(e) if matches!(e.code, ErrorCode::VersionConflict | ErrorCode::NotFound) => report.skipped += 1,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "re-sealing a record failed");
+                report.errors += 1;
+            }
+        }
+    }
+    progress(total, total);
+    Ok(report)
+}

@@ -67,6 +67,8 @@ pub enum MemoryOp {
 pub enum AgeAction {
     Tighten,
     Archive,
+    /// Sealed again under the tenant's current data key (key rotation), in place.
+    Reseal,
 }
 
 #[derive(Debug)]
@@ -210,6 +212,7 @@ impl MemoryState {
                 }
                 let (what, to) = match action {
                     AgeAction::Tighten => ("tighten_compression", row.tier),
+                    AgeAction::Reseal => ("reseal", row.tier),
                     AgeAction::Archive => ("archive", Tier::L3),
                 };
                 let from = row.tier;

@@ -25,7 +25,14 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 }
                 Target::Offline(d) => {
                     let who = Principal::local_operator(TenantId::default_tenant());
-                    let result = keyrotate::rotate(&d, &who, new_key.as_ref(), dry_run).await;
+                    let mut bar = crate::output::Progress::new("re-encrypting records", None);
+                    let mut seen = 0;
+                    let result = keyrotate::rotate(&d, &who, new_key.as_ref(), dry_run, |done, _total| {
+                        bar.inc(done.saturating_sub(seen));
+                        seen = done;
+                    })
+                    .await;
+                    bar.finish();
                     d.shutdown().await.map_err(|e| anyhow!(e.message))?;
                     result.map_err(|e| anyhow!(e.message))?
                 }
@@ -34,17 +41,22 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 crate::output::json(&r)?;
             } else {
                 println!(
-                    "{}master key {} -> {}: {} data keys of {} tenants re-wrapped; records unchanged{}",
+                    "{}master key {} -> {}: {} data keys of {} tenants re-wrapped, {} new data key versions, {} records \
+                     re-encrypted ({} skipped as changed meanwhile, {} errors){}",
                     if r.dry_run { "dry run: " } else { "" },
                     r.old_key_id,
                     r.new_key_id,
                     r.data_keys,
                     r.tenants,
+                    r.new_data_key_versions,
+                    r.records_reencrypted,
+                    r.reencryption.skipped,
+                    r.reencryption.errors,
                     r.ledger_seq.map(|s| format!("; ledger entry {s}")).unwrap_or_default()
                 );
                 println!("next: {}", r.next_step);
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if r.reencryption.errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         KeyCommand::Shred { tenant, confirm } => {
             let t = TenantId::new(&tenant).map_err(|e| anyhow!("--tenant: {e}"))?;
@@ -102,6 +114,10 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                     }
                 );
                 println!("records:        {} read, {} unreadable", v.records - v.unreadable_count, v.unreadable_count);
+                println!(
+                    "old data keys:  {} records still sealed under an older version",
+                    v.records_under_old_data_keys
+                );
                 for u in &v.unreadable {
                     println!("  {u}");
                 }
