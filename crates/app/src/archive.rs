@@ -13,7 +13,6 @@
 //! checks every record as well as the whole.
 
 use crate::Daena;
-use crate::auth::Principal;
 use crate::clock::rfc3339;
 use crate::error::{AppError, AppResult};
 use daena_core::ids::TenantId;
@@ -95,8 +94,7 @@ fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: 
     std::fs::create_dir_all(dir).map_err(|e| io(dir.display(), e))?;
     let now = d.clock.now();
     let created_at = rfc3339(now);
-    let stamp = created_at.replace([':', '-'], "");
-    let stamp = stamp.split('.').next().unwrap_or(&stamp).trim_end_matches('Z').to_owned() + "Z";
+    let stamp = crate::clock::compact_stamp(now);
     let path = dir.join(format!("legacy_archive_{stamp}.json.zst"));
     let part = dir.join(format!(".legacy_archive_{stamp}.json.zst.part"));
     let mut open = std::fs::OpenOptions::new();
@@ -120,18 +118,13 @@ fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: 
     write_line(&mut out, &header)?;
     let mut hasher = Sha256::new();
     let (mut records, mut tenants) = (0u64, std::collections::BTreeSet::new());
+    let only = tenant.map(|t| daena_store::records::tenant_prefix(t.as_str()));
     for k in keys {
-        let Some((t, class, key)) = daena_store::records::split_key(&k) else {
-            return Err(AppError::internal(format!(
-                "a record address is malformed: {:?}",
-                String::from_utf8_lossy(&k)
-            )));
-        };
-        if tenant.is_some_and(|want| want.as_str() != t) {
+        if only.as_ref().is_some_and(|p| !k.starts_with(p)) {
             continue;
         }
-        let who = Principal::local_operator(TenantId::new(t)?);
-        let (view, _) = crate::memory::get(d, &who, class, key)?;
+        let view = crate::memory::get_stored(d, &k)?;
+        let (t, class, key) = (view.addr.tenant.as_str(), view.addr.class.as_str(), view.addr.key.as_str());
         let payload: Value = serde_json::from_str(&view.plain.payload).map_err(|e| io("a stored payload", e))?;
         let meta: Value = if view.plain.meta.is_empty() {
             Value::Null

@@ -54,6 +54,16 @@ pub fn rfc3339(t: Micros) -> String {
         .unwrap_or_else(|| format!("@{}us", t.0))
 }
 
+/// `t` cut to whole seconds (RFC 3339 text without a fraction).
+pub fn whole_seconds(t: Micros) -> Micros {
+    Micros(t.0 - t.0.rem_euclid(1_000_000))
+}
+
+/// A timestamp for file names, to the second: `20261128T101500Z`.
+pub fn compact_stamp(t: Micros) -> String {
+    rfc3339(whole_seconds(t)).replace([':', '-'], "")
+}
+
 /// Parses RFC 3339 text into a timestamp.
 pub fn parse_rfc3339(s: &str) -> Option<Micros> {
     let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;

@@ -227,28 +227,15 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
     let (records, shredded_records, unreadable, unreadable_count) = tokio::task::spawn_blocking(move || {
         let (mut bad, mut n_bad, mut n_shredded) = (Vec::new(), 0u64, 0u64);
         for k in &keys {
-            let ok = daena_store::records::split_key(k).and_then(|(t, c, key)| {
-                let who = Principal::local_operator(daena_core::ids::TenantId::new(t).ok()?);
-                Some(
-                    crate::memory::get(&d2, &who, c, key)
-                        .map_err(|e| (t.to_owned(), format!("{t}/{c}/{key}: {}", e.message))),
-                )
-            });
-            match ok {
-                Some(Ok(_)) => {}
-                // Sealed under a destroyed key: unreadable by design.
-                Some(Err((t, e))) if shredded.contains(&t) && e.contains("shredded") => n_shredded += 1,
-                Some(Err((_, e))) => {
-                    n_bad += 1;
-                    if bad.len() < 20 {
-                        bad.push(e);
-                    }
-                }
-                None => {
-                    n_bad += 1;
-                    if bad.len() < 20 {
-                        bad.push(format!("{:?}: bad address", String::from_utf8_lossy(k)));
-                    }
+            let Err(e) = crate::memory::get_stored(&d2, k) else { continue };
+            let tenant = daena_store::records::split_key(k).map(|(t, _, _)| t);
+            // Sealed under a destroyed key: unreadable by design.
+            if tenant.is_some_and(|t| shredded.iter().any(|s| s == t)) && e.message.contains("shredded") {
+                n_shredded += 1;
+            } else {
+                n_bad += 1;
+                if bad.len() < 20 {
+                    bad.push(e.message);
                 }
             }
         }
@@ -319,8 +306,7 @@ pub async fn shred(
         }
     }
     let destroyed = d.keyring.shred(tenant.as_str())?;
-    let mut prefix = tenant.as_str().as_bytes().to_vec();
-    prefix.push(0);
+    let prefix = daena_store::records::tenant_prefix(tenant.as_str());
     let cached: Vec<Vec<u8>> =
         d.memory.l1.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| (*k).clone()).collect();
     for k in cached {

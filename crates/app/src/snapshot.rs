@@ -191,9 +191,7 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
         .map(hex::encode)
         .unwrap_or_default();
     let now = d.clock.now();
-    let stamp = rfc3339(now).replace([':', '-'], "");
-    let stamp = stamp.split('.').next().unwrap_or(&stamp).trim_end_matches('Z').to_owned() + "Z";
-    let name = format!("daena-snapshot-{stamp}-{:08}", head.size);
+    let name = format!("daena-snapshot-{}-{:08}", crate::clock::compact_stamp(now), head.size);
     let (ledger_dir, l3_dir) = (d.data.ledger_dir(), d.data.l3_dir());
     let master_key_id = d.keyring.master_id().to_owned();
     let target = dir.clone();
@@ -380,16 +378,8 @@ pub struct RestoreReport {
 /// replaces anything, then moves the current state, ledger and L3 aside to
 /// `<data>/replaced/<time>/` and puts the snapshot's in their place.
 pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResult<RestoreReport> {
-    use daena_store::datadir::{DataDir, LockInfo};
     let root = &loaded.config.data_dir;
-    let info = LockInfo { pid: std::process::id(), listen: None, holder: "snapshot restore".into() };
-    let data = DataDir::open(root, &info).map_err(|e| match e {
-        daena_store::StoreError::Locked { .. } => AppError::new(
-            crate::error::ErrorCode::Unavailable,
-            format!("{e}; stop the server before restoring a snapshot (its state is replaced on disk)"),
-        ),
-        other => AppError::internal(other.to_string()),
-    })?;
+    let data = lock_stopped(root, "snapshot restore")?;
     let stamp = stamp_now();
     let staging = root.join(format!(".restore-{stamp}"));
     let _ = std::fs::remove_dir_all(&staging);
@@ -498,6 +488,18 @@ pub async fn record_keys(d: &Daena) -> AppResult<Vec<Vec<u8>>> {
     Ok(keys)
 }
 
+/// Takes the lock of a stopped data directory whose state `holder` is about to replace.
+fn lock_stopped(root: &Path, holder: &str) -> AppResult<daena_store::datadir::DataDir> {
+    let info = daena_store::datadir::LockInfo { pid: std::process::id(), listen: None, holder: holder.into() };
+    daena_store::datadir::DataDir::open(root, &info).map_err(|e| match e {
+        daena_store::StoreError::Locked { .. } => AppError::new(
+            crate::error::ErrorCode::Unavailable,
+            format!("{e}; stop the server first ({holder} replaces its state on disk)"),
+        ),
+        other => AppError::internal(other.to_string()),
+    })
+}
+
 /// Moves the current state, ledger and L3 of `root` aside to `<root>/replaced/<stamp>/` and
 /// the staged ones into their place; returns where the old ones went.
 fn swap_in(root: &Path, staging: &Path, stamp: &str) -> AppResult<PathBuf> {
@@ -525,10 +527,8 @@ fn swap_in(root: &Path, staging: &Path, stamp: &str) -> AppResult<PathBuf> {
 }
 
 fn stamp_now() -> String {
-    rfc3339(daena_core::time::Micros::from_secs(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-    ))
-    .replace([':', '-'], "")
+    use crate::clock::Clock;
+    crate::clock::compact_stamp(crate::clock::SystemClock.now())
 }
 
 #[derive(Debug, Deserialize)]
@@ -650,16 +650,8 @@ pub struct Rebuild<'a> {
 /// the master key is checked, and only then are the current state, ledger and L3 moved aside
 /// to `<data>/replaced/<time>/`; the next open applies the entries after the snapshot.
 pub fn rebuild(loaded: &crate::config::LoadedConfig, spec: Rebuild<'_>) -> AppResult<RollbackReport> {
-    use daena_store::datadir::{DataDir, LockInfo};
     let root = &loaded.config.data_dir;
-    let info = LockInfo { pid: std::process::id(), listen: None, holder: spec.holder.into() };
-    let data = DataDir::open(root, &info).map_err(|e| match e {
-        daena_store::StoreError::Locked { .. } => AppError::new(
-            crate::error::ErrorCode::Unavailable,
-            format!("{e}; stop the server first (its state is replaced on disk)"),
-        ),
-        other => AppError::internal(other.to_string()),
-    })?;
+    let data = lock_stopped(root, spec.holder)?;
     let ledger = spec.ledger.map_or_else(|| data.ledger_dir(), Path::to_path_buf);
     if !ledger.is_dir() {
         return Err(AppError::invalid(format!("{} is not a ledger directory", ledger.display())));

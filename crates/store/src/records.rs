@@ -105,6 +105,14 @@ pub fn address_key(tenant: &str, class: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// The start of every table key of `tenant`.
+pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 1);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k
+}
+
 /// Splits a table key back into (tenant, class, key).
 pub fn split_key(k: &[u8]) -> Option<(&str, &str, &str)> {
     let mut parts = k.splitn(3, |b| *b == 0);

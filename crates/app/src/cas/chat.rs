@@ -291,8 +291,9 @@ async fn read_limited(resp: reqwest::Response, max: usize) -> AppResult<Bytes> {
     Ok(Bytes::from(out))
 }
 
-/// Counts the spend of an upstream answer and stores it (unless `no_store`); the entry key.
-async fn account_and_store(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, no_store: bool) -> Option<String> {
+/// Counts an answer the upstream gave (spend, tokens, missing usage) for the tenant, model and
+/// agent; returns (prompt tokens, completion tokens, cost).
+fn count_miss(d: &Daena, who: &Principal, p: &Prepared, answer: &Value) -> (u64, u64, f64) {
     let (pt, ct, cost, has_usage) = price(d, &p.model, answer.get("usage"));
     let spend = Cost {
         requests: 1,
@@ -304,6 +305,12 @@ async fn account_and_store(d: &Daena, who: &Principal, p: &Prepared, answer: &Va
         ..Cost::default()
     };
     d.cas.stats.lock().cost(&today(d), who.tenant().as_str(), &p.model, &p.agent, &spend);
+    (pt, ct, cost)
+}
+
+/// Counts the spend of an upstream answer and stores it (unless `no_store`); the entry key.
+async fn account_and_store(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, no_store: bool) -> Option<String> {
+    let (pt, ct, cost) = count_miss(d, who, p, answer);
     if no_store || answer.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty) {
         return None;
     }
@@ -438,17 +445,7 @@ pub async fn store(
     if !d.writes_enabled() {
         return Err(AppError::new(ErrorCode::WritesDisabled, "the service is read-only; nothing is stored"));
     }
-    let (pt, ct, cost, has_usage) = price(d, &p.model, response.get("usage"));
-    let spend = Cost {
-        requests: 1,
-        misses: 1,
-        spend_usd: cost,
-        prompt_tokens: pt,
-        completion_tokens: ct,
-        usage_missing: u64::from(!has_usage),
-        ..Cost::default()
-    };
-    d.cas.stats.lock().cost(&today(d), who.tenant().as_str(), &p.model, &p.agent, &spend);
+    let (pt, ct, cost) = count_miss(d, who, &p, &response);
     let key = store_answer(d, who, &p, &response, pt, ct, cost).await?;
     let expires = d.clock.now().saturating_add(ttl_micros(&d.config, who.tenant()));
     Ok(StoreResult { key, expires_at: rfc3339(expires) })

@@ -667,6 +667,18 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
     Err(AppError::new(ErrorCode::VersionConflict, "the record kept changing while this write was prepared; retry"))
 }
 
+/// Reads a record by its table key as the local operator of its tenant, for the offline
+/// tools that walk every record (archives, drills, key validation); errors name the record.
+pub fn get_stored(d: &Daena, table_key: &[u8]) -> AppResult<RecordView> {
+    let (t, c, k) = records::split_key(table_key).ok_or_else(|| {
+        AppError::internal(format!("a record address is malformed: {:?}", String::from_utf8_lossy(table_key)))
+    })?;
+    let who = Principal::local_operator(TenantId::new(t)?);
+    get(d, &who, c, k)
+        .map(|(view, _)| view)
+        .map_err(|e| AppError { message: format!("{t}/{c}/{k}: {}", e.message), ..e })
+}
+
 /// The current (version, body) of a record, from L1 or L2/L3.
 fn get_current(d: &Daena, addr: &Addr) -> AppResult<Option<(u64, Plain)>> {
     let k = addr.table_key();
@@ -836,9 +848,7 @@ pub async fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPag
     if let Some(c) = &class {
         check_policy(d, who, c, &format!("{c}/*"), Action::List)?;
     }
-    let mut prefix = Vec::new();
-    prefix.extend_from_slice(who.tenant().as_str().as_bytes());
-    prefix.push(0);
+    let mut prefix = records::tenant_prefix(who.tenant().as_str());
     if let Some(c) = &class {
         prefix.extend_from_slice(c.as_str().as_bytes());
         prefix.push(0);

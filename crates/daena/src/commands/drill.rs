@@ -35,9 +35,8 @@ struct DrillReport {
 }
 
 fn now_rfc3339() -> String {
-    daena_app::clock::rfc3339(daena_core::time::Micros::from_secs(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-    ))
+    use daena_app::clock::{Clock, SystemClock, rfc3339, whole_seconds};
+    rfc3339(whole_seconds(SystemClock.now()))
 }
 
 /// Restores `archive` into `scratch` and checks it against `m`; returns the checks, the
@@ -98,20 +97,9 @@ async fn rehearse(
     let step = (keys.len() / samples.max(1)).max(1);
     let (mut read, mut failed) = (0usize, Vec::new());
     for k in keys.iter().step_by(step).take(samples) {
-        let Some((tenant, class, key)) = daena_store::records::split_key(k) else {
-            failed.push(format!("{:?}: bad address", String::from_utf8_lossy(k)));
-            continue;
-        };
-        let who = match TenantId::new(tenant) {
-            Ok(t) => Principal::local_operator(t),
-            Err(e) => {
-                failed.push(format!("{tenant}: {e}"));
-                continue;
-            }
-        };
-        match daena_app::memory::get(&d, &who, class, key) {
+        match daena_app::memory::get_stored(&d, k) {
             Ok(_) => read += 1,
-            Err(e) => failed.push(format!("{tenant}/{class}/{key}: {}", e.message)),
+            Err(e) => failed.push(e.message),
         }
     }
     checks.push(if failed.is_empty() {
@@ -222,12 +210,7 @@ pub async fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
     if global.json {
         crate::output::json(&report)?;
     } else {
-        let rows: Vec<Vec<String>> = report
-            .checks
-            .iter()
-            .map(|c| vec![format!("{:?}", c.status).to_uppercase(), c.name.clone(), c.detail.clone()])
-            .collect();
-        crate::output::table(&["status", "check", "detail"], &rows);
+        super::runbook::print_checks(&report.checks);
         println!(
             "drill {}: RTO {:.2}s, RPO {:.2}s ({} entries behind); report in {}",
             if passed { "PASSED" } else { "FAILED" },

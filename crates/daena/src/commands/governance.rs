@@ -26,9 +26,10 @@ fn text(v: &Value) -> String {
 }
 
 pub async fn artifacts(global: &Global, out_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let generated = daena_app::clock::rfc3339(daena_core::time::Micros::from_secs(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64),
-    ));
+    let generated = {
+        use daena_app::clock::{Clock, SystemClock, rfc3339, whole_seconds};
+        rfc3339(whole_seconds(SystemClock.now()))
+    };
     let dir =
         out_dir.unwrap_or_else(|| PathBuf::from(format!("governance_artifacts_{}", generated.replace([':', '-'], ""))));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

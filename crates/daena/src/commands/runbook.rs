@@ -32,12 +32,27 @@ struct Report {
     checks: Vec<Check>,
 }
 
+/// The checks as a status/check/detail table.
+pub fn print_checks(checks: &[Check]) {
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|c| vec![format!("{:?}", c.status).to_uppercase(), c.name.clone(), c.detail.clone()])
+        .collect();
+    crate::output::table(&["status", "check", "detail"], &rows);
+}
+
 pub fn check(name: &str, status: Status, detail: impl Into<String>) -> Check {
     Check { name: name.to_owned(), status, detail: detail.into() }
 }
 
 fn pct(v: f64) -> String {
     format!("{:.2}%", v * 100.0)
+}
+
+/// Days since an RFC 3339 time in a report; infinite when it is missing or unreadable.
+fn age_days(at: &Value) -> f64 {
+    use daena_app::clock::{Clock, SystemClock};
+    at.as_str().and_then(daena_app::clock::parse_rfc3339).map_or(f64::INFINITY, |t| SystemClock.now().days_since(t))
 }
 
 /// Fetches `path`; a failure becomes a FAIL check instead of stopping the checklist.
@@ -210,14 +225,10 @@ async fn weekly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
     // Friday: disaster recovery.
     if let Some(list) = fetch(r, "/api/v1/admin/snapshots", checks, "backups").await {
         let newest = list.as_array().and_then(|l| l.last()).cloned();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         checks.push(match newest {
             None => check("backups", Status::Fail, "no snapshot exists: `daena snapshot create`"),
             Some(m) => {
-                let created = m["created_at"].as_str().unwrap_or("");
-                let age_days = daena_app::clock::parse_rfc3339(created)
-                    .map(|t| (now - t.0 / 1_000_000) as f64 / 86_400.0)
-                    .unwrap_or(f64::INFINITY);
+                let age_days = age_days(&m["created_at"]);
                 let detail = format!(
                     "newest {} ({age_days:.1} days old, ledger position {}, {} records)",
                     m["name"].as_str().unwrap_or("?"),
@@ -229,14 +240,10 @@ async fn weekly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
         });
     }
     if let Some(last) = fetch(r, "/api/v1/admin/drills/last", checks, "DR drill").await {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         checks.push(if last.is_null() {
             check("DR drill", Status::Fail, "no drill has run: `daena drill`")
         } else {
-            let age_days = last["at"]
-                .as_str()
-                .and_then(daena_app::clock::parse_rfc3339)
-                .map_or(f64::INFINITY, |t| (now - t.0 / 1_000_000) as f64 / 86_400.0);
+            let age_days = age_days(&last["at"]);
             let detail = format!(
                 "{} {age_days:.1} days ago: RTO {}s, RPO {}s (ledger entry {})",
                 if last["passed"] == true { "passed" } else { "FAILED" },
@@ -303,12 +310,7 @@ pub async fn run(global: &Global, cadence: Cadence) -> anyhow::Result<ExitCode> 
     if global.json {
         crate::output::json(&report)?;
     } else {
-        let rows: Vec<Vec<String>> = report
-            .checks
-            .iter()
-            .map(|c| vec![format!("{:?}", c.status).to_uppercase(), c.name.clone(), c.detail.clone()])
-            .collect();
-        crate::output::table(&["status", "check", "detail"], &rows);
+        print_checks(&report.checks);
         println!("{name} checklist: {}", format!("{status:?}").to_uppercase());
     }
     Ok(if status == Status::Fail { ExitCode::from(1) } else { ExitCode::SUCCESS })

@@ -401,9 +401,7 @@ async fn backfill(
     per_minute: f64,
     rng: &mut StdRng,
 ) -> anyhow::Result<u64> {
-    let now = daena_core::time::Micros::from_secs(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
-    );
+    let now = daena_app::clock::Clock::now(&daena_app::clock::SystemClock);
     let minute = 60_000_000i64;
     let start_of_minute = now.0 - now.0.rem_euclid(minute);
     let mut batch = Vec::new();
