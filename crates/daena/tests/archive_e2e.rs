@@ -3,31 +3,22 @@
 
 mod common;
 
-use common::{OPS, Server, client, daena, run, stderr, stdout};
+use common::{OPS, Server, call, daena, run, stderr, stdout};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn put(url: &str, tenant: &str, key: &str, payload: Value) {
-    let r = client()
-        .put(format!("{url}/api/v1/memory/research_note/{key}"))
-        .header("X-API-Key", OPS)
-        .header("X-Tenant-ID", tenant)
-        .json(&json!({"payload": payload, "meta": {"agent": "product_synth"}}))
-        .send()
-        .await
-        .expect("put");
-    assert!(r.status().is_success(), "{}", r.status());
+    let body = json!({"payload": payload, "meta": {"agent": "product_synth"}});
+    let (status, r) =
+        call(Method::PUT, &format!("{url}/api/v1/memory/research_note/{key}"), Some(tenant), Some(&body)).await;
+    assert!((200..300).contains(&status), "{status} {r}");
 }
 
 async fn get(url: &str, tenant: &str, key: &str) -> Value {
-    let r = client()
-        .get(format!("{url}/api/v1/memory/research_note/{key}"))
-        .header("X-API-Key", OPS)
-        .header("X-Tenant-ID", tenant)
-        .send()
-        .await
-        .expect("get");
-    assert!(r.status().is_success(), "{tenant}/{key}: {}", r.status());
-    r.json().await.expect("json")
+    let (status, body) =
+        call(Method::GET, &format!("{url}/api/v1/memory/research_note/{key}"), Some(tenant), None).await;
+    assert!((200..300).contains(&status), "{tenant}/{key}: {status}");
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,13 +77,8 @@ async fn export_verify_import_round_trip() {
     let b = Server::start(b_dir.path(), &[]);
     let o = run(daena(b_dir.path()).env("DAENA_API_KEY", OPS).args(["archive", "import", bad.to_str().expect("path")]));
     assert_eq!(o.status.code(), Some(1));
-    let r = client()
-        .get(format!("{}/api/v1/memory/research_note/n0", b.url))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.status().as_u16(), 404, "nothing imported from a bad archive");
+    let (status, _) = call(Method::GET, &format!("{}/api/v1/memory/research_note/n0", b.url), None, None).await;
+    assert_eq!(status, 404, "nothing imported from a bad archive");
     let o =
         run(daena(b_dir.path()).env("DAENA_API_KEY", OPS).args(["archive", "import", file.to_str().expect("path")]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{OPS, Server, client, daena, run, stderr, stdout};
+use common::{OPS, Server, call, client, daena, ledger_size, run, stderr, stdout};
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,29 +17,15 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     let http = client();
     for t in ["default", "acme"] {
         for i in 0..10 {
-            let r = http
-                .put(format!("{}/api/v1/memory/chat/seed{i}", server.url))
-                .header("X-API-Key", OPS)
-                .header("X-Tenant-ID", t)
-                .json(&json!({"payload": {"i": i, "t": t}}))
-                .send()
-                .await
-                .expect("put");
-            assert!(r.status().is_success());
+            let url = format!("{}/api/v1/memory/chat/seed{i}", server.url);
+            let (status, _) = call(Method::PUT, &url, Some(t), Some(&json!({"payload": {"i": i, "t": t}}))).await;
+            assert!((200..300).contains(&status));
         }
     }
     let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["snapshot", "create", "--json"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let old_snapshot: Value = serde_json::from_str(&stdout(&o)).expect("manifest");
-    let status: Value = http
-        .get(format!("{}/api/v1/admin/key-status", server.url))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let (_, status) = call(Method::GET, &format!("{}/api/v1/admin/key-status", server.url), None, None).await;
     let old_id = status["master_key_id"].as_str().expect("id").to_owned();
 
     // Readers and writers run through the rotation; every answer must be a success.
@@ -101,48 +88,24 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
 
     // The new key opens the data after a restart.
     let server = Server::start(tmp.path(), &[]);
-    let r = http
-        .get(format!("{}/api/v1/memory/chat/seed3", server.url))
-        .header("X-API-Key", OPS)
-        .header("X-Tenant-ID", "acme")
-        .send()
-        .await
-        .expect("get");
-    assert!(r.status().is_success());
-    let r = http
-        .put(format!("{}/api/v1/memory/chat/after", server.url))
-        .header("X-API-Key", OPS)
-        .json(&json!({"payload": {"after": true}}))
-        .send()
-        .await
-        .expect("put");
-    assert!(r.status().is_success());
-    let head: Value = http
-        .get(format!("{}/api/v1/ledger/head", server.url))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("head")
-        .json()
-        .await
-        .expect("json");
+    let (status, _) = call(Method::GET, &format!("{}/api/v1/memory/chat/seed3", server.url), Some("acme"), None).await;
+    assert!((200..300).contains(&status));
+    let after = json!({"payload": {"after": true}});
+    let (status, _) = call(Method::PUT, &format!("{}/api/v1/memory/chat/after", server.url), None, Some(&after)).await;
+    assert!((200..300).contains(&status));
+    let size = ledger_size(&server.url).await;
     server.stop();
 
     // A rollback across the rotation replays records re-sealed under the new data key
     // versions, which only the current state holds.
-    let to = head["size"].as_u64().expect("size") - 1;
+    let to = size - 1;
     let o = run(daena(tmp.path()).args(["rollback", "--to", &to.to_string()]));
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let server = Server::start(tmp.path(), &[]);
     for t in ["default", "acme"] {
-        let r = http
-            .get(format!("{}/api/v1/memory/chat/seed5", server.url))
-            .header("X-API-Key", OPS)
-            .header("X-Tenant-ID", t)
-            .send()
-            .await
-            .expect("get");
-        assert_eq!(r.status().as_u16(), 200, "{t}: {}", r.text().await.unwrap_or_default());
+        let (status, body) =
+            call(Method::GET, &format!("{}/api/v1/memory/chat/seed5", server.url), Some(t), None).await;
+        assert_eq!(status, 200, "{t}: {body}");
     }
     server.stop();
 
@@ -152,16 +115,7 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     let o = run(daena(tmp.path()).args(["snapshot", "restore", archive.to_str().expect("path")]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let server = Server::start(tmp.path(), &[]);
-    let body: Value = http
-        .get(format!("{}/api/v1/memory/chat/seed7", server.url))
-        .header("X-API-Key", OPS)
-        .header("X-Tenant-ID", "acme")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let (_, body) = call(Method::GET, &format!("{}/api/v1/memory/chat/seed7", server.url), Some("acme"), None).await;
     assert_eq!(body["payload"], json!({"i": 7, "t": "acme"}));
 }
 
@@ -170,14 +124,10 @@ async fn an_interrupted_rotation_is_undone_or_completed_at_start() {
     use daena_app::crypto::{self, MasterKey};
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = Server::start(tmp.path(), &[]);
-    let r = client()
-        .put(format!("{}/api/v1/memory/chat/x", server.url))
-        .header("X-API-Key", OPS)
-        .json(&json!({"payload": {"x": 1}}))
-        .send()
-        .await
-        .expect("put");
-    assert!(r.status().is_success());
+    let (status, _) =
+        call(Method::PUT, &format!("{}/api/v1/memory/chat/x", server.url), None, Some(&json!({"payload": {"x": 1}})))
+            .await;
+    assert!((200..300).contains(&status));
     server.stop();
     let keys = tmp.path().join("data/keys");
     let old_text = std::fs::read_to_string(keys.join("master.key")).expect("key");
@@ -198,15 +148,7 @@ async fn an_interrupted_rotation_is_undone_or_completed_at_start() {
     let server = Server::start(tmp.path(), &[]);
     assert!(!keys.join("master.key.next").exists());
     assert!(keys.join(format!("retired/master-{}.key", old.id)).exists());
-    let body: Value = client()
-        .get(format!("{}/api/v1/memory/chat/x", server.url))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let (_, body) = call(Method::GET, &format!("{}/api/v1/memory/chat/x", server.url), None, None).await;
     assert_eq!(body["payload"], json!({"x": 1}), "{body}");
 }
 
@@ -214,32 +156,16 @@ async fn an_interrupted_rotation_is_undone_or_completed_at_start() {
 async fn a_shredded_tenant_is_unreadable_and_the_ledger_still_verifies() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = Server::start(tmp.path(), &[]);
-    let http = client();
+    let url = server.url.clone();
     let put = |tenant: &'static str, key: &'static str, v: i64| {
-        let (http, url) = (http.clone(), server.url.clone());
-        async move {
-            http.put(format!("{url}/api/v1/memory/chat/{key}"))
-                .header("X-API-Key", OPS)
-                .header("X-Tenant-ID", tenant)
-                .json(&json!({"payload": {"v": v}}))
-                .send()
-                .await
-                .expect("put")
-                .status()
-                .as_u16()
-        }
+        let url = format!("{url}/api/v1/memory/chat/{key}");
+        async move { call(Method::PUT, &url, Some(tenant), Some(&json!({"payload": {"v": v}}))).await.0 }
     };
     let get = |tenant: &'static str, key: &'static str| {
-        let (http, url) = (http.clone(), server.url.clone());
+        let url = format!("{url}/api/v1/memory/chat/{key}");
         async move {
-            let r = http
-                .get(format!("{url}/api/v1/memory/chat/{key}"))
-                .header("X-API-Key", OPS)
-                .header("X-Tenant-ID", tenant)
-                .send()
-                .await
-                .expect("get");
-            (r.status().as_u16(), r.text().await.unwrap_or_default())
+            let (status, body) = call(Method::GET, &url, Some(tenant), None).await;
+            (status, body.to_string())
         }
     };
     for (t, k) in [("acme", "a1"), ("acme", "a2"), ("default", "d1")] {
@@ -251,15 +177,9 @@ async fn a_shredded_tenant_is_unreadable_and_the_ledger_still_verifies() {
     let answer = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "secret acme answer"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5}});
-    let r = http
-        .post(format!("{}/api/v1/cas/store", server.url))
-        .header("X-API-Key", OPS)
-        .header("X-Tenant-ID", "acme")
-        .json(&json!({"request": chat, "response": answer}))
-        .send()
-        .await
-        .expect("store");
-    assert!(r.status().is_success(), "{}", r.status());
+    let store = json!({"request": chat, "response": answer});
+    let (status, r) = call(Method::POST, &format!("{}/api/v1/cas/store", server.url), Some("acme"), Some(&store)).await;
+    assert!((200..300).contains(&status), "{status} {r}");
 
     let o =
         run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["key", "shred", "--tenant", "acme", "--confirm", "acm"]));
@@ -285,17 +205,7 @@ async fn a_shredded_tenant_is_unreadable_and_the_ledger_still_verifies() {
     assert!(body.contains("shredded"), "{body}");
     assert!(!body.contains("\"v\""), "{body}");
     assert_eq!(get("default", "d1").await.0, 200, "other tenants are untouched");
-    let lookup: Value = http
-        .post(format!("{}/api/v1/cas/lookup", server.url))
-        .header("X-API-Key", OPS)
-        .header("X-Tenant-ID", "acme")
-        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarize the acme churn report."}]}))
-        .send()
-        .await
-        .expect("lookup")
-        .json()
-        .await
-        .expect("json");
+    let (_, lookup) = call(Method::POST, &format!("{}/api/v1/cas/lookup", server.url), Some("acme"), Some(&chat)).await;
     assert_eq!(lookup["hit"], false, "{lookup}");
     // New data for the tenant gets a new key; the old stays unreadable, also after a restart.
     assert_eq!(put("acme", "a3", 3).await, 201);
@@ -304,21 +214,11 @@ async fn a_shredded_tenant_is_unreadable_and_the_ledger_still_verifies() {
     let o = run(daena(tmp.path()).args(["ledger", "verify"]));
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let server = Server::start(tmp.path(), &[]);
-    let get2 = |key: &'static str| {
-        let (http, url) = (http.clone(), server.url.clone());
-        async move {
-            http.get(format!("{url}/api/v1/memory/chat/{key}"))
-                .header("X-API-Key", OPS)
-                .header("X-Tenant-ID", "acme")
-                .send()
-                .await
-                .expect("get")
-                .status()
-                .as_u16()
-        }
-    };
-    assert_eq!(get2("a2").await, 503);
-    assert_eq!(get2("a3").await, 200);
+    for (key, expected) in [("a2", 503), ("a3", 200)] {
+        let (status, _) =
+            call(Method::GET, &format!("{}/api/v1/memory/chat/{key}", server.url), Some("acme"), None).await;
+        assert_eq!(status, expected, "{key}");
+    }
     let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["key", "validate", "--json"]));
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let v: Value = serde_json::from_str(&stdout(&o)).expect("validation");

@@ -4,25 +4,18 @@
 
 mod common;
 
-use common::{OPS, Server, client, daena, run, stderr, stdout};
+use common::{OPS, Server, call, daena, ledger_size, run, stderr, stdout};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn put(url: &str, class: &str, key: &str, n: u64) {
-    let r = client()
-        .put(format!("{url}/api/v1/memory/{class}/{key}"))
-        .header("X-API-Key", OPS)
-        .json(&json!({"payload": {"n": n, "text": format!("record {key}")}}))
-        .send()
-        .await
-        .expect("put");
-    assert!(r.status().is_success(), "{}", r.status());
+    let body = json!({"payload": {"n": n, "text": format!("record {key}")}});
+    let (status, r) = call(Method::PUT, &format!("{url}/api/v1/memory/{class}/{key}"), None, Some(&body)).await;
+    assert!((200..300).contains(&status), "{status} {r}");
 }
 
 async fn get(url: &str, class: &str, key: &str) -> (u16, Value) {
-    let r =
-        client().get(format!("{url}/api/v1/memory/{class}/{key}")).header("X-API-Key", OPS).send().await.expect("get");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    call(Method::GET, &format!("{url}/api/v1/memory/{class}/{key}"), None, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,15 +88,8 @@ async fn snapshot_wipe_restore_gives_back_the_snapshot() {
         assert_eq!(get(&server.url, "chat", &format!("k{i}")).await.0, 404, "k{i} came after the snapshot");
     }
     // The ledger's first `size` entries are the snapshot's: the same Merkle root.
-    let proof: Value = client()
-        .get(format!("{}/api/v1/ledger/proof/consistency?from={size}", server.url))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("proof")
-        .json()
-        .await
-        .expect("json");
+    let (_, proof) =
+        call(Method::GET, &format!("{}/api/v1/ledger/proof/consistency?from={size}", server.url), None, None).await;
     assert_eq!(proof["root_from"], m["ledger_root"], "{proof}");
 }
 
@@ -124,15 +110,7 @@ async fn drill_passes_on_a_healthy_store_and_fails_on_a_corrupted_one() {
     assert!(r["rto_seconds"].as_f64().unwrap_or(-1.0) > 0.0);
     assert!(!std::path::Path::new(r["scratch_dir"].as_str().expect("scratch")).exists(), "scratch removed");
     // The outcome is in the ledger.
-    let entries: Value = client()
-        .get(format!("{}/api/v1/ledger/entries?limit=1000", server.url))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("entries")
-        .json()
-        .await
-        .expect("json");
+    let (_, entries) = call(Method::GET, &format!("{}/api/v1/ledger/entries?limit=1000", server.url), None, None).await;
     assert!(entries.to_string().contains("ops.drill"), "{entries}");
     server.stop();
 
@@ -153,19 +131,6 @@ async fn drill_passes_on_a_healthy_store_and_fails_on_a_corrupted_one() {
     assert!(r["checks"].as_array().expect("checks").iter().any(|c| c["status"] == "FAIL"), "{r}");
 }
 
-async fn head(url: &str) -> u64 {
-    let h: Value = client()
-        .get(format!("{url}/api/v1/ledger/head"))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("head")
-        .json()
-        .await
-        .expect("json");
-    h["size"].as_u64().expect("size")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_to_a_sequence_number_gives_the_state_at_that_point() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -180,30 +145,19 @@ async fn rollback_to_a_sequence_number_gives_the_state_at_that_point() {
         put(&server.url, "chat", &format!("k{i}"), 100 + i).await;
     }
     // A tenant whose first write comes after the snapshot: its data key is not in it.
-    let r = client()
-        .put(format!("{}/api/v1/memory/chat/late", server.url))
-        .header("X-API-Key", OPS)
-        .header("X-Tenant-ID", "newco")
-        .json(&json!({"payload": {"n": 1}}))
-        .send()
-        .await
-        .expect("put");
-    assert!(r.status().is_success());
-    let point = head(&server.url).await;
+    let late = format!("{}/api/v1/memory/chat/late", server.url);
+    let (status, _) = call(Method::PUT, &late, Some("newco"), Some(&json!({"payload": {"n": 1}}))).await;
+    assert!((200..300).contains(&status));
+    let point = ledger_size(&server.url).await;
     for i in 5..10 {
         put(&server.url, "chat", &format!("k{i}"), 100 + i).await;
     }
     for i in 20..25 {
         put(&server.url, "chat", &format!("k{i}"), i).await;
     }
-    let r = client()
-        .delete(format!("{}/api/v1/memory/chat/k19", server.url))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("delete");
-    assert!(r.status().is_success());
-    let after = head(&server.url).await;
+    let (status, _) = call(Method::DELETE, &format!("{}/api/v1/memory/chat/k19", server.url), None, None).await;
+    assert!((200..300).contains(&status));
+    let after = ledger_size(&server.url).await;
     server.stop();
 
     let o = run(daena(tmp.path()).args(["rollback", "--to", &(after + 5).to_string()]));
@@ -216,14 +170,8 @@ async fn rollback_to_a_sequence_number_gives_the_state_at_that_point() {
     assert_eq!(report["set_aside_entries"], after - point);
 
     let server = Server::start(tmp.path(), &[]);
-    let r = client()
-        .get(format!("{}/api/v1/memory/chat/late", server.url))
-        .header("X-API-Key", OPS)
-        .header("X-Tenant-ID", "newco")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(r.status().as_u16(), 200, "the late tenant's record reads after the rollback");
+    let (status, _) = call(Method::GET, &format!("{}/api/v1/memory/chat/late", server.url), Some("newco"), None).await;
+    assert_eq!(status, 200, "the late tenant's record reads after the rollback");
     for i in 0..25u64 {
         let (status, body) = get(&server.url, "chat", &format!("k{i}")).await;
         let expected = match i {
@@ -242,15 +190,7 @@ async fn rollback_to_a_sequence_number_gives_the_state_at_that_point() {
 }
 
 async fn all_records(url: &str) -> Vec<(String, String, Value, Value)> {
-    let page: Value = client()
-        .get(format!("{url}/api/v1/memory?limit=1000"))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let (_, page) = call(Method::GET, &format!("{url}/api/v1/memory?limit=1000"), None, None).await;
     let mut out = Vec::new();
     for item in page["items"].as_array().expect("items") {
         let (class, key) = (item["class"].as_str().expect("class"), item["key"].as_str().expect("key"));
@@ -282,13 +222,8 @@ async fn replay_from_a_snapshot_and_a_ledger_rebuilds_the_same_state() {
     for i in 15..22 {
         put(&server.url, "ops_log", &format!("r{i}"), i).await;
     }
-    let r = client()
-        .delete(format!("{}/api/v1/memory/chat/r14", server.url))
-        .header("X-API-Key", OPS)
-        .send()
-        .await
-        .expect("delete");
-    assert!(r.status().is_success());
+    let (status, _) = call(Method::DELETE, &format!("{}/api/v1/memory/chat/r14", server.url), None, None).await;
+    assert!((200..300).contains(&status));
     let before = all_records(&server.url).await;
     assert_eq!(before.len(), 21);
     server.stop();

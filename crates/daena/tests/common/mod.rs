@@ -118,3 +118,30 @@ pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client")
 }
+
+/// One request with the ops key, acting for `tenant` (`X-Tenant-ID`) when given: the status
+/// and the JSON body (`Null` when there is none).
+pub async fn call(
+    method: reqwest::Method,
+    url: &str,
+    tenant: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = client().request(method, url).header("X-API-Key", OPS);
+    if let Some(t) = tenant {
+        req = req.header("X-Tenant-ID", t);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// The ledger's current size.
+pub async fn ledger_size(url: &str) -> u64 {
+    let (status, h) = call(reqwest::Method::GET, &format!("{url}/api/v1/ledger/head"), None, None).await;
+    assert_eq!(status, 200, "{h}");
+    h["size"].as_u64().expect("size")
+}
