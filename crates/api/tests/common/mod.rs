@@ -55,6 +55,11 @@ impl TestApp {
         edit(&mut config);
         config.validate().expect("test config is valid");
         let clock = ManualClock::new(Micros(1_800_000_000_000_000));
+        TestApp::open(dir, config, clock)
+    }
+
+    /// Opens the service on `dir` with `config` and the ops key, on `clock`.
+    fn open(dir: tempfile::TempDir, config: Config, clock: Arc<ManualClock>) -> TestApp {
         let loaded = LoadedConfig {
             config,
             secrets: Secrets { ops_key: Some(Secret::new(OPS)), ..Secrets::default() },
@@ -188,15 +193,6 @@ impl TestApp {
         let mut config = daena.config.as_ref().clone();
         edit(&mut config);
         drop(daena);
-        let loaded = LoadedConfig {
-            config,
-            secrets: Secrets { ops_key: Some(Secret::new(OPS)), ..Secrets::default() },
-            files: Vec::new(),
-            config_dir: dir.path().join("config"),
-        };
-        let opts = OpenOptions { clock: Some(clock.clone()), ..OpenOptions::offline("test") };
-        let daena = Daena::open(loaded, opts).expect("reopen daena");
-        let router = daena_api::router(daena.clone());
-        TestApp { dir, daena, clock, router }
+        TestApp::open(dir, config, clock)
     }
 }
