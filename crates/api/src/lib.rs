@@ -75,6 +75,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::rotate_key))
         .routes(routes!(admin::validate_keys))
         .routes(routes!(admin::shred_tenant))
+        .routes(routes!(admin::restore))
+        .routes(routes!(admin::rollback))
+        .routes(routes!(admin::replay))
+        .routes(routes!(admin::list_operations))
+        .routes(routes!(admin::get_operation))
         .routes(routes!(memory::put, memory::get, memory::delete))
         .routes(routes!(memory::list))
         .routes(routes!(memory::confirm))
@@ -134,6 +139,37 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// What `daena serve` answers on its port while a restore, rollback or replay has the stores
+/// closed: `/health` says `maintenance` with the operation's phase (no authentication, so no
+/// more than kind, id and phase), every other route 503 `unavailable` with `Retry-After`.
+pub fn maintenance_router(ops: Arc<daena_app::operations::Operations>) -> Router {
+    use axum::response::IntoResponse;
+    let health_ops = ops.clone();
+    let health = move || {
+        let ops = health_ops.clone();
+        async move {
+            let op = ops.running().map(|o| serde_json::json!({"id": o.id, "kind": o.kind, "phase": o.phase}));
+            let body = serde_json::json!({"status": "maintenance", "operation": op});
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    };
+    let unavailable = move || {
+        let ops = ops.clone();
+        async move {
+            let what = ops
+                .running()
+                .map_or_else(|| "maintenance".to_owned(), |o| format!("{} {} ({})", o.kind, o.id, o.phase));
+            let mut e = daena_app::error::AppError::new(
+                daena_app::error::ErrorCode::Unavailable,
+                format!("the server is closed for maintenance: {what}; retry shortly"),
+            );
+            e.retry_after = Some(2);
+            error::ApiError(e).into_response()
+        }
+    };
+    Router::new().route("/health", axum::routing::get(health)).fallback(unavailable)
 }
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then waits for in-flight

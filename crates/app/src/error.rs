@@ -31,6 +31,8 @@ pub enum ErrorCode {
     VersionConflict,
     /// An overwrite diverges more than the class allows and was not marked as a revision.
     DivergenceAbort,
+    /// Another long operation is running; wait for it (`GET /api/v1/admin/operations`).
+    Conflict,
     /// The tenant's rate limit is exhausted; retry after `Retry-After` seconds.
     RateLimited,
     /// The service is read-only (`DAENA_NBMF_ENABLED=false` or the admin switch).
@@ -58,7 +60,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::VersionConflict => 412,
-            ErrorCode::DivergenceAbort => 409,
+            ErrorCode::DivergenceAbort | ErrorCode::Conflict => 409,
             ErrorCode::RateLimited => 429,
             ErrorCode::WritesDisabled | ErrorCode::UpstreamNotConfigured | ErrorCode::Unavailable => 503,
             ErrorCode::UpstreamError => 502,
@@ -80,6 +82,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::VersionConflict => "version_conflict",
             ErrorCode::DivergenceAbort => "divergence_abort",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::WritesDisabled => "writes_disabled",
             ErrorCode::UpstreamNotConfigured => "upstream_not_configured",
@@ -91,7 +94,7 @@ impl ErrorCode {
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::PolicyDenied,
@@ -103,6 +106,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::VersionConflict,
         ErrorCode::DivergenceAbort,
+        ErrorCode::Conflict,
         ErrorCode::RateLimited,
         ErrorCode::WritesDisabled,
         ErrorCode::UpstreamNotConfigured,

@@ -18,6 +18,7 @@ use crate::auth::Principal;
 use crate::config::Secret;
 use crate::crypto::{self, MasterKey};
 use crate::error::{AppError, AppResult};
+use crate::operations::Operation;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -192,6 +193,39 @@ pub async fn rotate(
             "none: keys/master.key holds the new key; the retired one is in keys/retired/ for older snapshots".into()
         },
     })
+}
+
+/// Starts a rotation through the server as a background operation (see [`crate::operations`]):
+/// the answer comes at once, with the operation's record; its progress counts the records
+/// sealed again. A dry run is counted before the answer.
+pub async fn start(d: &std::sync::Arc<Daena>, who: Principal, dry_run: bool) -> AppResult<Operation> {
+    let op = d.operations.begin("key.rotate", &who.actor())?;
+    if dry_run {
+        let result = rotate(d, &who, None, true, |_, _| {}).await;
+        let outcome = result.and_then(|r| serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string())));
+        d.operations.finish(&op.id, outcome.map_err(|e| e.message));
+        return Ok(d.operations.get(&op.id).unwrap_or(op));
+    }
+    d.operations.phase(&op.id, "re-wrapping the data keys under a new master key");
+    let (task_d, id) = (d.clone(), op.id.clone());
+    tokio::spawn(async move {
+        let ops = task_d.operations.clone();
+        let progress_id = id.clone();
+        let progress = move |done: u64, total: u64| {
+            ops.update(&progress_id, |r| {
+                r.phase = "re-encrypting records under the new data key versions".to_owned();
+                r.done = done;
+                r.total = Some(total);
+            })
+        };
+        let result = rotate(&task_d, &who, None, false, progress).await;
+        if let Err(e) = &result {
+            tracing::error!(operation = %id, error = %e.message, "key rotation failed");
+        }
+        let outcome = result.and_then(|r| serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string())));
+        task_d.operations.finish(&id, outcome.map_err(|e| e.message));
+    });
+    Ok(d.operations.get(&op.id).unwrap_or(op))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

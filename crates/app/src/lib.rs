@@ -17,6 +17,7 @@ pub mod health;
 pub mod keyrotate;
 pub mod ledger;
 pub mod memory;
+pub mod operations;
 pub mod policy;
 pub mod ratelimit;
 pub mod scheduler;
@@ -54,14 +55,16 @@ pub struct OpenOptions {
     pub listen: Option<String>,
     /// The clock; the system clock unless a test brings its own.
     pub clock: Option<Arc<dyn Clock>>,
+    /// Operation records kept across reopenings of the stores by `serve`.
+    pub operations: Option<Arc<operations::Operations>>,
 }
 
 impl OpenOptions {
     pub fn serve(listen: String) -> Self {
-        OpenOptions { holder: "serve".into(), listen: Some(listen), clock: None }
+        OpenOptions { holder: "serve".into(), listen: Some(listen), clock: None, operations: None }
     }
     pub fn offline(command: &str) -> Self {
-        OpenOptions { holder: command.into(), listen: None, clock: None }
+        OpenOptions { holder: command.into(), listen: None, clock: None, operations: None }
     }
 }
 
@@ -84,6 +87,7 @@ pub struct Daena {
     pub limiter: ratelimit::RateLimiter,
     pub analytics: analytics::Analytics,
     pub metrics: Metrics,
+    pub operations: Arc<operations::Operations>,
     writes_enabled: AtomicBool,
     started: Instant,
 }
@@ -97,14 +101,26 @@ impl std::fmt::Debug for Daena {
 impl Daena {
     /// Opens the data directory (taking its lock), the stores and the registries.
     pub fn open(loaded: LoadedConfig, opts: OpenOptions) -> AppResult<Arc<Daena>> {
+        Daena::open_in(loaded, opts, None)
+    }
+
+    /// [`Daena::open`] in a data directory this process already holds (from [`Daena::close`]),
+    /// or, with `None`, taking its lock.
+    pub fn open_in(loaded: LoadedConfig, opts: OpenOptions, held: Option<DataDir>) -> AppResult<Arc<Daena>> {
         let LoadedConfig { config, secrets, files, config_dir } = loaded;
         let config = Arc::new(config);
         let clock = opts.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let info = LockInfo { pid: std::process::id(), listen: opts.listen, holder: opts.holder };
-        let data = DataDir::open(&config.data_dir, &info).map_err(|e| match e {
-            daena_store::StoreError::Locked { .. } => AppError::new(ErrorCode::Unavailable, e.to_string()),
-            other => AppError::internal(other.to_string()),
-        })?;
+        let data = match held {
+            Some(data) => {
+                data.update_lock_info(&info)?;
+                data
+            }
+            None => DataDir::open(&config.data_dir, &info).map_err(|e| match e {
+                daena_store::StoreError::Locked { .. } => AppError::new(ErrorCode::Unavailable, e.to_string()),
+                other => AppError::internal(other.to_string()),
+            })?,
+        };
         // The master key is checked against the stored data keys before anything is written.
         crypto::finish_rotation(&data)?;
         let master = crypto::load_master(&data, secrets.memory_aes_key.as_ref())?;
@@ -145,6 +161,7 @@ impl Daena {
             limiter,
             analytics,
             metrics,
+            operations: opts.operations.unwrap_or_default(),
             started: Instant::now(),
         }))
     }
@@ -279,6 +296,14 @@ impl Daena {
     pub async fn shutdown(&self) -> AppResult<()> {
         self.flush()?;
         self.commit.shutdown().await
+    }
+
+    /// Closes every store after [`Daena::shutdown`] and hands back the data directory, still
+    /// locked, for work on its files; `Err` gives the service back when something else still
+    /// holds a reference to it.
+    pub fn close(self: Arc<Self>) -> Result<DataDir, Arc<Self>> {
+        let Daena { data, .. } = Arc::try_unwrap(self)?;
+        Ok(data)
     }
 }
 

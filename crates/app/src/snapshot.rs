@@ -261,6 +261,16 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
     let sidecar = dir.join(format!("{name}.manifest.json"));
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| io("manifest", e))?;
     daena_store::datadir::write_atomic(&sidecar, &text, true).map_err(|e| io(sidecar.display(), e))?;
+    // Ledgered after its position: the snapshot holds entries 1..=ledger_size.
+    let entry = daena_core::ledger::NewEntry::new("system", "system", "ops.snapshot", manifest.name.clone()).attrs(
+        serde_json::json!({
+            "ledger_size": manifest.ledger_size,
+            "ledger_root": manifest.ledger_root,
+            "records": manifest.records,
+            "archive_bytes": manifest.archive_bytes,
+        }),
+    );
+    d.commit.append(vec![entry]).await?;
     Ok(manifest)
 }
 
@@ -378,8 +388,18 @@ pub struct RestoreReport {
 /// replaces anything, then moves the current state, ledger and L3 aside to
 /// `<data>/replaced/<time>/` and puts the snapshot's in their place.
 pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResult<RestoreReport> {
-    let root = &loaded.config.data_dir;
-    let data = lock_stopped(root, "snapshot restore")?;
+    let data = lock_stopped(&loaded.config.data_dir, "snapshot restore")?;
+    restore_in(&data, loaded, archive)
+}
+
+/// [`restore`] into a data directory this process holds with no store open (`daena serve`
+/// during maintenance).
+pub fn restore_in(
+    data: &daena_store::datadir::DataDir,
+    loaded: &crate::config::LoadedConfig,
+    archive: &Path,
+) -> AppResult<RestoreReport> {
+    let root = data.root();
     let stamp = stamp_now();
     let staging = root.join(format!(".restore-{stamp}"));
     let _ = std::fs::remove_dir_all(&staging);
@@ -399,7 +419,7 @@ pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResul
                 summary.entries, summary.root, manifest.ledger_size, manifest.ledger_root
             )));
         }
-        adopt_master(&data, loaded, &staging.join(STATE), &manifest.master_key_id)?;
+        adopt_master(data, loaded, &staging.join(STATE), &manifest.master_key_id)?;
         let aside = swap_in(root, &staging, &stamp)?;
         Ok(RestoreReport {
             archive: archive.display().to_string(),
@@ -409,7 +429,6 @@ pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResul
         })
     })();
     let _ = std::fs::remove_dir_all(&staging);
-    drop(data);
     result
 }
 
@@ -503,7 +522,14 @@ fn lock_stopped(root: &Path, holder: &str) -> AppResult<daena_store::datadir::Da
 /// Moves the current state, ledger and L3 of `root` aside to `<root>/replaced/<stamp>/` and
 /// the staged ones into their place; returns where the old ones went.
 fn swap_in(root: &Path, staging: &Path, stamp: &str) -> AppResult<PathBuf> {
-    let aside = root.join("replaced").join(stamp);
+    // Two operations within one second get two directories.
+    let mut aside = root.join("replaced").join(stamp);
+    for n in 2.. {
+        if !aside.exists() {
+            break;
+        }
+        aside = root.join("replaced").join(format!("{stamp}-{n}"));
+    }
     std::fs::create_dir_all(&aside).map_err(|e| io(aside.display(), e))?;
     for part in [STATE, "ledger", "l3"] {
         let current = root.join(part);
@@ -650,8 +676,18 @@ pub struct Rebuild<'a> {
 /// the master key is checked, and only then are the current state, ledger and L3 moved aside
 /// to `<data>/replaced/<time>/`; the next open applies the entries after the snapshot.
 pub fn rebuild(loaded: &crate::config::LoadedConfig, spec: Rebuild<'_>) -> AppResult<RollbackReport> {
-    let root = &loaded.config.data_dir;
-    let data = lock_stopped(root, spec.holder)?;
+    let data = lock_stopped(&loaded.config.data_dir, spec.holder)?;
+    rebuild_in(&data, loaded, spec)
+}
+
+/// [`rebuild`] in a data directory this process holds with no store open (`daena serve`
+/// during maintenance).
+pub fn rebuild_in(
+    data: &daena_store::datadir::DataDir,
+    loaded: &crate::config::LoadedConfig,
+    spec: Rebuild<'_>,
+) -> AppResult<RollbackReport> {
+    let root = data.root();
     let ledger = spec.ledger.map_or_else(|| data.ledger_dir(), Path::to_path_buf);
     if !ledger.is_dir() {
         return Err(AppError::invalid(format!("{} is not a ledger directory", ledger.display())));
@@ -713,13 +749,13 @@ pub fn rebuild(loaded: &crate::config::LoadedConfig, spec: Rebuild<'_>) -> AppRe
         if copied != to_seq || summary.entries != to_seq {
             return Err(AppError::invalid(format!("copied {copied} entries, expected {to_seq}")));
         }
-        adopt_master(&data, loaded, &staging.join(STATE), &chosen.master_key_id)?;
+        adopt_master(data, loaded, &staging.join(STATE), &chosen.master_key_id)?;
         // Tenants whose first write came after the snapshot have their data key only in the
         // current state; the entries replayed at open need it.
         let current = root.join(STATE);
         if current.exists() {
             crate::crypto::merge_missing_data_keys(&staging.join(STATE), &current)?;
-            let master = crate::crypto::load_master(&data, loaded.secrets.memory_aes_key.as_ref())?;
+            let master = crate::crypto::load_master(data, loaded.secrets.memory_aes_key.as_ref())?;
             crate::crypto::check_master(&staging.join(STATE), &master)?;
         }
         let aside = swap_in(root, &staging, &stamp)?;
@@ -734,7 +770,6 @@ pub fn rebuild(loaded: &crate::config::LoadedConfig, spec: Rebuild<'_>) -> AppRe
         })
     })();
     let _ = std::fs::remove_dir_all(&staging);
-    drop(data);
     result
 }
 

@@ -88,26 +88,29 @@ pub enum Command {
     /// Evidence for auditors
     #[command(subcommand)]
     Governance(GovernanceCommand),
-    /// Point-in-time recovery of a stopped data directory: the newest snapshot at or before
-    /// the point plus the ledger up to it; the current state is kept aside, never deleted
+    /// Point-in-time recovery: the newest snapshot at or before the point plus the ledger up
+    /// to it; the current state is kept aside, never deleted
     #[command(
-        after_help = "Examples:\n  daena rollback --to 120533\n  daena rollback --to 2026-11-28T09:30:00Z --json\n\n\
-                            The server must be stopped. Entries after the point, and the state before the rollback, are \
-                            moved to <data>/replaced/<time>/. Keys created after the snapshot are not restored."
+        after_help = "Examples:\n  DAENA_API_KEY=ops-key daena rollback --to 120533     # the running server\n  \
+                            daena rollback --to 2026-11-28T09:30:00Z --json      # a stopped data directory\n\n\
+                            A running server stops serving (503) for the rollback and serves the result. Entries after \
+                            the point, and the state before the rollback, are moved to <data>/replaced/<time>/. API keys \
+                            created after the snapshot are not restored. The rollback is ledgered as ops.rollback."
     )]
     Rollback {
         /// A ledger sequence number, or an RFC 3339 time (the last entry at or before it)
         #[arg(long, value_name = "SEQ|TIME")]
         to: String,
     },
-    /// Rebuild a stopped data directory's state from a snapshot and a ledger's entries after
-    /// it (up to --to); the current state is kept aside, never deleted
+    /// Rebuild the state from a snapshot and a ledger's entries after it (up to --to); the
+    /// current state is kept aside, never deleted
     #[command(
         after_help = "Examples:\n  daena replay --ledger /mnt/offsite/ledger --from-snapshot /mnt/offsite/daena-snapshot-...tar.zst\n  \
                             daena replay --ledger data/replaced/20261128T101500Z/ledger --to 4200\n\n\
                             The ledger must continue the snapshot (its entry at the snapshot's position has the snapshot's \
                             head hash). Without --from-snapshot, the newest snapshot in <data>/snapshots at or before the \
-                            point is used."
+                            point is used. A running server stops serving (503) for the replay; give it absolute \
+                            paths it can read."
     )]
     Replay {
         /// A ledger directory (segments)
@@ -295,11 +298,14 @@ pub enum SnapshotCommand {
     #[command(after_help = "Example:\n  daena snapshot list --json")]
     List,
     /// Verify a snapshot (hashes, ledger chain and root, master key) and put it in place of
-    /// the stopped directory's state; the replaced state is kept under <data>/replaced/
-    #[command(after_help = "Examples:\n  daena snapshot restore latest\n  \
+    /// the state; the replaced state is kept under <data>/replaced/
+    #[command(
+        after_help = "Examples:\n  DAENA_API_KEY=ops-key daena snapshot restore latest   # the running server\n  \
                             daena snapshot restore data/snapshots/daena-snapshot-20261128T101500Z-00000042.tar.zst\n\n\
-                            The server must be stopped. The master key (DAENA_MEMORY_AES_KEY or keys/master.key) must be \
-                            the one the snapshot was sealed under.")]
+                            A running server stops serving (503) while it verifies and swaps, then serves the restored \
+                            state; a snapshot that does not verify changes nothing. The master key (DAENA_MEMORY_AES_KEY or keys/master.key) must be \
+                            the one the snapshot was sealed under."
+    )]
     Restore {
         /// An archive path, or `latest`
         file: String,

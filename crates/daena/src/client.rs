@@ -2,6 +2,7 @@
 //! held by `daena serve`.
 
 use anyhow::{Context, anyhow, bail};
+use daena_app::operations::{OpState, Operation};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -80,6 +81,85 @@ impl Remote {
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.http.delete(format!("{}{path}", self.base)), &format!("DELETE {path}")).await
+    }
+}
+
+impl Remote {
+    /// GET without failing on an error status: `(status, body)`, or `None` when the server
+    /// cannot be reached (closed for a moment during maintenance).
+    async fn try_get(&self, path: &str) -> Option<(u16, serde_json::Value)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("X-API-Key", &self.api_key)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// Polls a long operation until it ends, showing its phases (and a progress line on a
+    /// terminal); through a maintenance window the phase comes from `/health`.
+    pub async fn wait_operation(&self, mut op: Operation) -> anyhow::Result<Operation> {
+        let path = format!("/api/v1/admin/operations/{}", segment(&op.id));
+        let (mut phase, mut bar, mut seen) = (String::new(), None::<crate::output::Progress>, 0u64);
+        let mut unreachable_since: Option<std::time::Instant> = None;
+        loop {
+            if op.phase != phase {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                eprintln!("{} {}: {}", op.kind, op.id, op.phase);
+                phase = op.phase.clone();
+                seen = 0;
+            }
+            if let (Some(total), None) = (op.total, &bar) {
+                bar = Some(crate::output::Progress::new(&op.phase, Some(total)));
+            }
+            if let Some(b) = &mut bar {
+                b.inc(op.done.saturating_sub(seen));
+                seen = seen.max(op.done);
+            }
+            if op.state != OpState::Running {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                return Ok(op);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match self.try_get(&path).await {
+                Some((200, v)) => {
+                    op = serde_json::from_value(v).map_err(|e| anyhow!("GET {path}: unexpected response: {e}"))?;
+                    unreachable_since = None;
+                }
+                Some((404, _)) => bail!(
+                    "the server no longer knows operation {} (did it restart?); see its log and                      GET /api/v1/admin/operations",
+                    op.id
+                ),
+                other => {
+                    if let Some((503, _)) = &other
+                        && let Some((_, health)) = self.try_get("/health").await
+                        && let Some(p) = health["operation"]["phase"].as_str()
+                    {
+                        op.phase = p.to_owned();
+                    }
+                    let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                    if other.is_none() && since.elapsed() > Duration::from_secs(600) {
+                        bail!("{} has not answered for 10 minutes during operation {}", self.base, op.id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The report of a finished operation, or its error.
+pub fn finished<T: serde::de::DeserializeOwned>(op: Operation) -> anyhow::Result<T> {
+    match (op.state, op.result) {
+        (OpState::Succeeded, Some(v)) => Ok(serde_json::from_value(v)?),
+        _ => bail!("{} {} failed: {}", op.kind, op.id, op.error.unwrap_or_else(|| "no result".to_owned())),
     }
 }
 

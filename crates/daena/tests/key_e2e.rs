@@ -70,6 +70,16 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     assert!(report["records_reencrypted"].as_u64().unwrap_or(0) >= 20, "every seeded record sealed again: {report}");
     assert_eq!(report["reencryption"]["errors"], 0, "{report}");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed during the rotation");
+    // It ran as a background operation the CLI followed to its end.
+    let (_, ops) = call(Method::GET, &format!("{}/api/v1/admin/operations", server.url), None, None).await;
+    assert_eq!((ops[0]["kind"].as_str(), ops[0]["state"].as_str()), (Some("key.rotate"), Some("succeeded")), "{ops}");
+    assert_eq!(ops[0]["result"]["new_key_id"], report["new_key_id"], "{ops}");
+    // A dry run answers at once, with a finished operation.
+    let (status, dry) =
+        call(Method::POST, &format!("{}/api/v1/admin/key-rotation", server.url), None, Some(&json!({"dry_run": true})))
+            .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["result"]["dry_run"], true, "{dry}");
     assert!(ok.load(Ordering::Relaxed) > 20);
     assert!(
         !stdout(&o).contains(

@@ -41,10 +41,10 @@ async fn snapshot_wipe_restore_gives_back_the_snapshot() {
     put(&server.url, "chat", "k0", 999).await;
     let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["snapshot", "list", "--json"]));
     assert_eq!(serde_json::from_str::<Value>(&stdout(&o)).expect("list").as_array().map(Vec::len), Some(1));
-    // A restore while serving is refused.
+    // A restore while serving goes through the server's admin API, which needs an ops key.
     let o = run(daena(tmp.path()).args(["snapshot", "restore", "latest"]));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("stop it first"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("DAENA_API_KEY"), "{}", stderr(&o));
     server.stop();
 
     // A damaged archive is refused before anything is touched.
@@ -166,7 +166,8 @@ async fn rollback_to_a_sequence_number_gives_the_state_at_that_point() {
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let report: Value = serde_json::from_str(&stdout(&o)).expect("report");
     assert_eq!(report["to_seq"], point);
-    assert_eq!(report["replayed_entries"], 6, "{report}");
+    // ops.snapshot, five overwrites and the late tenant's write.
+    assert_eq!(report["replayed_entries"], 7, "{report}");
     assert_eq!(report["set_aside_entries"], after - point);
 
     let server = Server::start(tmp.path(), &[]);
@@ -256,4 +257,116 @@ async fn replay_from_a_snapshot_and_a_ledger_rebuilds_the_same_state() {
     let server = Server::start(tmp.path(), &[]);
     let after = all_records(&server.url).await;
     assert_eq!(before, after, "record by record: version, content hash and payload");
+}
+
+async fn last_entry(url: &str) -> Value {
+    let size = ledger_size(url).await;
+    let (_, page) = call(Method::GET, &format!("{url}/api/v1/ledger/entries?from={size}&limit=1"), None, None).await;
+    page["entries"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_and_rollback_through_the_running_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(tmp.path(), &[]);
+    for i in 0..20 {
+        put(&server.url, "chat", &format!("k{i}"), i).await;
+    }
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["snapshot", "create", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m: Value = serde_json::from_str(&stdout(&o)).expect("manifest");
+    for i in 20..30 {
+        put(&server.url, "chat", &format!("k{i}"), i).await;
+    }
+    put(&server.url, "chat", "k0", 999).await;
+
+    // Clients keep calling through the maintenance window: they get answers, 503 while closed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (url, stop) = (server.url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+            let mut unavailable_code = true;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r =
+                    common::client().get(format!("{url}/api/v1/memory/chat/k1")).header("X-API-Key", OPS).send().await;
+                if let Ok(r) = r {
+                    let status = r.status().as_u16();
+                    *statuses.entry(status).or_default() += 1;
+                    if status == 503 {
+                        let body: Value = r.json().await.unwrap_or(Value::Null);
+                        unavailable_code &= body["error"]["code"] == "unavailable";
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            (statuses, unavailable_code)
+        })
+    };
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["snapshot", "restore", "latest", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}\n{}", stdout(&o), stderr(&o), server.log_text());
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("report");
+    assert_eq!(report["manifest"]["records"], 20, "{report}");
+    assert!(stderr(&o).contains(": done"), "phases are shown: {}", stderr(&o));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (statuses, unavailable_code) = poller.await.expect("poller");
+    eprintln!("statuses through the restore: {statuses:?}");
+    assert!(statuses.keys().all(|s| *s == 200 || *s == 503), "{statuses:?}");
+    assert!(unavailable_code, "503s carry the unavailable code");
+    assert!(statuses.get(&200).copied().unwrap_or(0) > 0, "{statuses:?}");
+
+    // The same process serves the snapshot's state, and its ledger continues the snapshot's.
+    let (status, body) = get(&server.url, "chat", "k0").await;
+    assert_eq!((status, body["payload"]["n"].clone()), (200, json!(0)), "{body}");
+    assert_eq!(get(&server.url, "chat", "k25").await.0, 404);
+    let size = m["ledger_size"].as_u64().expect("size");
+    let (_, proof) =
+        call(Method::GET, &format!("{}/api/v1/ledger/proof/consistency?from={size}", server.url), None, None).await;
+    assert_eq!(proof["root_from"], m["ledger_root"], "{proof}");
+    assert_eq!(last_entry(&server.url).await["action"], "ops.restore");
+    let (_, ops) = call(Method::GET, &format!("{}/api/v1/admin/operations", server.url), None, None).await;
+    assert_eq!(ops[0]["kind"], "restore", "{ops}");
+    assert_eq!(ops[0]["state"], "succeeded", "{ops}");
+    assert!(ops[0]["downtime_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{ops}");
+
+    // A bad point is refused before the server stops serving.
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["rollback", "--to", "100000"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not before it"), "{}", stderr(&o));
+    // A damaged archive fails in the window and the unchanged state is served again.
+    let archive = tmp.path().join("data/snapshots").join(format!("{}.tar.zst", m["name"].as_str().expect("name")));
+    let mut bytes = std::fs::read(&archive).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let bad = tmp.path().join("bad.tar.zst");
+    std::fs::write(&bad, bytes).expect("write");
+    put(&server.url, "chat", "kept", 1).await;
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["snapshot", "restore", bad.to_str().expect("path")]));
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("failed"), "{}", stderr(&o));
+    assert_eq!(get(&server.url, "chat", "kept").await.0, 200, "nothing replaced");
+    assert_eq!(last_entry(&server.url).await["attrs"]["outcome"], "failed");
+
+    // Rollback through the server to a sequence number.
+    for i in 30..35 {
+        put(&server.url, "chat", &format!("k{i}"), i).await;
+    }
+    let point = ledger_size(&server.url).await;
+    for i in 35..40 {
+        put(&server.url, "chat", &format!("k{i}"), i).await;
+    }
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["rollback", "--to", &point.to_string(), "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}\n{}", stdout(&o), stderr(&o), server.log_text());
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("report");
+    assert_eq!(report["to_seq"], point);
+    assert_eq!(report["set_aside_entries"], 5, "{report}");
+    assert_eq!(get(&server.url, "chat", "k34").await.0, 200);
+    assert_eq!(get(&server.url, "chat", "kept").await.0, 200);
+    assert_eq!(get(&server.url, "chat", "k35").await.0, 404);
+    assert_eq!(ledger_size(&server.url).await, point + 1, "the rollback itself is the next entry");
+    assert_eq!(last_entry(&server.url).await["action"], "ops.rollback");
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["ledger", "verify", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(server.stop().code(), Some(0));
 }

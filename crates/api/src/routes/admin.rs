@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use daena_app::admin;
 use daena_app::auth::{CreatedKey, KeyView, NewKey};
 use daena_app::error::AppError;
+use daena_app::operations::{self, Maintenance, Operation};
 use daena_core::auth::{KeyAttributes, Role};
 use daena_core::ids::TenantId;
 use serde::{Deserialize, Serialize};
@@ -203,15 +204,120 @@ pub struct RotateRequest {
 }
 
 /// Rotates the master key while serving (when it lives in `keys/master.key`): every data key
-/// re-wrapped under a new one in one transaction; requests go on; ledgered as `key.rotate`.
+/// re-wrapped under a new one in one transaction, then every record sealed again in the
+/// background while requests go on; ledgered as `key.rotate`. Answers 202 with the operation
+/// to poll (`GET /api/v1/admin/operations/{id}`), or 200 with a finished one for a dry run.
 #[utoipa::path(post, path = "/api/v1/admin/key-rotation", tag = "admin", request_body = RotateRequest,
-    responses((status = 200, body = daena_app::keyrotate::RotationReport), AuthErrors, BodyErrors), security(("api_key" = [])))]
+    responses((status = 202, body = Operation), (status = 200, body = Operation), (status = 409, body = crate::error::ErrorBody),
+        AuthErrors, BodyErrors), security(("api_key" = [])))]
 pub async fn rotate_key(
     State(state): State<AppState>,
     Auth(who, _): Auth<OpsOnly>,
     Json(req): Json<RotateRequest>,
-) -> ApiResult<axum::Json<daena_app::keyrotate::RotationReport>> {
-    Ok(axum::Json(daena_app::keyrotate::rotate(&state, &who, None, req.dry_run, |_, _| {}).await?))
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    let op = daena_app::keyrotate::start(&state, who, req.dry_run).await?;
+    let status = if req.dry_run { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, axum::Json(op)))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// `latest` (the newest in the data directory's `snapshots/`) or an absolute path on the server.
+    pub snapshot: String,
+}
+
+/// Restores a snapshot into the running server: it stops serving (requests in flight finish),
+/// verifies the archive, keeps the current state aside under `replaced/`, and serves the
+/// restored state; 503 `unavailable` meanwhile. Answers 202 with the operation to poll.
+#[utoipa::path(post, path = "/api/v1/admin/restores", tag = "admin", request_body = RestoreRequest,
+    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors),
+    security(("api_key" = [])))]
+pub async fn restore(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+    Json(req): Json<RestoreRequest>,
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    let archive = if req.snapshot == "latest" {
+        let list = daena_app::snapshot::list(&state.data.snapshots_dir())?;
+        match list.last() {
+            Some((path, _)) => path.clone(),
+            None => return Err(AppError::invalid("no snapshots in the data directory's snapshots/").into()),
+        }
+    } else {
+        std::path::PathBuf::from(&req.snapshot)
+    };
+    let op = operations::request_maintenance(&state, &who.actor(), Maintenance::Restore { archive })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(op)))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// A ledger sequence number or an RFC 3339 time: the state becomes what it was after it.
+    pub to: String,
+}
+
+/// Point-in-time recovery in the running server: the newest snapshot at or before the point
+/// plus the ledger up to it, served after a maintenance window like a restore. The current
+/// state and the later ledger entries are kept under `replaced/`. 202 with the operation.
+#[utoipa::path(post, path = "/api/v1/admin/rollbacks", tag = "admin", request_body = RollbackRequest,
+    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors),
+    security(("api_key" = [])))]
+pub async fn rollback(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+    Json(req): Json<RollbackRequest>,
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    let op = operations::request_maintenance(&state, &who.actor(), Maintenance::Rollback { to: req.to })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(op)))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// A ledger directory on the server (absolute path).
+    pub ledger: String,
+    /// A snapshot archive to start from (default: the newest at or before the point).
+    pub from_snapshot: Option<String>,
+    /// A sequence number or RFC 3339 time (default: the ledger's end).
+    pub to: Option<String>,
+}
+
+/// Rebuilds the running server's state from a snapshot and a ledger's entries after it, in a
+/// maintenance window like a restore. 202 with the operation.
+#[utoipa::path(post, path = "/api/v1/admin/replays", tag = "admin", request_body = ReplayRequest,
+    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors),
+    security(("api_key" = [])))]
+pub async fn replay(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+    Json(req): Json<ReplayRequest>,
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    let op = Maintenance::Replay { ledger: req.ledger.into(), snapshot: req.from_snapshot.map(Into::into), to: req.to };
+    let op = operations::request_maintenance(&state, &who.actor(), op)?;
+    Ok((StatusCode::ACCEPTED, axum::Json(op)))
+}
+
+/// Long operations (key rotations, restores, rollbacks, replays), newest first.
+#[utoipa::path(get, path = "/api/v1/admin/operations", tag = "admin",
+    responses((status = 200, body = Vec<Operation>), AuthErrors), security(("api_key" = [])))]
+pub async fn list_operations(State(state): State<AppState>, _auth: Auth<ReadAccess>) -> axum::Json<Vec<Operation>> {
+    axum::Json(state.operations.list())
+}
+
+/// One long operation: its phase, progress, and result or error.
+#[utoipa::path(get, path = "/api/v1/admin/operations/{id}", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = Operation), NotFound, AuthErrors), security(("api_key" = [])))]
+pub async fn get_operation(
+    State(state): State<AppState>,
+    _auth: Auth<ReadAccess>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Operation>> {
+    match state.operations.get(&id) {
+        Some(op) => Ok(axum::Json(op)),
+        None => Err(AppError::not_found(format!("no operation {id} (the newest 32 are kept)")).into()),
+    }
 }
 
 /// Validates keys: the rotation chain, every data key under the current master key, every

@@ -21,7 +21,8 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                              lives in keys/master.key"
                         );
                     }
-                    r.post("/api/v1/admin/key-rotation", &serde_json::json!({"dry_run": dry_run})).await?
+                    let op = r.post("/api/v1/admin/key-rotation", &serde_json::json!({"dry_run": dry_run})).await?;
+                    crate::client::finished(r.wait_operation(op).await?)?
                 }
                 Target::Offline(d) => {
                     let who = Principal::local_operator(TenantId::default_tenant());

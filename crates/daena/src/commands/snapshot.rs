@@ -3,6 +3,7 @@
 use super::{Target, load_config, target};
 use crate::cli::{Global, SnapshotCommand};
 use anyhow::{anyhow, bail};
+use daena_app::operations;
 use daena_app::snapshot::{self, Manifest};
 use daena_app::{Daena, OpenOptions};
 use std::path::PathBuf;
@@ -66,46 +67,76 @@ pub async fn run(global: &Global, cmd: SnapshotCommand) -> anyhow::Result<ExitCo
         SnapshotCommand::Restore { file } => {
             let loaded = load_config(global, Vec::new())?;
             let root = loaded.config.data_dir.clone();
-            if daena_store::datadir::is_locked(&root) {
-                bail!(
-                    "the data directory {} is held by a running server; stop it first: a restore replaces its state \
-                     on disk (the current state is kept under {}/replaced/)",
-                    root.display(),
-                    root.display()
-                );
-            }
-            let archive = if file == "latest" {
-                let list = snapshot::list(&root.join("snapshots")).map_err(|e| anyhow!(e.message))?;
-                match list.last() {
-                    Some((path, _)) => path.clone(),
-                    None => bail!("no snapshots in {}/snapshots", root.display()),
-                }
+            let report: snapshot::RestoreReport = if daena_store::datadir::is_locked(&root) {
+                let remote = super::remote(global, &root)?;
+                let snapshot = if file == "latest" { file } else { absolute(&file)? };
+                let op = remote.post("/api/v1/admin/restores", &serde_json::json!({"snapshot": snapshot})).await?;
+                crate::client::finished(remote.wait_operation(op).await?)?
             } else {
-                PathBuf::from(&file)
+                let archive = if file == "latest" {
+                    let list = snapshot::list(&root.join("snapshots")).map_err(|e| anyhow!(e.message))?;
+                    match list.last() {
+                        Some((path, _)) => path.clone(),
+                        None => bail!("no snapshots in {}/snapshots", root.display()),
+                    }
+                } else {
+                    PathBuf::from(&file)
+                };
+                if !archive.is_file() {
+                    bail!("no snapshot archive at {}", archive.display());
+                }
+                eprintln!("verifying {} ...", archive.display());
+                let report = snapshot::restore(&loaded, &archive).map_err(|e| anyhow!(e.message))?;
+                let value = serde_json::to_value(&report)?;
+                reopen_and_ledger(global, "restore", value, None).await?;
+                report
             };
-            if !archive.is_file() {
-                bail!("no snapshot archive at {}", archive.display());
-            }
-            eprintln!("verifying {} ...", archive.display());
-            let report = snapshot::restore(&loaded, &archive).map_err(|e| anyhow!(e.message))?;
-            // Open the restored directory once, as the server will, to prove it comes up.
-            let d = Daena::open(load_config(global, Vec::new())?, OpenOptions::offline("snapshot restore"))
-                .map_err(|e| anyhow!("the restored data directory does not open: {}", e.message))?;
-            let head = d.ledger.reader.head().size;
-            d.shutdown().await.map_err(|e| anyhow!(e.message))?;
             if global.json {
                 crate::output::json(&report)?;
             } else {
                 println!("restored {}", describe(&report.manifest));
-                println!(
-                    "ledger verified: {} entries; the directory opens at position {head}",
-                    report.ledger_verified_entries
-                );
+                println!("ledger verified: {} entries", report.ledger_verified_entries);
                 println!("the replaced state is kept in {}", report.replaced_dir);
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// An absolute form of a path given on the command line, for a server that may run elsewhere.
+fn absolute(path: &str) -> anyhow::Result<String> {
+    let p = std::path::Path::new(path);
+    let abs = std::fs::canonicalize(p).map_err(|e| anyhow!("{path}: {e}"))?;
+    Ok(abs.display().to_string())
+}
+
+/// Opens the directory a restore or rebuild produced, as the server will (which proves it
+/// comes up and applies the ledger entries after the snapshot), checks the ledger ends at
+/// `expect_head` when given, and ledgers the operation (`ops.<kind>`).
+async fn reopen_and_ledger(
+    global: &Global,
+    kind: &'static str,
+    report: serde_json::Value,
+    expect_head: Option<u64>,
+) -> anyhow::Result<()> {
+    let d = Daena::open(load_config(global, Vec::new())?, OpenOptions::offline(kind))
+        .map_err(|e| anyhow!("the {kind} result does not open: {}", e.message))?;
+    let head = d.ledger.reader.head().size;
+    let result = match expect_head {
+        Some(expected) if head != expected => {
+            Err(anyhow!("after the {kind} the ledger is at {head}, expected {expected}"))
+        }
+        _ => {
+            let who = daena_app::auth::Principal::local_operator(daena_core::ids::TenantId::default_tenant()).actor();
+            let op = d.operations.begin(kind, &who).map_err(|e| anyhow!(e.message))?;
+            operations::ledger_outcome(&d, &who, kind, &op.id, &Ok(report))
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow!(e.message))
+        }
+    };
+    d.shutdown().await.map_err(|e| anyhow!(e.message))?;
+    result
 }
 
 /// `daena rollback --to <seq|time>`.
@@ -126,24 +157,26 @@ pub async fn replay(
 async fn rebuild(global: &Global, spec: snapshot::Rebuild<'_>) -> anyhow::Result<ExitCode> {
     let loaded = load_config(global, Vec::new())?;
     let root = loaded.config.data_dir.clone();
-    if daena_store::datadir::is_locked(&root) {
-        bail!(
-            "the data directory {} is held by a running server; stop it first: a {} replaces its state on \
-             disk (the current state is kept under {}/replaced/)",
-            root.display(),
-            spec.holder,
-            root.display()
-        );
-    }
-    let report = snapshot::rebuild(&loaded, spec).map_err(|e| anyhow!(e.message))?;
-    // The next open applies the ledger entries after the snapshot: do it now, and check.
-    let d = Daena::open(load_config(global, Vec::new())?, OpenOptions::offline(spec.holder))
-        .map_err(|e| anyhow!("the rebuilt data directory does not open: {}", e.message))?;
-    let head = d.ledger.reader.head().size;
-    d.shutdown().await.map_err(|e| anyhow!(e.message))?;
-    if head != report.to_seq {
-        bail!("after the {} the ledger is at {head}, expected {}", spec.holder, report.to_seq);
-    }
+    let report: snapshot::RollbackReport = if daena_store::datadir::is_locked(&root) {
+        let remote = super::remote(global, &root)?;
+        let op = if spec.holder == "rollback" {
+            let to = spec.to.unwrap_or_default();
+            remote.post("/api/v1/admin/rollbacks", &serde_json::json!({"to": to})).await?
+        } else {
+            let path = |p: &std::path::Path| absolute(&p.display().to_string());
+            let body = serde_json::json!({
+                "ledger": spec.ledger.map(path).transpose()?,
+                "from_snapshot": spec.snapshot.map(path).transpose()?,
+                "to": spec.to,
+            });
+            remote.post("/api/v1/admin/replays", &body).await?
+        };
+        crate::client::finished(remote.wait_operation(op).await?)?
+    } else {
+        let report = snapshot::rebuild(&loaded, spec).map_err(|e| anyhow!(e.message))?;
+        reopen_and_ledger(global, spec.holder, serde_json::to_value(&report)?, Some(report.to_seq)).await?;
+        report
+    };
     if global.json {
         crate::output::json(&report)?;
     } else {
