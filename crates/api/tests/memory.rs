@@ -393,3 +393,87 @@ async fn list_pages_and_validates() {
         .await;
     assert_eq!(r.code(), "invalid_json");
 }
+
+fn turn(i: usize) -> Value {
+    let plans = ["basic", "pro", "team", "enterprise"];
+    json!({"payload": {
+        "role": if i.is_multiple_of(2) { "user" } else { "assistant" },
+        "agent": format!("support-agent-{}", i % 6),
+        "text": format!(
+            "Ticket {}: the customer on the {} plan asked about invoice INV-{:05} and whether the refund \
+             policy covers the annual subscription renewal.", i, plans[i % 4], i * 37),
+        "tags": ["support", "billing", plans[i % 4]],
+    }, "meta": {"agent": "support_synth", "channel": "email"}})
+}
+
+#[tokio::test]
+async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollback() {
+    use daena_app::memory::{codec, dict};
+    let app = TestApp::new();
+    let d = app.daena.clone();
+    // The state before any dictionary, for the rollback below.
+    daena_app::snapshot::create(&d).await.expect("snapshot");
+    for i in 0..dict::MIN_SAMPLES + 20 {
+        assert!(put(&app, OPS, &format!("chat/c{i}"), turn(i)).await.status.is_success());
+    }
+    // Another tenant's few records: not enough to train, and never under the first tenant's dictionary.
+    for i in 0..10 {
+        let r = app.call_as("PUT", &format!("/api/v1/memory/chat/a{i}"), Some(OPS), Some("acme"), Some(turn(i))).await;
+        assert!(r.status.is_success());
+    }
+    let trained = dict::train_due(&d).await.expect("train");
+    assert_eq!(trained.len(), 1, "{trained:?}");
+    let t = &trained[0];
+    assert_eq!((t.tenant.as_str(), t.class.as_str()), ("default", "chat"));
+    let id = t.kept.expect("kept");
+    assert!((t.with as f64) <= dict::KEEP_IF * t.without as f64, "{t:?}");
+    // Ledgered, sealed: the entry carries the dictionary id, not its text.
+    let page = app.call("GET", "/api/v1/ledger/entries?limit=1000&include_body=true", Some(OPS), None).await.json();
+    let e = page["entries"].as_array().expect("entries").iter().find(|e| e["action"] == "memory.dict").expect("entry");
+    assert_eq!(e["attrs"]["dict_id"], id);
+    assert!(!e.to_string().contains("refund policy"), "{e}");
+
+    // New small records of that tenant and class use it, and come out smaller.
+    let tenant = daena_core::ids::TenantId::new("default").expect("tenant");
+    let plain = codec::Plain { payload: turn(999)["payload"].to_string().into(), meta: "{}".into() };
+    let (with, _) = codec::seal(&d.memory, &tenant, "chat", "x", &plain, 3).expect("seal");
+    let (without, _) = codec::seal(&d.memory, &tenant, "ops_log", "x", &plain, 3).expect("seal");
+    assert!(with.len() < without.len() * 3 / 4, "{} vs {}", with.len(), without.len());
+    let acme = daena_core::ids::TenantId::new("acme").expect("tenant");
+    let (other, _) = codec::seal(&d.memory, &acme, "chat", "x", &plain, 3).expect("seal");
+    assert_eq!(other.len(), without.len(), "another tenant never uses this dictionary");
+    for i in 300..340 {
+        assert!(put(&app, OPS, &format!("chat/d{i}"), turn(i)).await.status.is_success());
+    }
+    let check = |app: &TestApp| {
+        let router = app.router.clone();
+        async move {
+            for i in 300..340 {
+                let req = axum::http::Request::builder()
+                    .uri(format!("/api/v1/memory/chat/d{i}"))
+                    .header("x-api-key", OPS)
+                    .body(axum::body::Body::empty())
+                    .expect("request");
+                let resp = tower::ServiceExt::oneshot(router.clone(), req).await.expect("response");
+                assert_eq!(resp.status(), StatusCode::OK, "d{i}");
+            }
+        }
+    };
+    check(&app).await;
+    let got = app.call("GET", "/api/v1/memory/chat/d301", Some(OPS), None).await.json();
+    assert_eq!(got["payload"], turn(301)["payload"]);
+
+    // After a restart the dictionary is loaded from the state.
+    drop(d);
+    let app = app.reopen(|_| {}).await;
+    check(&app).await;
+    assert_eq!(app.daena.memory.dicts.list().len(), 1);
+
+    // A rollback from the snapshot taken before the dictionary replays its entry first.
+    let size = app.daena.ledger.reader.head().size;
+    assert!(put(&app, OPS, "chat/last", turn(1)).await.status.is_success());
+    let (app, report) = app.offline(|loaded| daena_app::snapshot::rollback(loaded, &size.to_string())).await;
+    report.expect("rollback");
+    check(&app).await;
+    assert_eq!(app.call("GET", "/api/v1/memory/chat/last", Some(OPS), None).await.status, StatusCode::NOT_FOUND);
+}

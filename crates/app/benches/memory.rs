@@ -57,11 +57,11 @@ fn bench(c: &mut Criterion) {
     let tenant = TenantId::new("default").expect("tenant");
     let plain = codec::Plain { payload: payload.to_string().into(), meta: "{}".into() };
     c.bench_function("seal (zstd 3 + AES-256-GCM), 120-byte record", |b| {
-        b.iter(|| black_box(codec::seal(&d.keyring, &tenant, "chat", "k", &plain, 3).expect("seal")));
+        b.iter(|| black_box(codec::seal(&d.memory, &tenant, "chat", "k", &plain, 3).expect("seal")));
     });
-    let (env, _) = codec::seal(&d.keyring, &tenant, "chat", "k", &plain, 3).expect("seal");
+    let (env, _) = codec::seal(&d.memory, &tenant, "chat", "k", &plain, 3).expect("seal");
     c.bench_function("open (AES-256-GCM + zstd), 120-byte record", |b| {
-        b.iter(|| black_box(codec::open(&d.keyring, &tenant, "chat", "k", &env).expect("open")));
+        b.iter(|| black_box(codec::open(&d.memory, &tenant, "chat", "k", &env).expect("open")));
     });
     let class = ClassName::new("pii").expect("class");
     c.bench_function("policy decision (cached)", |b| b.iter(|| black_box(d.policy.decide(&who, &class, Action::Read))));

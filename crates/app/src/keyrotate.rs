@@ -340,6 +340,7 @@ pub async fn shred(
         }
     }
     let destroyed = d.keyring.shred(tenant.as_str())?;
+    d.memory.dicts.forget_tenant(tenant.as_str());
     let prefix = daena_store::records::tenant_prefix(tenant.as_str());
     let cached: Vec<Vec<u8>> =
         d.memory.l1.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| (*k).clone()).collect();

@@ -47,6 +47,20 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     }));
+    let train = d.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if !train.writes_enabled() {
+                continue;
+            }
+            if let Err(e) = crate::memory::dict::train_due(&train).await {
+                tracing::warn!(error = %e.message, "compression dictionary training failed");
+            }
+        }
+    }));
     let minutes = d.config.memory.aging.interval_minutes;
     if minutes > 0 {
         let aging = d.clone();

@@ -94,7 +94,7 @@ fn copy_state(txn: &redb::ReadTransaction, path: &Path) -> AppResult<(Vec<String
         let name = handle.name().to_owned();
         let n = name.as_str();
         match name.as_str() {
-            "records" | "cas" => {
+            "records" | "cas" | "memory_dicts" => {
                 let src = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(n)).map_err(store)?;
                 let mut dst = w.open_table(TableDefinition::<&[u8], &[u8]>::new(n)).map_err(store)?;
                 for item in src.iter().map_err(store)? {

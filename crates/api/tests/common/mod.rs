@@ -58,14 +58,18 @@ impl TestApp {
         TestApp::open(dir, config, clock)
     }
 
-    /// Opens the service on `dir` with `config` and the ops key, on `clock`.
-    fn open(dir: tempfile::TempDir, config: Config, clock: Arc<ManualClock>) -> TestApp {
-        let loaded = LoadedConfig {
+    fn loaded(dir: &tempfile::TempDir, config: Config) -> LoadedConfig {
+        LoadedConfig {
             config,
             secrets: Secrets { ops_key: Some(Secret::new(OPS)), ..Secrets::default() },
             files: Vec::new(),
             config_dir: dir.path().join("config"),
-        };
+        }
+    }
+
+    /// Opens the service on `dir` with `config` and the ops key, on `clock`.
+    fn open(dir: tempfile::TempDir, config: Config, clock: Arc<ManualClock>) -> TestApp {
+        let loaded = TestApp::loaded(&dir, config);
         let opts = OpenOptions { clock: Some(clock.clone()), ..OpenOptions::offline("test") };
         let daena = Daena::open(loaded, opts).expect("open daena");
         let router = daena_api::router(daena.clone());
@@ -194,5 +198,17 @@ impl TestApp {
         edit(&mut config);
         drop(daena);
         TestApp::open(dir, config, clock)
+    }
+
+    /// Stops the service, runs `f` on the stopped data directory (an offline command), and
+    /// opens the service again.
+    pub async fn offline<R>(self, f: impl FnOnce(&LoadedConfig) -> R) -> (TestApp, R) {
+        let TestApp { dir, daena, clock, router } = self;
+        daena.shutdown().await.expect("shutdown");
+        drop(router);
+        let config = daena.config.as_ref().clone();
+        drop(daena);
+        let result = f(&TestApp::loaded(&dir, config.clone()));
+        (TestApp::open(dir, config, clock), result)
     }
 }

@@ -134,14 +134,7 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
                 let m = d.memory.clone();
                 let addr = c.addr.clone();
                 let sealed = tokio::task::spawn_blocking(move || {
-                    codec::recompress(
-                        &m.keyring,
-                        &addr.tenant,
-                        addr.class.as_str(),
-                        addr.key.as_str(),
-                        &envelope,
-                        cold_level,
-                    )
+                    codec::recompress(&m, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &envelope, cold_level)
                 })
                 .await
                 .map_err(|e| AppError::internal(format!("recompress task: {e}")))?;
@@ -268,7 +261,7 @@ pub async fn reseal_stale(d: &Daena, actor: &str, mut progress: impl FnMut(u64, 
         };
         let (m, a, level) = (d.memory.clone(), addr.clone(), i32::from(row.level));
         let sealed = tokio::task::spawn_blocking(move || {
-            codec::recompress(&m.keyring, &a.tenant, a.class.as_str(), a.key.as_str(), &envelope, level)
+            codec::recompress(&m, &a.tenant, a.class.as_str(), a.key.as_str(), &envelope, level)
         })
         .await
         .map_err(|e| AppError::internal(format!("reseal task: {e}")))?;

@@ -1,9 +1,11 @@
-//! A record's body at rest: payload and meta JSON, compressed with zstd when that helps,
-//! then sealed in the tenant's envelope (`crypto`).
+//! A record's body at rest: payload and meta JSON, compressed with zstd when that helps (with
+//! the tenant's trained dictionary for the class when the record is small, see `dict`), then
+//! sealed in the tenant's envelope (`crypto`).
 //!
 //! Plaintext layout: payload length (u32 BE) ‖ payload JSON ‖ meta JSON.
 
-use crate::crypto::{Codec, Keyring, record_address};
+use super::MemoryShared;
+use crate::crypto::{Codec, record_address};
 use crate::error::{AppError, AppResult};
 use daena_core::ids::TenantId;
 use std::sync::Arc;
@@ -50,16 +52,20 @@ fn compress(raw: &[u8], level: i32) -> AppResult<Vec<u8>> {
 
 /// Compresses (at `level`, kept only if smaller) and seals; returns (envelope, raw length).
 pub fn seal(
-    keyring: &Keyring,
+    m: &MemoryShared,
     tenant: &TenantId,
     class: &str,
     key: &str,
     plain: &Plain,
     level: i32,
 ) -> AppResult<(Vec<u8>, u32)> {
+    let keyring = &m.keyring;
     let raw = plaintext(plain);
     let raw_len = u32::try_from(raw.len()).map_err(|_| AppError::invalid("record too large"))?;
-    let compressed = compress(&raw, level)?;
+    let compressed = match m.dicts.compress(tenant.as_str(), class, &raw, level)? {
+        Some(c) => c,
+        None => compress(&raw, level)?,
+    };
     let aad = record_address(tenant.as_str(), class, key);
     let envelope = if compressed.len() < raw.len() {
         keyring.seal(tenant, &aad, Codec::Zstd, &compressed)?
@@ -70,9 +76,9 @@ pub fn seal(
 }
 
 /// Opens and decompresses an envelope sealed by [`seal`].
-pub fn open(keyring: &Keyring, tenant: &TenantId, class: &str, key: &str, envelope: &[u8]) -> AppResult<Plain> {
+pub fn open(m: &MemoryShared, tenant: &TenantId, class: &str, key: &str, envelope: &[u8]) -> AppResult<Plain> {
     let aad = record_address(tenant.as_str(), class, key);
-    let (codec, body) = keyring.open(tenant, &aad, envelope)?;
+    let (codec, body) = m.keyring.open(tenant, &aad, envelope)?;
     let raw = match codec {
         Codec::Raw => body,
         Codec::Zstd => {
@@ -82,7 +88,10 @@ pub fn open(keyring: &Keyring, tenant: &TenantId, class: &str, key: &str, envelo
                 .and_then(|n| usize::try_from(n).ok())
                 .filter(|n| *n <= MAX_PLAINTEXT)
                 .ok_or_else(|| AppError::internal("compressed record without a valid content size"))?;
-            zstd::bulk::decompress(&body, size).map_err(|e| AppError::internal(format!("zstd: {e}")))?
+            match zstd::zstd_safe::get_dict_id_from_frame(&body) {
+                Some(id) => m.dicts.decompress(tenant.as_str(), class, id.get(), &body, size)?,
+                None => zstd::bulk::decompress(&body, size).map_err(|e| AppError::internal(format!("zstd: {e}")))?,
+            }
         }
     };
     if raw.len() < 4 {
@@ -101,13 +110,13 @@ pub fn open(keyring: &Keyring, tenant: &TenantId, class: &str, key: &str, envelo
 
 /// Re-seals an envelope at another compression level (aging).
 pub fn recompress(
-    keyring: &Keyring,
+    m: &MemoryShared,
     tenant: &TenantId,
     class: &str,
     key: &str,
     envelope: &[u8],
     level: i32,
 ) -> AppResult<(Vec<u8>, u32)> {
-    let plain = open(keyring, tenant, class, key, envelope)?;
-    seal(keyring, tenant, class, key, &plain, level)
+    let plain = open(m, tenant, class, key, envelope)?;
+    seal(m, tenant, class, key, &plain, level)
 }

@@ -9,6 +9,7 @@
 
 pub mod aging;
 pub mod codec;
+pub mod dict;
 pub mod monitor;
 pub mod state;
 
@@ -223,6 +224,8 @@ pub struct MemoryShared {
     l3_reads: Mutex<HashMap<Vec<u8>, u32>>,
     /// (time, records, bytes) samples for the growth rate.
     growth: Mutex<VecDeque<(i64, u64, u64)>>,
+    /// Trained compression dictionaries per tenant and class.
+    pub dicts: dict::Dictionaries,
 }
 
 impl std::fmt::Debug for MemoryShared {
@@ -248,6 +251,7 @@ impl MemoryShared {
             .max_capacity(m.l1_cache_bytes)
             .weigher(move |_k: &Vec<u8>, v: &Arc<Cached>| u32::try_from(v.weight().max(slot)).unwrap_or(u32::MAX))
             .build();
+        let dicts = dict::Dictionaries::load(&kv, &keyring)?;
         let mut stats = Stats::default();
         records::scan(kv.db(), &[], None, |k, row| {
             if let Some((t, c, key)) = records::split_key(k)
@@ -272,6 +276,7 @@ impl MemoryShared {
             l3_reads: Mutex::new(HashMap::new()),
             overlay: RwLock::new(HashMap::new()),
             growth: Mutex::new(VecDeque::new()),
+            dicts,
         }))
     }
 
@@ -460,7 +465,7 @@ pub fn get(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<(Rec
                     RowBody::Inline(b) => b.clone(),
                     RowBody::Cold { segment, offset, len } => m.cold.read(*segment, *offset, *len)?,
                 };
-                let plain = codec::open(&m.keyring, &addr.tenant, class, key, &envelope)?;
+                let plain = codec::open(m, &addr.tenant, class, key, &envelope)?;
                 let (last, count) = match m.pending_access.lock().get(&k).copied() {
                     Some(v) => v,
                     None => records::get_access(m.kv.db(), &k)?.unwrap_or((0, 0)),
@@ -572,12 +577,12 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
     // Small records are sealed on the request's thread (tens of microseconds); large ones on
     // the blocking pool so they do not stall other requests.
     let (envelope, raw_len) = if payload_text.len() + meta_text.len() < 64 * 1024 {
-        codec::seal(&d.memory.keyring, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &plain, level)?
+        codec::seal(&d.memory, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &plain, level)?
     } else {
         let m = d.memory.clone();
         let (tenant, class, key, sealed_plain) =
             (addr.tenant.clone(), addr.class.to_string(), addr.key.to_string(), plain.clone());
-        tokio::task::spawn_blocking(move || codec::seal(&m.keyring, &tenant, &class, &key, &sealed_plain, level))
+        tokio::task::spawn_blocking(move || codec::seal(&m, &tenant, &class, &key, &sealed_plain, level))
             .await
             .map_err(|e| AppError::internal(format!("seal task: {e}")))??
     };
@@ -690,7 +695,7 @@ fn get_current(d: &Daena, addr: &Addr) -> AppResult<Option<(u64, Plain)>> {
         RowBody::Inline(b) => b.clone(),
         RowBody::Cold { segment, offset, len } => d.memory.cold.read(*segment, *offset, *len)?,
     };
-    let plain = codec::open(&d.memory.keyring, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &envelope)?;
+    let plain = codec::open(&d.memory, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &envelope)?;
     Ok(Some((row.version, plain)))
 }
 

@@ -61,6 +61,13 @@ pub enum MemoryOp {
         expect_seq: u64,
         reads: u32,
     },
+    /// A trained compression dictionary (`dict`): id ‖ sealed dictionary, the entry's body.
+    Dict {
+        tenant: TenantId,
+        class: String,
+        sealed: Vec<u8>,
+        attrs: Value,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +152,11 @@ impl MemoryState {
     fn prepare_memory(&mut self, op: &MemoryOp) -> AppResult<NewEntry> {
         match op {
             MemoryOp::Put(put) => self.prepare_put(put),
+            MemoryOp::Dict { tenant, class, sealed, attrs } => {
+                Ok(NewEntry::new(tenant.as_str(), "system", "memory.dict", format!("{class}/dictionary"))
+                    .attrs(attrs.clone())
+                    .body(sealed.clone()))
+            }
             MemoryOp::Delete { addr, actor, if_match, action } => {
                 let row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
                 if let Some(v) = if_match
@@ -509,9 +521,19 @@ impl StateMachine for MemoryState {
         // Staged changes follow the memory operations of the batch in order.
         let seqs: Vec<u64> = batch
             .iter()
-            .filter(|(op, _)| matches!(op, Op::Memory(_)))
+            .filter(|(op, _)| matches!(op, Op::Memory(m) if !matches!(**m, MemoryOp::Dict { .. })))
             .map(|(_, r)| r.first().map_or(0, |r| r.seq))
             .collect();
+        // Dictionaries first: a record in this batch may already use one.
+        for (op, _) in &batch {
+            if let Op::Memory(m) = op
+                && let MemoryOp::Dict { tenant, class, sealed, attrs } = &**m
+            {
+                let created_at = attrs.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+                let shared = &self.shared;
+                shared.dicts.install(&shared.kv, &shared.keyring, tenant, class, created_at, sealed)?;
+            }
+        }
         debug_assert_eq!(seqs.len(), staged.len());
         let stripes: Vec<usize> = {
             let mut s: Vec<usize> = staged.iter().map(|(a, _)| self.shared.stripe_of(&a.table_key())).collect();
@@ -562,6 +584,18 @@ impl StateMachine for MemoryState {
     fn replay(&mut self, e: &Entry) -> AppResult<()> {
         if e.action.starts_with("llm.cache_") {
             self.cas.replay(e)?;
+        } else if e.action == "memory.dict" {
+            let class = e.attrs.get("class").and_then(Value::as_str).unwrap_or_default();
+            let created_at = e.attrs.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+            let shared = &self.shared;
+            shared.dicts.install(
+                &shared.kv,
+                &shared.keyring,
+                &TenantId::new(&e.tenant)?,
+                class,
+                created_at,
+                &e.body,
+            )?;
         } else if let Some((addr, change)) = self.replay_memory(e)? {
             let key = addr.table_key();
             let old = self.shared.row(&key)?;
