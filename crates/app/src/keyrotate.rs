@@ -11,7 +11,8 @@
 //! operator switches the variable before the next start.
 //!
 //! Every rotation is a line of `keys/rotations.jsonl`, hash-chained (key ids and counts only,
-//! never key material), and a `key.rotate` ledger entry, which the signed checkpoints cover.
+//! never key material) and signed with the ledger's checkpoint signing key (Ed25519 over the
+//! line's hash), and a `key.rotate` ledger entry, which the signed checkpoints cover.
 
 use crate::Daena;
 use crate::auth::Principal;
@@ -51,6 +52,9 @@ struct RotationLine {
     data_keys: usize,
     prev: String,
     hash: String,
+    /// Ed25519 signature of `hash` (hex) by the ledger's checkpoint signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sig: Option<String>,
 }
 
 fn line_hash(l: &RotationLine) -> String {
@@ -59,8 +63,12 @@ fn line_hash(l: &RotationLine) -> String {
     hex::encode(Sha256::digest(body.as_bytes()))
 }
 
-/// The rotation lines and the first break in their chain, if any.
-fn read_chain(keys: &Path) -> AppResult<(Vec<RotationLine>, Option<String>)> {
+/// The rotation lines and the first break in their chain (or, with `signer`, the first line
+/// whose signature does not verify), if any.
+fn read_chain(
+    keys: &Path,
+    signer: Option<&ed25519_dalek::VerifyingKey>,
+) -> AppResult<(Vec<RotationLine>, Option<String>)> {
     let text = match std::fs::read_to_string(keys.join(ROTATIONS_FILE)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
@@ -75,6 +83,16 @@ fn read_chain(keys: &Path) -> AppResult<(Vec<RotationLine>, Option<String>)> {
         };
         if l.prev != prev || line_hash(&l) != l.hash || l.n != i as u64 + 1 {
             return Ok((lines, Some(format!("line {} breaks the chain", i + 1))));
+        }
+        if let Some(key) = signer {
+            let sig = l.sig.as_deref().and_then(|s| hex::decode(s).ok()).and_then(|b| <[u8; 64]>::try_from(b).ok());
+            let Some(sig) = sig else {
+                return Ok((lines, Some(format!("line {} is not signed", i + 1))));
+            };
+            let sig = ed25519_dalek::Signature::from_bytes(&sig);
+            if key.verify_strict(l.hash.as_bytes(), &sig).is_err() {
+                return Ok((lines, Some(format!("line {}: the signature does not verify", i + 1))));
+            }
         }
         prev = l.hash.clone();
         lines.push(l);
@@ -150,7 +168,7 @@ pub async fn rotate(
             break;
         }
     }
-    let (chain, broken) = read_chain(&keys)?;
+    let (chain, broken) = read_chain(&keys, None)?;
     if let Some(b) = broken {
         tracing::warn!("{ROTATIONS_FILE} was already broken ({b}); appending after its last good line");
     }
@@ -163,8 +181,14 @@ pub async fn rotate(
         data_keys,
         prev: chain.last().map_or_else(|| "0".repeat(64), |l| l.hash.clone()),
         hash: String::new(),
+        sig: None,
     };
     line.hash = line_hash(&line);
+    {
+        use ed25519_dalek::Signer;
+        let key = crate::ledger::signing_key(&d.data)?;
+        line.sig = Some(hex::encode(key.sign(line.hash.as_bytes()).to_bytes()));
+    }
     let mut text: String = chain.iter().map(|l| serde_json::to_string(l).unwrap_or_default() + "\n").collect();
     text.push_str(&(serde_json::to_string(&line).map_err(|e| AppError::internal(e.to_string()))? + "\n"));
     daena_store::datadir::write_atomic(&keys.join(ROTATIONS_FILE), text.as_bytes(), true)?;
@@ -251,7 +275,8 @@ pub struct ValidationReport {
 /// Checks the rotation chain, that every data key is under the current master key, and that
 /// every record reads.
 pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> {
-    let (lines, chain_problem) = read_chain(&d.data.keys_dir())?;
+    let signer = crate::ledger::signing_key(&d.data)?.verifying_key();
+    let (lines, chain_problem) = read_chain(&d.data.keys_dir(), Some(&signer))?;
     let stale_tenants = d.keyring.stale_tenants()?;
     let shredded_tenants = d.keyring.shredded_tenants()?;
     let (_, old_versions) = crate::memory::aging::stale_records(d).await?;
@@ -295,7 +320,7 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
 /// The key store's status with the rotation history (`GET /api/v1/admin/key-status`).
 pub fn status(d: &Daena) -> AppResult<crypto::KeyStatus> {
     let mut st = d.keyring.status()?;
-    let (lines, _) = read_chain(&d.data.keys_dir())?;
+    let (lines, _) = read_chain(&d.data.keys_dir(), None)?;
     if let Some(last) = lines.last() {
         st.rotations = lines.len() as u64;
         st.last_rotation_at = Some(last.at.clone());

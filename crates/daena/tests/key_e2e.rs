@@ -94,6 +94,17 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     assert_eq!(v["records_under_old_data_keys"], 0, "{v}");
     assert!(v["records"].as_u64().unwrap_or(0) >= 20, "{v}");
     assert!(tmp.path().join(format!("data/keys/retired/master-{old_id}.key")).exists());
+    // The rotation line is signed: a forged signature fails validation.
+    let manifest = tmp.path().join("data/keys/rotations.jsonl");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    let line: Value = serde_json::from_str(text.lines().next().expect("a line")).expect("json");
+    let sig = line["sig"].as_str().expect("signed").to_owned();
+    let forged = format!("{}{}", if sig.starts_with('0') { "1" } else { "0" }, &sig[1..]);
+    std::fs::write(&manifest, text.replace(&sig, &forged)).expect("forge");
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["key", "validate"]));
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("signature does not verify"), "{}", stdout(&o));
+    std::fs::write(&manifest, text).expect("restore");
     server.stop();
 
     // The new key opens the data after a restart.
