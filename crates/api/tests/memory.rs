@@ -246,6 +246,12 @@ async fn divergence_abort_and_intended_revisions() {
         .expect("request");
     let r = app.send(req).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::PRECONDITION_FAILED, "version_conflict"));
+    // The divergence counters survive a restart.
+    let before = app.call("GET", "/monitoring/memory", Some(OPS), None).await.json();
+    assert!(before["divergence"]["overwrites"].as_u64() >= Some(3));
+    let app = app.reopen(|_| {}).await;
+    let after = app.call("GET", "/monitoring/memory", Some(OPS), None).await.json();
+    assert_eq!(after["divergence"], before["divergence"]);
 }
 
 #[tokio::test]

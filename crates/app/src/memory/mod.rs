@@ -161,6 +161,39 @@ pub struct Counters {
     pub intended_revisions: AtomicU64,
 }
 
+/// The settings document holding the governance counters across restarts.
+const DURABLE_COUNTERS: &str = "memory_counters";
+
+impl Counters {
+    /// The counters kept across restarts (divergence and policy), in a fixed order.
+    pub fn durable(&self) -> [u64; 5] {
+        [
+            self.overwrites.load(Ordering::Relaxed),
+            self.divergence_events.load(Ordering::Relaxed),
+            self.divergence_aborts.load(Ordering::Relaxed),
+            self.intended_revisions.load(Ordering::Relaxed),
+            self.policy_denies.load(Ordering::Relaxed),
+        ]
+    }
+
+    fn restore(kv: &Kv) -> AppResult<Counters> {
+        let c = Counters::default();
+        if let Some(v) = kv.get_doc::<[u64; 5]>(daena_store::kv::SETTINGS, DURABLE_COUNTERS)? {
+            c.overwrites.store(v[0], Ordering::Relaxed);
+            c.divergence_events.store(v[1], Ordering::Relaxed);
+            c.divergence_aborts.store(v[2], Ordering::Relaxed);
+            c.intended_revisions.store(v[3], Ordering::Relaxed);
+            c.policy_denies.store(v[4], Ordering::Relaxed);
+        }
+        Ok(c)
+    }
+
+    /// Saves the durable counters (called by the commit thread's flush).
+    pub fn save(values: [u64; 5], kv: &Kv) -> AppResult<()> {
+        Ok(kv.put_doc(daena_store::kv::SETTINGS, DURABLE_COUNTERS, &values)?)
+    }
+}
+
 /// Divergence below this counts as an edit, not a divergence event.
 pub const DIVERGENCE_EVENT: f64 = 0.05;
 
@@ -252,6 +285,7 @@ impl MemoryShared {
             .weigher(move |_k: &Vec<u8>, v: &Arc<Cached>| u32::try_from(v.weight().max(slot)).unwrap_or(u32::MAX))
             .build();
         let dicts = dict::Dictionaries::load(&kv, &keyring)?;
+        let counters = Counters::restore(&kv)?;
         let mut stats = Stats::default();
         records::scan(kv.db(), &[], None, |k, row| {
             if let Some((t, c, key)) = records::split_key(k)
@@ -270,7 +304,7 @@ impl MemoryShared {
             l1,
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             stats: Mutex::new(stats),
-            counters: Counters::default(),
+            counters,
             latency: Latencies::default(),
             pending_access: Mutex::new(HashMap::new()),
             l3_reads: Mutex::new(HashMap::new()),

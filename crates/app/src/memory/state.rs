@@ -114,12 +114,16 @@ pub struct MemoryState {
     /// Per prepared operation, in order: the address and its change.
     staged: Vec<(Addr, Change)>,
     applied: u64,
+    /// The durable counters as last saved.
+    counters_saved: [u64; 5],
 }
 
 impl MemoryState {
     pub fn new(shared: Arc<MemoryShared>, cas: Arc<crate::cas::CasShared>) -> AppResult<MemoryState> {
         let applied = records::applied_seq(shared.kv.db())?;
+        let counters_saved = shared.counters.durable();
         Ok(MemoryState {
+            counters_saved,
             shared,
             cas: crate::cas::CasState::new(cas),
             pending: HashMap::new(),
@@ -623,6 +627,11 @@ impl StateMachine for MemoryState {
 
     fn flush(&mut self) -> AppResult<()> {
         self.settle_overlay(true)?;
+        let counters = self.shared.counters.durable();
+        if counters != self.counters_saved {
+            super::Counters::save(counters, &self.shared.kv)?;
+            self.counters_saved = counters;
+        }
         self.cas.shared().stats.lock().save(&self.shared.kv)?;
         let pending = std::mem::take(&mut *self.shared.pending_access.lock());
         let db = self.shared.kv.db();
