@@ -30,8 +30,17 @@ use unicode_normalization::UnicodeNormalization;
 
 /// NFKC, whitespace collapsed, trimmed.
 pub fn normalize(text: &str) -> String {
-    let nfkc: String = text.nfkc().collect();
-    nfkc.split_whitespace().collect::<Vec<_>>().join(" ")
+    // ASCII text is its own NFKC form: skip the decomposition (most prompts).
+    let nfkc: std::borrow::Cow<'_, str> =
+        if text.is_ascii() { std::borrow::Cow::Borrowed(text) } else { std::borrow::Cow::Owned(text.nfkc().collect()) };
+    let mut out = String::with_capacity(nfkc.len());
+    for word in nfkc.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
 }
 
 /// Request fields that never change the answer.
@@ -406,6 +415,11 @@ mod tests {
     #[test]
     fn normalization() {
         assert_eq!(normalize("  What\u{00A0}is\tthe   ｃａｐｉｔａｌ?\n"), "What is the capital?");
+        // The ASCII fast path gives what full NFKC gives.
+        for t in ["", " a ", "Tabs\tand\nnewlines\r\n", "x\u{0b}y\u{0c}z", "punct: 1,2;3!", "\u{1}ctl\u{7f}"] {
+            let full: String = t.nfkc().collect();
+            assert_eq!(normalize(t), full.split_whitespace().collect::<Vec<_>>().join(" "), "{t:?}");
+        }
     }
 
     #[test]
