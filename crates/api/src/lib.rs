@@ -75,6 +75,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::rotate_key))
         .routes(routes!(admin::validate_keys))
         .routes(routes!(admin::shred_tenant))
+        .routes(routes!(admin::reseal_keys))
         .routes(routes!(admin::restore))
         .routes(routes!(admin::rollback))
         .routes(routes!(admin::replay))

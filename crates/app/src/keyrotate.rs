@@ -155,19 +155,7 @@ pub async fn rotate(
     }
     // New data key versions for new records, then every record sealed again under them.
     let new_versions = d.keyring.new_data_key_versions()?;
-    let mut progress = progress;
-    let mut reencryption = crate::memory::aging::reseal_stale(d, &who.actor(), &mut progress).await?;
-    // Writes sealed just before the switch may land after the scan: look again until clean.
-    for _ in 0..3 {
-        let again = crate::memory::aging::reseal_stale(d, &who.actor(), &mut progress).await?;
-        reencryption.resealed += again.resealed;
-        reencryption.skipped += again.skipped;
-        reencryption.errors += again.errors;
-        reencryption.stale += again.stale;
-        if again.stale == 0 {
-            break;
-        }
-    }
+    let reencryption = reseal(d, who, progress).await?;
     let (chain, broken) = read_chain(&keys, None)?;
     if let Some(b) = broken {
         tracing::warn!("{ROTATIONS_FILE} was already broken ({b}); appending after its last good line");
@@ -217,6 +205,50 @@ pub async fn rotate(
             "none: keys/master.key holds the new key; the retired one is in keys/retired/ for older snapshots".into()
         },
     })
+}
+
+/// Seals every record still under an older data key version of its tenant again, in passes
+/// until none is left (writes sealed just before a switch may land after a scan). Run by a
+/// rotation, and alone (`daena key reseal`) to finish one a crash interrupted.
+pub async fn reseal(
+    d: &Daena,
+    who: &Principal,
+    progress: impl FnMut(u64, u64),
+) -> AppResult<crate::memory::aging::ResealReport> {
+    let mut progress = progress;
+    let mut report = crate::memory::aging::reseal_stale(d, &who.actor(), &mut progress).await?;
+    for _ in 0..3 {
+        let again = crate::memory::aging::reseal_stale(d, &who.actor(), &mut progress).await?;
+        report.resealed += again.resealed;
+        report.skipped += again.skipped;
+        report.errors += again.errors;
+        report.stale += again.stale;
+        if again.stale == 0 {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Starts [`reseal`] through the server as a background operation (`key.reseal`).
+pub fn start_reseal(d: &std::sync::Arc<Daena>, who: Principal) -> AppResult<Operation> {
+    let op = d.operations.begin("key.reseal", &who.actor())?;
+    let (task_d, id) = (d.clone(), op.id.clone());
+    tokio::spawn(async move {
+        let ops = task_d.operations.clone();
+        let progress_id = id.clone();
+        let progress = move |done: u64, total: u64| {
+            ops.update(&progress_id, |r| {
+                r.phase = "re-encrypting records under the current data key versions".to_owned();
+                r.done = done;
+                r.total = Some(total);
+            })
+        };
+        let result = reseal(&task_d, &who, progress).await;
+        let outcome = result.and_then(|r| serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string())));
+        task_d.operations.finish(&id, outcome.map_err(|e| e.message));
+    });
+    Ok(d.operations.get(&op.id).unwrap_or(op))
 }
 
 /// Starts a rotation through the server as a background operation (see [`crate::operations`]):

@@ -218,6 +218,10 @@ pub enum KeyCommand {
     /// every record reads; exit 1 otherwise
     #[command(after_help = "Example:\n  DAENA_API_KEY=ops-key daena key validate --json")]
     Validate,
+    /// Seal every record still under an older data key version again, under its tenant's
+    /// current one: finishes a rotation a crash interrupted (`key validate` counts them)
+    #[command(after_help = "Example:\n  DAENA_API_KEY=ops-key daena key reseal && daena key validate")]
+    Reseal,
     /// Crypto-shred a tenant: destroy its data keys so its records can never be read again
     /// (they and the ledger stay; the ledger still verifies). Cannot be undone. Snapshots
     /// taken before still hold the wrapped keys: delete them too

@@ -220,6 +220,18 @@ pub async fn rotate_key(
     Ok((status, axum::Json(op)))
 }
 
+/// Seals every record still under an older data key version again (finishes a rotation a
+/// crash interrupted), in the background: 202 with the operation to poll.
+#[utoipa::path(post, path = "/api/v1/admin/key-reseal", tag = "admin",
+    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors),
+    security(("api_key" = [])))]
+pub async fn reseal_keys(
+    State(state): State<AppState>,
+    Auth(who, _): Auth<OpsOnly>,
+) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
+    Ok((StatusCode::ACCEPTED, axum::Json(daena_app::keyrotate::start_reseal(&state, who)?)))
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {

@@ -6,6 +6,7 @@ use anyhow::anyhow;
 use daena_app::auth::Principal;
 use daena_app::config::Secret;
 use daena_app::keyrotate::{self, RotationReport, ValidationReport};
+use daena_app::memory::aging::ResealReport;
 use daena_core::ids::TenantId;
 use std::process::ExitCode;
 
@@ -87,6 +88,37 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 println!("snapshots taken before hold the wrapped keys: delete them (`daena snapshot list`)");
             }
             Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::Reseal => {
+            let r: ResealReport = match target(global, "key reseal")? {
+                Target::Remote(r) => {
+                    let op = r.post("/api/v1/admin/key-reseal", &serde_json::json!({})).await?;
+                    crate::client::finished(r.wait_operation(op).await?)?
+                }
+                Target::Offline(d) => {
+                    let who = Principal::local_operator(TenantId::default_tenant());
+                    let mut bar = crate::output::Progress::new("re-encrypting records", None);
+                    let mut seen = 0;
+                    let result = keyrotate::reseal(&d, &who, |done, _total| {
+                        bar.inc(done.saturating_sub(seen));
+                        seen = done;
+                    })
+                    .await;
+                    bar.finish();
+                    d.shutdown().await.map_err(|e| anyhow!(e.message))?;
+                    result.map_err(|e| anyhow!(e.message))?
+                }
+            };
+            if global.json {
+                crate::output::json(&r)?;
+            } else {
+                println!(
+                    "{} records under an older data key version, {} sealed again ({} skipped as changed meanwhile, {} \
+                     errors)",
+                    r.stale, r.resealed, r.skipped, r.errors
+                );
+            }
+            Ok(if r.errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         KeyCommand::Validate => {
             let v: ValidationReport = match target(global, "key validate")? {
