@@ -233,20 +233,11 @@ pub async fn reseal(
 /// Starts [`reseal`] through the server as a background operation (`key.reseal`).
 pub fn start_reseal(d: &std::sync::Arc<Daena>, who: Principal) -> AppResult<Operation> {
     let op = d.operations.begin("key.reseal", &who.actor())?;
+    let progress = d.operations.progress(&op.id, "re-encrypting records under the current data key versions");
     let (task_d, id) = (d.clone(), op.id.clone());
     tokio::spawn(async move {
-        let ops = task_d.operations.clone();
-        let progress_id = id.clone();
-        let progress = move |done: u64, total: u64| {
-            ops.update(&progress_id, |r| {
-                r.phase = "re-encrypting records under the current data key versions".to_owned();
-                r.done = done;
-                r.total = Some(total);
-            })
-        };
         let result = reseal(&task_d, &who, progress).await;
-        let outcome = result.and_then(|r| serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string())));
-        task_d.operations.finish(&id, outcome.map_err(|e| e.message));
+        task_d.operations.finish_report(&id, result);
     });
     Ok(d.operations.get(&op.id).unwrap_or(op))
 }
@@ -257,29 +248,18 @@ pub fn start_reseal(d: &std::sync::Arc<Daena>, who: Principal) -> AppResult<Oper
 pub async fn start(d: &std::sync::Arc<Daena>, who: Principal, dry_run: bool) -> AppResult<Operation> {
     let op = d.operations.begin("key.rotate", &who.actor())?;
     if dry_run {
-        let result = rotate(d, &who, None, true, |_, _| {}).await;
-        let outcome = result.and_then(|r| serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string())));
-        d.operations.finish(&op.id, outcome.map_err(|e| e.message));
+        d.operations.finish_report(&op.id, rotate(d, &who, None, true, |_, _| {}).await);
         return Ok(d.operations.get(&op.id).unwrap_or(op));
     }
     d.operations.phase(&op.id, "re-wrapping the data keys under a new master key");
+    let progress = d.operations.progress(&op.id, "re-encrypting records under the new data key versions");
     let (task_d, id) = (d.clone(), op.id.clone());
     tokio::spawn(async move {
-        let ops = task_d.operations.clone();
-        let progress_id = id.clone();
-        let progress = move |done: u64, total: u64| {
-            ops.update(&progress_id, |r| {
-                r.phase = "re-encrypting records under the new data key versions".to_owned();
-                r.done = done;
-                r.total = Some(total);
-            })
-        };
         let result = rotate(&task_d, &who, None, false, progress).await;
         if let Err(e) = &result {
             tracing::error!(operation = %id, error = %e.message, "key rotation failed");
         }
-        let outcome = result.and_then(|r| serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string())));
-        task_d.operations.finish(&id, outcome.map_err(|e| e.message));
+        task_d.operations.finish_report(&id, result);
     });
     Ok(d.operations.get(&op.id).unwrap_or(op))
 }

@@ -164,6 +164,28 @@ impl Operations {
         });
     }
 
+    /// Finishes with a report (serialized into the record) or the error's message.
+    pub fn finish_report<T: Serialize>(&self, id: &str, result: AppResult<T>) {
+        let outcome = result.and_then(|r| serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string())));
+        self.finish(id, outcome.map_err(|e| e.message));
+    }
+
+    /// A progress callback `(done, total)` that updates the record, under `phase`.
+    pub fn progress(
+        self: &std::sync::Arc<Self>,
+        id: &str,
+        phase: &'static str,
+    ) -> impl FnMut(u64, u64) + Send + 'static {
+        let (ops, id) = (self.clone(), id.to_owned());
+        move |done, total| {
+            ops.update(&id, |r| {
+                r.phase = phase.to_owned();
+                r.done = done;
+                r.total = Some(total);
+            })
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<Operation> {
         self.records.lock().iter().find(|r| r.id == id).cloned()
     }

@@ -104,7 +104,7 @@ impl Remote {
     /// terminal); through a maintenance window the phase comes from `/health`.
     pub async fn wait_operation(&self, mut op: Operation) -> anyhow::Result<Operation> {
         let path = format!("/api/v1/admin/operations/{}", segment(&op.id));
-        let (mut phase, mut bar, mut seen) = (String::new(), None::<crate::output::Progress>, 0u64);
+        let (mut phase, mut bar) = (String::new(), None::<crate::output::Progress>);
         let mut unreachable_since: Option<std::time::Instant> = None;
         loop {
             if op.phase != phase {
@@ -113,14 +113,12 @@ impl Remote {
                 }
                 eprintln!("{} {}: {}", op.kind, op.id, op.phase);
                 phase = op.phase.clone();
-                seen = 0;
             }
             if let (Some(total), None) = (op.total, &bar) {
                 bar = Some(crate::output::Progress::new(&op.phase, Some(total)));
             }
             if let Some(b) = &mut bar {
-                b.inc(op.done.saturating_sub(seen));
-                seen = seen.max(op.done);
+                b.set(op.done);
             }
             if op.state != OpState::Running {
                 if let Some(b) = bar.take() {

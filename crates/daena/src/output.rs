@@ -78,6 +78,11 @@ impl Progress {
         }
     }
 
+    /// Advances to a running total `done` (callbacks that report totals, not increments).
+    pub fn set(&mut self, done: u64) {
+        self.inc(done.saturating_sub(self.done));
+    }
+
     pub fn finish(&self) {
         if self.enabled {
             self.draw();

@@ -28,12 +28,8 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 Target::Offline(d) => {
                     let who = Principal::local_operator(TenantId::default_tenant());
                     let mut bar = crate::output::Progress::new("re-encrypting records", None);
-                    let mut seen = 0;
-                    let result = keyrotate::rotate(&d, &who, new_key.as_ref(), dry_run, |done, _total| {
-                        bar.inc(done.saturating_sub(seen));
-                        seen = done;
-                    })
-                    .await;
+                    let result =
+                        keyrotate::rotate(&d, &who, new_key.as_ref(), dry_run, |done, _total| bar.set(done)).await;
                     bar.finish();
                     d.shutdown().await.map_err(|e| anyhow!(e.message))?;
                     result.map_err(|e| anyhow!(e.message))?
@@ -98,12 +94,7 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 Target::Offline(d) => {
                     let who = Principal::local_operator(TenantId::default_tenant());
                     let mut bar = crate::output::Progress::new("re-encrypting records", None);
-                    let mut seen = 0;
-                    let result = keyrotate::reseal(&d, &who, |done, _total| {
-                        bar.inc(done.saturating_sub(seen));
-                        seen = done;
-                    })
-                    .await;
+                    let result = keyrotate::reseal(&d, &who, |done, _total| bar.set(done)).await;
                     bar.finish();
                     d.shutdown().await.map_err(|e| anyhow!(e.message))?;
                     result.map_err(|e| anyhow!(e.message))?
