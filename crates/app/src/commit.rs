@@ -47,8 +47,12 @@ pub trait StateMachine: Send + 'static {
     fn settle(&mut self) -> AppResult<()> {
         Ok(())
     }
-    /// Makes applied state durable (called periodically and at shutdown).
+    /// Makes applied state durable and returns when it is (at shutdown and before copies).
     fn flush(&mut self) -> AppResult<()>;
+    /// Starts making applied state durable without waiting for it (called every second).
+    fn flush_background(&mut self) -> AppResult<()> {
+        self.flush()
+    }
 }
 
 /// A state machine with no state: every operation is just its entries.
@@ -349,7 +353,7 @@ impl Worker {
             tracing::warn!(error = %e.message, "checkpoint failed");
         }
         if self.last_flush.elapsed() >= self.policy.flush_every {
-            if let Err(e) = self.state.flush() {
+            if let Err(e) = self.state.flush_background() {
                 tracing::warn!(error = %e.message, "state flush failed");
             }
             self.last_flush = Instant::now();

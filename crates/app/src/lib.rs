@@ -18,6 +18,7 @@ pub mod keyrotate;
 pub mod ledger;
 pub mod memory;
 pub mod operations;
+pub mod overlay;
 pub mod policy;
 pub mod ratelimit;
 pub mod scheduler;

@@ -28,9 +28,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-/// A row to write to redb: (table key, encoded row, or None to delete).
-pub type RowWrite = (Vec<u8>, Option<Vec<u8>>);
-
 pub const CAS: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("cas");
 const ROW_FORMAT: u8 = 1;
 
@@ -109,7 +106,7 @@ pub struct CasShared {
     pub config: Arc<Config>,
     inner: RwLock<Inner>,
     /// Rows applied but not yet in redb (None: deleted), keyed by table key.
-    pending: RwLock<HashMap<Vec<u8>, Option<Arc<CasRow>>>>,
+    pub(crate) pending: crate::overlay::Overlay<CasRow>,
     pub stats: Mutex<stats::CasStats>,
     pub http: reqwest::Client,
     /// Decrypted answers of recently hit entries, so hot hits skip redb and AES.
@@ -145,7 +142,7 @@ impl CasShared {
             clock,
             config,
             inner: RwLock::new(Inner::default()),
-            pending: RwLock::new(HashMap::new()),
+            pending: crate::overlay::Overlay::default(),
             stats: Mutex::new(stats),
             http,
             hot: moka::sync::Cache::builder()
@@ -282,7 +279,7 @@ impl CasShared {
 
     fn decrypt(&self, meta: &CasMeta) -> AppResult<Vec<u8>> {
         let tk = table_key(&meta.tenant, &meta.key);
-        let row = match self.pending.read().get(&tk) {
+        let row = match self.pending.get(&tk) {
             Some(Some(row)) => Some(row.clone()),
             Some(None) => None,
             None => {
@@ -330,28 +327,6 @@ impl CasShared {
         let Some(ages) = inner.by_age.get(tenant) else { return Vec::new() };
         let over = (ages.len() as u64 + extra).saturating_sub(keep);
         ages.iter().take(over as usize).map(|(_, k)| *k).collect()
-    }
-
-    /// Rows waiting for redb, as (table key, encoded row or None for delete).
-    pub(crate) fn pending_rows(&self) -> AppResult<Vec<RowWrite>> {
-        self.pending
-            .read()
-            .iter()
-            .map(|(k, v)| {
-                let bytes = match v {
-                    Some(row) => Some(
-                        postcard::to_allocvec(&**row)
-                            .map_err(|e| AppError::internal(format!("encode cas row: {e}")))?,
-                    ),
-                    None => None,
-                };
-                Ok((k.clone(), bytes))
-            })
-            .collect()
-    }
-
-    pub(crate) fn clear_pending(&self) {
-        self.pending.write().clear();
     }
 }
 
@@ -445,13 +420,13 @@ impl CasState {
         match s {
             Staged::Store { tenant, key, row } => {
                 self.shared.insert_meta(&tenant, key, &row);
-                self.shared.pending.write().insert(table_key(&tenant, &key), Some(row));
+                self.shared.pending.insert(table_key(&tenant, &key), Some(row));
             }
             Staged::Evict { tenant, key } => {
                 if self.shared.remove_meta(&tenant, &key) {
                     self.shared.stats.lock().evicted();
                 }
-                self.shared.pending.write().insert(table_key(&tenant, &key), None);
+                self.shared.pending.insert(table_key(&tenant, &key), None);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! what hits would have cost had they gone upstream (the cached answer's usage, same prices),
 //! and are never added to spend.
 
-use crate::error::AppResult;
+use crate::error::{AppError, AppResult};
 use daena_store::kv::{DocTable, Kv, doc_table};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -90,6 +90,21 @@ impl CasStats {
             self.dirty = false;
         }
         Ok(())
+    }
+
+    /// The statistics as a document to save, when they changed since the last one; a failed
+    /// save calls [`CasStats::mark_unsaved`].
+    pub(crate) fn unsaved_doc(&mut self) -> AppResult<Option<(DocTable, &'static str, Vec<u8>)>> {
+        if !self.dirty {
+            return Ok(None);
+        }
+        let json = serde_json::to_vec(self).map_err(|e| AppError::internal(format!("encode cache statistics: {e}")))?;
+        self.dirty = false;
+        Ok(Some((STATS, "all", json)))
+    }
+
+    pub(crate) fn mark_unsaved(&mut self) {
+        self.dirty = true;
     }
 
     fn bump(&mut self, tenant: &str, f: impl Fn(&mut Counters)) {

@@ -11,6 +11,7 @@ pub mod aging;
 pub mod codec;
 pub mod dict;
 pub mod monitor;
+mod settle;
 pub mod state;
 
 use crate::Daena;
@@ -20,6 +21,7 @@ use crate::commit::Op;
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::overlay::Overlay;
 use crate::policy::Action;
 use codec::Plain;
 use daena_core::auth::Role;
@@ -192,6 +194,12 @@ impl Counters {
     pub fn save(values: [u64; 5], kv: &Kv) -> AppResult<()> {
         Ok(kv.put_doc(daena_store::kv::SETTINGS, DURABLE_COUNTERS, &values)?)
     }
+
+    /// `values` as the document [`Counters::save`] writes.
+    fn doc(values: [u64; 5]) -> AppResult<(daena_store::kv::DocTable, &'static str, Vec<u8>)> {
+        let json = serde_json::to_vec(&values).map_err(|e| AppError::internal(format!("encode counters: {e}")))?;
+        Ok((daena_store::kv::SETTINGS, DURABLE_COUNTERS, json))
+    }
 }
 
 /// Divergence below this counts as an edit, not a divergence event.
@@ -250,9 +258,9 @@ pub struct MemoryShared {
     pub latency: Latencies,
     /// Access statistics not yet written to the `access` table: (last, count).
     pending_access: Mutex<HashMap<Vec<u8>, (i64, u64)>>,
-    /// Rows the commit thread applied but has not written to redb yet (None: deleted): a
-    /// memtable in front of redb, written in one transaction every second or 4096 rows.
-    pub overlay: RwLock<HashMap<Vec<u8>, Option<Arc<RecordRow>>>>,
+    /// Rows the commit thread applied but redb does not hold yet (see [`crate::overlay`]),
+    /// written by the settler thread every second or 4096 rows.
+    pub overlay: Overlay<RecordRow>,
     /// Reads of records while in L3, towards promotion.
     l3_reads: Mutex<HashMap<Vec<u8>, u32>>,
     /// (time, records, bytes) samples for the growth rate.
@@ -308,7 +316,7 @@ impl MemoryShared {
             latency: Latencies::default(),
             pending_access: Mutex::new(HashMap::new()),
             l3_reads: Mutex::new(HashMap::new()),
-            overlay: RwLock::new(HashMap::new()),
+            overlay: Overlay::default(),
             growth: Mutex::new(VecDeque::new()),
             dicts,
         }))
@@ -316,7 +324,7 @@ impl MemoryShared {
 
     /// The current row at `key`: the overlay first, then redb.
     pub fn row(&self, key: &[u8]) -> AppResult<Option<RecordRow>> {
-        if let Some(v) = self.overlay.read().get(key) {
+        if let Some(v) = self.overlay.get(key) {
             return Ok(v.as_deref().cloned());
         }
         Ok(records::get_row(self.kv.db(), key)?)
@@ -334,6 +342,18 @@ impl MemoryShared {
         let count = cached.access_count.fetch_add(1, Ordering::Relaxed) + 1;
         self.pending_access.lock().insert(key.to_vec(), (now, count));
         (now, count)
+    }
+
+    /// Access statistics not yet saved, copied for the settler.
+    fn unsaved_access(&self) -> HashMap<Vec<u8>, (i64, u64)> {
+        self.pending_access.lock().clone()
+    }
+
+    /// The settler saved `written`: drop each entry that has not changed since.
+    fn forget_access(&self, written: &HashMap<Vec<u8>, (i64, u64)>) {
+        if !written.is_empty() {
+            self.pending_access.lock().retain(|k, v| written.get(k) != Some(v));
+        }
     }
 
     /// Samples the totals for the growth rate (called by the scheduler).

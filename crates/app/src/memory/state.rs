@@ -3,14 +3,14 @@
 //! the record's envelope, applies durable batches to redb, L1 and the statistics, and replays
 //! ledger entries after a crash.
 
+use super::settle::{Job, Settler};
 use super::{Addr, Cached, MemoryShared, RowMeta};
 use crate::commit::{Op, StateMachine};
 use crate::error::{AppError, AppResult, ErrorCode};
 use daena_core::ids::{ClassName, RecordKey, TenantId};
 use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_store::ledger::Receipt;
-use daena_store::records::{self, ACCESS, APPLIED_SEQ, MEMORY_META, RECORDS, RecordRow, RowBody, Tier, TrustRow};
-use redb::ReadableTable;
+use daena_store::records::{self, RecordRow, RowBody, Tier, TrustRow};
 
 /// Rows kept in the overlay before they are written to redb in one transaction.
 const OVERLAY_LIMIT: usize = 4096;
@@ -116,14 +116,21 @@ pub struct MemoryState {
     applied: u64,
     /// The durable counters as last saved.
     counters_saved: [u64; 5],
+    /// Writes frozen overlay layers to redb.
+    settler: Settler,
+    /// The applied point of the last durable write handed to the settler.
+    durable_applied: u64,
 }
 
 impl MemoryState {
     pub fn new(shared: Arc<MemoryShared>, cas: Arc<crate::cas::CasShared>) -> AppResult<MemoryState> {
         let applied = records::applied_seq(shared.kv.db())?;
         let counters_saved = shared.counters.durable();
+        let settler = Settler::start(shared.clone(), cas.clone())?;
         Ok(MemoryState {
             counters_saved,
+            settler,
+            durable_applied: applied,
             shared,
             cas: crate::cas::CasState::new(cas),
             pending: HashMap::new(),
@@ -322,78 +329,43 @@ impl MemoryState {
         Ok(entry(addr, &put.actor, "memory.put", attrs).body(put.envelope.clone()))
     }
 
-    /// Writes rows (None: delete) to redb in one transaction and records `applied` as the
-    /// applied point. Cold rows whose body is still inline are appended to L3 first.
-    fn write_rows(
-        &self,
-        rows: &[(Vec<u8>, Option<Arc<RecordRow>>)],
-        cas: &[crate::cas::RowWrite],
-        applied: u64,
-        durable: bool,
-    ) -> AppResult<()> {
-        let db = self.shared.kv.db();
-        let mut txn = db.begin_write().map_err(store_err)?;
-        if !durable {
-            txn.set_durability(redb::Durability::None)
-                .map_err(|e| AppError::internal(format!("redb durability: {e}")))?;
+    /// Hands the overlay to the settler: waits for the layer in flight (a no-op unless
+    /// redb is slower than the writes), freezes the active layer and sends it. `durable`
+    /// writes also save access statistics and counters and commit with fsync; `wait` returns
+    /// only once redb holds everything applied so far.
+    fn hand_off(&mut self, durable: bool, wait: bool) -> AppResult<()> {
+        if let Err(e) = self.settler.wait() {
+            // The failed layer stays frozen and is merged into this one.
+            self.counters_saved = [u64::MAX; 5];
+            self.durable_applied = 0;
+            self.cas.shared().stats.lock().mark_unsaved();
+            tracing::error!(error = %e.message, "writing applied state to redb failed; trying again");
         }
-        {
-            let mut table = txn.open_table(RECORDS).map_err(store_err)?;
-            let mut access = txn.open_table(ACCESS).map_err(store_err)?;
-            for (key, row) in rows {
-                match row {
-                    Some(row) => {
-                        let bytes = match (&row.tier, &row.body) {
-                            (Tier::L3, RowBody::Inline(inline)) => {
-                                let (segment, offset, len) = self.shared.cold.append(inline)?;
-                                RecordRow { body: RowBody::Cold { segment, offset, len }, ..(**row).clone() }
-                                    .encode()?
-                            }
-                            _ => row.encode()?,
-                        };
-                        table.insert(key.as_slice(), bytes.as_slice()).map_err(store_err)?;
-                    }
-                    None => {
-                        table.remove(key.as_slice()).map_err(store_err)?;
-                        access.remove(key.as_slice()).map_err(store_err)?;
-                    }
-                }
-            }
-            if !cas.is_empty() {
-                let mut table = txn.open_table(crate::cas::CAS).map_err(store_err)?;
-                for (key, row) in cas {
-                    match row {
-                        Some(bytes) => {
-                            table.insert(key.as_slice(), bytes.as_slice()).map_err(store_err)?;
-                        }
-                        None => {
-                            table.remove(key.as_slice()).map_err(store_err)?;
-                        }
-                    }
-                }
-            }
-            let mut meta = txn.open_table(MEMORY_META).map_err(store_err)?;
-            meta.insert(APPLIED_SEQ, applied).map_err(store_err)?;
-        }
+        let mut job = Job {
+            rows: self.shared.overlay.freeze(),
+            cas: self.cas.shared().pending.freeze(),
+            applied: self.applied,
+            durable,
+            access: HashMap::new(),
+            docs: Vec::new(),
+        };
         if durable {
-            // Rows pointing into L3 must not become durable before the bytes they point at.
-            self.shared.cold.sync()?;
+            job.access = self.shared.unsaved_access();
+            let counters = self.shared.counters.durable();
+            if counters != self.counters_saved {
+                job.docs.push(super::Counters::doc(counters)?);
+                self.counters_saved = counters;
+            }
+            job.docs.extend(self.cas.shared().stats.lock().unsaved_doc()?);
+            if job.is_empty() && self.durable_applied == self.applied {
+                return Ok(());
+            }
+            self.durable_applied = self.applied;
+        } else if job.is_empty() {
+            return Ok(());
         }
-        txn.commit().map_err(store_err)?;
-        Ok(())
-    }
-
-    /// Moves the overlay (rows applied since the last settle) into redb.
-    fn settle_overlay(&mut self, durable: bool) -> AppResult<()> {
-        let rows: Vec<(Vec<u8>, Option<Arc<RecordRow>>)> =
-            self.shared.overlay.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let cas = self.cas.shared().pending_rows()?;
-        self.write_rows(&rows, &cas, self.applied, durable)?;
-        // Only this thread changes the overlay, and redb now holds the same rows, so readers
-        // find each row in one place or the other throughout.
-        self.shared.overlay.write().clear();
-        self.cas.shared().clear_pending();
-        Ok(())
+        self.settler.send(job)?;
+        if wait { self.settler.wait() } else { Ok(()) }
     }
 
     fn replay_memory(&mut self, e: &Entry) -> AppResult<Option<(Addr, Change)>> {
@@ -489,10 +461,6 @@ impl MemoryState {
     }
 }
 
-fn store_err(e: impl std::fmt::Display) -> AppError {
-    AppError::internal(format!("storage: {e}"))
-}
-
 fn not_found(addr: &Addr) -> AppError {
     AppError::not_found(format!("no record {}/{}", addr.class, addr.key))
 }
@@ -568,13 +536,13 @@ impl StateMachine for MemoryState {
                 }
                 _ => shared.l1.invalidate(&key),
             }
-            shared.overlay.write().insert(key, new);
+            shared.overlay.insert(key, new);
         }
         drop(guards);
         self.cas.apply();
         self.applied = last_seq;
-        if shared.overlay.read().len() >= OVERLAY_LIMIT {
-            self.settle_overlay(false)?;
+        if shared.overlay.active_len() >= OVERLAY_LIMIT {
+            self.hand_off(false, false)?;
         }
         Ok(())
     }
@@ -611,14 +579,17 @@ impl StateMachine for MemoryState {
                 Change::Remove => None,
             };
             self.shared.stats.lock().replace(&addr, old.as_ref(), new.as_deref());
-            self.write_rows(&[(key, new)], &[], e.seq, false)?;
+            self.shared.overlay.insert(key, new);
         }
         self.applied = e.seq;
+        if self.shared.overlay.active_len() >= OVERLAY_LIMIT {
+            self.hand_off(false, false)?;
+        }
         Ok(())
     }
 
     fn settle(&mut self) -> AppResult<()> {
-        self.settle_overlay(false)
+        self.hand_off(false, true)
     }
 
     fn applied_seq(&self) -> u64 {
@@ -626,29 +597,10 @@ impl StateMachine for MemoryState {
     }
 
     fn flush(&mut self) -> AppResult<()> {
-        self.settle_overlay(true)?;
-        let counters = self.shared.counters.durable();
-        if counters != self.counters_saved {
-            super::Counters::save(counters, &self.shared.kv)?;
-            self.counters_saved = counters;
-        }
-        self.cas.shared().stats.lock().save(&self.shared.kv)?;
-        let pending = std::mem::take(&mut *self.shared.pending_access.lock());
-        let db = self.shared.kv.db();
-        let txn = db.begin_write().map_err(store_err)?;
-        {
-            let records = txn.open_table(RECORDS).map_err(store_err)?;
-            let mut access = txn.open_table(ACCESS).map_err(store_err)?;
-            for (key, (last, count)) in pending {
-                // Only records that still exist keep statistics.
-                if records.get(key.as_slice()).map_err(store_err)?.is_some() {
-                    access.insert(key.as_slice(), (last, count)).map_err(store_err)?;
-                }
-            }
-            let mut meta = txn.open_table(MEMORY_META).map_err(store_err)?;
-            meta.insert(APPLIED_SEQ, self.applied).map_err(store_err)?;
-        }
-        txn.commit().map_err(store_err)?;
-        Ok(())
+        self.hand_off(true, true)
+    }
+
+    fn flush_background(&mut self) -> AppResult<()> {
+        self.hand_off(true, false)
     }
 }
