@@ -173,6 +173,17 @@ pub fn maintenance_router(ops: Arc<daena_app::operations::Operations>) -> Router
     Router::new().route("/health", axum::routing::get(health)).fallback(unavailable)
 }
 
+/// `listener` with Nagle's algorithm off on every accepted connection: answers are written
+/// whole, and waiting to coalesce them only adds latency (up to a delayed-ACK timeout).
+pub fn no_delay(listener: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    })
+}
+
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then waits for in-flight
 /// requests (bounded by `server.shutdown_grace_secs`).
 pub async fn serve(
@@ -183,7 +194,7 @@ pub async fn serve(
     let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs);
     let app = router(state);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = tx.send(());
     });

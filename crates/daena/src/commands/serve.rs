@@ -123,7 +123,7 @@ async fn maintain(
     let socket = tokio::net::TcpListener::from_std(listener.try_clone().context("cloning the listening socket")?)
         .context("registering the listening socket")?;
     let window = tokio::spawn(
-        axum::serve(socket, daena_api::maintenance_router(ops.clone()))
+        axum::serve(daena_api::no_delay(socket), daena_api::maintenance_router(ops.clone()))
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
             })
