@@ -62,15 +62,17 @@ impl Remote {
         self.send(self.http.put(format!("{}{path}", self.base)).json(body), &format!("PUT {path}")).await
     }
 
-    /// PUT on behalf of `tenant` (an ops key acting for it with `X-Tenant-ID`).
-    pub async fn put_as<B: Serialize, T: DeserializeOwned>(
+    /// A request on behalf of `tenant` (an ops key acting for it with `X-Tenant-ID`).
+    pub async fn send_as<B: Serialize, T: DeserializeOwned>(
         &self,
+        method: reqwest::Method,
         path: &str,
         tenant: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let req = self.http.put(format!("{}{path}", self.base)).header("X-Tenant-ID", tenant).json(body);
-        self.send(req, &format!("PUT {path}")).await
+        let what = format!("{method} {path}");
+        let req = self.http.request(method, format!("{}{path}", self.base)).header("X-Tenant-ID", tenant).json(body);
+        self.send(req, &what).await
     }
 
     pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: String) -> anyhow::Result<T> {

@@ -87,3 +87,62 @@ async fn export_verify_import_round_trip() {
         assert_eq!(&got["payload"], payload, "{t}/{key}");
     }
 }
+
+/// Whether `tenant`'s legal record `key` at `url` is in quarantine.
+async fn quarantined(url: &str, key: &str) -> bool {
+    let (status, body) = call(Method::GET, &format!("{url}/api/v1/memory/legal/{key}"), None, None).await;
+    assert_eq!(status, 200, "legal/{key}: {body}");
+    body["trust"]["quarantined"].as_bool().expect("trust.quarantined")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_keeps_promotions_out_of_quarantine() {
+    // legal is quarantined on write by default; one record is promoted by a reviewer.
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let a = Server::start(a_dir.path(), &[]);
+    for key in ["contract-1", "contract-2"] {
+        let body = json!({"payload": {"clause": format!("{key}: net-30, renews yearly")}});
+        let (status, r) = call(Method::PUT, &format!("{}/api/v1/memory/legal/{key}", a.url), None, Some(&body)).await;
+        assert!((200..300).contains(&status), "{status} {r}");
+    }
+    let (status, r) =
+        call(Method::POST, &format!("{}/api/v1/memory/legal/contract-1/promote", a.url), None, None).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(!quarantined(&a.url, "contract-1").await);
+    assert!(quarantined(&a.url, "contract-2").await);
+    let out = a_dir.path().join("backup");
+    let o = run(daena(a_dir.path()).env("DAENA_API_KEY", OPS).args([
+        "archive",
+        "export",
+        "--out",
+        out.to_str().expect("path"),
+        "--json",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s: Value = serde_json::from_str(&stdout(&o)).expect("summary");
+    let file = s["path"].as_str().expect("path").to_owned();
+
+    // Through a running server, and offline into a directory no server holds.
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let b = Server::start(b_dir.path(), &[]);
+    let o = run(daena(b_dir.path()).env("DAENA_API_KEY", OPS).args(["archive", "import", &file]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let c_dir = tempfile::tempdir().expect("tempdir");
+    let o = run(daena(c_dir.path()).args(["archive", "import", &file]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let c = Server::start(c_dir.path(), &[]);
+    for url in [&b.url, &c.url] {
+        assert!(!quarantined(url, "contract-1").await, "{url}: the promoted record is promoted again");
+        assert!(quarantined(url, "contract-2").await, "{url}: the quarantined record stays in quarantine");
+        let (status, body) = call(Method::GET, &format!("{url}/api/v1/ledger/entries?limit=1000"), None, None).await;
+        assert_eq!(status, 200, "{body}");
+        let promoted: Vec<&Value> = body["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["action"] == "memory.promote")
+            .map(|e| &e["attrs"]["key"])
+            .collect();
+        assert_eq!(promoted, [&json!("contract-1")], "{url}: one promotion, ledgered");
+    }
+}

@@ -27,6 +27,13 @@ fn print(global: &Global, verb: &str, s: &ArchiveSummary) -> anyhow::Result<()> 
     }
 }
 
+/// Whether an imported record has to be promoted out of quarantine again: it landed in L2Q
+/// (its class requires quarantine) but the archive has it promoted (L2 or L3). The promotion
+/// is ledgered as the importing operator's; confirmations themselves are not in archives.
+fn promote_again(archived_tier: &str, landed_tier: Option<&str>) -> bool {
+    landed_tier == Some("L2Q") && archived_tier != "L2Q"
+}
+
 /// Reads the archive on a blocking thread and hands each checked record to `put`.
 async fn feed<F, Fut>(path: &Path, mut put: F) -> anyhow::Result<ArchiveSummary>
 where
@@ -106,7 +113,13 @@ pub async fn run(global: &Global, cmd: ArchiveCommand) -> anyhow::Result<ExitCod
                         let path = format!("/api/v1/memory/{}/{}", segment(&rec.class), segment(&rec.key));
                         let body =
                             serde_json::json!({"payload": rec.payload, "meta": rec.meta, "intended_revision": true});
-                        r.put_as::<_, serde_json::Value>(&path, &rec.tenant, &body).await.map(|_| ())
+                        let written: serde_json::Value =
+                            r.send_as(reqwest::Method::PUT, &path, &rec.tenant, &body).await?;
+                        if promote_again(&rec.tier, written.get("tier").and_then(serde_json::Value::as_str)) {
+                            let path = format!("{path}/promote");
+                            r.send_as::<_, serde_json::Value>(reqwest::Method::POST, &path, &rec.tenant, &()).await?;
+                        }
+                        Ok(())
                     }
                 })
                 .await?,
@@ -116,6 +129,7 @@ pub async fn run(global: &Global, cmd: ArchiveCommand) -> anyhow::Result<ExitCod
                         let d = d2.clone();
                         async move {
                             let who = Principal::local_operator(TenantId::new(&rec.tenant)?);
+                            let rec_tier = rec.tier.clone();
                             let req = PutRequest {
                                 class: rec.class,
                                 key: rec.key,
@@ -125,7 +139,15 @@ pub async fn run(global: &Global, cmd: ArchiveCommand) -> anyhow::Result<ExitCod
                                 intended_revision: true,
                                 agent: None,
                             };
-                            daena_app::memory::put(&d, &who, req).await.map(|_| ()).map_err(|e| anyhow!(e.message))
+                            let (class, key) = (req.class.clone(), req.key.clone());
+                            let written =
+                                daena_app::memory::put(&d, &who, req).await.map_err(|e| anyhow!(e.message))?;
+                            if promote_again(&rec_tier, Some(written.record.tier.as_str())) {
+                                daena_app::memory::promote(&d, &who, &class, &key)
+                                    .await
+                                    .map_err(|e| anyhow!(e.message))?;
+                            }
+                            Ok(())
                         }
                     })
                     .await;
