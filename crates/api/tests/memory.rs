@@ -483,3 +483,50 @@ async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollb
     check(&app).await;
     assert_eq!(app.call("GET", "/api/v1/memory/chat/last", Some(OPS), None).await.status, StatusCode::NOT_FOUND);
 }
+
+/// Writes go on while the commit thread hands overlay layers to the settler thread (6,000
+/// records, past the 4,096-row layer, and across once-a-second durable writes). Each record is
+/// read back at once with L1 emptied, so the read finds it in the active layer, the frozen one
+/// or redb; then every record again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_find_every_write_while_layers_are_written_behind() {
+    use daena_app::auth::Access;
+    use daena_app::memory::{self, PutRequest};
+    let app = TestApp::new();
+    let (writers, each) = (4u64, 1_500u64);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let d = app.daena.clone();
+        tasks.push(tokio::spawn(async move {
+            let who = d.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+            for i in 0..each {
+                let key = format!("w{w}-{i}");
+                let req = PutRequest {
+                    class: "chat".into(),
+                    key: key.clone(),
+                    payload: json!({"writer": w, "n": i}),
+                    meta: None,
+                    if_match: None,
+                    intended_revision: false,
+                    agent: None,
+                };
+                memory::put(&d, &who, req).await.expect("put");
+                d.memory.l1.invalidate_all();
+                let (view, tier) = memory::get(&d, &who, "chat", &key).expect("an acknowledged write is readable");
+                assert_ne!(tier, "L1");
+                assert_eq!(&*view.plain.payload, json!({"writer": w, "n": i}).to_string(), "{key}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let app = app.reopen(|_| {}).await;
+    let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+    for w in 0..writers {
+        for i in 0..each {
+            let (view, _) = memory::get(&app.daena, &who, "chat", &format!("w{w}-{i}")).expect("after a restart");
+            assert_eq!(&*view.plain.payload, json!({"writer": w, "n": i}).to_string());
+        }
+    }
+}
