@@ -211,7 +211,7 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
             let file = open.open(&part).map_err(|e| io(part.display(), e))?;
-            let enc = zstd::Encoder::new(file, 3).map_err(|e| io("zstd", e))?;
+            let enc = zstd::Encoder::new(file, 1).map_err(|e| io("zstd", e))?;
             let mut tar = tar::Builder::new(enc);
             let mut files = Vec::new();
             let state_len = std::fs::metadata(&state).map_err(|e| io(state.display(), e))?.len();
