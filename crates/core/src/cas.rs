@@ -422,6 +422,22 @@ mod tests {
         }
     }
 
+    /// The key format is persisted (cache rows and the ledger name entries by it): a change
+    /// would make every cached answer unreachable after an upgrade. The expected values are
+    /// SHA-256 of the canonical documents written out by hand (cross-checked in Python).
+    #[test]
+    fn exact_key_and_scope_vectors() {
+        let k = keys(
+            "acme",
+            &req(json!({"model": "gpt-4o", "messages": [{"role": "user", "content": " What  is 2+2? "}],
+                "temperature": 0.2, "stream": true, "user": "u1"})),
+        );
+        // {"messages":[{"content":"What is 2+2?","role":"user"}],"model":"gpt-4o","params":{"temperature":0.2},"tenant":"acme","v":1}
+        assert_eq!(hex::encode(k.exact), "5a05b56dad655d18eae3b940dc4e31ec4fdaa280bfcde1f079d4dd5406d55a54");
+        // {"model":"gpt-4o","params":{"temperature":0.2},"tenant":"acme","v":1}, first 8 bytes
+        assert_eq!(format!("{:016x}", k.scope), "1d9bec1133115ba5");
+    }
+
     #[test]
     fn exact_keys_separate_what_matters() {
         let base =
