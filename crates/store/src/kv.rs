@@ -13,6 +13,14 @@ use std::sync::Arc;
 /// A table of JSON documents keyed by string.
 pub type DocTable = TableDefinition<'static, &'static str, &'static [u8]>;
 
+/// A document to write inside a caller's transaction: (table, key, encoded document).
+pub type DocWrite = (DocTable, &'static str, Vec<u8>);
+
+/// A document as every table here stores it (JSON); [`Kv::get_doc`] reads it back.
+pub fn encode_doc<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))
+}
+
 /// A document table named `name`.
 pub const fn doc_table(name: &'static str) -> DocTable {
     TableDefinition::new(name)
@@ -73,7 +81,7 @@ impl Kv {
     }
 
     pub fn put_doc<T: Serialize>(&self, table: DocTable, key: &str, value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))?;
+        let bytes = encode_doc(value)?;
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(table)?;
@@ -89,7 +97,7 @@ impl Kv {
         {
             let mut t = txn.open_table(table)?;
             for (key, value) in items {
-                let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))?;
+                let bytes = encode_doc(value)?;
                 t.insert(key.as_str(), bytes.as_slice())?;
             }
         }

@@ -4,8 +4,8 @@
 //! what hits would have cost had they gone upstream (the cached answer's usage, same prices),
 //! and are never added to spend.
 
-use crate::error::{AppError, AppResult};
-use daena_store::kv::{DocTable, Kv, doc_table};
+use crate::error::AppResult;
+use daena_store::kv::{DocTable, DocWrite, Kv, doc_table, encode_doc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -84,21 +84,13 @@ impl CasStats {
         Ok(kv.get_doc(STATS, "all")?.unwrap_or_default())
     }
 
-    pub fn save(&mut self, kv: &Kv) -> AppResult<()> {
-        if self.dirty {
-            kv.put_doc(STATS, "all", self)?;
-            self.dirty = false;
-        }
-        Ok(())
-    }
-
     /// The statistics as a document to save, when they changed since the last one; a failed
     /// save calls [`CasStats::mark_unsaved`].
-    pub(crate) fn unsaved_doc(&mut self) -> AppResult<Option<(DocTable, &'static str, Vec<u8>)>> {
+    pub(crate) fn unsaved_doc(&mut self) -> AppResult<Option<DocWrite>> {
         if !self.dirty {
             return Ok(None);
         }
-        let json = serde_json::to_vec(self).map_err(|e| AppError::internal(format!("encode cache statistics: {e}")))?;
+        let json = encode_doc(self)?;
         self.dirty = false;
         Ok(Some((STATS, "all", json)))
     }

@@ -190,15 +190,9 @@ impl Counters {
         Ok(c)
     }
 
-    /// Saves the durable counters (called by the commit thread's flush).
-    pub fn save(values: [u64; 5], kv: &Kv) -> AppResult<()> {
-        Ok(kv.put_doc(daena_store::kv::SETTINGS, DURABLE_COUNTERS, &values)?)
-    }
-
-    /// `values` as the document [`Counters::save`] writes.
-    fn doc(values: [u64; 5]) -> AppResult<(daena_store::kv::DocTable, &'static str, Vec<u8>)> {
-        let json = serde_json::to_vec(&values).map_err(|e| AppError::internal(format!("encode counters: {e}")))?;
-        Ok((daena_store::kv::SETTINGS, DURABLE_COUNTERS, json))
+    /// The durable counters as the settings document the settler saves and `restore` reads.
+    fn doc(values: [u64; 5]) -> AppResult<daena_store::kv::DocWrite> {
+        Ok((daena_store::kv::SETTINGS, DURABLE_COUNTERS, daena_store::kv::encode_doc(&values)?))
     }
 }
 

@@ -7,7 +7,7 @@ use super::MemoryShared;
 use crate::cas::{CAS, CasRow, CasShared};
 use crate::error::{AppError, AppResult};
 use crate::overlay::Layer;
-use daena_store::kv::DocTable;
+use daena_store::kv::DocWrite;
 use daena_store::records::{ACCESS, APPLIED_SEQ, MEMORY_META, RECORDS, RecordRow, RowBody, Tier};
 use redb::ReadableTable;
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ pub(super) struct Job {
     /// Access statistics to save: a copy; the shared map keeps each until it is written.
     pub access: HashMap<Vec<u8>, (i64, u64)>,
     /// Documents saved in the same transaction: (table, key, JSON).
-    pub docs: Vec<(DocTable, &'static str, Vec<u8>)>,
+    pub docs: Vec<DocWrite>,
 }
 
 impl Job {
