@@ -156,11 +156,15 @@ impl AppError {
     pub fn unavailable(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unavailable, m)
     }
+    /// A failure of the embedded store (redb, the cold segments): internal, named as storage.
+    pub fn storage(e: impl std::fmt::Display) -> Self {
+        Self::internal(format!("storage: {e}"))
+    }
 }
 
 impl From<daena_store::StoreError> for AppError {
     fn from(e: daena_store::StoreError) -> Self {
-        AppError::internal(format!("storage: {e}"))
+        AppError::storage(e)
     }
 }
 

@@ -72,10 +72,6 @@ pub struct CasMeta {
     pub hits: AtomicU64,
 }
 
-fn db_err(e: impl std::fmt::Display) -> AppError {
-    AppError::internal(format!("storage: {e}"))
-}
-
 pub fn table_key(tenant: &str, key: &[u8; 32]) -> Vec<u8> {
     let mut k = Vec::with_capacity(tenant.len() + 33);
     k.extend_from_slice(tenant.as_bytes());
@@ -152,11 +148,11 @@ impl CasShared {
             day: Mutex::new((-1, String::new())),
         };
         let now = shared.clock.now().0;
-        let txn = shared.kv.db().begin_read().map_err(db_err)?;
+        let txn = shared.kv.db().begin_read().map_err(AppError::storage)?;
         match txn.open_table(CAS) {
             Ok(table) => {
-                for item in table.iter().map_err(db_err)? {
-                    let (k, v) = item.map_err(db_err)?;
+                for item in table.iter().map_err(AppError::storage)? {
+                    let (k, v) = item.map_err(AppError::storage)?;
                     let k = k.value();
                     let Some(sep) = k.iter().position(|b| *b == 0) else { continue };
                     let (Ok(tenant), Ok(key)) = (std::str::from_utf8(&k[..sep]), <[u8; 32]>::try_from(&k[sep + 1..]))
@@ -283,9 +279,9 @@ impl CasShared {
             Some(Some(row)) => Some(row.clone()),
             Some(None) => None,
             None => {
-                let txn = self.kv.db().begin_read().map_err(db_err)?;
+                let txn = self.kv.db().begin_read().map_err(AppError::storage)?;
                 match txn.open_table(CAS) {
-                    Ok(t) => match t.get(tk.as_slice()).map_err(db_err)? {
+                    Ok(t) => match t.get(tk.as_slice()).map_err(AppError::storage)? {
                         Some(v) => Some(Arc::new(
                             postcard::from_bytes::<CasRow>(v.value())
                                 .map_err(|e| AppError::internal(format!("cas row: {e}")))?,

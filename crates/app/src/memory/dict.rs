@@ -118,10 +118,6 @@ fn address(tenant: &str, class: &str, id: u32) -> Vec<u8> {
     a
 }
 
-fn store(e: impl std::fmt::Display) -> AppError {
-    AppError::internal(format!("storage: {e}"))
-}
-
 thread_local! {
     static CCTX: std::cell::RefCell<Option<CCtx<'static>>> = const { std::cell::RefCell::new(None) };
     static DCTX: std::cell::RefCell<Option<DCtx<'static>>> = const { std::cell::RefCell::new(None) };
@@ -131,14 +127,14 @@ impl Dictionaries {
     /// Loads every stored dictionary the keyring can open (a shredded tenant's cannot).
     pub fn load(kv: &daena_store::kv::Kv, keyring: &Keyring) -> AppResult<Dictionaries> {
         let dicts = Dictionaries::default();
-        let txn = kv.db().begin_read().map_err(store)?;
+        let txn = kv.db().begin_read().map_err(AppError::storage)?;
         let table = match txn.open_table(DICTS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(dicts),
-            Err(e) => return Err(store(e)),
+            Err(e) => return Err(AppError::storage(e)),
         };
-        for item in table.iter().map_err(store)? {
-            let (k, v) = item.map_err(store)?;
+        for item in table.iter().map_err(AppError::storage)? {
+            let (k, v) = item.map_err(AppError::storage)?;
             let mut parts = k.value().splitn(3, |b| *b == 0);
             let (Some(t), Some(c)) = (parts.next(), parts.next()) else { continue };
             let (Ok(tenant), Ok(class)) = (std::str::from_utf8(t), std::str::from_utf8(c)) else { continue };
@@ -228,12 +224,12 @@ impl Dictionaries {
     ) -> AppResult<()> {
         let mut value = created_at.to_be_bytes().to_vec();
         value.extend_from_slice(sealed);
-        let txn = kv.db().begin_write().map_err(store)?;
+        let txn = kv.db().begin_write().map_err(AppError::storage)?;
         {
-            let mut t = txn.open_table(DICTS).map_err(store)?;
-            t.insert(table_key(tenant, class, id).as_slice(), value.as_slice()).map_err(store)?;
+            let mut t = txn.open_table(DICTS).map_err(AppError::storage)?;
+            t.insert(table_key(tenant, class, id).as_slice(), value.as_slice()).map_err(AppError::storage)?;
         }
-        txn.commit().map_err(store)
+        txn.commit().map_err(AppError::storage)
     }
 
     /// Forgets a shredded tenant's dictionaries and samples (their rows stay, sealed).

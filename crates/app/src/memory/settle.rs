@@ -97,13 +97,13 @@ impl Drop for Settler {
 /// get their bytes appended to a cold segment first.
 pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
     let db = shared.kv.db();
-    let mut txn = db.begin_write().map_err(store_err)?;
+    let mut txn = db.begin_write().map_err(AppError::storage)?;
     if !job.durable {
         txn.set_durability(redb::Durability::None).map_err(|e| AppError::internal(format!("redb durability: {e}")))?;
     }
     {
-        let mut table = txn.open_table(RECORDS).map_err(store_err)?;
-        let mut access = txn.open_table(ACCESS).map_err(store_err)?;
+        let mut table = txn.open_table(RECORDS).map_err(AppError::storage)?;
+        let mut access = txn.open_table(ACCESS).map_err(AppError::storage)?;
         for (key, row) in job.rows.iter() {
             match row {
                 Some(row) => {
@@ -114,49 +114,48 @@ pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
                         }
                         _ => row.encode()?,
                     };
-                    table.insert(key.as_slice(), bytes.as_slice()).map_err(store_err)?;
+                    table.insert(key.as_slice(), bytes.as_slice()).map_err(AppError::storage)?;
                 }
                 None => {
-                    table.remove(key.as_slice()).map_err(store_err)?;
-                    access.remove(key.as_slice()).map_err(store_err)?;
+                    table.remove(key.as_slice()).map_err(AppError::storage)?;
+                    access.remove(key.as_slice()).map_err(AppError::storage)?;
                 }
             }
         }
         for (key, (last, count)) in &job.access {
             // Only records that still exist keep statistics.
-            if table.get(key.as_slice()).map_err(store_err)?.is_some() {
-                access.insert(key.as_slice(), (*last, *count)).map_err(store_err)?;
+            if table.get(key.as_slice()).map_err(AppError::storage)?.is_some() {
+                access.insert(key.as_slice(), (*last, *count)).map_err(AppError::storage)?;
             }
         }
         if !job.cas.is_empty() {
-            let mut table = txn.open_table(CAS).map_err(store_err)?;
+            let mut table = txn.open_table(CAS).map_err(AppError::storage)?;
             for (key, row) in job.cas.iter() {
                 match row {
                     Some(row) => {
                         let bytes = postcard::to_allocvec(&**row)
                             .map_err(|e| AppError::internal(format!("encode cas row: {e}")))?;
-                        table.insert(key.as_slice(), bytes.as_slice()).map_err(store_err)?;
+                        table.insert(key.as_slice(), bytes.as_slice()).map_err(AppError::storage)?;
                     }
                     None => {
-                        table.remove(key.as_slice()).map_err(store_err)?;
+                        table.remove(key.as_slice()).map_err(AppError::storage)?;
                     }
                 }
             }
         }
         for (name, key, json) in &job.docs {
-            txn.open_table(*name).map_err(store_err)?.insert(*key, json.as_slice()).map_err(store_err)?;
+            txn.open_table(*name)
+                .map_err(AppError::storage)?
+                .insert(*key, json.as_slice())
+                .map_err(AppError::storage)?;
         }
-        let mut meta = txn.open_table(MEMORY_META).map_err(store_err)?;
-        meta.insert(APPLIED_SEQ, job.applied).map_err(store_err)?;
+        let mut meta = txn.open_table(MEMORY_META).map_err(AppError::storage)?;
+        meta.insert(APPLIED_SEQ, job.applied).map_err(AppError::storage)?;
     }
     if job.durable {
         // Rows pointing into L3 must not become durable before the bytes they point at.
         shared.cold.sync()?;
     }
-    txn.commit().map_err(store_err)?;
+    txn.commit().map_err(AppError::storage)?;
     Ok(())
-}
-
-fn store_err(e: impl std::fmt::Display) -> AppError {
-    AppError::internal(format!("storage: {e}"))
 }
