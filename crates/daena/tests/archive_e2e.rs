@@ -21,6 +21,19 @@ async fn get(url: &str, tenant: &str, key: &str) -> Value {
     body
 }
 
+/// `daena archive export --out out --json` against the server holding `dir`: its summary.
+fn export(dir: &std::path::Path, out: &std::path::Path) -> Value {
+    let o = run(daena(dir).env("DAENA_API_KEY", OPS).args([
+        "archive",
+        "export",
+        "--out",
+        out.to_str().expect("path"),
+        "--json",
+    ]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).expect("summary")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_verify_import_round_trip() {
     let a_dir = tempfile::tempdir().expect("tempdir");
@@ -35,15 +48,7 @@ async fn export_verify_import_round_trip() {
         }
     }
     let out = a_dir.path().join("backup");
-    let o = run(daena(a_dir.path()).env("DAENA_API_KEY", OPS).args([
-        "archive",
-        "export",
-        "--out",
-        out.to_str().expect("path"),
-        "--json",
-    ]));
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let s: Value = serde_json::from_str(&stdout(&o)).expect("summary");
+    let s = export(a_dir.path(), &out);
     assert_eq!(s["records"], 19, "{s}");
     assert_eq!(s["tenants"], json!(["acme", "default"]));
     let file = std::path::PathBuf::from(s["path"].as_str().expect("path"));
@@ -111,15 +116,7 @@ async fn import_keeps_promotions_out_of_quarantine() {
     assert!(!quarantined(&a.url, "contract-1").await);
     assert!(quarantined(&a.url, "contract-2").await);
     let out = a_dir.path().join("backup");
-    let o = run(daena(a_dir.path()).env("DAENA_API_KEY", OPS).args([
-        "archive",
-        "export",
-        "--out",
-        out.to_str().expect("path"),
-        "--json",
-    ]));
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let s: Value = serde_json::from_str(&stdout(&o)).expect("summary");
+    let s = export(a_dir.path(), &out);
     let file = s["path"].as_str().expect("path").to_owned();
 
     // Through a running server, and offline into a directory no server holds.
