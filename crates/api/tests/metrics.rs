@@ -116,6 +116,11 @@ async fn metrics_carry_the_runbook_figures() {
     assert_eq!(get(r#"daena_rate_limit_requests{tenant="default",decision="rejected"}"#), f64::from(rejected));
     assert!(get(r#"daena_rate_limit_requests{tenant="default",decision="allowed"}"#) >= 40.0);
     assert!(get("daena_ledger_entries") > 0.0);
+    // The group commit's own figures: every write above went through at least one batch.
+    let batches = get("daena_ledger_commit_batches");
+    assert!(batches >= 1.0, "batches {batches}");
+    assert!(get("daena_ledger_commit_ops") >= batches);
+    assert!(get("daena_ledger_commit_write_seconds") > 0.0);
     assert!(get("daena_cost_spend_usd") >= 0.0);
 }
 

@@ -113,6 +113,10 @@ pub struct Committer {
     alive: Arc<AtomicBool>,
     /// Batches written, for metrics.
     pub batches: Arc<AtomicU64>,
+    /// Operations acknowledged in those batches, and the microseconds spent writing and
+    /// `fdatasync`ing them: together they show the group commit's batch size and disk time.
+    pub ops: Arc<AtomicU64>,
+    pub write_micros: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -135,6 +139,8 @@ impl Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         let batches = Arc::new(AtomicU64::new(0));
+        let ops = Arc::new(AtomicU64::new(0));
+        let write_micros = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             writer,
             state,
@@ -145,6 +151,8 @@ impl Committer {
             last_checkpoint: Instant::now(),
             last_flush: Instant::now(),
             batches: batches.clone(),
+            ops: ops.clone(),
+            write_micros: write_micros.clone(),
         };
         let alive2 = alive.clone();
         let spawned = std::thread::Builder::new().name("daena-commit".into()).spawn(move || {
@@ -166,7 +174,7 @@ impl Committer {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, batches }
+        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, batches, ops, write_micros }
     }
 
     pub fn is_alive(&self) -> bool {
@@ -245,6 +253,8 @@ struct Worker {
     last_checkpoint: Instant,
     last_flush: Instant,
     batches: Arc<AtomicU64>,
+    ops: Arc<AtomicU64>,
+    write_micros: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -311,7 +321,11 @@ impl Worker {
             self.state.abort();
             return;
         }
-        let receipts = match self.writer.append(&entries, self.clock.now()) {
+        let started = Instant::now();
+        let written = self.writer.append(&entries, self.clock.now());
+        self.write_micros
+            .fetch_add(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let receipts = match written {
             Ok(r) => r,
             Err(e) => {
                 self.state.abort();
@@ -323,6 +337,7 @@ impl Worker {
             }
         };
         self.batches.fetch_add(1, Ordering::Relaxed);
+        self.ops.fetch_add(accepted.len() as u64, Ordering::Relaxed);
         self.since_checkpoint += receipts.len() as u64;
         let mut batch = Vec::with_capacity(accepted.len());
         let mut replies = Vec::with_capacity(accepted.len());

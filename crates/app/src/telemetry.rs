@@ -85,6 +85,9 @@ pub struct Metrics {
     pub rate_limit_requests: Family<LimitLabels, Gauge>,
     pub ledger_entries: Gauge,
     pub ledger_checkpoint_size: Gauge,
+    pub ledger_commit_batches: Gauge,
+    pub ledger_commit_ops: Gauge,
+    pub ledger_commit_write_seconds: GaugeF64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,8 +171,23 @@ impl Metrics {
         let ledger_entries = reg!("ledger_entries", "Ledger entries", Gauge::default());
         let ledger_checkpoint_size =
             reg!("ledger_checkpoint_size", "Entries covered by the newest signed checkpoint", Gauge::default());
+        let ledger_commit_batches =
+            reg!("ledger_commit_batches", "Group-commit batches written since start", Gauge::default());
+        let ledger_commit_ops = reg!(
+            "ledger_commit_ops",
+            "Operations acknowledged by those batches (ops per batch = their ratio)",
+            Gauge::default()
+        );
+        let ledger_commit_write_seconds = reg!(
+            "ledger_commit_write_seconds",
+            "Seconds spent writing and fdatasyncing those batches",
+            GaugeF64::default()
+        );
         Metrics {
             registry,
+            ledger_commit_batches,
+            ledger_commit_ops,
+            ledger_commit_write_seconds,
             memory_records,
             memory_bytes,
             memory_latency_p95_ms,
