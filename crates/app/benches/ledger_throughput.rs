@@ -78,7 +78,7 @@ async fn appends(concurrency: usize, secs: f64) -> (f64, Duration, Duration, u64
         lat.extend(t.await.expect("task"));
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let batches = commit.batches.load(std::sync::atomic::Ordering::Relaxed);
+    let batches = commit.stats.batches.load(std::sync::atomic::Ordering::Relaxed);
     commit.shutdown().await.expect("shutdown");
     lat.sort();
     (lat.len() as f64 / elapsed, percentile(&lat, 0.5), percentile(&lat, 0.99), batches)

@@ -111,12 +111,19 @@ pub struct Committer {
     tx: mpsc::Sender<Msg>,
     thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
     alive: Arc<AtomicBool>,
-    /// Batches written, for metrics.
-    pub batches: Arc<AtomicU64>,
-    /// Operations acknowledged in those batches, and the microseconds spent writing and
-    /// `fdatasync`ing them: together they show the group commit's batch size and disk time.
-    pub ops: Arc<AtomicU64>,
-    pub write_micros: Arc<AtomicU64>,
+    /// What the group commit has written, for metrics.
+    pub stats: Arc<CommitStats>,
+}
+
+/// Totals since start of the batches the commit thread wrote. Ratios of their increases give
+/// the batch size (`ops / batches`) and the disk time per batch (`write_micros / batches`).
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub batches: AtomicU64,
+    /// Operations acknowledged in those batches.
+    pub ops: AtomicU64,
+    /// Microseconds spent writing and `fdatasync`ing those batches.
+    pub write_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for Committer {
@@ -138,9 +145,7 @@ impl Committer {
     ) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
-        let batches = Arc::new(AtomicU64::new(0));
-        let ops = Arc::new(AtomicU64::new(0));
-        let write_micros = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(CommitStats::default());
         let worker = Worker {
             writer,
             state,
@@ -150,9 +155,7 @@ impl Committer {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             last_flush: Instant::now(),
-            batches: batches.clone(),
-            ops: ops.clone(),
-            write_micros: write_micros.clone(),
+            stats: stats.clone(),
         };
         let alive2 = alive.clone();
         let spawned = std::thread::Builder::new().name("daena-commit".into()).spawn(move || {
@@ -174,7 +177,7 @@ impl Committer {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, batches, ops, write_micros }
+        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, stats }
     }
 
     pub fn is_alive(&self) -> bool {
@@ -252,9 +255,7 @@ struct Worker {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     last_flush: Instant,
-    batches: Arc<AtomicU64>,
-    ops: Arc<AtomicU64>,
-    write_micros: Arc<AtomicU64>,
+    stats: Arc<CommitStats>,
 }
 
 impl Worker {
@@ -322,10 +323,7 @@ impl Worker {
             return;
         }
         let started = Instant::now();
-        let written = self.writer.append(&entries, self.clock.now());
-        self.write_micros
-            .fetch_add(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        let receipts = match written {
+        let receipts = match self.writer.append(&entries, self.clock.now()) {
             Ok(r) => r,
             Err(e) => {
                 self.state.abort();
@@ -336,8 +334,10 @@ impl Worker {
                 return;
             }
         };
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.ops.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.write_micros.fetch_add(micros, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.ops.fetch_add(accepted.len() as u64, Ordering::Relaxed);
         self.since_checkpoint += receipts.len() as u64;
         let mut batch = Vec::with_capacity(accepted.len());
         let mut replies = Vec::with_capacity(accepted.len());

@@ -242,10 +242,11 @@ impl Daena {
         m.policy_denies.set(as_i64(report.operations.policy_denies));
         m.ledger_entries.set(as_i64(report.ledger.size));
         m.ledger_checkpoint_size.set(as_i64(report.ledger.checkpoint_size));
-        m.ledger_commit_batches.set(as_i64(self.commit.batches.load(Ordering::Relaxed)));
-        m.ledger_commit_ops.set(as_i64(self.commit.ops.load(Ordering::Relaxed)));
+        let commit = &self.commit.stats;
+        m.ledger_commit_batches.set(as_i64(commit.batches.load(Ordering::Relaxed)));
+        m.ledger_commit_ops.set(as_i64(commit.ops.load(Ordering::Relaxed)));
         #[allow(clippy::cast_precision_loss)] // microseconds: exact far beyond any uptime
-        m.ledger_commit_write_seconds.set(self.commit.write_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        m.ledger_commit_write_seconds.set(commit.write_micros.load(Ordering::Relaxed) as f64 / 1e6);
         let cas = cas::report::cas(self);
         for (result, n) in [
             ("exact", cas.rates.exact_hits),
