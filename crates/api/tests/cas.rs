@@ -248,3 +248,46 @@ async fn cache_aside_and_bad_requests() {
     assert!(d["top_repeated_prompts"].as_array().is_some_and(|t| !t.is_empty()));
     assert!(!d.to_string().contains("Summarize"), "prompts are never shown in plaintext");
 }
+
+/// Stores arriving together, past the tenant's cap: the commit thread prepares each batch
+/// while the one before it syncs, so victims must be chosen counting evictions not yet
+/// applied. Each evicted entry is evicted once, and the cache ends exactly at the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_stores_past_the_cap_evict_each_victim_once() {
+    use tower::ServiceExt;
+    let cap = 5u64;
+    let app = TestApp::with_config(|c| c.memory.cas.max_entries_per_tenant = cap);
+    let answer = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-test",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 1}});
+    let stores = 48u64;
+    let mut tasks = Vec::new();
+    for i in 0..stores {
+        let router = app.router.clone();
+        let body = json!({"request": chat(&format!("Question {i} about the quarterly report")), "response": answer});
+        tasks.push(tokio::spawn(async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/api/v1/cas/store")
+                .header("x-api-key", OPS)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("request");
+            router.oneshot(req).await.expect("router").status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("store"), StatusCode::OK);
+    }
+    let (entries, _) =
+        app.daena.ledger.reader.entries(1, 10_000, 100_000, |e| e.action.starts_with("llm.cache_")).expect("ledger");
+    let stored = entries.iter().filter(|e| e.action == "llm.cache_store").count() as u64;
+    let evicted: Vec<&str> =
+        entries.iter().filter(|e| e.action == "llm.cache_evict").filter_map(|e| e.attrs["key"].as_str()).collect();
+    let distinct: std::collections::HashSet<&str> = evicted.iter().copied().collect();
+    assert_eq!(stored, stores);
+    assert_eq!(distinct.len(), evicted.len(), "an entry was evicted twice: {evicted:?}");
+    assert_eq!(evicted.len() as u64, stores - cap);
+    let m = app.call("GET", "/monitoring/memory/cas", Some(OPS), None).await.json();
+    assert_eq!(m["entries"], cap, "{m}");
+}

@@ -530,3 +530,56 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
         }
     }
 }
+
+/// Optimistic writers on one record: each reads the version, writes `n + 1` with `If-Match`
+/// on it, and retries on a conflict. A lost update would show as a wrong final count or
+/// version. (The pipelined commit's side of this is pinned down deterministically by
+/// `memory::state::tests` in the app crate.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimistic_writers_on_one_record_lose_no_update() {
+    use daena_app::auth::Access;
+    use daena_app::error::ErrorCode;
+    use daena_app::memory::{self, PutRequest};
+    let app = TestApp::new();
+    let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+    let req = |n: u64, if_match: Option<u64>| PutRequest {
+        class: "chat".into(),
+        key: "counter".into(),
+        payload: json!({"n": n}),
+        meta: None,
+        if_match,
+        intended_revision: true,
+        agent: None,
+    };
+    memory::put(&app.daena, &who, req(0, None)).await.expect("create");
+    let (writers, each) = (8u64, 40u64);
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (d, who) = (app.daena.clone(), who.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut done, mut conflicts) = (0, 0u64);
+            while done < each {
+                let (view, _) = memory::get(&d, &who, "chat", "counter").expect("get");
+                let n: Value = serde_json::from_str(&view.plain.payload).expect("json");
+                let n = n["n"].as_u64().expect("n");
+                match memory::put(&d, &who, req(n + 1, Some(view.meta.version))).await {
+                    Ok(_) => done += 1,
+                    Err(e) if e.code == ErrorCode::VersionConflict => conflicts += 1,
+                    Err(e) => panic!("put: {e:?}"),
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.expect("writer");
+    }
+    let (view, _) = memory::get(&app.daena, &who, "chat", "counter").expect("get");
+    assert_eq!(view.plain.payload.as_ref(), json!({"n": writers * each}).to_string(), "{conflicts} conflicts");
+    assert_eq!(view.meta.version, writers * each + 1);
+    let app = app.reopen(|_| {}).await;
+    let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+    let (view, _) = memory::get(&app.daena, &who, "chat", "counter").expect("after a restart");
+    assert_eq!(view.meta.version, writers * each + 1);
+}

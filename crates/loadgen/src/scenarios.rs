@@ -140,13 +140,53 @@ pub async fn memory_put(c: &Common) -> anyhow::Result<()> {
     let null = client::null_server().await?;
     let base = client::run(null, c.concurrency, c.warmup, c.seconds, make.clone()).await?;
     println!("{}", base.line("baseline: null HTTP server"));
+    let before = CommitTotals::read(&running.daena);
+    let started = Instant::now();
     let put = client::run(running.addr, c.concurrency, c.warmup, c.seconds, make).await?;
+    let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{}  throughput ratio {:.2}",
         put.line("PUT, new records (L2, zstd + AES-GCM, ledger)"),
         put.rate() / base.rate()
     );
+    CommitTotals::read(&running.daena).since(&before).print(elapsed);
     Ok(())
+}
+
+/// The commit thread's totals, to report batch size and disk time per batch for a run.
+struct CommitTotals {
+    batches: u64,
+    ops: u64,
+    write_micros: u64,
+}
+
+impl CommitTotals {
+    fn read(d: &Daena) -> CommitTotals {
+        let s = &d.commit.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        CommitTotals { batches: load(&s.batches), ops: load(&s.ops), write_micros: load(&s.write_micros) }
+    }
+
+    fn since(&self, before: &CommitTotals) -> CommitTotals {
+        CommitTotals {
+            batches: self.batches - before.batches,
+            ops: self.ops - before.ops,
+            write_micros: self.write_micros - before.write_micros,
+        }
+    }
+
+    /// One line: batches per second, operations per batch, write + fdatasync time per batch
+    /// and the share of the run the commit thread spent in it (warm-up included).
+    fn print(&self, seconds: f64) {
+        let per = |x: u64| x as f64 / self.batches.max(1) as f64;
+        println!(
+            "commit thread (warm-up included): {:.0} batches/s, {:.1} ops per batch, write + fdatasync {:.0} µs per batch, {:.0}% of the run",
+            self.batches as f64 / seconds,
+            per(self.ops),
+            per(self.write_micros),
+            self.write_micros as f64 / 1e4 / seconds,
+        );
+    }
 }
 
 pub async fn cas_hit(c: &Common, redis: &str) -> anyhow::Result<()> {

@@ -140,3 +140,44 @@ fn segments_roll_and_hashes_rebuild() {
     assert_eq!(got.len(), 6);
     assert!(verify_dir(&dir).ok());
 }
+
+#[test]
+fn a_written_batch_is_invisible_until_published_and_a_discard_cuts_it_off() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("ledger");
+    let key = SigningKey::from_bytes(&[1u8; 32]);
+    let (mut w, r, _) = ledger::open(&dir, 1 << 20).expect("open");
+    w.append(&entries(1, 2), Micros(10)).expect("append");
+
+    // Written, not synced: readers and checkpoints see only the published head.
+    let written = w.write(&entries(3, 2), Micros(11)).expect("write");
+    assert_eq!(written.receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(r.head().size, 2);
+    assert!(r.entries(3, 1, 1000, |_| true).expect("entries").0.is_empty());
+    assert!(w.has_unsynced());
+    assert!(w.checkpoint(&key, Micros(12)).is_err(), "no checkpoint over an unsynced batch");
+    assert!(w.write(&entries(5, 1), Micros(12)).is_err(), "one unsynced batch at a time");
+
+    // Synced on another thread, then published.
+    let syncer = written.syncer();
+    std::thread::spawn(move || syncer.sync()).join().expect("join").expect("sync");
+    let receipts = w.publish(written);
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(r.head().size, 4);
+    assert_eq!(r.root(4).expect("root").map(hex::encode), Some(verify_dir(&dir).root));
+
+    // A batch whose sync failed is cut off; the next one continues the chain from the head.
+    let doomed = w.write(&entries(5, 3), Micros(13)).expect("write");
+    drop(doomed);
+    w.discard_unsynced();
+    assert_eq!(w.size(), 4);
+    let receipts = w.append(&entries(5, 1), Micros(14)).expect("append after discard");
+    assert_eq!(receipts[0].seq, 5);
+    w.checkpoint(&key, Micros(15)).expect("checkpoint");
+    drop(w);
+    let s = verify_dir(&dir);
+    assert!(s.ok(), "{s:?}");
+    assert_eq!(s.entries, 5);
+    let (_, _, report) = ledger::open(&dir, 1 << 20).expect("reopen");
+    assert_eq!((report.entries, report.repaired_bytes), (5, 0));
+}

@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -317,12 +317,24 @@ impl CasShared {
         self.inner.read().by_key.values().cloned().collect()
     }
 
-    /// The oldest entries of `tenant` beyond `keep`.
-    fn oldest(&self, tenant: &str, keep: u64, extra: u64) -> Vec<[u8; 32]> {
+    /// Whether the entry is held, expired or not.
+    fn contains(&self, tenant: &str, key: &[u8; 32]) -> bool {
+        self.inner.read().by_key.contains_key(&(tenant.to_owned(), *key))
+    }
+
+    /// Entries of `tenant`.
+    fn tenant_len(&self, tenant: &str) -> usize {
+        self.inner.read().by_age.get(tenant).map_or(0, |a| a.len())
+    }
+
+    /// The `n` oldest entries of `tenant`, passing over those in `skip`.
+    fn oldest(&self, tenant: &str, n: usize, skip: &HashSet<[u8; 32]>) -> Vec<[u8; 32]> {
+        if n == 0 {
+            return Vec::new();
+        }
         let inner = self.inner.read();
         let Some(ages) = inner.by_age.get(tenant) else { return Vec::new() };
-        let over = (ages.len() as u64 + extra).saturating_sub(keep);
-        ages.iter().take(over as usize).map(|(_, k)| *k).collect()
+        ages.iter().map(|(_, k)| *k).filter(|k| !skip.contains(k)).take(n).collect()
     }
 }
 
@@ -342,12 +354,16 @@ enum Staged {
 /// The cache's part of the commit thread's state machine.
 pub struct CasState {
     shared: Arc<CasShared>,
+    /// Changes of every unapplied batch, oldest first.
     staged: Vec<Staged>,
+    /// How many of `staged` each batch handed to the ledger holds, oldest first; the rest
+    /// belong to the batch being prepared.
+    sealed: VecDeque<usize>,
 }
 
 impl CasState {
     pub fn new(shared: Arc<CasShared>) -> CasState {
-        CasState { shared, staged: Vec::new() }
+        CasState { shared, staged: Vec::new(), sealed: VecDeque::new() }
     }
 
     pub fn shared(&self) -> &Arc<CasShared> {
@@ -361,14 +377,9 @@ impl CasState {
     pub fn prepare(&mut self, op: &mut CasOp) -> AppResult<Vec<NewEntry>> {
         match op {
             CasOp::Store { tenant, key, row, actor } => {
-                let cap = self.shared.config.memory.cas.max_entries_per_tenant;
-                let staged_here =
-                    self.staged.iter().filter(|s| matches!(s, Staged::Store { tenant: t, .. } if t == tenant)).count()
-                        as u64;
-                let exists = self.shared.get(tenant, key).is_some();
                 let mut entries = Vec::new();
-                if !exists {
-                    for victim in self.shared.oldest(tenant, cap, staged_here + 1) {
+                if !self.present(tenant, key, false) {
+                    for victim in self.victims(tenant) {
                         entries.push(
                             NewEntry::new(tenant.as_str(), actor.as_str(), "llm.cache_evict", Self::ref_of(&victim))
                                 .attrs(json!({"key": hex::encode(victim), "reason": "capacity"})),
@@ -392,9 +403,7 @@ impl CasState {
                 Ok(entries)
             }
             CasOp::Evict { tenant, key, reason, actor } => {
-                if self.shared.get(tenant, key).is_none()
-                    && !self.staged.iter().any(|s| matches!(s, Staged::Store { key: k, .. } if k == key))
-                {
+                if !self.present(tenant, key, true) {
                     return Err(AppError::not_found("no such cache entry"));
                 }
                 self.staged.push(Staged::Evict { tenant: tenant.clone(), key: *key });
@@ -406,8 +415,57 @@ impl CasState {
         }
     }
 
+    /// Whether `key` is in the cache once every unapplied batch is applied; `unexpired`
+    /// leaves out applied entries past their TTL (still counted against the cap).
+    fn present(&self, tenant: &str, key: &[u8; 32], unexpired: bool) -> bool {
+        let last = self.staged.iter().rev().find_map(|s| match s {
+            Staged::Store { tenant: t, key: k, .. } if t == tenant && k == key => Some(true),
+            Staged::Evict { tenant: t, key: k } if t == tenant && k == key => Some(false),
+            _ => None,
+        });
+        last.unwrap_or_else(|| {
+            if unexpired { self.shared.get(tenant, key).is_some() } else { self.shared.contains(tenant, key) }
+        })
+    }
+
+    /// The entries to evict so that one more fits under the tenant's cap, counting the
+    /// unapplied batches: the oldest applied entries not already on their way out.
+    fn victims(&self, tenant: &str) -> Vec<[u8; 32]> {
+        let cap = self.shared.config.memory.cas.max_entries_per_tenant;
+        let mut leaving = HashSet::new();
+        let mut arriving = HashSet::new();
+        for s in &self.staged {
+            match s {
+                Staged::Store { tenant: t, key, .. } if t == tenant => {
+                    leaving.remove(key);
+                    if !self.shared.contains(tenant, key) {
+                        arriving.insert(*key);
+                    }
+                }
+                Staged::Evict { tenant: t, key } if t == tenant => {
+                    if !arriving.remove(key) && self.shared.contains(tenant, key) {
+                        leaving.insert(*key);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let applied = self.shared.tenant_len(tenant) as u64;
+        let after = applied + arriving.len() as u64 - leaving.len() as u64 + 1;
+        let over = after.saturating_sub(cap) as usize;
+        self.shared.oldest(tenant, over, &leaving)
+    }
+
+    /// Marks the end of the batch being prepared: apply() applies batches in this order.
+    pub fn end_batch(&mut self) {
+        let sealed: usize = self.sealed.iter().sum();
+        self.sealed.push_back(self.staged.len() - sealed);
+    }
+
+    /// Applies the oldest unapplied batch, now durable.
     pub fn apply(&mut self) {
-        for s in std::mem::take(&mut self.staged) {
+        let n = self.sealed.pop_front().unwrap_or(0).min(self.staged.len());
+        for s in self.staged.drain(..n).collect::<Vec<_>>() {
             self.apply_one(s);
         }
     }
@@ -429,6 +487,7 @@ impl CasState {
 
     pub fn abort(&mut self) {
         self.staged.clear();
+        self.sealed.clear();
     }
 
     /// Replays a cache entry of the ledger.
