@@ -249,9 +249,9 @@ async fn cache_aside_and_bad_requests() {
     assert!(!d.to_string().contains("Summarize"), "prompts are never shown in plaintext");
 }
 
-/// Stores arriving together, past the tenant's cap: the commit thread prepares each batch
-/// while the one before it syncs, so victims must be chosen counting evictions not yet
-/// applied. Each evicted entry is evicted once, and the cache ends exactly at the cap.
+/// Stores arriving together, past the tenant's cap, land in the same commit batches, so
+/// victims must be chosen counting the evictions the batch already holds. Each evicted
+/// entry is evicted once, and the cache ends exactly at the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_stores_past_the_cap_evict_each_victim_once() {
     use tower::ServiceExt;

@@ -533,8 +533,7 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
 
 /// Optimistic writers on one record: each reads the version, writes `n + 1` with `If-Match`
 /// on it, and retries on a conflict. A lost update would show as a wrong final count or
-/// version. (The pipelined commit's side of this is pinned down deterministically by
-/// `memory::state::tests` in the app crate.)
+/// version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optimistic_writers_on_one_record_lose_no_update() {
     use daena_app::auth::Access;

@@ -2,26 +2,15 @@
 //!
 //! Operations arrive on a bounded queue. The thread drains what is waiting into one batch,
 //! lets the [`StateMachine`] validate each operation against current state (earlier
-//! operations and batches not yet applied included) and turn it into ledger entries, writes
-//! all entries with one `fdatasync` (group commit), applies the effects, and only then
-//! answers the callers. So an acknowledged operation is always in the ledger, and the ledger
-//! is the write-ahead log the state is rebuilt from after a crash.
-//!
-//! The `fdatasync` runs on a second thread, so the disk and the commit thread work at once:
-//!
-//! ```text
-//! commit thread:  prepare N+1 | wait | publish N, write N+1 | apply N, answer N | prepare N+2 | wait ...
-//! fsync thread:   [ fdatasync N ......]                     [ fdatasync N+1 ...............]
-//! ```
-//!
-//! One batch is on disk unsynced at a time. If its sync fails, the segment is cut back, the
-//! batch and the one prepared behind it are refused, and the state forgets both.
+//! operations of the same batch included) and turn it into ledger entries, appends all
+//! entries with one `fdatasync` (group commit), applies the effects, and only then answers
+//! the callers. So an acknowledged operation is always in the ledger, and the ledger is the
+//! write-ahead log the state is rebuilt from after a crash.
 
 use crate::clock::Clock;
 use crate::error::{AppError, AppResult};
 use daena_core::ledger::entry::{Entry, NewEntry};
-use daena_store::StoreError;
-use daena_store::ledger::{LedgerWriter, Receipt, Syncer, Written};
+use daena_store::ledger::{LedgerWriter, Receipt};
 use ed25519_dalek::SigningKey;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,16 +32,12 @@ pub enum Op {
 
 /// What the commit thread needs from the state it maintains.
 pub trait StateMachine: Send + 'static {
-    /// Validates `op` against current state plus every operation prepared and not yet
-    /// applied, and returns its entries. An error rejects only this operation and stages
-    /// nothing.
+    /// Validates `op` against current state plus the batch so far and returns its entries.
+    /// An error rejects only this operation.
     fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>>;
-    /// The operations prepared since the last call form one batch; `apply` takes batches
-    /// in this order.
-    fn end_batch(&mut self) {}
-    /// The oldest batch not yet applied is durable: apply its operations with their receipts.
+    /// The batch is durable: apply the accepted operations with their receipts.
     fn apply(&mut self, batch: Vec<(Op, Vec<Receipt>)>) -> AppResult<()>;
-    /// A batch could not be made durable: forget everything prepared and not applied.
+    /// The batch could not be written: forget what `prepare` staged.
     fn abort(&mut self);
     /// Re-applies an entry found in the ledger after `applied_seq` (crash recovery).
     fn replay(&mut self, entry: &Entry) -> AppResult<()>;
@@ -171,8 +156,6 @@ impl Committer {
             last_checkpoint: Instant::now(),
             last_flush: Instant::now(),
             stats: stats.clone(),
-            fsync: FsyncThread::start(),
-            in_flight: None,
         };
         let alive2 = alive.clone();
         let spawned = std::thread::Builder::new().name("daena-commit".into()).spawn(move || {
@@ -273,117 +256,11 @@ struct Worker {
     last_checkpoint: Instant,
     last_flush: Instant,
     stats: Arc<CommitStats>,
-    fsync: FsyncThread,
-    /// The batch written and being synced.
-    in_flight: Option<InFlight>,
-}
-
-type Reply = oneshot::Sender<AppResult<Vec<Receipt>>>;
-
-/// An accepted operation: its reply, and where its entries sit in the batch.
-struct Accepted {
-    op: Op,
-    reply: Reply,
-    start: usize,
-    len: usize,
-}
-
-/// A batch prepared by the state machine, not yet written.
-struct Prepared {
-    accepted: Vec<Accepted>,
-    entries: Vec<NewEntry>,
-}
-
-struct InFlight {
-    written: Written,
-    accepted: Vec<Accepted>,
-    write_micros: u64,
-}
-
-fn refuse(accepted: Vec<Accepted>, why: &str) {
-    for a in accepted {
-        let _ = a.reply.send(Err(AppError::internal(why.to_owned())));
-    }
-}
-
-fn micros_since(t: Instant) -> u64 {
-    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-/// The thread that runs `fdatasync` for the commit thread: one request at a time, answered
-/// with the result and the microseconds it took. Without it (it could not start) the commit
-/// thread syncs inline.
-struct FsyncThread {
-    pipe: Option<(std::sync::mpsc::Sender<Syncer>, std::sync::mpsc::Receiver<(Result<(), StoreError>, u64)>)>,
-    /// A sync to run inline at `wait`.
-    inline: Option<Syncer>,
-}
-
-impl FsyncThread {
-    fn start() -> FsyncThread {
-        let (req_tx, req_rx) = std::sync::mpsc::channel::<Syncer>();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new().name("daena-fsync".into()).spawn(move || {
-            while let Ok(syncer) = req_rx.recv() {
-                let started = Instant::now();
-                let result = syncer.sync();
-                if done_tx.send((result, micros_since(started))).is_err() {
-                    return;
-                }
-            }
-        });
-        match spawned {
-            Ok(_) => FsyncThread { pipe: Some((req_tx, done_rx)), inline: None },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the fsync thread; the commit thread syncs itself");
-                FsyncThread { pipe: None, inline: None }
-            }
-        }
-    }
-
-    fn start_sync(&mut self, syncer: Syncer) {
-        match &self.pipe {
-            Some((tx, _)) => {
-                if let Err(back) = tx.send(syncer) {
-                    self.pipe = None;
-                    self.inline = Some(back.0);
-                }
-            }
-            None => self.inline = Some(syncer),
-        }
-    }
-
-    fn wait(&mut self) -> (Result<(), StoreError>, u64) {
-        if let Some(syncer) = self.inline.take() {
-            let started = Instant::now();
-            return (syncer.sync(), micros_since(started));
-        }
-        match &self.pipe {
-            Some((_, rx)) => rx.recv().unwrap_or_else(|_| (Err(StoreError::Db("the fsync thread stopped".into())), 0)),
-            None => (Err(StoreError::Db("no ledger sync was started".into())), 0),
-        }
-    }
 }
 
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
-        loop {
-            // Block for work only when no batch is syncing; otherwise take what is waiting
-            // and, if nothing is, finish the batch in flight.
-            let first = if self.in_flight.is_some() {
-                match rx.try_recv() {
-                    Ok(msg) => Some(msg),
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        self.complete(None);
-                        self.timed_work();
-                        continue;
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                }
-            } else {
-                rx.blocking_recv()
-            };
-            let Some(msg) = first else { break };
+        while let Some(msg) = rx.blocking_recv() {
             let mut jobs = Vec::new();
             let mut pending = Some(msg);
             while let Some(msg) = pending.take() {
@@ -391,15 +268,15 @@ impl Worker {
                     Msg::Job(op, reply) => jobs.push((op, reply)),
                     Msg::Tick => {}
                     Msg::Checkpoint(reply) => {
-                        self.drain(std::mem::take(&mut jobs));
+                        self.commit(std::mem::take(&mut jobs));
                         let _ = reply.send(self.checkpoint());
                     }
                     Msg::Exclusive(f) => {
-                        self.drain(std::mem::take(&mut jobs));
+                        self.commit(std::mem::take(&mut jobs));
                         f(self.state.as_mut());
                     }
                     Msg::Shutdown(reply) => {
-                        self.drain(std::mem::take(&mut jobs));
+                        self.commit(std::mem::take(&mut jobs));
                         let result = self.checkpoint().map(|_| ()).and_then(|()| self.state.flush());
                         let _ = reply.send(result);
                         return;
@@ -409,26 +286,19 @@ impl Worker {
                     pending = rx.try_recv().ok();
                 }
             }
-            let next = self.prepare(jobs);
-            self.complete(next);
+            self.commit(jobs);
             self.timed_work();
         }
         // Every sender is gone: flush what we have.
-        self.drain(Vec::new());
         if let Err(e) = self.checkpoint().map(|_| ()).and_then(|()| self.state.flush()) {
             tracing::error!(error = %e.message, "final checkpoint or flush failed");
         }
     }
 
-    /// Commits `jobs` and everything in flight, and returns when all of it is answered.
-    fn drain(&mut self, jobs: Vec<(Op, Reply)>) {
-        let next = self.prepare(jobs);
-        self.complete(next);
-        self.complete(None);
-    }
-
-    /// Lets the state machine validate each job; the accepted ones form the next batch.
-    fn prepare(&mut self, jobs: Vec<(Op, Reply)>) -> Option<Prepared> {
+    fn commit(&mut self, jobs: Vec<(Op, oneshot::Sender<AppResult<Vec<Receipt>>>)>) {
+        if jobs.is_empty() {
+            return;
+        }
         let mut entries = Vec::new();
         let mut accepted = Vec::with_capacity(jobs.len());
         for (mut op, reply) in jobs {
@@ -440,7 +310,7 @@ impl Worker {
             }
             match self.state.prepare(&mut op) {
                 Ok(es) => {
-                    accepted.push(Accepted { op, reply, start: entries.len(), len: es.len() });
+                    accepted.push((op, reply, entries.len(), es.len()));
                     entries.extend(es);
                 }
                 Err(e) => {
@@ -449,82 +319,41 @@ impl Worker {
             }
         }
         if accepted.is_empty() {
-            return None;
+            self.state.abort();
+            return;
         }
-        self.state.end_batch();
-        Some(Prepared { accepted, entries })
-    }
-
-    /// Waits for the batch in flight to be durable and publishes it, writes `next` and
-    /// starts its sync, then applies and answers the finished batch.
-    fn complete(&mut self, next: Option<Prepared>) {
-        let finished = match self.in_flight.take() {
-            None => None,
-            Some(f) => {
-                let (synced, sync_micros) = self.fsync.wait();
-                if let Err(e) = synced {
-                    self.writer.discard_unsynced();
-                    self.state.abort();
-                    tracing::error!(error = %e, "ledger sync failed; the batch is refused");
-                    let why = format!("ledger append failed: {e}");
-                    refuse(f.accepted, &why);
-                    if let Some(next) = next {
-                        refuse(next.accepted, &why);
-                    }
-                    return;
+        let started = Instant::now();
+        let receipts = match self.writer.append(&entries, self.clock.now()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.state.abort();
+                tracing::error!(error = %e, "ledger append failed; the batch is refused");
+                for (_, reply, _, _) in accepted {
+                    let _ = reply.send(Err(AppError::internal(format!("ledger append failed: {e}"))));
                 }
-                let ops = f.accepted.len() as u64;
-                let receipts = self.writer.publish(f.written);
-                self.stats.write_micros.fetch_add(f.write_micros + sync_micros, Ordering::Relaxed);
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                self.stats.ops.fetch_add(ops, Ordering::Relaxed);
-                self.since_checkpoint += receipts.len() as u64;
-                Some((f.accepted, receipts))
+                return;
             }
         };
-        // Nothing is unsynced between publishing one batch and writing the next.
-        self.checkpoint_if_due();
-        let mut refused = None;
-        if let Some(next) = next {
-            let started = Instant::now();
-            match self.writer.write(&next.entries, self.clock.now()) {
-                Ok(written) => {
-                    self.fsync.start_sync(written.syncer());
-                    let write_micros = micros_since(started);
-                    self.in_flight = Some(InFlight { written, accepted: next.accepted, write_micros });
-                }
-                Err(e) => refused = Some((next.accepted, e)),
-            }
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.write_micros.fetch_add(micros, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.ops.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+        self.since_checkpoint += receipts.len() as u64;
+        let mut batch = Vec::with_capacity(accepted.len());
+        let mut replies = Vec::with_capacity(accepted.len());
+        for (op, reply, start, len) in accepted {
+            let r = receipts[start..start + len].to_vec();
+            replies.push((reply, r.clone()));
+            batch.push((op, r));
         }
-        if let Some((accepted, receipts)) = finished {
-            let mut batch = Vec::with_capacity(accepted.len());
-            let mut replies = Vec::with_capacity(accepted.len());
-            for a in accepted {
-                let r = receipts[a.start..a.start + a.len].to_vec();
-                replies.push((a.reply, r.clone()));
-                batch.push((a.op, r));
-            }
-            if let Err(e) = self.state.apply(batch) {
-                // The entries are durable; the next start replays them into the state.
-                tracing::error!(error = %e.message, "applying a durable batch to the state failed; restart to replay it");
-            }
-            for (reply, r) in replies {
-                let _ = reply.send(Ok(r));
-            }
+        if let Err(e) = self.state.apply(batch) {
+            // The entries are durable; the next start replays them into the state.
+            tracing::error!(error = %e.message, "applying a durable batch to the state failed; restart to replay it");
         }
-        if let Some((accepted, e)) = refused {
-            // Only the unwritten batch is still prepared and unapplied now.
-            self.state.abort();
-            tracing::error!(error = %e, "ledger append failed; the batch is refused");
-            refuse(accepted, &format!("ledger append failed: {e}"));
+        for (reply, r) in replies {
+            let _ = reply.send(Ok(r));
         }
-    }
-
-    fn checkpoint_if_due(&mut self) {
-        let due = self.since_checkpoint >= self.policy.checkpoint_every_entries
-            || (self.since_checkpoint > 0 && self.last_checkpoint.elapsed() >= self.policy.checkpoint_every);
-        if due
-            && !self.writer.has_unsynced()
+        if self.since_checkpoint >= self.policy.checkpoint_every_entries
             && let Err(e) = self.checkpoint()
         {
             tracing::warn!(error = %e.message, "checkpoint failed");
@@ -532,7 +361,12 @@ impl Worker {
     }
 
     fn timed_work(&mut self) {
-        self.checkpoint_if_due();
+        if self.since_checkpoint > 0
+            && self.last_checkpoint.elapsed() >= self.policy.checkpoint_every
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::warn!(error = %e.message, "checkpoint failed");
+        }
         if self.last_flush.elapsed() >= self.policy.flush_every {
             if let Err(e) = self.state.flush_background() {
                 tracing::warn!(error = %e.message, "state flush failed");

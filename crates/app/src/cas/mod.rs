@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -354,16 +354,13 @@ enum Staged {
 /// The cache's part of the commit thread's state machine.
 pub struct CasState {
     shared: Arc<CasShared>,
-    /// Changes of every unapplied batch, oldest first.
+    /// Changes of the batch being prepared, in order.
     staged: Vec<Staged>,
-    /// How many of `staged` each batch handed to the ledger holds, oldest first; the rest
-    /// belong to the batch being prepared.
-    sealed: VecDeque<usize>,
 }
 
 impl CasState {
     pub fn new(shared: Arc<CasShared>) -> CasState {
-        CasState { shared, staged: Vec::new(), sealed: VecDeque::new() }
+        CasState { shared, staged: Vec::new() }
     }
 
     pub fn shared(&self) -> &Arc<CasShared> {
@@ -415,7 +412,7 @@ impl CasState {
         }
     }
 
-    /// Whether `key` is in the cache once every unapplied batch is applied; `unexpired`
+    /// Whether `key` is in the cache once the batch is applied; `unexpired`
     /// leaves out applied entries past their TTL (still counted against the cap).
     fn present(&self, tenant: &str, key: &[u8; 32], unexpired: bool) -> bool {
         let last = self.staged.iter().rev().find_map(|s| match s {
@@ -428,8 +425,9 @@ impl CasState {
         })
     }
 
-    /// The entries to evict so that one more fits under the tenant's cap, counting the
-    /// unapplied batches: the oldest applied entries not already on their way out.
+    /// The entries to evict so that one more fits under the tenant's cap, counting what the
+    /// batch already stores and evicts: the oldest applied entries not already on their way
+    /// out.
     fn victims(&self, tenant: &str) -> Vec<[u8; 32]> {
         let cap = self.shared.config.memory.cas.max_entries_per_tenant;
         let mut leaving = HashSet::new();
@@ -443,7 +441,9 @@ impl CasState {
                     }
                 }
                 Staged::Evict { tenant: t, key } if t == tenant => {
-                    if !arriving.remove(key) && self.shared.contains(tenant, key) {
+                    // An entry stored earlier in the batch just does not arrive.
+                    let was_arriving = arriving.remove(key);
+                    if !was_arriving && self.shared.contains(tenant, key) {
                         leaving.insert(*key);
                     }
                 }
@@ -456,16 +456,9 @@ impl CasState {
         self.shared.oldest(tenant, over, &leaving)
     }
 
-    /// Marks the end of the batch being prepared: apply() applies batches in this order.
-    pub fn end_batch(&mut self) {
-        let sealed: usize = self.sealed.iter().sum();
-        self.sealed.push_back(self.staged.len() - sealed);
-    }
-
-    /// Applies the oldest unapplied batch, now durable.
+    /// Applies the batch, now durable.
     pub fn apply(&mut self) {
-        let n = self.sealed.pop_front().unwrap_or(0).min(self.staged.len());
-        for s in self.staged.drain(..n).collect::<Vec<_>>() {
+        for s in std::mem::take(&mut self.staged) {
             self.apply_one(s);
         }
     }
@@ -487,7 +480,6 @@ impl CasState {
 
     pub fn abort(&mut self) {
         self.staged.clear();
-        self.sealed.clear();
     }
 
     /// Replays a cache entry of the ledger.

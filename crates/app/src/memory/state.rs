@@ -15,7 +15,7 @@ use daena_store::records::{self, RecordRow, RowBody, Tier, TrustRow};
 /// Rows kept in the overlay before they are written to redb in one transaction.
 const OVERLAY_LIMIT: usize = 4096;
 use serde_json::{Value, json};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A memory mutation, prepared by a use case (payload already sealed) for the commit thread.
@@ -109,13 +109,10 @@ enum Change {
 pub struct MemoryState {
     shared: Arc<MemoryShared>,
     cas: crate::cas::CasState,
-    /// Rows as the unapplied batches leave them (None: deleted), with how many unapplied
-    /// changes touch each: a row leaves when the last of them is applied.
-    pending: HashMap<Vec<u8>, (Option<RecordRow>, u32)>,
-    /// Per prepared operation of the batch being prepared, in order: address and change.
+    /// Rows as the batch being prepared leaves them (None: deleted).
+    pending: HashMap<Vec<u8>, Option<RecordRow>>,
+    /// Per prepared operation, in order: the address and its change.
     staged: Vec<(Addr, Change)>,
-    /// Batches prepared and being made durable, oldest first, awaiting apply().
-    sealed: VecDeque<Vec<(Addr, Change)>>,
     applied: u64,
     /// The durable counters as last saved.
     counters_saved: [u64; 5],
@@ -138,14 +135,13 @@ impl MemoryState {
             cas: crate::cas::CasState::new(cas),
             pending: HashMap::new(),
             staged: Vec::new(),
-            sealed: VecDeque::new(),
             applied,
         })
     }
 
     fn current(&self, key: &[u8]) -> AppResult<Option<RecordRow>> {
-        if let Some((row, _)) = self.pending.get(key) {
-            return Ok(row.clone());
+        if let Some(p) = self.pending.get(key) {
+            return Ok(p.clone());
         }
         self.shared.row(key)
     }
@@ -156,9 +152,7 @@ impl MemoryState {
             Change::Upsert(row, _) => Some((**row).clone()),
             Change::Remove => None,
         };
-        let slot = self.pending.entry(key).or_insert((None, 0));
-        slot.0 = after;
-        slot.1 += 1;
+        self.pending.insert(key, after);
         self.staged.push((addr.clone(), change));
     }
 
@@ -494,16 +488,8 @@ impl StateMachine for MemoryState {
 
     fn apply(&mut self, batch: Vec<(Op, Vec<Receipt>)>) -> AppResult<()> {
         let last_seq = batch.iter().flat_map(|(_, r)| r.iter().map(|r| r.seq)).max().unwrap_or(self.applied);
-        let staged = self.sealed.pop_front().unwrap_or_default();
-        for (addr, _) in &staged {
-            let key = addr.table_key();
-            if let Some(slot) = self.pending.get_mut(&key) {
-                slot.1 -= 1;
-                if slot.1 == 0 {
-                    self.pending.remove(&key);
-                }
-            }
-        }
+        let staged = std::mem::take(&mut self.staged);
+        self.pending.clear();
         // Staged changes follow the memory operations of the batch in order.
         let seqs: Vec<u64> = batch
             .iter()
@@ -561,15 +547,9 @@ impl StateMachine for MemoryState {
         Ok(())
     }
 
-    fn end_batch(&mut self) {
-        self.sealed.push_back(std::mem::take(&mut self.staged));
-        self.cas.end_batch();
-    }
-
     fn abort(&mut self) {
         self.pending.clear();
         self.staged.clear();
-        self.sealed.clear();
         self.cas.abort();
     }
 
@@ -622,69 +602,5 @@ impl StateMachine for MemoryState {
 
     fn flush_background(&mut self) -> AppResult<()> {
         self.hand_off(true, false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::auth::Access;
-    use crate::config::{Config, LoadedConfig, Secret, Secrets};
-    use crate::memory::{self, PutRequest};
-    use crate::{Daena, OpenOptions};
-
-    /// Drives the state machine as the commit thread does while batch one syncs: batch two
-    /// is prepared behind it, then batch one is applied. Until batch two is applied too, new
-    /// operations must see its effects, not just what is applied.
-    #[tokio::test]
-    async fn a_batch_prepared_behind_another_is_seen_until_it_is_applied() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let loaded = LoadedConfig {
-            config: Config { data_dir: dir.path().join("data"), ..Config::default() },
-            secrets: Secrets { ops_key: Some(Secret::new("ops")), ..Secrets::default() },
-            files: Vec::new(),
-            config_dir: dir.path().join("config"),
-        };
-        let d = Daena::open(loaded, OpenOptions::offline("test")).expect("open");
-        let who = d.keys.authenticate(Some("ops"), None, Access::Data).expect("ops key");
-        for key in ["a", "b"] {
-            let req = PutRequest {
-                class: "chat".into(),
-                key: key.into(),
-                payload: json!({"k": key}),
-                meta: None,
-                if_match: None,
-                intended_revision: false,
-                agent: None,
-            };
-            memory::put(&d, &who, req).await.expect("put");
-        }
-        let tenant = who.tenant().clone();
-        let delete = move |key: &str| {
-            let addr = Addr {
-                tenant: tenant.clone(),
-                class: ClassName::new("chat").expect("class"),
-                key: RecordKey::new(key).expect("key"),
-            };
-            Op::Memory(Box::new(MemoryOp::Delete { addr, actor: "test".into(), if_match: None, action: "memory.delete" }))
-        };
-        let codes = d
-            .commit
-            .exclusive(move |sm| {
-                let mut one = delete("a");
-                sm.prepare(&mut one).expect("delete a");
-                sm.end_batch();
-                sm.prepare(&mut delete("b")).expect("delete b");
-                sm.end_batch();
-                let receipt = Receipt { seq: sm.applied_seq() + 1, hash: [0; 32], ts: daena_core::time::Micros(0) };
-                sm.apply(vec![(one, vec![receipt])]).expect("apply batch one");
-                let code = |r: AppResult<Vec<NewEntry>>| r.err().map(|e| e.code);
-                let codes = (code(sm.prepare(&mut delete("a"))), code(sm.prepare(&mut delete("b"))));
-                sm.abort();
-                codes
-            })
-            .await
-            .expect("commit thread");
-        assert_eq!(codes, (Some(ErrorCode::NotFound), Some(ErrorCode::NotFound)));
     }
 }

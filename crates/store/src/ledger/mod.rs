@@ -23,7 +23,7 @@ mod writer;
 pub use reader::{LedgerReader, StreamEnd, stream_dir};
 pub use tree::ChunkTree;
 pub use verify::verify_path;
-pub use writer::{LedgerWriter, Syncer, Written};
+pub use writer::LedgerWriter;
 
 use crate::StoreError;
 use daena_core::ledger::Checkpoint;
