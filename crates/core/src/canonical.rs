@@ -19,7 +19,10 @@ pub fn write(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{n}");
+        }
         Value::String(s) => write_str(s, out),
         Value::Array(items) => {
             out.push('[');
@@ -32,38 +35,50 @@ pub fn write(value: &Value, out: &mut String) {
             out.push(']');
         }
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
+            let mut fields: Vec<(&String, &Value)> = map.iter().collect();
+            fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
+            for (i, (k, v)) in fields.into_iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
                 write_str(k, out);
                 out.push(':');
-                write(&map[k], out);
+                write(v, out);
             }
             out.push('}');
         }
     }
 }
 
-/// A JSON string literal with minimal escaping.
+/// A JSON string literal with minimal escaping. Runs that need no escape are copied whole;
+/// every escaped character is ASCII, so cutting at them never splits a UTF-8 sequence.
 pub fn write_str(s: &str, out: &mut String) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            use std::fmt::Write;
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
         }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -85,5 +100,35 @@ mod tests {
         check(json!("é\u{2028}\u{1}\"\\\n"), "\"é\u{2028}\\u0001\\\"\\\\\\n\"");
         check(json!([0.1, 1.0, -7, 1e16, 1.5e-7]), "[0.1,1.0,-7,1e+16,1.5e-7]");
         check(json!({}), "{}");
+    }
+
+    /// The escaping rule one character at a time, as the module documents it.
+    fn write_str_reference(s: &str) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{08}' => out.push_str("\\b"),
+                '\u{0c}' => out.push_str("\\f"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_escape_as_the_reference(s in "(\\PC|[\\x00-\\x1f\"\\\\]|é|\u{2028})*") {
+            let mut out = String::new();
+            write_str(&s, &mut out);
+            proptest::prop_assert_eq!(&out, &write_str_reference(&s));
+            proptest::prop_assert_eq!(serde_json::from_str::<String>(&out).ok(), Some(s));
+        }
     }
 }

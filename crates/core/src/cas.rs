@@ -82,56 +82,125 @@ impl Keys {
 }
 
 /// The parts of a chat request that matter for caching, normalized.
+///
+/// The canonical documents are written straight from the request, without building
+/// normalized copies of it: the exact document is `{"messages":[…],` followed by the scope
+/// document without its `{`, so both hash the same tail.
 pub fn keys(tenant: &str, request: &Map<String, Value>) -> Keys {
-    let model = request.get("model").cloned().unwrap_or(Value::Null);
-    let messages: Vec<Value> = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(|ms| {
-            ms.iter()
-                .map(|m| {
-                    let mut n = m.as_object().cloned().unwrap_or_default();
-                    match n.get("content") {
-                        Some(Value::String(s)) => {
-                            n.insert("content".into(), Value::String(normalize(s)));
-                        }
-                        Some(Value::Array(parts)) => {
-                            let parts = parts
-                                .iter()
-                                .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                                    (Some("text"), Some(Value::String(t))) => {
-                                        let mut q = p.as_object().cloned().unwrap_or_default();
-                                        q.insert("text".into(), Value::String(normalize(t)));
-                                        Value::Object(q)
-                                    }
-                                    _ => p.clone(),
-                                })
-                                .collect();
-                            n.insert("content".into(), Value::Array(parts));
-                        }
-                        _ => {}
-                    }
-                    Value::Object(n)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let params: Map<String, Value> = request
-        .iter()
-        .filter(|(k, _)| !NOT_PARAMS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let exact_doc =
-        serde_json::json!({"v": 1, "tenant": tenant, "model": model, "messages": messages, "params": params});
-    let scope_doc = serde_json::json!({"v": 1, "tenant": tenant, "model": model, "params": params});
-    let exact: [u8; 32] = Sha256::digest(canonical::to_string(&exact_doc).as_bytes()).into();
-    let scope_full: [u8; 32] = Sha256::digest(canonical::to_string(&scope_doc).as_bytes()).into();
-    let text: String = messages
-        .iter()
-        .map(|m| format!("{}: {}", m.get("role").and_then(Value::as_str).unwrap_or(""), normalize(&message_text(m))))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let model = request.get("model").unwrap_or(&Value::Null);
+    let mut params: Vec<(&String, &Value)> =
+        request.iter().filter(|(k, _)| !NOT_PARAMS.contains(&k.as_str())).collect();
+    params.sort_unstable_by(|a, b| a.0.cmp(b.0));
+
+    // "model":…,"params":{…},"tenant":…,"v":1}
+    let mut tail = String::with_capacity(128);
+    tail.push_str("\"model\":");
+    canonical::write(model, &mut tail);
+    tail.push_str(",\"params\":{");
+    for (i, (k, v)) in params.into_iter().enumerate() {
+        if i > 0 {
+            tail.push(',');
+        }
+        canonical::write_str(k, &mut tail);
+        tail.push(':');
+        canonical::write(v, &mut tail);
+    }
+    tail.push_str("},\"tenant\":");
+    canonical::write_str(tenant, &mut tail);
+    tail.push_str(",\"v\":1}");
+
+    let mut messages = String::with_capacity(512);
+    let mut text = String::new();
+    messages.push_str("{\"messages\":[");
+    for (i, m) in request.get("messages").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if i > 0 {
+            messages.push(',');
+            text.push('\n');
+        }
+        let line = write_message(m, &mut messages);
+        text.push_str(m.get("role").and_then(Value::as_str).unwrap_or(""));
+        text.push_str(": ");
+        text.push_str(&line);
+    }
+    messages.push_str("],");
+
+    let exact: [u8; 32] = Sha256::new().chain_update(&messages).chain_update(&tail).finalize().into();
+    let scope_full: [u8; 32] = Sha256::new().chain_update("{").chain_update(&tail).finalize().into();
     Keys { exact, scope: u64::from_be_bytes(first8(&scope_full)), text }
+}
+
+/// Writes the canonical text of a message with its text normalized (a non-object message
+/// counts as `{}`), and returns its normalized text for the conversation.
+fn write_message(m: &Value, out: &mut String) -> String {
+    let Some(obj) = m.as_object() else {
+        out.push_str("{}");
+        return String::new();
+    };
+    let mut line = None;
+    write_object(obj, out, |k, v, out| {
+        if k != "content" {
+            return false;
+        }
+        match v {
+            Value::String(s) => {
+                let n = normalize(s);
+                canonical::write_str(&n, out);
+                line = Some(n);
+            }
+            Value::Array(parts) => {
+                let mut texts = Vec::new();
+                out.push('[');
+                for (i, p) in parts.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    match (p.get("type").and_then(Value::as_str), p.get("text"), p.as_object()) {
+                        (Some("text"), Some(Value::String(t)), Some(part)) => {
+                            let n = normalize(t);
+                            write_object(part, out, |k, _, out| {
+                                (k == "text").then(|| canonical::write_str(&n, out)).is_some()
+                            });
+                            texts.push(n);
+                        }
+                        _ => {
+                            canonical::write(p, out);
+                            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                                texts.push(t.to_owned());
+                            }
+                        }
+                    }
+                }
+                out.push(']');
+                line = Some(normalize(&texts.join("\n")));
+            }
+            other => canonical::write(other, out),
+        }
+        true
+    });
+    line.unwrap_or_default()
+}
+
+/// Writes `obj` canonically; `write_value` may write a field's value itself (returning true)
+/// instead of the plain canonical value.
+fn write_object(
+    obj: &Map<String, Value>,
+    out: &mut String,
+    mut write_value: impl FnMut(&str, &Value, &mut String) -> bool,
+) {
+    let mut fields: Vec<(&String, &Value)> = obj.iter().collect();
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (k, v)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        canonical::write_str(k, out);
+        out.push(':');
+        if !write_value(k, v, out) {
+            canonical::write(v, out);
+        }
+    }
+    out.push('}');
 }
 
 fn first8(h: &[u8]) -> [u8; 8] {
@@ -412,6 +481,62 @@ mod tests {
         v.as_object().cloned().unwrap_or_default()
     }
 
+    /// The straightforward form of [`keys`] over normalized copies of the request: the
+    /// reference the streamed one must equal.
+    fn keys_reference(tenant: &str, request: &Map<String, Value>) -> Keys {
+        let model = request.get("model").cloned().unwrap_or(Value::Null);
+        let messages: Vec<Value> = request
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        let mut n = m.as_object().cloned().unwrap_or_default();
+                        match n.get("content") {
+                            Some(Value::String(s)) => {
+                                n.insert("content".into(), Value::String(normalize(s)));
+                            }
+                            Some(Value::Array(parts)) => {
+                                let parts = parts
+                                    .iter()
+                                    .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                                        (Some("text"), Some(Value::String(t))) => {
+                                            let mut q = p.as_object().cloned().unwrap_or_default();
+                                            q.insert("text".into(), Value::String(normalize(t)));
+                                            Value::Object(q)
+                                        }
+                                        _ => p.clone(),
+                                    })
+                                    .collect();
+                                n.insert("content".into(), Value::Array(parts));
+                            }
+                            _ => {}
+                        }
+                        Value::Object(n)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let params: Map<String, Value> = request
+            .iter()
+            .filter(|(k, _)| !NOT_PARAMS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let exact_doc =
+            serde_json::json!({"v": 1, "tenant": tenant, "model": model, "messages": messages, "params": params});
+        let scope_doc = serde_json::json!({"v": 1, "tenant": tenant, "model": model, "params": params});
+        let exact: [u8; 32] = Sha256::digest(canonical::to_string(&exact_doc).as_bytes()).into();
+        let scope_full: [u8; 32] = Sha256::digest(canonical::to_string(&scope_doc).as_bytes()).into();
+        let text: String = messages
+            .iter()
+            .map(|m| {
+                format!("{}: {}", m.get("role").and_then(Value::as_str).unwrap_or(""), normalize(&message_text(m)))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Keys { exact, scope: u64::from_be_bytes(first8(&scope_full)), text }
+    }
+
     #[test]
     fn normalization() {
         assert_eq!(normalize("  What\u{00A0}is\tthe   ｃａｐｉｔａｌ?\n"), "What is the capital?");
@@ -508,8 +633,77 @@ mod tests {
         assert_eq!(g("Please summarize the churn report."), g("summarize churn report"));
     }
 
+    fn text_strategy() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("What is 2+2?"),
+                Just(" "),
+                Just("\t\n"),
+                Just("\u{00A0}"),
+                Just("ｃａｐｉｔａｌ"),
+                Just("e\u{301}"),
+                Just("\"quoted\" \\ back"),
+                Just("\u{1}\u{1f}"),
+                Just("Don't"),
+                Just("3.50"),
+            ],
+            0..6,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn message_strategy() -> impl Strategy<Value = Value> {
+        let part = (prop_oneof![Just("text"), Just("image_url"), Just("other")], text_strategy(), any::<bool>())
+            .prop_map(
+                |(kind, text, with_text)| {
+                    if with_text { json!({"type": kind, "text": text}) } else { json!({"type": kind, "url": text}) }
+                },
+            );
+        let content = prop_oneof![
+            text_strategy().prop_map(Value::String),
+            proptest::collection::vec(part, 0..4).prop_map(Value::Array),
+            Just(Value::Null),
+            Just(json!(7)),
+        ];
+        prop_oneof![
+            8 => (prop_oneof![Just("user"), Just("system"), Just("assistant")], content, proptest::option::of(text_strategy()))
+                .prop_map(|(role, content, name)| {
+                    let mut m = json!({"role": role, "content": content});
+                    if let Some(n) = name {
+                        m["name"] = Value::String(n);
+                    }
+                    m
+                }),
+            1 => Just(json!(3)),
+            1 => Just(json!({"role": "tool"})),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The streamed keys equal the keys of the normalized documents built in full.
+        #[test]
+        fn keys_equal_the_reference(
+            messages in proptest::collection::vec(message_strategy(), 0..5),
+            temperature in proptest::option::of(0.0f64..2.0),
+            seed in proptest::option::of(any::<i64>()),
+            stop in proptest::option::of(proptest::collection::vec(text_strategy(), 0..3)),
+            tenant in prop_oneof![Just("acme"), Just("t\"x")],
+            model in prop_oneof![Just(json!("gpt-4o")), Just(Value::Null), Just(json!(5))],
+            extra in any::<bool>(),
+        ) {
+            let mut r = json!({"messages": messages, "stream": true, "user": "u"});
+            if !model.is_null() {
+                r["model"] = model;
+            }
+            if let Some(t) = temperature { r["temperature"] = json!(t); }
+            if let Some(s) = seed { r["seed"] = json!(s); }
+            if let Some(s) = stop { r["stop"] = json!(s); }
+            if extra { r["response_format"] = json!({"type": "json_object", "schema": {"b": 1, "a": [2.5, null]}}); }
+            let r = req(r);
+            prop_assert_eq!(keys(tenant, &r), keys_reference(tenant, &r));
+        }
 
         /// The multi-index finds exactly what a linear scan finds.
         #[test]
