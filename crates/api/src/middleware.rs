@@ -64,8 +64,13 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     if !state.limiter.enabled() {
         return next.run(req).await;
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let who = crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Any).ok();
+    if let Some(who) = &who {
+        // The handler and the analytics step check the role of this caller, without
+        // looking the key up again.
+        parts.extensions.insert(crate::extract::Authenticated(who.clone()));
+    }
     let req = Request::from_parts(parts, body);
     let Some(who) = who else { return next.run(req).await };
     let verdict = state.limiter.check(who.tenant().as_str());

@@ -90,3 +90,27 @@ async fn overrides_apply_at_once_and_persist() {
     let r = app.call("DELETE", "/api/v1/tenant-rate-limit/acme", Some(OPS), None).await.json();
     assert_eq!((r["overridden"].as_bool(), r["limit"]["burst"].as_u64()), (Some(false), Some(2)));
 }
+
+/// The rate limiter authenticates each request once and hands the caller on; routes still
+/// refuse roles they do not admit, and an ops key acting for a tenant is counted and served
+/// as that tenant.
+#[tokio::test]
+async fn the_caller_authenticated_for_the_limit_is_checked_by_each_route() {
+    let app = limited(600, 50);
+    let auditor = app.key("aud", "auditor", "acme", &[]).await;
+    let agent = app.key("bot", "agent", "acme", &[]).await;
+    let r = app.call("PUT", "/api/v1/memory/chat/k", Some(&auditor), Some(json!({"payload": 1}))).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::FORBIDDEN, "forbidden"), "{}", r.text());
+    assert!(r.text().contains("needs ops or agent"), "{}", r.text());
+    assert_eq!(r.headers["x-ratelimit-limit"], "600", "counted against the tenant all the same");
+    let r = app.call("GET", "/api/v1/admin/keys", Some(&agent), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    // Ops writing for acme: the record is acme's, found by acme's agent and not by ops's own tenant.
+    let r = app.call_as("PUT", "/api/v1/memory/chat/k", Some(OPS), Some("acme"), Some(json!({"payload": 2}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(app.call("GET", "/api/v1/memory/chat/k", Some(&agent), None).await.status, StatusCode::OK);
+    assert_eq!(app.call("GET", "/api/v1/memory/chat/k", Some(OPS), None).await.status, StatusCode::NOT_FOUND);
+    let s = app.call("GET", "/api/v1/tenant-rate-limit/stats", Some(OPS), None).await.json();
+    let acme = s["tenants"].as_array().expect("tenants").iter().find(|t| t["tenant"] == "acme").cloned().expect("acme");
+    assert_eq!(acme["allowed"].as_u64(), Some(4), "{acme}");
+}

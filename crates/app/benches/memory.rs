@@ -45,6 +45,9 @@ fn bench(c: &mut Criterion) {
         }
     });
     let _enter = rt.enter();
+    c.bench_function("authenticate an API key (digest, lookup, role)", |b| {
+        b.iter(|| black_box(d.keys.authenticate(Some(black_box("k")), None, Access::Data).expect("auth")));
+    });
     c.bench_function("memory get, L1 hit", |b| {
         b.iter(|| black_box(memory::get(&d, &who, "chat", "k7").expect("get")));
     });

@@ -39,6 +39,14 @@ impl Access {
         }
     }
 
+    /// Admits `role` or says which roles this access needs.
+    pub fn check(self, role: Role) -> AppResult<()> {
+        if self.admits(role) {
+            return Ok(());
+        }
+        Err(AppError::forbidden(format!("role {:?} may not call this route (needs {})", role.as_str(), self.roles())))
+    }
+
     pub fn roles(self) -> &'static str {
         match self {
             Access::Ops => "ops",
@@ -241,13 +249,7 @@ impl KeyRing {
         if record.revoked_at.is_some() {
             return Err(AppError::forbidden("API key revoked"));
         }
-        if !access.admits(record.role) {
-            return Err(AppError::forbidden(format!(
-                "role {:?} may not call this route (needs {})",
-                record.role.as_str(),
-                access.roles()
-            )));
-        }
+        access.check(record.role)?;
         let principal = Principal {
             key_id: record.id,
             key_name: record.name,
