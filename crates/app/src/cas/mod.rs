@@ -427,23 +427,24 @@ impl CasState {
 
     /// The entries to evict so that one more fits under the tenant's cap, counting what the
     /// batch already stores and evicts: the oldest applied entries not already on their way
-    /// out.
+    /// out, then, when the batch alone stores more than the cap, its own earliest stores.
     fn victims(&self, tenant: &str) -> Vec<[u8; 32]> {
         let cap = self.shared.config.memory.cas.max_entries_per_tenant;
         let mut leaving = HashSet::new();
-        let mut arriving = HashSet::new();
+        // New entries of this batch, in the order they were stored.
+        let mut arriving: Vec<[u8; 32]> = Vec::new();
         for s in &self.staged {
             match s {
                 Staged::Store { tenant: t, key, .. } if t == tenant => {
                     leaving.remove(key);
-                    if !self.shared.contains(tenant, key) {
-                        arriving.insert(*key);
+                    if !self.shared.contains(tenant, key) && !arriving.contains(key) {
+                        arriving.push(*key);
                     }
                 }
                 Staged::Evict { tenant: t, key } if t == tenant => {
-                    // An entry stored earlier in the batch just does not arrive.
-                    let was_arriving = arriving.remove(key);
-                    if !was_arriving && self.shared.contains(tenant, key) {
+                    let before = arriving.len();
+                    arriving.retain(|k| k != key);
+                    if arriving.len() == before && self.shared.contains(tenant, key) {
                         leaving.insert(*key);
                     }
                 }
@@ -453,7 +454,10 @@ impl CasState {
         let applied = self.shared.tenant_len(tenant) as u64;
         let after = applied + arriving.len() as u64 - leaving.len() as u64 + 1;
         let over = after.saturating_sub(cap) as usize;
-        self.shared.oldest(tenant, over, &leaving)
+        let mut out = self.shared.oldest(tenant, over, &leaving);
+        let short = over - out.len();
+        out.extend(arriving.into_iter().take(short));
+        out
     }
 
     /// Applies the batch, now durable.
