@@ -1,4 +1,9 @@
-//! Cross-cutting request handling: per-route metrics, timeouts and JSON fallbacks.
+//! Cross-cutting request handling: per-route metrics, rate limits, agent analytics, timeouts
+//! and JSON fallbacks.
+//!
+//! The per-request steps run as one middleware, [`around`], whose steps are plain async
+//! functions awaited one inside the other: each `from_fn` layer would box its future and
+//! clone the inner service on every request (docs/BENCHMARKS.md, LLM cache, has the cost).
 
 use crate::error::ApiError;
 use crate::extract::AppState;
@@ -8,19 +13,26 @@ use axum::response::{IntoResponse, Response};
 use daena_app::error::ErrorCode;
 use std::time::{Duration, Instant};
 
+/// Every request, outermost first: metrics (`track`), the tenant's rate limit
+/// (`rate_limit`), agent analytics (`observe_agents`), then the handler under a timeout
+/// (`timeout`).
+pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
+    track(&state, matched.as_ref(), req, next).await
+}
+
 /// Counts the request and observes its latency under the matched route template, so the
 /// label set stays bounded whatever paths clients send.
-pub async fn track(State(state): State<AppState>, matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str).to_owned();
+async fn track(state: &AppState, matched: Option<&MatchedPath>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
     let start = Instant::now();
-    let response = next.run(req).await;
-    state.metrics.observe_http(&method, &route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    let response = rate_limit(state, matched, req, next).await;
+    let route = matched.map_or("unmatched", MatchedPath::as_str);
+    state.metrics.observe_http(method.as_str(), route, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
 }
 
 /// Answers 408 `timeout` when a handler runs longer than `server.request_timeout_secs`.
-pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn timeout(state: &AppState, req: Request, next: Next) -> Response {
     // A cache miss waits for the upstream model, which has its own (longer) timeout.
     let secs = if req.uri().path() == "/v1/chat/completions" {
         state.config.server.request_timeout_secs.max(state.config.llm.timeout_secs + 5)
@@ -59,24 +71,24 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
 /// Per-tenant rate limits on every authenticated request: 429 with `Retry-After` when the
 /// tenant's burst is spent; `X-RateLimit-Limit` (per minute), `X-RateLimit-Remaining` and
 /// `X-RateLimit-Reset` (seconds until the burst is full) on every answer.
-pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn rate_limit(state: &AppState, matched: Option<&MatchedPath>, req: Request, next: Next) -> Response {
     use daena_core::gcra::Decision;
     if !state.limiter.enabled() {
-        return next.run(req).await;
+        return observe_agents(state, matched, req, next).await;
     }
     let (mut parts, body) = req.into_parts();
-    let who = crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Any).ok();
+    let who = crate::extract::authenticate(state, &parts, daena_app::auth::Access::Any).ok();
     if let Some(who) = &who {
         // The handler and the analytics step check the role of this caller, without
         // looking the key up again.
         parts.extensions.insert(crate::extract::Authenticated(who.clone()));
     }
     let req = Request::from_parts(parts, body);
-    let Some(who) = who else { return next.run(req).await };
+    let Some(who) = who else { return observe_agents(state, matched, req, next).await };
     let verdict = state.limiter.check(who.tenant().as_str());
     let secs = |micros: i64| ((micros.max(0) + 999_999) / 1_000_000).to_string();
     let (mut response, remaining, reset) = match verdict.decision {
-        Decision::Allow { remaining, reset } => (next.run(req).await, remaining, reset),
+        Decision::Allow { remaining, reset } => (observe_agents(state, matched, req, next).await, remaining, reset),
         Decision::Deny { retry_after, reset } => {
             let wait = ((retry_after + 999_999) / 1_000_000).max(1) as u64;
             let mut e = daena_app::error::AppError::new(
@@ -108,31 +120,26 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
 
 /// Feeds analytics with what the service sees of each agent: memory and LLM calls that carry
 /// `X-Agent-ID`, their latency, server-side failures and cache hits.
-pub async fn observe_agents(
-    State(state): State<AppState>,
-    matched: Option<MatchedPath>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn observe_agents(state: &AppState, matched: Option<&MatchedPath>, req: Request, next: Next) -> Response {
     use daena_app::analytics::Observed;
     let agent = req
         .headers()
         .get("x-agent-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|a| daena_core::ids::AgentId::new(a.trim()).ok());
-    let route = matched.as_ref().map(MatchedPath::as_str).unwrap_or("");
+    let route = matched.map(MatchedPath::as_str).unwrap_or("");
     let kind = match (req.method().as_str(), route) {
         ("GET", "/api/v1/memory/{class}/{key}") => Some(Observed::MemoryRead),
         ("PUT" | "DELETE", "/api/v1/memory/{class}/{key}") => Some(Observed::MemoryWrite),
         ("POST", "/v1/chat/completions") => Some(Observed::Llm { hit: false }),
         _ => None,
     };
-    let (Some(agent), Some(kind)) = (agent, kind) else { return next.run(req).await };
+    let (Some(agent), Some(kind)) = (agent, kind) else { return timeout(state, req, next).await };
     let (parts, body) = req.into_parts();
-    let who = crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Data).ok();
+    let who = crate::extract::authenticate(state, &parts, daena_app::auth::Access::Data).ok();
     let req = Request::from_parts(parts, body);
     let start = Instant::now();
-    let response = next.run(req).await;
+    let response = timeout(state, req, next).await;
     if let Some(who) = who {
         let kind = match kind {
             Observed::Llm { .. } => Observed::Llm {
