@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -356,11 +356,52 @@ pub struct CasState {
     shared: Arc<CasShared>,
     /// Changes of the batch being prepared, in order.
     staged: Vec<Staged>,
+    /// What those changes do to each tenant's entries, kept as they are staged.
+    batch: HashMap<String, BatchTenant>,
+}
+
+/// One tenant's part of the batch being prepared.
+#[derive(Default)]
+struct BatchTenant {
+    /// The last change staged per key: stored (true) or evicted (false).
+    fate: HashMap<[u8; 32], bool>,
+    /// Applied entries the batch evicts.
+    leaving: HashSet<[u8; 32]>,
+    /// Entries the batch adds, earliest stored first.
+    arriving: VecDeque<[u8; 32]>,
 }
 
 impl CasState {
     pub fn new(shared: Arc<CasShared>) -> CasState {
-        CasState { shared, staged: Vec::new() }
+        CasState { shared, staged: Vec::new(), batch: HashMap::new() }
+    }
+
+    /// Stages a change and records its effect on the tenant's entries.
+    fn stage(&mut self, change: Staged) {
+        let (tenant, key, stored) = match &change {
+            Staged::Store { tenant, key, .. } => (tenant, *key, true),
+            Staged::Evict { tenant, key } => (tenant, *key, false),
+        };
+        let applied = self.shared.contains(tenant, &key);
+        let t = self.batch.entry(tenant.clone()).or_default();
+        let was_arriving = !applied && t.fate.get(&key) == Some(&true);
+        if stored {
+            t.leaving.remove(&key);
+            if !applied && !was_arriving {
+                t.arriving.push_back(key);
+            }
+        } else if was_arriving {
+            // An entry stored earlier in the batch just does not arrive.
+            if t.arriving.front() == Some(&key) {
+                t.arriving.pop_front();
+            } else {
+                t.arriving.retain(|k| *k != key);
+            }
+        } else if applied {
+            t.leaving.insert(key);
+        }
+        t.fate.insert(key, stored);
+        self.staged.push(change);
     }
 
     pub fn shared(&self) -> &Arc<CasShared> {
@@ -381,7 +422,7 @@ impl CasState {
                             NewEntry::new(tenant.as_str(), actor.as_str(), "llm.cache_evict", Self::ref_of(&victim))
                                 .attrs(json!({"key": hex::encode(victim), "reason": "capacity"})),
                         );
-                        self.staged.push(Staged::Evict { tenant: tenant.clone(), key: victim });
+                        self.stage(Staged::Evict { tenant: tenant.clone(), key: victim });
                     }
                 }
                 let attrs = json!({
@@ -396,14 +437,14 @@ impl CasState {
                         .attrs(attrs)
                         .body(row.envelope.clone()),
                 );
-                self.staged.push(Staged::Store { tenant: tenant.clone(), key: *key, row: Arc::new((**row).clone()) });
+                self.stage(Staged::Store { tenant: tenant.clone(), key: *key, row: Arc::new((**row).clone()) });
                 Ok(entries)
             }
             CasOp::Evict { tenant, key, reason, actor } => {
                 if !self.present(tenant, key, true) {
                     return Err(AppError::not_found("no such cache entry"));
                 }
-                self.staged.push(Staged::Evict { tenant: tenant.clone(), key: *key });
+                self.stage(Staged::Evict { tenant: tenant.clone(), key: *key });
                 Ok(vec![
                     NewEntry::new(tenant.as_str(), actor.as_str(), "llm.cache_evict", Self::ref_of(key))
                         .attrs(json!({"key": hex::encode(*key), "reason": reason})),
@@ -415,12 +456,8 @@ impl CasState {
     /// Whether `key` is in the cache once the batch is applied; `unexpired`
     /// leaves out applied entries past their TTL (still counted against the cap).
     fn present(&self, tenant: &str, key: &[u8; 32], unexpired: bool) -> bool {
-        let last = self.staged.iter().rev().find_map(|s| match s {
-            Staged::Store { tenant: t, key: k, .. } if t == tenant && k == key => Some(true),
-            Staged::Evict { tenant: t, key: k } if t == tenant && k == key => Some(false),
-            _ => None,
-        });
-        last.unwrap_or_else(|| {
+        let staged = self.batch.get(tenant).and_then(|t| t.fate.get(key)).copied();
+        staged.unwrap_or_else(|| {
             if unexpired { self.shared.get(tenant, key).is_some() } else { self.shared.contains(tenant, key) }
         })
     }
@@ -430,38 +467,20 @@ impl CasState {
     /// out, then, when the batch alone stores more than the cap, its own earliest stores.
     fn victims(&self, tenant: &str) -> Vec<[u8; 32]> {
         let cap = self.shared.config.memory.cas.max_entries_per_tenant;
-        let mut leaving = HashSet::new();
-        // New entries of this batch, in the order they were stored.
-        let mut arriving: Vec<[u8; 32]> = Vec::new();
-        for s in &self.staged {
-            match s {
-                Staged::Store { tenant: t, key, .. } if t == tenant => {
-                    leaving.remove(key);
-                    if !self.shared.contains(tenant, key) && !arriving.contains(key) {
-                        arriving.push(*key);
-                    }
-                }
-                Staged::Evict { tenant: t, key } if t == tenant => {
-                    let before = arriving.len();
-                    arriving.retain(|k| k != key);
-                    if arriving.len() == before && self.shared.contains(tenant, key) {
-                        leaving.insert(*key);
-                    }
-                }
-                _ => {}
-            }
-        }
+        let none = BatchTenant::default();
+        let t = self.batch.get(tenant).unwrap_or(&none);
         let applied = self.shared.tenant_len(tenant) as u64;
-        let after = applied + arriving.len() as u64 - leaving.len() as u64 + 1;
+        let after = applied + t.arriving.len() as u64 - t.leaving.len() as u64 + 1;
         let over = after.saturating_sub(cap) as usize;
-        let mut out = self.shared.oldest(tenant, over, &leaving);
+        let mut out = self.shared.oldest(tenant, over, &t.leaving);
         let short = over - out.len();
-        out.extend(arriving.into_iter().take(short));
+        out.extend(t.arriving.iter().take(short));
         out
     }
 
     /// Applies the batch, now durable.
     pub fn apply(&mut self) {
+        self.batch.clear();
         for s in std::mem::take(&mut self.staged) {
             self.apply_one(s);
         }
@@ -484,6 +503,7 @@ impl CasState {
 
     pub fn abort(&mut self) {
         self.staged.clear();
+        self.batch.clear();
     }
 
     /// Replays a cache entry of the ledger.
