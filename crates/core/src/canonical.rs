@@ -34,21 +34,30 @@ pub fn write(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut fields: Vec<(&String, &Value)> = map.iter().collect();
-            fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
-            for (i, (k, v)) in fields.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_str(k, out);
-                out.push(':');
-                write(v, out);
-            }
-            out.push('}');
+        Value::Object(map) => write_fields(map.iter().collect(), out, |_, _, _| false),
+    }
+}
+
+/// Writes an object of `fields`, in any order (they are sorted here). `write_value` may write
+/// a field's value itself and return true; otherwise its canonical value is written.
+pub fn write_fields(
+    mut fields: Vec<(&String, &Value)>,
+    out: &mut String,
+    mut write_value: impl FnMut(&str, &Value, &mut String) -> bool,
+) {
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (k, v)) in fields.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(k, out);
+        out.push(':');
+        if !write_value(k, v, out) {
+            write(v, out);
         }
     }
+    out.push('}');
 }
 
 /// A JSON string literal with minimal escaping. Runs that need no escape are copied whole;

@@ -88,24 +88,15 @@ impl Keys {
 /// document without its `{`, so both hash the same tail.
 pub fn keys(tenant: &str, request: &Map<String, Value>) -> Keys {
     let model = request.get("model").unwrap_or(&Value::Null);
-    let mut params: Vec<(&String, &Value)> =
-        request.iter().filter(|(k, _)| !NOT_PARAMS.contains(&k.as_str())).collect();
-    params.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let params = request.iter().filter(|(k, _)| !NOT_PARAMS.contains(&k.as_str())).collect();
 
     // "model":…,"params":{…},"tenant":…,"v":1}
     let mut tail = String::with_capacity(128);
     tail.push_str("\"model\":");
     canonical::write(model, &mut tail);
-    tail.push_str(",\"params\":{");
-    for (i, (k, v)) in params.into_iter().enumerate() {
-        if i > 0 {
-            tail.push(',');
-        }
-        canonical::write_str(k, &mut tail);
-        tail.push(':');
-        canonical::write(v, &mut tail);
-    }
-    tail.push_str("},\"tenant\":");
+    tail.push_str(",\"params\":");
+    canonical::write_fields(params, &mut tail, |_, _, _| false);
+    tail.push_str(",\"tenant\":");
     canonical::write_str(tenant, &mut tail);
     tail.push_str(",\"v\":1}");
 
@@ -137,7 +128,7 @@ fn write_message(m: &Value, out: &mut String) -> String {
         return String::new();
     };
     let mut line = None;
-    write_object(obj, out, |k, v, out| {
+    canonical::write_fields(obj.iter().collect(), out, |k, v, out| {
         if k != "content" {
             return false;
         }
@@ -157,7 +148,7 @@ fn write_message(m: &Value, out: &mut String) -> String {
                     match (p.get("type").and_then(Value::as_str), p.get("text"), p.as_object()) {
                         (Some("text"), Some(Value::String(t)), Some(part)) => {
                             let n = normalize(t);
-                            write_object(part, out, |k, _, out| {
+                            canonical::write_fields(part.iter().collect(), out, |k, _, out| {
                                 (k == "text").then(|| canonical::write_str(&n, out)).is_some()
                             });
                             texts.push(n);
@@ -178,29 +169,6 @@ fn write_message(m: &Value, out: &mut String) -> String {
         true
     });
     line.unwrap_or_default()
-}
-
-/// Writes `obj` canonically; `write_value` may write a field's value itself (returning true)
-/// instead of the plain canonical value.
-fn write_object(
-    obj: &Map<String, Value>,
-    out: &mut String,
-    mut write_value: impl FnMut(&str, &Value, &mut String) -> bool,
-) {
-    let mut fields: Vec<(&String, &Value)> = obj.iter().collect();
-    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    out.push('{');
-    for (i, (k, v)) in fields.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        canonical::write_str(k, out);
-        out.push(':');
-        if !write_value(k, v, out) {
-            canonical::write(v, out);
-        }
-    }
-    out.push('}');
 }
 
 fn first8(h: &[u8]) -> [u8; 8] {

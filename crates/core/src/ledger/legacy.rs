@@ -10,6 +10,9 @@
 //! Numbers beyond 64 bits and non-finite floats (which Python writes as `NaN`/`Infinity`)
 //! cannot be reproduced byte for byte and are reported as unverifiable lines.
 
+// Python escapes strings exactly as canonical JSON does: `"`, `\`, the named control
+// characters and `\u00xx` for the rest; everything else is kept.
+use crate::canonical::write_str;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -31,7 +34,7 @@ fn write(v: &Value, out: &mut String) {
             (_, _, Some(f)) => out.push_str(&py_float_repr(f)),
             _ => out.push_str(&n.to_string()),
         },
-        Value::String(s) => py_str(s, out),
+        Value::String(s) => write_str(s, out),
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -50,31 +53,13 @@ fn write(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                py_str(k, out);
+                write_str(k, out);
                 out.push_str(": ");
                 write(&map[k], out);
             }
             out.push('}');
         }
     }
-}
-
-fn py_str(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// Python's `repr(float)`: shortest round-trip digits, fixed notation for exponents
