@@ -68,6 +68,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("GET /api/v1/memory/chat/k1, L1 hit, in process", |b| {
         b.iter(|| rt.block_on(send(request("GET", "/api/v1/memory/chat/k1", None))))
     });
+    // `daena serve` logs through a fmt subscriber at `info`, so every request span is
+    // recorded; the rows above run with no subscriber. Same filter, output discarded.
+    let logging = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info,tower_http=warn"))
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(logging, || {
+        c.bench_function("POST /v1/chat/completions, exact hit, serve's logging", |b| {
+            b.iter(|| rt.block_on(send(request("POST", "/v1/chat/completions", Some(chat.clone())))))
+        });
+        c.bench_function("GET /api/v1/memory/chat/k1, L1 hit, serve's logging", |b| {
+            b.iter(|| rt.block_on(send(request("GET", "/api/v1/memory/chat/k1", None))))
+        });
+    });
 }
 
 criterion_group!(benches, bench);

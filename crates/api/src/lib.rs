@@ -12,7 +12,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -123,19 +123,23 @@ pub fn router(state: AppState) -> Router {
     let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
     let request_id = HeaderName::from_static("x-request-id");
     let body_limit = state.config.server.request_body_limit_bytes;
-    routes
-        .fallback(middleware::not_found)
-        .method_not_allowed_fallback(middleware::method_not_allowed)
-        .layer(axum::Extension(doc))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(CatchPanicLayer::custom(middleware::panic_response))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::around))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+    // One layer, so each route is boxed once around the whole stack: every `Router::layer`
+    // call boxes each route again, and a request clones each box it passes.
+    let stack = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), middleware::RequestIds))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::around))
+        .layer(CatchPanicLayer::custom(middleware::panic_response as fn(_) -> _))
+        .layer(axum::Extension(doc))
+        .layer(DefaultBodyLimit::max(body_limit));
+    routes
+        .fallback(middleware::not_found)
+        .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(stack)
         .with_state(state)
 }
 

@@ -12,6 +12,33 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use daena_app::error::ErrorCode;
 use std::time::{Duration, Instant};
+use tower_http::request_id::{MakeRequestId, RequestId};
+
+/// `X-Request-ID` for requests that come without one: a random (version 4) UUID from the
+/// thread's generator, which, unlike tower-http's `MakeRequestUuid`, makes no system call per
+/// request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestIds;
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = request_uuid(rand::random());
+        axum::http::HeaderValue::from_str(&id).ok().map(RequestId::new)
+    }
+}
+
+/// `bits` as a version 4, variant 1 UUID in its hyphenated form.
+fn request_uuid(bits: u128) -> String {
+    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        bits >> 96,
+        (bits >> 80) & 0xffff,
+        (bits >> 64) & 0xffff,
+        (bits >> 48) & 0xffff,
+        bits & 0xffff_ffff_ffff
+    )
+}
 
 /// Every request, outermost first: metrics (`track`), the tenant's rate limit
 /// (`rate_limit`), agent analytics (`observe_agents`), then the handler under a timeout
@@ -157,4 +184,79 @@ async fn observe_agents(state: &AppState, matched: Option<&MatchedPath>, req: Re
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_uuid;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::{get, post};
+    use daena_app::config::{Config, LoadedConfig, Secrets};
+    use daena_app::{Daena, OpenOptions};
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    /// The real middleware around a handler that takes `x-sleep-secs` seconds (virtual time),
+    /// on the request-timeout route and on the chat-completions one.
+    fn slow_app(dir: &tempfile::TempDir) -> Router {
+        let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        config.server.request_timeout_secs = 2;
+        config.llm.timeout_secs = 20;
+        config.rate_limit.enabled = false;
+        let loaded = LoadedConfig {
+            config,
+            secrets: Secrets::default(),
+            files: Vec::new(),
+            config_dir: dir.path().join("config"),
+        };
+        let state = Daena::open(loaded, OpenOptions::offline("test")).expect("open");
+        let slow = |headers: axum::http::HeaderMap| async move {
+            let secs = headers.get("x-sleep-secs").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            "done"
+        };
+        Router::new()
+            .route("/slow", get(slow))
+            .route("/v1/chat/completions", post(slow))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), super::around))
+            .with_state(state)
+    }
+
+    async fn call(app: &Router, method: &str, path: &str, secs: u64) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-sleep-secs", secs.to_string())
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_past_the_request_timeout_gets_408() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = slow_app(&dir);
+        let (code, body) = call(&app, "GET", "/slow", 3).await;
+        assert_eq!(code, StatusCode::REQUEST_TIMEOUT, "{body}");
+        assert!(body.contains(r#""code":"timeout""#) && body.contains("2 s (server.request_timeout_secs)"), "{body}");
+        assert_eq!(call(&app, "GET", "/slow", 1).await, (StatusCode::OK, "done".to_owned()));
+        // A cache miss waits for the upstream: its limit is llm.timeout_secs + 5 = 25 s.
+        assert_eq!(call(&app, "POST", "/v1/chat/completions", 24).await.0, StatusCode::OK);
+        assert_eq!(call(&app, "POST", "/v1/chat/completions", 26).await.0, StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        assert_eq!(request_uuid(0), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(request_uuid(u128::MAX), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(request_uuid(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef), "01234567-89ab-4def-8123-456789abcdef");
+        let a = request_uuid(rand::random());
+        assert_eq!(a.len(), 36);
+        assert_ne!(a, request_uuid(rand::random()));
+    }
 }

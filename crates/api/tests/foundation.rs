@@ -207,8 +207,16 @@ async fn bad_input_gets_clear_json_errors() {
     assert_eq!((r.status, r.code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
     let r = app.call("GET", "/api/v1/agents?department=legal&extra=1", Some(OPS), None).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
-    // Every response carries a request id.
-    assert!(r.headers.get("x-request-id").is_some());
+    // Every response carries a request id: a fresh version 4 UUID, or the caller's own.
+    let id = |r: &common::Resp| r.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let first = id(&r).expect("a request id");
+    assert_eq!((first.len(), &first[14..15]), (36, "4"), "{first}");
+    assert!(matches!(&first[19..20], "8" | "9" | "a" | "b"), "{first}");
+    let second = id(&app.call("GET", "/health", None, None).await).expect("a request id");
+    assert_ne!(first, second);
+    let req =
+        Request::builder().uri("/health").header("x-request-id", "trace-42").body(Body::empty()).expect("request");
+    assert_eq!(id(&app.send(req).await).as_deref(), Some("trace-42"));
 }
 
 #[tokio::test]
