@@ -71,7 +71,8 @@ fn bench(c: &mut Criterion) {
     // `daena serve` logs through a fmt subscriber at `info`, so every request span is
     // recorded; the rows above run with no subscriber. Same filter, output discarded.
     let logging = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info,tower_http=warn"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(daena_api::LOG_FILTER))
+        .with_ansi(false)
         .with_writer(std::io::sink)
         .finish();
     tracing::subscriber::with_default(logging, || {

@@ -174,6 +174,27 @@ pub fn maintenance_router(ops: Arc<daena_app::operations::Operations>) -> Router
     Router::new().route("/health", axum::routing::get(health)).fallback(unavailable)
 }
 
+/// The log filter when `DAENA_LOG` is unset: `info`, and tower-http only from `warn`.
+pub const LOG_FILTER: &str = "info,tower_http=warn";
+
+/// Logs to stderr in `format`, filtered by `DAENA_LOG` (else [`LOG_FILTER`]). Each request
+/// runs in a `request` span (method, path, request id), so every line a handler logs carries
+/// its request id. `daena serve` and the load generator both log this way, so the load
+/// numbers include the span each request pays for.
+pub fn init_logging(format: daena_app::config::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DAENA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        daena_app::config::LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        daena_app::config::LogFormat::Text => builder.try_init(),
+    };
+}
+
 /// `listener` with Nagle's algorithm off on every accepted connection: answers are written
 /// whole, and waiting to coalesce them only adds latency (up to a delayed-ACK timeout).
 pub fn no_delay(listener: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {

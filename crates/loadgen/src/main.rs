@@ -62,6 +62,8 @@ enum Scenario {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // As `daena serve` logs: each request's span is part of what it costs.
+    daena_api::init_logging(daena_app::config::LogFormat::Text);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.scenario {

@@ -4,7 +4,6 @@
 use super::load_config;
 use crate::cli::{Global, LogFormatArg, ServeArgs};
 use anyhow::Context;
-use daena_app::config::LogFormat;
 use daena_app::operations::{self, MaintenanceRequest, Operations};
 use daena_app::{Daena, OpenOptions};
 use daena_store::datadir::LockInfo;
@@ -24,7 +23,7 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         overrides.push(("server.log_format".to_owned(), f.to_owned(), "--log-format".to_owned()));
     }
     let loaded = load_config(global, overrides.clone())?;
-    init_logging(loaded.config.server.log_format);
+    daena_api::init_logging(loaded.config.server.log_format);
     let listen = loaded.config.server.listen;
     for file in &loaded.files {
         tracing::info!(file = %file.display(), "configuration file read");
@@ -190,18 +189,4 @@ async fn shutdown_signal() {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = term => tracing::info!("SIGTERM received"),
     }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DAENA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
