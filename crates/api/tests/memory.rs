@@ -13,6 +13,35 @@ async fn put(app: &TestApp, key: &str, path: &str, body: Value) -> common::Resp 
     app.call("PUT", &format!("/api/v1/memory/{path}"), Some(key), Some(body)).await
 }
 
+/// Reads count from the hot cache, from L2 with the count not yet saved, and after a
+/// restart, from the count saved in redb.
+#[tokio::test]
+async fn access_statistics_count_every_read_across_tiers_and_restarts() {
+    let app = TestApp::new();
+    async fn get(app: &TestApp) -> common::Resp {
+        app.call("GET", "/api/v1/memory/chat/stats", Some(OPS), None).await
+    }
+    assert_eq!(put(&app, OPS, "chat/stats", json!({"payload": {"n": 1}})).await.status, StatusCode::CREATED);
+    for _ in 0..3 {
+        get(&app).await;
+    }
+    app.clock.advance(DAY);
+    app.daena.memory.l1.invalidate_all();
+    app.daena.memory.l1.run_pending_tasks();
+    let r = get(&app).await;
+    assert_eq!((r.headers["x-daena-tier"].to_str().ok(), r.json()["access_count"].as_u64()), (Some("L2"), Some(4)));
+    let read_at = r.json()["last_accessed"].clone();
+    assert!(read_at.is_string(), "{read_at}");
+
+    let app = app.reopen(|_| {}).await;
+    app.clock.advance(DAY);
+    let r = get(&app).await;
+    assert_eq!((r.headers["x-daena-tier"].to_str().ok(), r.json()["access_count"].as_u64()), (Some("L2"), Some(5)));
+    assert!(r.json()["last_accessed"].as_str() > read_at.as_str(), "{} after {read_at}", r.json()["last_accessed"]);
+    let r = app.call("GET", "/api/v1/memory/chat/absent", Some(OPS), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn round_trip_through_every_tier() {
     let app = TestApp::new();
