@@ -469,18 +469,76 @@ fn system_fields(
     }
 }
 
-/// The response body of `GET`: the system fields with `payload` and `meta` spliced in as
-/// the stored JSON text (no re-serialization on the hot path).
+/// The response body of `GET`: the system fields of [`SystemFields`], in its order, then
+/// `payload` and `meta` spliced in as the stored JSON text. Written directly, with no
+/// intermediate strings: it is on every read (`record_json_is_system_fields_serialized`
+/// holds it to the serialized struct).
 pub fn record_json(view: &RecordView, served: &str, threshold: f64) -> Vec<u8> {
-    let fields = system_fields(&view.addr, &view.meta, served, view.last_accessed, view.access_count, threshold);
-    let mut out = serde_json::to_vec(&fields).unwrap_or_else(|_| b"{}".to_vec());
-    out.pop(); // the closing brace
-    out.extend_from_slice(b",\"payload\":");
-    out.extend_from_slice(view.plain.payload.as_bytes());
-    out.extend_from_slice(b",\"meta\":");
-    out.extend_from_slice(view.plain.meta.as_bytes());
-    out.push(b'}');
-    out
+    use daena_core::canonical::write_str;
+    use std::fmt::Write;
+    fn name(out: &mut String, name: &str) {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":");
+    }
+    let (addr, meta, plain) = (&view.addr, &view.meta, &view.plain);
+    let mut out = String::with_capacity(480 + plain.payload.len() + plain.meta.len());
+    out.push_str("{\"tenant\":");
+    write_str(addr.tenant.as_str(), &mut out);
+    name(&mut out, "class");
+    write_str(addr.class.as_str(), &mut out);
+    name(&mut out, "key");
+    write_str(addr.key.as_str(), &mut out);
+    name(&mut out, "version");
+    let _ = write!(out, "{}", meta.version);
+    name(&mut out, "tier");
+    write_str(served, &mut out);
+    name(&mut out, "created_at");
+    write_str(&rfc3339(Micros(meta.created_at)), &mut out);
+    name(&mut out, "updated_at");
+    write_str(&rfc3339(Micros(meta.updated_at)), &mut out);
+    name(&mut out, "last_accessed");
+    if view.last_accessed > 0 {
+        write_str(&rfc3339(Micros(view.last_accessed)), &mut out);
+    } else {
+        out.push_str("null");
+    }
+    name(&mut out, "access_count");
+    let _ = write!(out, "{}", view.access_count);
+    name(&mut out, "content_sha256");
+    let mut hex = [0u8; 64];
+    if hex::encode_to_slice(meta.content_sha256, &mut hex).is_ok() {
+        write_str(std::str::from_utf8(&hex).unwrap_or_default(), &mut out);
+    }
+    name(&mut out, "size_bytes");
+    let _ = write!(out, "{}", meta.raw_len);
+    name(&mut out, "stored_bytes");
+    let _ = write!(out, "{}", meta.stored_len);
+    name(&mut out, "seq");
+    let _ = write!(out, "{}", meta.seq);
+    out.push_str(",\"trust\":{\"quarantined\":");
+    out.push_str(if meta.tier == Tier::L2Q { "true" } else { "false" });
+    name(&mut out, "score");
+    // serde_json's own float text (f32 and f64 print differently).
+    out.push_str(&serde_json::to_string(&meta.trust.as_ref().map_or(1.0, |t| t.score)).unwrap_or_default());
+    name(&mut out, "confirmations");
+    out.push('[');
+    for (i, agent) in meta.trust.iter().flat_map(|t| &t.confirmations).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(agent, &mut out);
+    }
+    out.push(']');
+    name(&mut out, "promote_threshold");
+    out.push_str(&serde_json::to_string(&threshold).unwrap_or_default());
+    out.push('}');
+    name(&mut out, "payload");
+    out.push_str(&plain.payload);
+    name(&mut out, "meta");
+    out.push_str(&plain.meta);
+    out.push('}');
+    out.into_bytes()
 }
 
 /// Reads a record: L1, else L2/L2Q, else L3. Returns the view and the tier it came from.
@@ -948,4 +1006,60 @@ pub async fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPag
     let next_cursor =
         next.and(items.last().map(|i| hex::encode(records::address_key(who.tenant().as_str(), &i.class, &i.key))));
     Ok(ListPage { items, next_cursor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference: the serialized [`SystemFields`] with payload and meta spliced in.
+    fn serialized(view: &RecordView, served: &str, threshold: f64) -> String {
+        let fields = system_fields(&view.addr, &view.meta, served, view.last_accessed, view.access_count, threshold);
+        let mut out = serde_json::to_string(&fields).expect("fields serialize");
+        out.pop();
+        format!("{out},\"payload\":{},\"meta\":{}}}", view.plain.payload, view.plain.meta)
+    }
+
+    #[test]
+    fn record_json_is_system_fields_serialized() {
+        let view = |tier, trust, last_accessed, payload: &str| RecordView {
+            addr: Addr {
+                tenant: TenantId::new("acme").expect("tenant"),
+                class: ClassName::new("legal").expect("class"),
+                key: RecordKey::new("contracts/2027-q1.v2").expect("key"),
+            },
+            meta: RowMeta {
+                seq: 912,
+                version: 7,
+                tier,
+                created_at: 1_764_302_400_123_456,
+                updated_at: 1_764_302_401_000_000,
+                content_sha256: [0xa7; 32],
+                raw_len: 311,
+                stored_len: 187,
+                level: 3,
+                trust,
+            },
+            plain: Plain { payload: payload.into(), meta: r#"{"agent":"legal_scout"}"#.into() },
+            last_accessed,
+            access_count: 42,
+        };
+        let trusted = Some(TrustRow {
+            writer: "legal_scout".into(),
+            confirmations: vec!["legal_synth".into(), "odd \"name\"\u{1}".into()],
+            score: 0.1,
+        });
+        let cases = [
+            view(Tier::L2, None, 0, "{}"),
+            view(Tier::L2Q, trusted.clone(), 1_764_302_402_000_001, r#"{"text":"é \u2028 \"q\""}"#),
+            view(Tier::L3, trusted, -5, "[1,2.5,null]"),
+        ];
+        for v in &cases {
+            for (served, threshold) in [("L1", 0.8), ("L2", 1.0), ("L3", 0.3333333333333333)] {
+                let ours = String::from_utf8(record_json(v, served, threshold)).expect("utf-8");
+                assert_eq!(ours, serialized(v, served, threshold));
+                serde_json::from_str::<Value>(&ours).expect("valid JSON");
+            }
+        }
+    }
 }
