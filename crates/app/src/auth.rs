@@ -241,21 +241,25 @@ impl KeyRing {
         let digest = key_digest(key_text);
         // The map is keyed by a SHA-256 digest of the key, so lookup timing reveals nothing
         // usable about the key text; the final comparison is constant-time regardless.
-        let record = {
+        // Each map key is the parsed `digest` of its record (`load`, `create`, provisioning),
+        // so comparing with the key compares with the stored digest.
+        let principal = {
             let map = self.by_digest.read();
-            map.get(&digest).filter(|r| parse_digest(&r.digest).is_some_and(|d| bool::from(d.ct_eq(&digest)))).cloned()
-        };
-        let record = record.ok_or_else(|| AppError::forbidden("unknown API key"))?;
-        if record.revoked_at.is_some() {
-            return Err(AppError::forbidden("API key revoked"));
-        }
-        access.check(record.role)?;
-        let principal = Principal {
-            key_id: record.id,
-            key_name: record.name,
-            role: record.role,
-            tenant: record.tenant,
-            attributes: record.attributes,
+            let (_, record) = map
+                .get_key_value(&digest)
+                .filter(|(stored, _)| bool::from(stored[..].ct_eq(&digest[..])))
+                .ok_or_else(|| AppError::forbidden("unknown API key"))?;
+            if record.revoked_at.is_some() {
+                return Err(AppError::forbidden("API key revoked"));
+            }
+            access.check(record.role)?;
+            Principal {
+                key_id: record.id.clone(),
+                key_name: record.name.clone(),
+                role: record.role,
+                tenant: record.tenant.clone(),
+                attributes: record.attributes.clone(),
+            }
         };
         match tenant_header.map(str::trim).filter(|t| !t.is_empty()) {
             None => Ok(principal),
