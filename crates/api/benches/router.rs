@@ -62,12 +62,15 @@ fn bench(c: &mut Criterion) {
         assert!(send(request("PUT", "/api/v1/memory/chat/k1", Some(body))).await.is_success());
     });
     let chat = chat.to_string();
-    c.bench_function("POST /v1/chat/completions, exact hit, in process", |b| {
-        b.iter(|| rt.block_on(send(request("POST", "/v1/chat/completions", Some(chat.clone())))))
-    });
-    c.bench_function("GET /api/v1/memory/chat/k1, L1 hit, in process", |b| {
-        b.iter(|| rt.block_on(send(request("GET", "/api/v1/memory/chat/k1", None))))
-    });
+    let rows = |c: &mut Criterion, how: &str| {
+        c.bench_function(&format!("POST /v1/chat/completions, exact hit, {how}"), |b| {
+            b.iter(|| rt.block_on(send(request("POST", "/v1/chat/completions", Some(chat.clone())))))
+        });
+        c.bench_function(&format!("GET /api/v1/memory/chat/k1, L1 hit, {how}"), |b| {
+            b.iter(|| rt.block_on(send(request("GET", "/api/v1/memory/chat/k1", None))))
+        });
+    };
+    rows(c, "in process");
     // `daena serve` logs through a fmt subscriber at `info`, so every request span is
     // recorded; the rows above run with no subscriber. Same filter, output discarded.
     let logging = tracing_subscriber::fmt()
@@ -75,14 +78,7 @@ fn bench(c: &mut Criterion) {
         .with_ansi(false)
         .with_writer(std::io::sink)
         .finish();
-    tracing::subscriber::with_default(logging, || {
-        c.bench_function("POST /v1/chat/completions, exact hit, serve's logging", |b| {
-            b.iter(|| rt.block_on(send(request("POST", "/v1/chat/completions", Some(chat.clone())))))
-        });
-        c.bench_function("GET /api/v1/memory/chat/k1, L1 hit, serve's logging", |b| {
-            b.iter(|| rt.block_on(send(request("GET", "/api/v1/memory/chat/k1", None))))
-        });
-    });
+    tracing::subscriber::with_default(logging, || rows(c, "serve's logging"));
 }
 
 criterion_group!(benches, bench);
