@@ -43,8 +43,16 @@ fn request_uuid(bits: u128) -> String {
 /// Every request, outermost first: metrics (`track`), the tenant's rate limit
 /// (`rate_limit`), agent analytics (`observe_agents`), then the handler under a timeout
 /// (`timeout`).
+///
+/// The caller is authenticated here, once, and left in the request's extensions
+/// ([`crate::extract::Authenticated`]): the rate limit, the analytics step and the handler
+/// then check its role instead of digesting and looking the key up again.
 pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
-    track(&state, matched.as_ref(), req, next).await
+    let (mut parts, body) = req.into_parts();
+    if let Ok(who) = crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Any) {
+        parts.extensions.insert(crate::extract::Authenticated(who));
+    }
+    track(&state, matched.as_ref(), Request::from_parts(parts, body), next).await
 }
 
 /// Counts the request and observes its latency under the matched route template, so the
@@ -100,18 +108,10 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
 /// `X-RateLimit-Reset` (seconds until the burst is full) on every answer.
 async fn rate_limit(state: &AppState, matched: Option<&MatchedPath>, req: Request, next: Next) -> Response {
     use daena_core::gcra::Decision;
-    if !state.limiter.enabled() {
-        return observe_agents(state, matched, req, next).await;
-    }
-    let (mut parts, body) = req.into_parts();
-    let who = crate::extract::authenticate(state, &parts, daena_app::auth::Access::Any).ok();
-    if let Some(who) = &who {
-        // The handler and the analytics step check the role of this caller, without
-        // looking the key up again.
-        parts.extensions.insert(crate::extract::Authenticated(who.clone()));
-    }
-    let req = Request::from_parts(parts, body);
-    let Some(who) = who else { return observe_agents(state, matched, req, next).await };
+    let who = match req.extensions().get::<crate::extract::Authenticated>() {
+        Some(crate::extract::Authenticated(who)) if state.limiter.enabled() => who.clone(),
+        _ => return observe_agents(state, matched, req, next).await,
+    };
     let verdict = state.limiter.check(who.tenant().as_str());
     let secs = |micros: i64| ((micros.max(0) + 999_999) / 1_000_000).to_string();
     let (mut response, remaining, reset) = match verdict.decision {

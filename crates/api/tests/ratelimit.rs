@@ -91,7 +91,7 @@ async fn overrides_apply_at_once_and_persist() {
     assert_eq!((r["overridden"].as_bool(), r["limit"]["burst"].as_u64()), (Some(false), Some(2)));
 }
 
-/// The rate limiter authenticates each request once and hands the caller on; routes still
+/// Each request is authenticated once, before the rate limit, and the caller handed on; routes still
 /// refuse roles they do not admit, and an ops key acting for a tenant is counted and served
 /// as that tenant.
 #[tokio::test]
