@@ -126,7 +126,9 @@ impl Daena {
         crypto::finish_rotation(&data)?;
         let master = crypto::load_master(&data, secrets.memory_aes_key.as_ref())?;
         crypto::check_master(&data.state_db(), &master)?;
-        let kv = Kv::open(&data.state_db(), 256 * 1024 * 1024)?;
+        // `validate` checked that the size fits a usize.
+        let cache = usize::try_from(config.memory.l2_cache_bytes).unwrap_or(usize::MAX);
+        let kv = Kv::open(&data.state_db(), cache)?;
         let keyring = Arc::new(Keyring::load(kv.clone(), master, clock.clone())?);
         let keys = KeyRing::load(kv.clone(), clock.clone())?;
         if let Some(ops) = &secrets.ops_key {

@@ -44,6 +44,9 @@ enum Scenario {
         /// Records stored before measuring
         #[arg(long, default_value_t = 100_000)]
         records: u64,
+        /// The embedded store's page cache (`memory.l2_cache_bytes`), in MiB
+        #[arg(long, default_value_t = 256)]
+        l2_cache_mib: u64,
     },
     /// PUT /api/v1/memory/{class}/{key}: durable writes
     MemoryPut {
@@ -67,7 +70,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.scenario {
-            Scenario::MemoryGet { common, records } => scenarios::memory_get(&common, records).await,
+            Scenario::MemoryGet { common, records, l2_cache_mib } => {
+                scenarios::memory_get(&common, records, l2_cache_mib << 20).await
+            }
             Scenario::MemoryPut { common } => scenarios::memory_put(&common).await,
             Scenario::CasHit { common, redis } => scenarios::cas_hit(&common, &redis).await,
         }

@@ -25,6 +25,7 @@ pub async fn start(edit: impl FnOnce(&mut Config)) -> anyhow::Result<Running> {
     config.memory.aging.interval_minutes = 0;
     config.rate_limit.enabled = false;
     edit(&mut config);
+    config.validate().map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
     let loaded = LoadedConfig {
         config,
         secrets: Secrets { ops_key: Some(Secret::new(KEY)), ..Secrets::default() },
@@ -97,11 +98,15 @@ fn get_requests(records: u64, hot: u64) -> MakeRequest {
     })
 }
 
-pub async fn memory_get(c: &Common, records: u64) -> anyhow::Result<()> {
-    let running = start(|_| {}).await?;
+pub async fn memory_get(c: &Common, records: u64, l2_cache_bytes: u64) -> anyhow::Result<()> {
+    let running = start(|c| c.memory.l2_cache_bytes = l2_cache_bytes).await?;
     seed(&running.daena, records).await?;
     let l1 = running.daena.config.memory.l1_cache_size;
-    println!("GET over HTTP, loopback, concurrency {}, {records} records stored, L1 holds {l1}", c.concurrency);
+    println!(
+        "GET over HTTP, loopback, concurrency {}, {records} records stored, L1 holds {l1}, L2 page cache {} MiB",
+        c.concurrency,
+        l2_cache_bytes >> 20
+    );
     let null = client::null_server().await?;
     let base = client::run(null, c.concurrency, c.warmup, c.seconds, get_requests(records, records)).await?;
     println!("{}", base.line("baseline: null HTTP server"));

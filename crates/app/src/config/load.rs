@@ -353,6 +353,20 @@ mod tests {
     }
 
     #[test]
+    fn l2_cache_size_is_set_by_file_or_env_and_bounded_below() {
+        let (_d, r) = load_with(&[], &[]);
+        assert_eq!(r.expect("defaults").config.memory.l2_cache_bytes, 256 * 1024 * 1024);
+        let (_d, r) = load_with(&[("memory_config.yaml", "l2_cache_bytes: 1073741824\n")], &[]);
+        assert_eq!(r.expect("file").config.memory.l2_cache_bytes, 1 << 30);
+        let (_d, r) = load_with(&[], &[("DAENA_MEMORY_L2_CACHE_BYTES", "2147483648")]);
+        assert_eq!(r.expect("env").config.memory.l2_cache_bytes, 2 << 30);
+        let (_d, r) = load_with(&[("memory_config.yaml", "l2_cache_bytes: 4096\n")], &[]);
+        let e = r.expect_err("under 1 MiB");
+        assert_eq!(e.key, "memory.l2_cache_bytes", "{e}");
+        assert!(e.message.contains("at least 1048576"), "{e}");
+    }
+
+    #[test]
     fn secrets_are_kept_apart_and_redacted() {
         let (_d, r) = load_with(&[], &[("DAENA_OPS_KEY", "ops-key"), ("DAENA_MEMORY_AES_KEY", "c2VjcmV0")]);
         let loaded = r.expect("valid");

@@ -175,6 +175,9 @@ pub struct MemoryConfig {
     pub l1_cache_size: u64,
     /// L1 capacity in bytes of decoded records.
     pub l1_cache_bytes: u64,
+    /// Page cache of the embedded state store (L2 records, LLM cache entries, keys), in bytes.
+    /// Reads of pages outside it go to the file system: size it to the store's hot set.
+    pub l2_cache_bytes: u64,
     /// zstd level for L2 (warm) records.
     pub zstd_level: i32,
     /// zstd level for L3 (cold) records and for records whose compression aging tightened.
@@ -215,6 +218,7 @@ impl Default for MemoryConfig {
             simhash_threshold: 0.88,
             l1_cache_size: 10_000,
             l1_cache_bytes: 256 * 1024 * 1024,
+            l2_cache_bytes: 256 * 1024 * 1024,
             zstd_level: 3,
             l3_zstd_level: 19,
             max_payload_bytes: 1024 * 1024,
@@ -404,6 +408,9 @@ pub struct ClassRule {
     pub require_tenant: Option<bool>,
 }
 
+/// The smallest accepted `memory.l2_cache_bytes`.
+pub const MIN_L2_CACHE_BYTES: u64 = 1024 * 1024;
+
 impl Config {
     /// Checks what the types cannot. Returns `(key, message)` for the first problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -416,6 +423,15 @@ impl Config {
             if !(1..=22).contains(&level) {
                 return fail(key, format!("must be a zstd level 1..=22, got {level}"));
             }
+        }
+        if m.l2_cache_bytes < MIN_L2_CACHE_BYTES {
+            return fail(
+                "memory.l2_cache_bytes",
+                format!("must be at least {MIN_L2_CACHE_BYTES} (1 MiB), got {}", m.l2_cache_bytes),
+            );
+        }
+        if usize::try_from(m.l2_cache_bytes).is_err() {
+            return fail("memory.l2_cache_bytes", format!("{} does not fit this machine's address space", m.l2_cache_bytes));
         }
         if m.max_payload_bytes == 0 {
             return fail("memory.max_payload_bytes", "must be positive".into());
