@@ -51,20 +51,35 @@ async fn round_trip_through_every_tier() {
     assert_eq!(r.json()["version"], 1);
     assert_eq!(r.headers["etag"], "\"1\"");
 
-    // Written records are hot.
+    // A write leaves L1 to the reads: the first read comes from L2 and makes the record hot.
     let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
-    assert_eq!(r.headers["x-daena-tier"], "L1");
+    assert_eq!(r.headers["x-daena-tier"], "L2");
     let v = r.json();
     assert_eq!(v["payload"], json!({"text": "hello"}));
     assert_eq!(v["meta"]["agent"], "sales_synth");
     assert_eq!(v["access_count"], 1);
+    let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
+    assert_eq!(r.headers["x-daena-tier"], "L1");
+    assert_eq!((r.json()["payload"].clone(), r.json()["access_count"].clone()), (json!({"text": "hello"}), json!(2)));
+
+    // An overwrite drops the hot copy: the next read sees the new version, from L2. Reads of
+    // the address keep counting across versions (a delete clears them).
+    let r = put(&app, OPS, "chat/greeting", json!({"payload": {"text": "hello again"}})).await;
+    assert_eq!((r.status, r.json()["version"].clone()), (StatusCode::OK, json!(2)), "{}", r.text());
+    let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
+    assert_eq!(r.headers["x-daena-tier"], "L2", "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (&v["payload"], &v["version"], &v["access_count"]),
+        (&json!({"text": "hello again"}), &json!(2), &json!(3))
+    );
 
     // Evicted from L1, the record comes from L2.
     app.daena.memory.l1.invalidate_all();
     app.daena.memory.l1.run_pending_tasks();
     let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
     assert_eq!(r.headers["x-daena-tier"], "L2", "{}", r.text());
-    assert_eq!(r.json()["access_count"], 2);
+    assert_eq!(r.json()["access_count"], 4);
 
     // After 90 idle days aging archives chat records to L3; reads still work.
     app.clock.advance(91 * DAY);
@@ -72,7 +87,7 @@ async fn round_trip_through_every_tier() {
     assert_eq!(rep["archived"], 1, "{rep}");
     let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
     assert_eq!(r.headers["x-daena-tier"], "L3", "{}", r.text());
-    assert_eq!(r.json()["payload"], json!({"text": "hello"}));
+    assert_eq!(r.json()["payload"], json!({"text": "hello again"}));
 
     // Read often enough from L3, it moves back to L2 (promote_after_accesses = 5).
     for _ in 0..4 {
@@ -97,7 +112,7 @@ async fn round_trip_through_every_tier() {
         .iter()
         .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(actions, ["memory.put", "memory.age", "memory.reheat"]);
+    assert_eq!(actions, ["memory.put", "memory.put", "memory.age", "memory.reheat"]);
 }
 
 #[tokio::test]

@@ -431,7 +431,10 @@ impl Config {
             );
         }
         if usize::try_from(m.l2_cache_bytes).is_err() {
-            return fail("memory.l2_cache_bytes", format!("{} does not fit this machine's address space", m.l2_cache_bytes));
+            return fail(
+                "memory.l2_cache_bytes",
+                format!("{} does not fit this machine's address space", m.l2_cache_bytes),
+            );
         }
         if m.max_payload_bytes == 0 {
             return fail("memory.max_payload_bytes", "must be positive".into());

@@ -212,14 +212,28 @@ pub struct Stats {
     pub by: HashMap<(String, String, Tier), Agg>,
 }
 
+/// What one row counts for in [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Footprint {
+    pub tier: Tier,
+    pub stored: u64,
+    pub raw: u64,
+}
+
+impl Footprint {
+    pub fn of(row: &RecordRow) -> Footprint {
+        Footprint { tier: row.tier, stored: row.stored_len(), raw: u64::from(row.raw_len) }
+    }
+}
+
 impl Stats {
-    pub fn replace(&mut self, addr: &Addr, old: Option<&RecordRow>, new: Option<&RecordRow>) {
-        let mut bump = |row: &RecordRow, sign: i64| {
-            let a = self.by.entry((addr.tenant.to_string(), addr.class.to_string(), row.tier)).or_default();
+    pub fn replace(&mut self, addr: &Addr, old: Option<Footprint>, new: Option<Footprint>) {
+        let mut bump = |f: Footprint, sign: i64| {
+            let a = self.by.entry((addr.tenant.to_string(), addr.class.to_string(), f.tier)).or_default();
             let add = |v: &mut u64, d: u64| *v = if sign > 0 { v.saturating_add(d) } else { v.saturating_sub(d) };
             add(&mut a.records, 1);
-            add(&mut a.stored, row.stored_len());
-            add(&mut a.raw, u64::from(row.raw_len));
+            add(&mut a.stored, f.stored);
+            add(&mut a.raw, f.raw);
         };
         if let Some(o) = old {
             bump(o, -1);
@@ -293,7 +307,7 @@ impl MemoryShared {
             if let Some((t, c, key)) = records::split_key(k)
                 && let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key))
             {
-                stats.replace(&Addr { tenant, class, key }, None, Some(&row));
+                stats.replace(&Addr { tenant, class, key }, None, Some(Footprint::of(&row)));
             }
             Ok(true)
         })?;
@@ -750,7 +764,6 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             quarantine,
             divergence,
             intended: req.intended_revision,
-            plain: plain.clone(),
             result: Arc::new(std::sync::OnceLock::new()),
         };
         let result = op.result.clone();

@@ -4,7 +4,7 @@
 //! ledger entries after a crash.
 
 use super::settle::{Job, Settler};
-use super::{Addr, Cached, MemoryShared, RowMeta};
+use super::{Addr, Footprint, MemoryShared, RowMeta};
 use crate::commit::{Op, StateMachine};
 use crate::error::{AppError, AppResult, ErrorCode};
 use daena_core::ids::{ClassName, RecordKey, TenantId};
@@ -94,15 +94,13 @@ pub struct Put {
     pub quarantine: bool,
     pub divergence: Option<f64>,
     pub intended: bool,
-    /// The decoded body, for L1.
-    pub plain: super::codec::Plain,
     /// The row this write produces, reported back to the writer.
     pub result: Arc<std::sync::OnceLock<super::RowMeta>>,
 }
 
 /// What an applied operation did to a row, for apply().
 enum Change {
-    Upsert(Box<RecordRow>, Option<super::codec::Plain>),
+    Upsert(Box<RecordRow>),
     Remove,
 }
 
@@ -111,8 +109,9 @@ pub struct MemoryState {
     cas: crate::cas::CasState,
     /// Rows as the batch being prepared leaves them (None: deleted).
     pending: HashMap<Vec<u8>, Option<RecordRow>>,
-    /// Per prepared operation, in order: the address and its change.
-    staged: Vec<(Addr, Change)>,
+    /// Per prepared operation, in order: the address, what the row counted for before and
+    /// its change.
+    staged: Vec<(Addr, Option<Footprint>, Change)>,
     applied: u64,
     /// The durable counters as last saved.
     counters_saved: [u64; 5],
@@ -146,14 +145,15 @@ impl MemoryState {
         self.shared.row(key)
     }
 
-    fn stage(&mut self, addr: &Addr, change: Change) {
+    /// Stages `change` to the row at `addr`, which `old` described before it.
+    fn stage(&mut self, addr: &Addr, old: Option<Footprint>, change: Change) {
         let key = addr.table_key();
         let after = match &change {
-            Change::Upsert(row, _) => Some((**row).clone()),
+            Change::Upsert(row) => Some((**row).clone()),
             Change::Remove => None,
         };
         self.pending.insert(key, after);
-        self.staged.push((addr.clone(), change));
+        self.staged.push((addr.clone(), old, change));
     }
 
     fn now(&self) -> i64 {
@@ -175,7 +175,7 @@ impl MemoryState {
                 {
                     return Err(version_conflict(*v, row.version));
                 }
-                self.stage(addr, Change::Remove);
+                self.stage(addr, Some(Footprint::of(&row)), Change::Remove);
                 Ok(entry(
                     addr,
                     actor,
@@ -185,6 +185,7 @@ impl MemoryState {
             }
             MemoryOp::Confirm { addr, actor, agent, threshold } => {
                 let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                let old = Footprint::of(&row);
                 if row.tier != Tier::L2Q {
                     return Err(AppError::invalid(format!("{}/{} is not in quarantine", addr.class, addr.key)));
                 }
@@ -211,22 +212,24 @@ impl MemoryState {
                 row.updated_at = self.now();
                 let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "agent": agent,
                     "confirmations": n, "score": score, "promoted": promoted, "updated_at": row.updated_at});
-                self.stage(addr, Change::Upsert(Box::new(row), None));
+                self.stage(addr, Some(old), Change::Upsert(Box::new(row)));
                 Ok(entry(addr, actor, "memory.confirm", attrs))
             }
             MemoryOp::Promote { addr, actor } => {
                 let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                let old = Footprint::of(&row);
                 if row.tier != Tier::L2Q {
                     return Err(AppError::invalid(format!("{}/{} is not in quarantine", addr.class, addr.key)));
                 }
                 row.tier = Tier::L2;
                 row.updated_at = self.now();
                 let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "by": actor, "updated_at": row.updated_at});
-                self.stage(addr, Change::Upsert(Box::new(row), None));
+                self.stage(addr, Some(old), Change::Upsert(Box::new(row)));
                 Ok(entry(addr, actor, "memory.promote", attrs))
             }
             MemoryOp::Age { addr, actor, action, envelope, raw_len, level, expect_seq } => {
                 let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                let old = Footprint::of(&row);
                 if row.seq != *expect_seq {
                     return Err(AppError::new(
                         ErrorCode::VersionConflict,
@@ -245,7 +248,7 @@ impl MemoryState {
                 row.body = RowBody::Inline(envelope.clone());
                 let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "action": what,
                     "from": from.as_str(), "to": to.as_str(), "level": level, "raw_len": raw_len});
-                self.stage(addr, Change::Upsert(Box::new(row), None));
+                self.stage(addr, Some(old), Change::Upsert(Box::new(row)));
                 Ok(entry(addr, actor, "memory.age", attrs).body(envelope.clone()))
             }
             MemoryOp::Expire { addr, actor, expect_seq, idle_days } => {
@@ -256,7 +259,7 @@ impl MemoryState {
                         "the record changed since aging looked at it",
                     ));
                 }
-                self.stage(addr, Change::Remove);
+                self.stage(addr, Some(Footprint::of(&row)), Change::Remove);
                 Ok(entry(
                     addr,
                     actor,
@@ -267,6 +270,7 @@ impl MemoryState {
             }
             MemoryOp::Reheat { addr, expect_seq, reads } => {
                 let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
+                let old = Footprint::of(&row);
                 if row.seq != *expect_seq || row.tier != Tier::L3 {
                     return Err(AppError::new(ErrorCode::VersionConflict, "the record changed or left L3"));
                 }
@@ -277,7 +281,7 @@ impl MemoryState {
                 row.tier = Tier::L2;
                 row.body = RowBody::Inline(envelope.clone());
                 let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "reads_in_l3": reads});
-                self.stage(addr, Change::Upsert(Box::new(row), None));
+                self.stage(addr, Some(old), Change::Upsert(Box::new(row)));
                 Ok(entry(addr, "system", "memory.reheat", attrs).body(envelope))
             }
         }
@@ -325,7 +329,7 @@ impl MemoryState {
             "divergence": put.divergence.map(|d| (d * 10_000.0).round() / 10_000.0), "intended_revision": put.intended,
         });
         let _ = put.result.set(RowMeta::of(&row));
-        self.stage(addr, Change::Upsert(Box::new(row), Some(put.plain.clone())));
+        self.stage(addr, current.as_ref().map(Footprint::of), Change::Upsert(Box::new(row)));
         Ok(entry(addr, &put.actor, "memory.put", attrs).body(put.envelope.clone()))
     }
 
@@ -406,7 +410,7 @@ impl MemoryState {
                     }),
                     body: RowBody::Inline(e.body.clone()),
                 };
-                Some((addr, Change::Upsert(Box::new(row), None)))
+                Some((addr, Change::Upsert(Box::new(row))))
             }
             "memory.delete" | "memory.reject" | "memory.expire" => Some((addr()?, Change::Remove)),
             "memory.confirm" => {
@@ -427,7 +431,7 @@ impl MemoryState {
                             row.tier = Tier::L2;
                         }
                         row.updated_at = num("updated_at");
-                        Some((addr, Change::Upsert(Box::new(row), None)))
+                        Some((addr, Change::Upsert(Box::new(row))))
                     }
                     None => None,
                 }
@@ -437,7 +441,7 @@ impl MemoryState {
                 current(&addr)?.map(|mut row| {
                     row.tier = Tier::L2;
                     row.updated_at = num("updated_at");
-                    (addr, Change::Upsert(Box::new(row), None))
+                    (addr, Change::Upsert(Box::new(row)))
                 })
             }
             "memory.age" | "memory.reheat" => {
@@ -453,7 +457,7 @@ impl MemoryState {
                         row.level = num("level") as i8;
                     }
                     row.body = RowBody::Inline(e.body.clone());
-                    (addr, Change::Upsert(Box::new(row), None))
+                    (addr, Change::Upsert(Box::new(row)))
                 })
             }
             _ => None,
@@ -508,7 +512,7 @@ impl StateMachine for MemoryState {
         }
         debug_assert_eq!(seqs.len(), staged.len());
         let stripes: Vec<usize> = {
-            let mut s: Vec<usize> = staged.iter().map(|(a, _)| self.shared.stripe_of(&a.table_key())).collect();
+            let mut s: Vec<usize> = staged.iter().map(|(a, _, _)| self.shared.stripe_of(&a.table_key())).collect();
             s.sort_unstable();
             s.dedup();
             s
@@ -517,25 +521,18 @@ impl StateMachine for MemoryState {
         // reader filling L1 cannot put back a version older than this batch.
         let shared = self.shared.clone();
         let guards: Vec<_> = stripes.iter().map(|i| shared.stripes[*i].write()).collect();
-        let now = self.now();
-        for ((addr, change), seq) in staged.into_iter().zip(seqs) {
+        for ((addr, old, change), seq) in staged.into_iter().zip(seqs) {
             let key = addr.table_key();
-            let old = shared.row(&key)?;
-            let (new, plain) = match change {
-                Change::Upsert(mut row, plain) => {
+            let new = match change {
+                Change::Upsert(mut row) => {
                     row.seq = seq;
-                    (Some(Arc::new(*row)), plain)
+                    Some(Arc::new(*row))
                 }
-                Change::Remove => (None, None),
+                Change::Remove => None,
             };
-            shared.stats.lock().replace(&addr, old.as_ref(), new.as_deref());
-            match (&new, plain) {
-                (Some(row), Some(plain)) if row.tier != Tier::L3 => {
-                    let cached = Cached::new(RowMeta::of(row), plain, now.min(row.updated_at), 0);
-                    shared.l1.insert(key.clone(), Arc::new(cached));
-                }
-                _ => shared.l1.invalidate(&key),
-            }
+            shared.stats.lock().replace(&addr, old, new.as_deref().map(Footprint::of));
+            // L1 is filled by reads: a write only drops the version it replaces.
+            shared.l1.invalidate(&key);
             shared.overlay.insert(key, new);
         }
         drop(guards);
@@ -572,13 +569,14 @@ impl StateMachine for MemoryState {
             let key = addr.table_key();
             let old = self.shared.row(&key)?;
             let new = match change {
-                Change::Upsert(mut row, _) => {
+                Change::Upsert(mut row) => {
                     row.seq = e.seq;
                     Some(Arc::new(*row))
                 }
                 Change::Remove => None,
             };
-            self.shared.stats.lock().replace(&addr, old.as_ref(), new.as_deref());
+            let footprint = new.as_deref().map(Footprint::of);
+            self.shared.stats.lock().replace(&addr, old.as_ref().map(Footprint::of), footprint);
             self.shared.overlay.insert(key, new);
         }
         self.applied = e.seq;
