@@ -626,3 +626,55 @@ async fn optimistic_writers_on_one_record_lose_no_update() {
     let (view, _) = memory::get(&app.daena, &who, "chat", "counter").expect("after a restart");
     assert_eq!(view.meta.version, writers * each + 1);
 }
+
+/// Reads racing overwrites never see a version older than one already acknowledged, nor
+/// older than one they saw before, and the body always belongs to the version: a write drops
+/// the L1 copy under the record's stripe lock, and a reader filling L1 holds the same stripe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_racing_overwrites_never_go_back_a_version() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const WRITES: u64 = 150;
+    let app = Arc::new(TestApp::new());
+    assert_eq!(put(&app, OPS, "chat/race", json!({"payload": {"n": 1}})).await.status, StatusCode::CREATED);
+    let acked = Arc::new(AtomicU64::new(1));
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (app, acked, done, started) = (app.clone(), acked.clone(), done.clone(), started.clone());
+            tokio::spawn(async move {
+                let (mut last, mut reads) = (0, 0u64);
+                while !done.load(Ordering::Acquire) {
+                    let floor = acked.load(Ordering::Acquire);
+                    let v = app.call("GET", "/api/v1/memory/chat/race", Some(OPS), None).await.json();
+                    let version = v["version"].as_u64().unwrap_or(0);
+                    assert!(version >= floor, "read version {version} after version {floor} was acknowledged");
+                    assert!(version >= last, "read version {version} after reading {last}");
+                    assert_eq!(v["payload"]["n"].as_u64(), Some(version), "body of another version: {v}");
+                    last = version;
+                    reads += 1;
+                    if reads == 1 {
+                        started.fetch_add(1, Ordering::AcqRel);
+                    }
+                    // A read through the router may never wait; let the other readers run.
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    while started.load(Ordering::Acquire) < 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    for n in 2..=WRITES {
+        let r = put(&app, OPS, "chat/race", json!({"payload": {"n": n}})).await;
+        assert_eq!((r.status, r.json()["version"].as_u64()), (StatusCode::OK, Some(n)), "{}", r.text());
+        acked.store(n, Ordering::Release);
+    }
+    done.store(true, Ordering::Release);
+    let reads: Vec<u64> = futures_util::future::try_join_all(readers).await.expect("readers");
+    assert!(reads.iter().all(|r| *r > 1), "every reader raced the writes: {reads:?}");
+    let v = app.call("GET", "/api/v1/memory/chat/race", Some(OPS), None).await.json();
+    assert_eq!((v["version"].as_u64(), v["payload"]["n"].as_u64()), (Some(WRITES), Some(WRITES)));
+}
