@@ -42,6 +42,30 @@ async fn access_statistics_count_every_read_across_tiers_and_restarts() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
+/// A record deleted and created again starts its statistics afresh, whether the old
+/// record's counts were still unsaved or already in redb (saved by a restart).
+#[tokio::test]
+async fn a_record_created_again_after_a_delete_counts_reads_from_zero() {
+    let mut app = TestApp::new();
+    let path = "/api/v1/memory/chat/again";
+    for saved in [false, true] {
+        assert_eq!(put(&app, OPS, "chat/again", json!({"payload": {"n": 1}})).await.status, StatusCode::CREATED);
+        for _ in 0..3 {
+            app.call("GET", path, Some(OPS), None).await;
+        }
+        if saved {
+            app = app.reopen(|_| {}).await;
+        }
+        app.clock.advance(1_000_000);
+        assert_eq!(app.call("DELETE", path, Some(OPS), None).await.status, StatusCode::OK);
+        app.clock.advance(1_000_000);
+        assert_eq!(put(&app, OPS, "chat/again", json!({"payload": {"n": 2}})).await.status, StatusCode::CREATED);
+        let v = app.call("GET", path, Some(OPS), None).await.json();
+        assert_eq!((v["payload"]["n"].as_u64(), v["access_count"].as_u64()), (Some(2), Some(1)), "{v}");
+        assert_eq!(app.call("DELETE", path, Some(OPS), None).await.status, StatusCode::OK);
+    }
+}
+
 #[tokio::test]
 async fn round_trip_through_every_tier() {
     let app = TestApp::new();

@@ -590,6 +590,9 @@ pub fn get(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<(Rec
                     Some(v) => v,
                     None => records::get_access(m.kv.db(), &k)?.unwrap_or((0, 0)),
                 };
+                // Reads from before this record was created were of an earlier record at this
+                // address, deleted since; its statistics may not be cleared yet.
+                let (last, count) = if last < row.created_at { (0, 0) } else { (last, count) };
                 let c = Arc::new(Cached::new(RowMeta::of(&row), plain, last, count));
                 m.l1.insert(k.clone(), c.clone());
                 c
