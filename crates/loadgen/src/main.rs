@@ -71,7 +71,10 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.scenario {
             Scenario::MemoryGet { common, records, l2_cache_mib } => {
-                scenarios::memory_get(&common, records, l2_cache_mib << 20).await
+                let bytes = l2_cache_mib
+                    .checked_mul(1 << 20)
+                    .ok_or_else(|| anyhow::anyhow!("--l2-cache-mib {l2_cache_mib} is too large"))?;
+                scenarios::memory_get(&common, records, bytes).await
             }
             Scenario::MemoryPut { common } => scenarios::memory_put(&common).await,
             Scenario::CasHit { common, redis } => scenarios::cas_hit(&common, &redis).await,
