@@ -121,6 +121,8 @@ async fn metrics_carry_the_runbook_figures() {
     assert!(batches >= 1.0, "batches {batches}");
     assert!(get("daena_ledger_commit_ops") >= batches);
     assert!(get("daena_ledger_commit_write_seconds") > 0.0);
+    // Present from the start (`get` panics otherwise); it rises only when redb falls behind.
+    assert!(get("daena_memory_settle_wait_seconds").is_finite());
     assert!(get("daena_cost_spend_usd") >= 0.0);
 }
 

@@ -50,8 +50,10 @@ pub trait StateMachine: Send + 'static {
     /// Makes applied state durable and returns when it is (at shutdown and before copies).
     fn flush(&mut self) -> AppResult<()>;
     /// Starts making applied state durable without waiting for it (called every second).
-    fn flush_background(&mut self) -> AppResult<()> {
-        self.flush()
+    /// `Ok(false)`: put off because the store is still busy; the commit thread asks again
+    /// after its next batch or tick.
+    fn flush_background(&mut self) -> AppResult<bool> {
+        self.flush().map(|()| true)
     }
 }
 
@@ -368,10 +370,14 @@ impl Worker {
             tracing::warn!(error = %e.message, "checkpoint failed");
         }
         if self.last_flush.elapsed() >= self.policy.flush_every {
-            if let Err(e) = self.state.flush_background() {
-                tracing::warn!(error = %e.message, "state flush failed");
+            match self.state.flush_background() {
+                Ok(true) => self.last_flush = Instant::now(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "state flush failed");
+                    self.last_flush = Instant::now();
+                }
             }
-            self.last_flush = Instant::now();
         }
     }
 

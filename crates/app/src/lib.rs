@@ -249,6 +249,8 @@ impl Daena {
         m.ledger_commit_ops.set(as_i64(commit.ops.load(Ordering::Relaxed)));
         #[allow(clippy::cast_precision_loss)] // microseconds: exact far beyond any uptime
         m.ledger_commit_write_seconds.set(commit.write_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        #[allow(clippy::cast_precision_loss)]
+        m.memory_settle_wait_seconds.set(self.memory.counters.settle_wait_micros.load(Ordering::Relaxed) as f64 / 1e6);
         let cas = cas::report::cas(self);
         for (result, n) in [
             ("exact", cas.rates.exact_hits),

@@ -88,6 +88,7 @@ pub struct Metrics {
     pub ledger_commit_batches: Gauge,
     pub ledger_commit_ops: Gauge,
     pub ledger_commit_write_seconds: GaugeF64,
+    pub memory_settle_wait_seconds: GaugeF64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -183,11 +184,17 @@ impl Metrics {
             "Seconds spent writing and fdatasyncing those batches",
             GaugeF64::default()
         );
+        let memory_settle_wait_seconds = reg!(
+            "memory_settle_wait_seconds",
+            "Seconds the commit thread waited for redb to take the previous overlay layer (rises when redb falls behind the writes)",
+            GaugeF64::default()
+        );
         Metrics {
             registry,
             ledger_commit_batches,
             ledger_commit_ops,
             ledger_commit_write_seconds,
+            memory_settle_wait_seconds,
             memory_records,
             memory_bytes,
             memory_latency_p95_ms,

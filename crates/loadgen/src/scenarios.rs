@@ -163,13 +163,20 @@ struct CommitTotals {
     batches: u64,
     ops: u64,
     write_micros: u64,
+    /// Time the commit thread waited for the settler (redb behind the writes).
+    settle_wait_micros: u64,
 }
 
 impl CommitTotals {
     fn read(d: &Daena) -> CommitTotals {
         let s = &d.commit.stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        CommitTotals { batches: load(&s.batches), ops: load(&s.ops), write_micros: load(&s.write_micros) }
+        CommitTotals {
+            batches: load(&s.batches),
+            ops: load(&s.ops),
+            write_micros: load(&s.write_micros),
+            settle_wait_micros: load(&d.memory.counters.settle_wait_micros),
+        }
     }
 
     fn since(&self, before: &CommitTotals) -> CommitTotals {
@@ -177,6 +184,7 @@ impl CommitTotals {
             batches: self.batches - before.batches,
             ops: self.ops - before.ops,
             write_micros: self.write_micros - before.write_micros,
+            settle_wait_micros: self.settle_wait_micros - before.settle_wait_micros,
         }
     }
 
@@ -185,11 +193,12 @@ impl CommitTotals {
     fn print(&self, seconds: f64) {
         let per = |x: u64| x as f64 / self.batches.max(1) as f64;
         println!(
-            "commit thread (warm-up included): {:.0} batches/s, {:.1} ops per batch, write + fdatasync {:.0} µs per batch, {:.0}% of the run",
+            "commit thread (warm-up included): {:.0} batches/s, {:.1} ops per batch, write + fdatasync {:.0} µs per batch, {:.0}% of the run; waited {:.1} ms for redb",
             self.batches as f64 / seconds,
             per(self.ops),
             per(self.write_micros),
             self.write_micros as f64 / 1e4 / seconds,
+            self.settle_wait_micros as f64 / 1e3,
         );
     }
 }

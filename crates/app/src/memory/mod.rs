@@ -161,6 +161,8 @@ pub struct Counters {
     pub divergence_events: AtomicU64,
     pub divergence_aborts: AtomicU64,
     pub intended_revisions: AtomicU64,
+    /// Microseconds the commit thread waited for the settler to finish writing to redb.
+    pub settle_wait_micros: AtomicU64,
 }
 
 /// The settings document holding the governance counters across restarts.

@@ -1,7 +1,9 @@
 //! The settler: writes frozen overlay layers to redb on its own thread, so the commit thread
 //! never stalls behind a redb transaction (a 4096-row write takes 10–20 ms here, a durable
-//! one with its fsyncs 15–30 ms). One layer is in flight at a time; the commit thread waits
-//! for it only when the next layer is ready before it is written.
+//! one with its fsyncs 15–30 ms). One layer is in flight at a time. While it is, the next
+//! hand-off is put off and the active layer keeps growing; the commit thread waits for redb
+//! only when the active layer reaches its hard limit, or when a caller needs redb to hold
+//! everything (scans, shutdown).
 
 use super::MemoryShared;
 use crate::cas::{CAS, CasRow, CasShared};
@@ -38,7 +40,13 @@ pub(super) struct Settler {
     jobs: Option<mpsc::SyncSender<Job>>,
     done: mpsc::Receiver<AppResult<()>>,
     in_flight: bool,
+    /// The outcome of the job in flight, once [`Settler::busy`] saw it finish.
+    finished: Option<AppResult<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn stopped() -> AppError {
+    AppError::internal("the settle thread has stopped")
 }
 
 impl Settler {
@@ -61,16 +69,34 @@ impl Settler {
                 }
             })
             .map_err(|e| AppError::internal(format!("cannot start the settle thread: {e}")))?;
-        Ok(Settler { jobs: Some(jobs), done, in_flight: false, thread: Some(thread) })
+        Ok(Settler { jobs: Some(jobs), done, in_flight: false, finished: None, thread: Some(thread) })
     }
 
     /// Starts writing `job`; the previous job must have been waited for.
     pub fn send(&mut self, job: Job) -> AppResult<()> {
         debug_assert!(!self.in_flight);
-        let gone = || AppError::internal("the settle thread has stopped");
-        self.jobs.as_ref().ok_or_else(gone)?.send(job).map_err(|_| gone())?;
+        self.jobs.as_ref().ok_or_else(stopped)?.send(job).map_err(|_| stopped())?;
         self.in_flight = true;
         Ok(())
+    }
+
+    /// Whether the job in flight is still being written. Never blocks; a finished job's
+    /// outcome is kept for [`Settler::wait`].
+    pub fn busy(&mut self) -> bool {
+        if !self.in_flight || self.finished.is_some() {
+            return false;
+        }
+        match self.done.try_recv() {
+            Ok(outcome) => {
+                self.finished = Some(outcome);
+                false
+            }
+            Err(mpsc::TryRecvError::Empty) => true,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.finished = Some(Err(stopped()));
+                false
+            }
+        }
     }
 
     /// Waits for the job in flight, if any, and returns its outcome.
@@ -78,7 +104,10 @@ impl Settler {
         if !std::mem::take(&mut self.in_flight) {
             return Ok(());
         }
-        self.done.recv().map_err(|_| AppError::internal("the settle thread has stopped"))?
+        match self.finished.take() {
+            Some(outcome) => outcome,
+            None => self.done.recv().map_err(|_| stopped())?,
+        }
     }
 }
 
@@ -158,4 +187,78 @@ pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
     }
     txn.commit().map_err(AppError::storage)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, LoadedConfig, Secrets};
+    use crate::{Daena, OpenOptions};
+    use daena_store::records;
+    use std::time::{Duration, Instant};
+
+    /// `busy` never blocks, and the outcome it sees is kept for `wait`: after `busy` saw the
+    /// job finish, `wait` returns that outcome at once instead of waiting for another.
+    #[test]
+    fn busy_polls_and_leaves_the_outcome_to_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        config.memory.aging.interval_minutes = 0;
+        let loaded = LoadedConfig {
+            config,
+            secrets: Secrets::default(),
+            files: Vec::new(),
+            config_dir: dir.path().join("config"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let d = rt.block_on(async { Daena::open(loaded, OpenOptions::offline("test")) }).expect("open");
+        let mut settler = Settler::start(d.memory.clone(), d.cas.clone()).expect("settler");
+        assert!(!settler.busy(), "nothing is in flight yet");
+        settler.wait().expect("nothing to wait for");
+
+        let key = records::address_key("default", "chat", "settled");
+        let row = RecordRow {
+            format: records::ROW_FORMAT,
+            tier: Tier::L2,
+            seq: 1,
+            version: 1,
+            created_at: 1,
+            updated_at: 1,
+            content_sha256: [7; 32],
+            raw_len: 3,
+            level: 3,
+            trust: None,
+            body: RowBody::Inline(vec![1, 2, 3]),
+        };
+        let db = d.memory.kv.db();
+        let job = Job {
+            rows: Arc::new(HashMap::from([(key.clone(), Some(Arc::new(row)))])),
+            cas: Arc::new(HashMap::new()),
+            applied: records::applied_seq(db).expect("applied"),
+            durable: false,
+            access: HashMap::new(),
+            docs: Vec::new(),
+        };
+        settler.send(job).expect("send");
+        let started = Instant::now();
+        while settler.busy() {
+            assert!(started.elapsed() < Duration::from_secs(30), "the settler never finished a one-row job");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!settler.busy(), "a finished job stays finished");
+
+        // `wait` runs on another thread so that a lost outcome fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let first = settler.wait().map_err(|e| e.message);
+            let second = settler.wait().map_err(|e| e.message);
+            let _ = tx.send((first, second));
+        });
+        let (first, second) =
+            rx.recv_timeout(Duration::from_secs(30)).expect("wait returned the outcome busy had seen");
+        assert_eq!(first, Ok(()));
+        assert_eq!(second, Ok(()), "nothing is in flight after the wait");
+        let stored = records::get_row(db, &key).expect("read").expect("the job's row is in redb");
+        assert_eq!((stored.version, stored.content_sha256), (1, [7; 32]));
+    }
 }

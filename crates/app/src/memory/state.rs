@@ -12,11 +12,15 @@ use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_store::ledger::Receipt;
 use daena_store::records::{self, RecordRow, RowBody, Tier, TrustRow};
 
-/// Rows kept in the overlay before they are written to redb in one transaction.
-const OVERLAY_LIMIT: usize = 4096;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Rows kept in the overlay before they are handed to the settler in one redb transaction.
+const OVERLAY_LIMIT: usize = 4096;
+/// Rows the active layer may hold while the settler still writes the previous layer; past
+/// this the commit thread waits for redb, which bounds the overlay's memory.
+const OVERLAY_HARD_LIMIT: usize = 4 * OVERLAY_LIMIT;
 
 /// A memory mutation, prepared by a use case (payload already sealed) for the commit thread.
 #[derive(Debug)]
@@ -338,7 +342,10 @@ impl MemoryState {
     /// writes also save access statistics and counters and commit with fsync; `wait` returns
     /// only once redb holds everything applied so far.
     fn hand_off(&mut self, durable: bool, wait: bool) -> AppResult<()> {
-        if let Err(e) = self.settler.wait() {
+        let started = std::time::Instant::now();
+        let previous = self.settler.wait();
+        self.note_wait(started);
+        if let Err(e) = previous {
             // The failed layer stays frozen and is merged into this one.
             self.counters_saved = [u64::MAX; 5];
             self.durable_applied = 0;
@@ -369,7 +376,28 @@ impl MemoryState {
             return Ok(());
         }
         self.settler.send(job)?;
-        if wait { self.settler.wait() } else { Ok(()) }
+        if !wait {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let written = self.settler.wait();
+        self.note_wait(started);
+        written
+    }
+
+    /// A hand-off that does not wait for redb: put off (`false`) while the settler still
+    /// writes the previous layer, unless the active layer has reached [`OVERLAY_HARD_LIMIT`].
+    fn hand_off_unless_busy(&mut self, durable: bool) -> AppResult<bool> {
+        if self.settler.busy() && self.shared.overlay.active_len() < OVERLAY_HARD_LIMIT {
+            return Ok(false);
+        }
+        self.hand_off(durable, false).map(|()| true)
+    }
+
+    /// Counts the commit thread's time waiting for the settler (`/metrics`).
+    fn note_wait(&self, started: std::time::Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared.counters.settle_wait_micros.fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn replay_memory(&mut self, e: &Entry) -> AppResult<Option<(Addr, Change)>> {
@@ -539,7 +567,7 @@ impl StateMachine for MemoryState {
         self.cas.apply();
         self.applied = last_seq;
         if shared.overlay.active_len() >= OVERLAY_LIMIT {
-            self.hand_off(false, false)?;
+            self.hand_off_unless_busy(false)?;
         }
         Ok(())
     }
@@ -581,7 +609,7 @@ impl StateMachine for MemoryState {
         }
         self.applied = e.seq;
         if self.shared.overlay.active_len() >= OVERLAY_LIMIT {
-            self.hand_off(false, false)?;
+            self.hand_off_unless_busy(false)?;
         }
         Ok(())
     }
@@ -598,7 +626,7 @@ impl StateMachine for MemoryState {
         self.hand_off(true, true)
     }
 
-    fn flush_background(&mut self) -> AppResult<()> {
-        self.hand_off(true, false)
+    fn flush_background(&mut self) -> AppResult<bool> {
+        self.hand_off_unless_busy(true)
     }
 }
