@@ -314,6 +314,21 @@ async fn divergence_abort_and_intended_revisions() {
         .expect("request");
     let r = app.send(req).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::PRECONDITION_FAILED, "version_conflict"));
+    // An If-Match that is not a version is refused before anything is written or deleted.
+    for method in ["PUT", "DELETE"] {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri("/api/v1/memory/chat/n")
+            .header("x-api-key", OPS)
+            .header("content-type", "application/json")
+            .header("if-match", "latest")
+            .body(axum::body::Body::from(r#"{"payload": 3}"#))
+            .expect("request");
+        let r = app.send(req).await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"), "{method}");
+    }
+    let r = app.call("GET", "/api/v1/memory/chat/n", Some(OPS), None).await.json();
+    assert_eq!((r["payload"].clone(), r["version"].clone()), (json!(1), json!(1)));
     // The divergence counters survive a restart.
     let before = app.call("GET", "/monitoring/memory", Some(OPS), None).await.json();
     assert!(before["divergence"]["overwrites"].as_u64() >= Some(3));

@@ -5,7 +5,8 @@ use crate::error::{ApiResult, AuthErrors, BodyErrors, ErrorBody, NotFound};
 use crate::extract::{AppState, Auth, DataAccess, Json, ReadAccess};
 use crate::routes::memory::AGENT_HEADER;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use daena_app::cas::chat::{self, Body as ChatBody, ChatOptions, FeedbackResult, LookupResult, StoreResult};
@@ -22,6 +23,18 @@ pub enum ProxyErrors {
     /// A miss with no upstream configured (`upstream_not_configured`).
     #[response(status = 503)]
     NotConfigured(ErrorBody),
+}
+
+/// A request's cache controls, read from its headers in place (a `HeaderMap` extractor
+/// would copy every header).
+pub struct Options(ChatOptions);
+
+impl<S: Send + Sync> FromRequestParts<S> for Options {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Options(options(&parts.headers)))
+    }
 }
 
 fn options(headers: &HeaderMap) -> ChatOptions {
@@ -52,10 +65,10 @@ fn options(headers: &HeaderMap) -> ChatOptions {
 pub async fn completions(
     State(state): State<AppState>,
     Auth(who, _): Auth<DataAccess>,
-    headers: HeaderMap,
+    Options(opts): Options,
     Json(request): Json<serde_json::Value>,
 ) -> ApiResult<Response> {
-    let out = chat::complete(&state, &who, request, options(&headers)).await?;
+    let out = chat::complete(&state, &who, request, opts).await?;
     let mut resp = match out.body {
         ChatBody::Json(v) => axum::Json(v).into_response(),
         ChatBody::JsonBytes(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),
@@ -87,10 +100,10 @@ pub async fn completions(
 pub async fn lookup(
     State(state): State<AppState>,
     Auth(who, _): Auth<DataAccess>,
-    headers: HeaderMap,
+    Options(opts): Options,
     Json(request): Json<serde_json::Value>,
 ) -> ApiResult<axum::Json<LookupResult>> {
-    Ok(axum::Json(chat::lookup(&state, &who, request, options(&headers))?))
+    Ok(axum::Json(chat::lookup(&state, &who, request, opts)?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -110,10 +123,10 @@ pub struct StoreBody {
 pub async fn store(
     State(state): State<AppState>,
     Auth(who, _): Auth<DataAccess>,
-    headers: HeaderMap,
+    Options(opts): Options,
     Json(body): Json<StoreBody>,
 ) -> ApiResult<axum::Json<StoreResult>> {
-    Ok(axum::Json(chat::store(&state, &who, body.request, body.response, options(&headers)).await?))
+    Ok(axum::Json(chat::store(&state, &who, body.request, body.response, opts).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -2,7 +2,8 @@
 
 use crate::error::{ApiError, ApiResult, AuthErrors, BodyErrors, ErrorBody, NotFound};
 use crate::extract::{AppState, Auth, DataAccess, Json, Path, Query};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use daena_app::error::{AppError, ErrorCode};
@@ -50,6 +51,24 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> ApiResult<Option<&'a st
         .transpose()
 }
 
+/// A write's `If-Match` and `X-Agent-ID`, read from its headers in place (a `HeaderMap`
+/// extractor would copy every header).
+pub struct WriteHeaders {
+    if_match: Option<u64>,
+    agent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(WriteHeaders {
+            if_match: if_match(&parts.headers)?,
+            agent: header_str(&parts.headers, AGENT_HEADER)?.map(str::to_owned),
+        })
+    }
+}
+
 /// `If-Match: 3` or `If-Match: "3"`: the version the caller expects.
 fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     match header_str(headers, "if-match")? {
@@ -76,7 +95,7 @@ pub async fn put(
     State(state): State<AppState>,
     Auth(who, _): Auth<DataAccess>,
     Path((class, key)): Path<(String, String)>,
-    headers: HeaderMap,
+    headers: WriteHeaders,
     Json(body): Json<PutBody>,
 ) -> ApiResult<Response> {
     let req = PutRequest {
@@ -84,9 +103,9 @@ pub async fn put(
         key,
         payload: body.payload,
         meta: body.meta,
-        if_match: if_match(&headers)?,
+        if_match: headers.if_match,
         intended_revision: body.intended_revision,
-        agent: header_str(&headers, AGENT_HEADER)?.map(str::to_owned),
+        agent: headers.agent,
     };
     let result = memory::put(&state, &who, req).await?;
     let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -137,9 +156,9 @@ pub async fn delete(
     State(state): State<AppState>,
     Auth(who, _): Auth<DataAccess>,
     Path((class, key)): Path<(String, String)>,
-    headers: HeaderMap,
+    headers: WriteHeaders,
 ) -> ApiResult<axum::Json<DeleteResult>> {
-    Ok(axum::Json(memory::delete(&state, &who, &class, &key, if_match(&headers)?).await?))
+    Ok(axum::Json(memory::delete(&state, &who, &class, &key, headers.if_match).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
