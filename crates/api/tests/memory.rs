@@ -614,6 +614,63 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
     }
 }
 
+/// Writers racing to create the same records, without `If-Match`: each record's writes must
+/// number its versions 1, 2, 3, 4, and exactly one of them, version 1, reports the create. A
+/// write wrongly taken for a create (a record another write had just created) would repeat a
+/// version or report a second create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creators_of_one_record_number_every_version() {
+    use daena_app::auth::Access;
+    use daena_app::memory::{self, PutRequest};
+    let app = TestApp::new();
+    let (writers, keys) = (4u64, 300u64);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let d = app.daena.clone();
+        tasks.push(tokio::spawn(async move {
+            let who = d.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+            let mut seen = Vec::new();
+            for k in 0..keys {
+                // Under this much contention the service may answer "kept changing; retry".
+                let r = loop {
+                    let req = PutRequest {
+                        class: "chat".into(),
+                        key: format!("race-{k}"),
+                        payload: json!({"writer": w}),
+                        meta: None,
+                        if_match: None,
+                        intended_revision: false,
+                        agent: None,
+                    };
+                    match memory::put(&d, &who, req).await {
+                        Ok(r) => break r,
+                        Err(e) if e.code == daena_app::error::ErrorCode::VersionConflict => continue,
+                        Err(e) => panic!("put race-{k}: {e:?}"),
+                    }
+                };
+                seen.push((k, r.created, r.record.version));
+            }
+            seen
+        }));
+    }
+    let mut by_key = std::collections::BTreeMap::<u64, Vec<(bool, u64)>>::new();
+    for t in tasks {
+        for (k, created, version) in t.await.expect("writer") {
+            by_key.entry(k).or_default().push((created, version));
+        }
+    }
+    let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+    for (k, mut writes) in by_key {
+        writes.sort_by_key(|(_, v)| *v);
+        let versions: Vec<u64> = writes.iter().map(|(_, v)| *v).collect();
+        assert_eq!(versions, (1..=writers).collect::<Vec<_>>(), "race-{k}: {writes:?}");
+        let creates: Vec<u64> = writes.iter().filter(|(c, _)| *c).map(|(_, v)| *v).collect();
+        assert_eq!(creates, vec![1], "race-{k}: exactly the first write creates: {writes:?}");
+        let (view, _) = memory::get(&app.daena, &who, "chat", &format!("race-{k}")).expect("read");
+        assert_eq!(view.meta.version, writers, "race-{k}");
+    }
+}
+
 /// Optimistic writers on one record: each reads the version, writes `n + 1` with `If-Match`
 /// on it, and retries on a conflict. A lost update would show as a wrong final count or
 /// version.

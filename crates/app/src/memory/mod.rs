@@ -263,6 +263,10 @@ pub struct MemoryShared {
     pub config: Arc<Config>,
     pub l1: moka::sync::Cache<Vec<u8>, Arc<Cached>>,
     stripes: Box<[RwLock<()>]>,
+    /// Per stripe, how many times the commit thread changed rows of its records, bumped
+    /// after the overlay holds the change. A writer that saw a record absent at generation
+    /// `g` knows it is still absent while the stripe stays at `g` (`prepare_put`).
+    generations: Box<[AtomicU64]>,
     pub stats: Mutex<Stats>,
     pub counters: Counters,
     pub latency: Latencies,
@@ -321,6 +325,7 @@ impl MemoryShared {
             config,
             l1,
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             stats: Mutex::new(stats),
             counters,
             latency: Latencies::default(),
@@ -338,6 +343,15 @@ impl MemoryShared {
             return Ok(v.as_deref().cloned());
         }
         Ok(records::get_row(self.kv.db(), key)?)
+    }
+
+    /// The generation of `key`'s stripe; load it before reading the record.
+    pub(crate) fn generation(&self, key: &[u8]) -> u64 {
+        self.generations[self.stripe_of(key)].load(Ordering::Acquire)
+    }
+
+    pub(crate) fn bump_generation(&self, stripe: usize) {
+        self.generations[stripe].fetch_add(1, Ordering::Release);
     }
 
     fn stripe_of(&self, key: &[u8]) -> usize {
@@ -713,6 +727,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
     };
 
     for _attempt in 0..5 {
+        let generation = d.memory.generation(&addr.table_key());
         // What is there now, to measure divergence against.
         let current = match get_current(d, &addr) {
             Ok(c) => c,
@@ -766,6 +781,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             payload_bytes: payload_text.len(),
             if_match: req.if_match,
             observed: current.as_ref().map(|(v, _)| *v),
+            absent_at: current.is_none().then_some(generation),
             quarantine,
             divergence,
             intended: req.intended_revision,

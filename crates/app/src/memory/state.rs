@@ -95,6 +95,10 @@ pub struct Put {
     pub if_match: Option<u64>,
     /// The version the caller's divergence was computed against (None: no record).
     pub observed: Option<u64>,
+    /// When the caller saw no record: the generation of the record's stripe it read before
+    /// looking ([`super::MemoryShared::generation`]). While it is unchanged the record is
+    /// still absent, and `prepare` need not look again.
+    pub absent_at: Option<u64>,
     pub quarantine: bool,
     pub divergence: Option<f64>,
     pub intended: bool,
@@ -293,7 +297,13 @@ impl MemoryState {
 
     fn prepare_put(&mut self, put: &Put) -> AppResult<NewEntry> {
         let addr = &put.addr;
-        let current = self.current(&addr.table_key())?;
+        let key = addr.table_key();
+        let current = match put.absent_at {
+            // No change to the stripe was applied since the caller saw the record absent, and
+            // none is staged in this batch: it is still absent (no redb read).
+            Some(g) if !self.pending.contains_key(&key) && self.shared.generation(&key) == g => None,
+            _ => self.current(&key)?,
+        };
         let current_version = current.as_ref().map(|r| r.version);
         if let Some(v) = put.if_match
             && Some(v) != current_version
@@ -563,6 +573,8 @@ impl StateMachine for MemoryState {
             shared.l1.invalidate(&key);
             shared.overlay.insert(key, new);
         }
+        // After the overlay holds the changes: a writer that reads the new generation sees them.
+        stripes.iter().for_each(|i| shared.bump_generation(*i));
         drop(guards);
         self.cas.apply();
         self.applied = last_seq;
@@ -605,7 +617,8 @@ impl StateMachine for MemoryState {
             };
             let footprint = new.as_deref().map(Footprint::of);
             self.shared.stats.lock().replace(&addr, old.as_ref().map(Footprint::of), footprint);
-            self.shared.overlay.insert(key, new);
+            self.shared.overlay.insert(key.clone(), new);
+            self.shared.bump_generation(self.shared.stripe_of(&key));
         }
         self.applied = e.seq;
         if self.shared.overlay.active_len() >= OVERLAY_LIMIT {
