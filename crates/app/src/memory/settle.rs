@@ -190,46 +190,52 @@ pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::{Config, LoadedConfig, Secrets};
     use crate::{Daena, OpenOptions};
     use daena_store::records;
     use std::time::{Duration, Instant};
 
-    /// `busy` never blocks, and the outcome it sees is kept for `wait`: after `busy` saw the
-    /// job finish, `wait` returns that outcome at once instead of waiting for another.
-    #[test]
-    fn busy_polls_and_leaves_the_outcome_to_wait() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
+    /// A service on a fresh data directory in `dir`, without a listener or schedules.
+    pub(in crate::memory) fn offline_daena(dir: &std::path::Path) -> Arc<Daena> {
+        let mut config = Config { data_dir: dir.join("data"), ..Config::default() };
         config.memory.aging.interval_minutes = 0;
-        let loaded = LoadedConfig {
-            config,
-            secrets: Secrets::default(),
-            files: Vec::new(),
-            config_dir: dir.path().join("config"),
-        };
+        let loaded =
+            LoadedConfig { config, secrets: Secrets::default(), files: Vec::new(), config_dir: dir.join("config") };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let d = rt.block_on(async { Daena::open(loaded, OpenOptions::offline("test")) }).expect("open");
-        let mut settler = Settler::start(d.memory.clone(), d.cas.clone()).expect("settler");
-        assert!(!settler.busy(), "nothing is in flight yet");
-        settler.wait().expect("nothing to wait for");
+        rt.block_on(async { Daena::open(loaded, OpenOptions::offline("test")) }).expect("open")
+    }
 
-        let key = records::address_key("default", "chat", "settled");
-        let row = RecordRow {
+    /// A small record row with a recognisable digest.
+    pub(in crate::memory) fn row(digest: u8) -> RecordRow {
+        RecordRow {
             format: records::ROW_FORMAT,
             tier: Tier::L2,
             seq: 1,
             version: 1,
             created_at: 1,
             updated_at: 1,
-            content_sha256: [7; 32],
+            content_sha256: [digest; 32],
             raw_len: 3,
             level: 3,
             trust: None,
             body: RowBody::Inline(vec![1, 2, 3]),
-        };
+        }
+    }
+
+    /// `busy` never blocks, and the outcome it sees is kept for `wait`: after `busy` saw the
+    /// job finish, `wait` returns that outcome at once instead of waiting for another.
+    #[test]
+    fn busy_polls_and_leaves_the_outcome_to_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = offline_daena(dir.path());
+        let mut settler = Settler::start(d.memory.clone(), d.cas.clone()).expect("settler");
+        assert!(!settler.busy(), "nothing is in flight yet");
+        settler.wait().expect("nothing to wait for");
+
+        let key = records::address_key("default", "chat", "settled");
+        let row = row(7);
         let db = d.memory.kv.db();
         let job = Job {
             rows: Arc::new(HashMap::from([(key.clone(), Some(Arc::new(row)))])),

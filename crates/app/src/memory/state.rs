@@ -21,6 +21,9 @@ const OVERLAY_LIMIT: usize = 4096;
 /// Rows the active layer may hold while the settler still writes the previous layer; past
 /// this the commit thread waits for redb, which bounds the overlay's memory.
 const OVERLAY_HARD_LIMIT: usize = 4 * OVERLAY_LIMIT;
+/// How long the durable save may be put off while redb is busy. Past this the commit thread
+/// waits for redb, so access statistics and counters are saved even if redb never catches up.
+const DURABLE_PUT_OFF_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A memory mutation, prepared by a use case (payload already sealed) for the commit thread.
 #[derive(Debug)]
@@ -127,6 +130,8 @@ pub struct MemoryState {
     settler: Settler,
     /// The applied point of the last durable write handed to the settler.
     durable_applied: u64,
+    /// Since when the durable save has been put off because redb was busy.
+    durable_put_off: Option<std::time::Instant>,
 }
 
 impl MemoryState {
@@ -138,6 +143,7 @@ impl MemoryState {
             counters_saved,
             settler,
             durable_applied: applied,
+            durable_put_off: None,
             shared,
             cas: crate::cas::CasState::new(cas),
             pending: HashMap::new(),
@@ -640,6 +646,61 @@ impl StateMachine for MemoryState {
     }
 
     fn flush_background(&mut self) -> AppResult<bool> {
-        self.hand_off_unless_busy(true)
+        let since = *self.durable_put_off.get_or_insert_with(std::time::Instant::now);
+        let handed = if since.elapsed() >= DURABLE_PUT_OFF_LIMIT {
+            self.hand_off(true, false).map(|()| true)?
+        } else {
+            self.hand_off_unless_busy(true)?
+        };
+        if handed {
+            self.durable_put_off = None;
+        }
+        Ok(handed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::StateMachine;
+    use crate::memory::settle::tests::{offline_daena, row};
+    use redb::ReadableDatabase;
+    use std::time::Duration;
+
+    /// While redb is busy the durable save is put off, but not past
+    /// [`DURABLE_PUT_OFF_LIMIT`]: then the commit thread waits for redb, and the wait is
+    /// counted. redb is kept busy by a write transaction the test holds.
+    #[test]
+    fn a_durable_save_is_put_off_while_redb_is_busy_but_not_forever() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = offline_daena(dir.path());
+        let shared = d.memory.clone();
+        let mut state = MemoryState::new(shared.clone(), d.cas.clone()).expect("state");
+        let blocker = shared.kv.db().begin_write().expect("write transaction");
+
+        // A layer in flight, which the settler cannot write while the test holds redb.
+        let key = records::address_key("default", "chat", "held");
+        shared.overlay.insert(key.clone(), Some(Arc::new(row(9))));
+        state.hand_off(false, false).expect("hand-off");
+        assert!(state.settler.busy());
+        assert!(!state.flush_background().expect("put off"), "put off while redb is busy");
+        assert!(state.durable_put_off.is_some());
+
+        // Past the limit the save waits for redb: release it from another thread.
+        state.durable_put_off = state.durable_put_off.map(|t| t - DURABLE_PUT_OFF_LIMIT);
+        let waited_before = shared.counters.settle_wait_micros.load(std::sync::atomic::Ordering::Relaxed);
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            blocker.abort().expect("abort");
+        });
+        assert!(state.flush_background().expect("saved"), "handed off once the limit passed");
+        release.join().expect("release");
+        assert_eq!(state.durable_put_off, None);
+        let waited = shared.counters.settle_wait_micros.load(std::sync::atomic::Ordering::Relaxed) - waited_before;
+        assert!(waited >= 100_000, "the wait for redb is counted: {waited} µs");
+        state.flush().expect("flush");
+        let txn = shared.kv.db().begin_read().expect("read");
+        let table = txn.open_table(records::RECORDS).expect("records");
+        assert!(table.get(key.as_slice()).expect("get").is_some(), "the held layer reached redb");
     }
 }
