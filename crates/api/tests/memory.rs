@@ -13,6 +13,19 @@ async fn put(app: &TestApp, key: &str, path: &str, body: Value) -> common::Resp 
     app.call("PUT", &format!("/api/v1/memory/{path}"), Some(key), Some(body)).await
 }
 
+/// An in-process write of `payload` to `chat/{key}`, without `If-Match`, meta or agent.
+fn chat_put(key: impl Into<String>, payload: Value) -> daena_app::memory::PutRequest {
+    daena_app::memory::PutRequest {
+        class: "chat".into(),
+        key: key.into(),
+        payload,
+        meta: None,
+        if_match: None,
+        intended_revision: false,
+        agent: None,
+    }
+}
+
 /// Reads count from the hot cache, from L2 with the count not yet saved, and after a
 /// restart, from the count saved in redb.
 #[tokio::test]
@@ -574,7 +587,7 @@ async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollb
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_find_every_write_while_layers_are_written_behind() {
     use daena_app::auth::Access;
-    use daena_app::memory::{self, PutRequest};
+    use daena_app::memory;
     let app = TestApp::new();
     let (writers, each) = (4u64, 1_500u64);
     let mut tasks = Vec::new();
@@ -584,16 +597,7 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
             let who = d.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
             for i in 0..each {
                 let key = format!("w{w}-{i}");
-                let req = PutRequest {
-                    class: "chat".into(),
-                    key: key.clone(),
-                    payload: json!({"writer": w, "n": i}),
-                    meta: None,
-                    if_match: None,
-                    intended_revision: false,
-                    agent: None,
-                };
-                memory::put(&d, &who, req).await.expect("put");
+                memory::put(&d, &who, chat_put(key.clone(), json!({"writer": w, "n": i}))).await.expect("put");
                 d.memory.l1.invalidate_all();
                 let (view, tier) = memory::get(&d, &who, "chat", &key).expect("an acknowledged write is readable");
                 assert_ne!(tier, "L1");
@@ -621,7 +625,7 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creators_of_one_record_number_every_version() {
     use daena_app::auth::Access;
-    use daena_app::memory::{self, PutRequest};
+    use daena_app::memory;
     let app = TestApp::new();
     let (writers, keys) = (4u64, 300u64);
     let mut tasks = Vec::new();
@@ -633,16 +637,7 @@ async fn racing_creators_of_one_record_number_every_version() {
             for k in 0..keys {
                 // Under this much contention the service may answer "kept changing; retry".
                 let r = loop {
-                    let req = PutRequest {
-                        class: "chat".into(),
-                        key: format!("race-{k}"),
-                        payload: json!({"writer": w}),
-                        meta: None,
-                        if_match: None,
-                        intended_revision: false,
-                        agent: None,
-                    };
-                    match memory::put(&d, &who, req).await {
+                    match memory::put(&d, &who, chat_put(format!("race-{k}"), json!({"writer": w}))).await {
                         Ok(r) => break r,
                         Err(e) if e.code == daena_app::error::ErrorCode::VersionConflict => continue,
                         Err(e) => panic!("put race-{k}: {e:?}"),
@@ -682,13 +677,9 @@ async fn optimistic_writers_on_one_record_lose_no_update() {
     let app = TestApp::new();
     let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
     let req = |n: u64, if_match: Option<u64>| PutRequest {
-        class: "chat".into(),
-        key: "counter".into(),
-        payload: json!({"n": n}),
-        meta: None,
         if_match,
         intended_revision: true,
-        agent: None,
+        ..chat_put("counter", json!({"n": n}))
     };
     memory::put(&app.daena, &who, req(0, None)).await.expect("create");
     let (writers, each) = (8u64, 40u64);

@@ -726,10 +726,11 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             .map_err(|e| AppError::internal(format!("seal task: {e}")))??
     };
 
+    let table_key = addr.table_key();
     for _attempt in 0..5 {
-        let generation = d.memory.generation(&addr.table_key());
+        let generation = d.memory.generation(&table_key);
         // What is there now, to measure divergence against.
-        let current = match get_current(d, &addr) {
+        let current = match get_current(d, &addr, &table_key) {
             Ok(c) => c,
             Err(e) => return Err(e),
         };
@@ -824,13 +825,12 @@ pub fn get_stored(d: &Daena, table_key: &[u8]) -> AppResult<RecordView> {
         .map_err(|e| AppError { message: format!("{t}/{c}/{k}: {}", e.message), ..e })
 }
 
-/// The current (version, body) of a record, from L1 or L2/L3.
-fn get_current(d: &Daena, addr: &Addr) -> AppResult<Option<(u64, Plain)>> {
-    let k = addr.table_key();
-    if let Some(c) = d.memory.l1.get(&k) {
+/// The current (version, body) of the record at `addr` (`table_key`), from L1 or L2/L3.
+fn get_current(d: &Daena, addr: &Addr, table_key: &[u8]) -> AppResult<Option<(u64, Plain)>> {
+    if let Some(c) = d.memory.l1.get(table_key) {
         return Ok(Some((c.meta.version, c.plain.clone())));
     }
-    let Some(row) = d.memory.row(&k)? else { return Ok(None) };
+    let Some(row) = d.memory.row(table_key)? else { return Ok(None) };
     let envelope = match &row.body {
         RowBody::Inline(b) => b.clone(),
         RowBody::Cold { segment, offset, len } => d.memory.cold.read(*segment, *offset, *len)?,

@@ -358,10 +358,7 @@ impl MemoryState {
     /// writes also save access statistics and counters and commit with fsync; `wait` returns
     /// only once redb holds everything applied so far.
     fn hand_off(&mut self, durable: bool, wait: bool) -> AppResult<()> {
-        let started = std::time::Instant::now();
-        let previous = self.settler.wait();
-        self.note_wait(started);
-        if let Err(e) = previous {
+        if let Err(e) = self.wait_for_settler() {
             // The failed layer stays frozen and is merged into this one.
             self.counters_saved = [u64::MAX; 5];
             self.durable_applied = 0;
@@ -392,13 +389,7 @@ impl MemoryState {
             return Ok(());
         }
         self.settler.send(job)?;
-        if !wait {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let written = self.settler.wait();
-        self.note_wait(started);
-        written
+        if wait { self.wait_for_settler() } else { Ok(()) }
     }
 
     /// A hand-off that does not wait for redb: put off (`false`) while the settler still
@@ -410,10 +401,14 @@ impl MemoryState {
         self.hand_off(durable, false).map(|()| true)
     }
 
-    /// Counts the commit thread's time waiting for the settler (`/metrics`).
-    fn note_wait(&self, started: std::time::Instant) {
+    /// Waits for the layer in flight, counting the commit thread's time in
+    /// `settle_wait_micros` (`/metrics`).
+    fn wait_for_settler(&mut self) -> AppResult<()> {
+        let started = std::time::Instant::now();
+        let outcome = self.settler.wait();
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.shared.counters.settle_wait_micros.fetch_add(micros, std::sync::atomic::Ordering::Relaxed);
+        outcome
     }
 
     fn replay_memory(&mut self, e: &Entry) -> AppResult<Option<(Addr, Change)>> {
@@ -664,7 +659,6 @@ mod tests {
     use super::*;
     use crate::commit::StateMachine;
     use crate::memory::settle::tests::{offline_daena, row};
-    use redb::ReadableDatabase;
     use std::time::Duration;
 
     /// While redb is busy the durable save is put off, but not past
@@ -699,8 +693,7 @@ mod tests {
         let waited = shared.counters.settle_wait_micros.load(std::sync::atomic::Ordering::Relaxed) - waited_before;
         assert!(waited >= 100_000, "the wait for redb is counted: {waited} µs");
         state.flush().expect("flush");
-        let txn = shared.kv.db().begin_read().expect("read");
-        let table = txn.open_table(records::RECORDS).expect("records");
-        assert!(table.get(key.as_slice()).expect("get").is_some(), "the held layer reached redb");
+        let stored = records::get_row(shared.kv.db(), &key).expect("read");
+        assert!(stored.is_some(), "the held layer reached redb");
     }
 }
