@@ -42,6 +42,37 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// A JSON body's bytes, unparsed: the `Content-Type` and size checks of [`Json`] (415,
+/// 413), with parsing left to the handler.
+pub struct JsonBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(ErrorCode::UnsupportedMediaType, "expected Content-Type: application/json"));
+        }
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(JsonBytes(bytes)),
+            Err(r) if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(ErrorCode::PayloadTooLarge, "request body exceeds server.request_body_limit_bytes"))
+            }
+            Err(r) => Err(ApiError::new(ErrorCode::InvalidRequest, r.body_text())),
+        }
+    }
+}
+
+/// `application/json` or `application/*+json`, as axum's `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let Some((kind, sub)) = essence.split_once('/') else { return false };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json")
+            || sub.len() > 5 && sub.get(sub.len() - 5..).is_some_and(|t| t.eq_ignore_ascii_case("+json")))
+}
+
 /// Path parameters; rejections become `invalid_request` (400).
 pub struct Path<T>(pub T);
 

@@ -291,3 +291,77 @@ async fn concurrent_stores_past_the_cap_evict_each_victim_once() {
     let m = app.call("GET", "/monitoring/memory/cas", Some(OPS), None).await.json();
     assert_eq!(m["entries"], cap, "{m}");
 }
+
+/// A body the proxy has seen is looked up by its digest, without parsing. What a hit needs
+/// from the request (the agent, the stream flag) still comes from this request, and a
+/// remembered body whose entry is gone goes upstream again.
+#[tokio::test]
+async fn a_body_sent_again_is_looked_up_by_its_digest() {
+    use daena_app::cas::memo::{BodyMemo, Memo};
+    let up = FakeUpstream::start().await;
+    let app = app_with(&up).await;
+    let r = ask(&app, OPS, chat(Q), &[("x-agent-id", "finance_synth")]).await;
+    assert_eq!(cache(&r), "miss", "{}", r.text());
+    assert_eq!(app.daena.cas.memo.len(), 1, "the validated body is remembered");
+    let key = r.headers["x-daena-cache-key"].to_str().expect("key").to_owned();
+    for agent in ["finance_synth", "finance_audit"] {
+        let r = ask(&app, OPS, chat(Q), &[("x-agent-id", agent)]).await;
+        assert_eq!(cache(&r), "hit");
+        assert_eq!(r.headers["x-daena-cache-key"].to_str().ok(), Some(key.as_str()));
+        assert_eq!(r.json()["choices"][0]["message"]["content"], format!("answer: {Q}"));
+    }
+    let c = app.call("GET", "/monitoring/memory/cost-tracking", Some(OPS), None).await.json();
+    assert_eq!(
+        (c["by_agent"]["finance_synth"]["hits"].as_u64(), c["by_agent"]["finance_audit"]["hits"].as_u64()),
+        (Some(1), Some(1)),
+        "{c}"
+    );
+    // The request's own headers are still checked.
+    assert_eq!(ask(&app, OPS, chat(Q), &[("x-agent-id", "bad agent")]).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(ask(&app, OPS, chat(Q), &[("x-daena-class", "Not A Class!")]).await.status, StatusCode::BAD_REQUEST);
+    // Another tenant sending the same bytes has its own digest, and its own cache.
+    let acme = app.key("acme", "agent", "acme", &[]).await;
+    assert_eq!(cache(&ask(&app, &acme, chat(Q), &[]).await), "miss");
+    assert_eq!(up.calls(), 2);
+    // A remembered body whose entry was evicted is a miss again.
+    let r = app.call("POST", "/api/v1/cas/feedback", Some(OPS), Some(json!({"key": key}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(cache(&ask(&app, OPS, chat(Q), &[]).await), "miss");
+    assert_eq!(up.calls(), 3);
+
+    // The digest path does not parse: a remembered digest is served even for bytes that
+    // are not JSON. (Shown by planting one; no real body can reach it without SHA-256
+    // colliding.)
+    let r = ask(&app, OPS, chat(Q), &[]).await;
+    let exact: [u8; 32] =
+        hex::decode(r.headers["x-daena-cache-key"].to_str().expect("key")).expect("hex").try_into().expect("32 bytes");
+    let raw = |bytes: &str, ctype: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("x-api-key", OPS)
+            .header("content-type", ctype)
+            .body(Body::from(bytes.to_owned()))
+            .expect("request")
+    };
+    let r = app.send(raw("not json", "application/json")).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_json"), "{}", r.text());
+    let who = app.daena.keys.authenticate(Some(OPS), None, daena_app::auth::Access::Data).expect("ops");
+    let memo = Memo { exact, model: "gpt-test".into(), stream: true, include_usage: false };
+    app.daena.cas.memo.insert(BodyMemo::digest(who.tenant().as_str(), b"not json"), memo);
+    let r = app.send(raw("not json", "application/json")).await;
+    assert_eq!((r.status, cache(&r).as_str()), (StatusCode::OK, "hit"), "{}", r.text());
+    assert!(
+        r.headers["content-type"].to_str().unwrap_or("").starts_with("text/event-stream"),
+        "the remembered stream flag"
+    );
+    // Content type and size are checked before any lookup.
+    let r = app.send(raw("not json", "text/plain")).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
+    let r = app.send(raw("{}", "application/vnd.daena+json; charset=utf-8")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a +json type is JSON: {}", r.text());
+    assert_eq!(app.send(raw("{}", "application/jsonx")).await.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = format!(r#"{{"model":"gpt-test","messages":[{{"role":"user","content":"{}"}}]}}"#, "a".repeat(3 << 20));
+    let r = app.send(raw(&big, "application/json")).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+}

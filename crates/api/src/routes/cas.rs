@@ -2,7 +2,7 @@
 //! monitoring routes.
 
 use crate::error::{ApiResult, AuthErrors, BodyErrors, ErrorBody, NotFound};
-use crate::extract::{AppState, Auth, DataAccess, Json, ReadAccess};
+use crate::extract::{AppState, Auth, DataAccess, Json, JsonBytes, ReadAccess};
 use crate::routes::memory::AGENT_HEADER;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, State};
@@ -66,9 +66,9 @@ pub async fn completions(
     State(state): State<AppState>,
     Auth(who, _): Auth<DataAccess>,
     Options(opts): Options,
-    Json(request): Json<serde_json::Value>,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<Response> {
-    let out = chat::complete(&state, &who, request, opts).await?;
+    let out = chat::complete(&state, &who, body, opts).await?;
     let mut resp = match out.body {
         ChatBody::Json(v) => axum::Json(v).into_response(),
         ChatBody::JsonBytes(b) => ([(header::CONTENT_TYPE, "application/json")], b).into_response(),

@@ -4,6 +4,7 @@
 //! the SimHash distance, guards passed) → upstream. Upstream errors pass through unchanged and
 //! are never cached; a streamed miss is passed through as it arrives and cached once complete.
 
+use super::memo::{BodyMemo, Memo};
 use super::stats::{Cost, Outcome};
 use super::{CasMeta, CasOp, CasRow, sse, ttl_micros};
 use crate::Daena;
@@ -105,11 +106,7 @@ fn prepare(d: &Daena, who: &Principal, request: Value, opts: &ChatOptions) -> Ap
             return Err(AppError::invalid(format!("messages[{i}].role must be a string")));
         }
     }
-    let class = opts.class.as_deref().map(ClassName::new).transpose()?;
-    let agent = match &opts.agent {
-        Some(a) => AgentId::new(a).map_err(|e| AppError::invalid(format!("X-Agent-ID: {e}")))?.to_string(),
-        None => format!("key:{}", who.key_name()),
-    };
+    let (class, agent) = caller(who, opts)?;
     let cas_cfg = &d.config.memory.cas;
     let tenant_near =
         cas_cfg.tenants.get(who.tenant()).and_then(|t| t.near_duplicates).unwrap_or(cas_cfg.near_duplicates);
@@ -129,6 +126,17 @@ fn prepare(d: &Daena, who: &Principal, request: Value, opts: &ChatOptions) -> Ap
         agent,
         class: class.map(|c| c.to_string()),
     })
+}
+
+/// The request's data class (`X-Daena-Class`) and the agent its cost is put down to
+/// (`X-Agent-ID`, else the API key's name), validated.
+fn caller(who: &Principal, opts: &ChatOptions) -> AppResult<(Option<ClassName>, String)> {
+    let class = opts.class.as_deref().map(ClassName::new).transpose()?;
+    let agent = match &opts.agent {
+        Some(a) => AgentId::new(a).map_err(|e| AppError::invalid(format!("X-Agent-ID: {e}")))?.to_string(),
+        None => format!("key:{}", who.key_name()),
+    };
+    Ok((class, agent))
 }
 
 fn today(d: &Daena) -> String {
@@ -184,32 +192,67 @@ fn lookup_prepared(d: &Daena, who: &Principal, p: &Prepared) -> Option<(Arc<CasM
     None
 }
 
-fn count_hit(d: &Daena, who: &Principal, p: &Prepared, meta: &CasMeta, status: CacheStatus) {
+fn count_hit(d: &Daena, who: &Principal, model: &str, agent: &str, meta: &CasMeta, status: CacheStatus) {
     meta.hits.fetch_add(1, Ordering::Relaxed);
     let mut s = d.cas.stats.lock();
     s.record(who.tenant().as_str(), if let CacheStatus::Near(x) = status { Outcome::Near(x) } else { Outcome::Exact });
-    s.cost(&today(d), who.tenant().as_str(), &p.model, &p.agent, &saving(meta));
+    s.cost(&today(d), who.tenant().as_str(), model, agent, &saving(meta));
+}
+
+/// Serves `meta`'s answer: the stored JSON as is, or replayed as server-sent events.
+fn serve_hit(
+    d: &Daena,
+    who: &Principal,
+    meta: &CasMeta,
+    status: CacheStatus,
+    req: (&str, &str, bool, bool),
+) -> AppResult<ChatResponse> {
+    let (model, agent, stream, include_usage) = req;
+    let bytes = d.cas.response_bytes(meta)?;
+    count_hit(d, who, model, agent, meta, status);
+    let key = Some(hex::encode(meta.key));
+    let body = if stream {
+        let response: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| AppError::internal(format!("cached response is not JSON: {e}")))?;
+        let events: Vec<Result<Bytes, std::io::Error>> =
+            sse::replay(&response, include_usage).into_iter().map(|e| Ok(Bytes::from(e))).collect();
+        Body::Stream(futures_util::stream::iter(events).boxed())
+    } else {
+        Body::JsonBytes(bytes)
+    };
+    Ok(ChatResponse { status, key, body })
 }
 
 /// Serves a chat completion from the cache or the upstream.
-pub async fn complete(d: &Arc<Daena>, who: &Principal, request: Value, opts: ChatOptions) -> AppResult<ChatResponse> {
+///
+/// `body` is the request's JSON text. A body the proxy has seen before from this tenant is
+/// looked up by its digest ([`super::memo`]) without parsing; anything but an exact hit
+/// that way takes the full path below.
+pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOptions) -> AppResult<ChatResponse> {
+    let digest = (!opts.no_cache).then(|| BodyMemo::digest(who.tenant().as_str(), &body));
+    if let Some(memo) = digest.as_ref().and_then(|dg| d.cas.memo.get(dg)) {
+        let (_, agent) = caller(who, &opts)?;
+        if let Some(meta) = d.cas.get(who.tenant().as_str(), &memo.exact) {
+            let req = (&*memo.model, agent.as_str(), memo.stream, memo.include_usage);
+            return serve_hit(d, who, &meta, CacheStatus::Hit, req);
+        }
+    }
+    let request: Value = serde_json::from_slice(&body)
+        .map_err(|e| AppError::new(ErrorCode::InvalidJson, format!("the request body is not valid JSON: {e}")))?;
     let p = prepare(d, who, request, &opts)?;
+    if let Some(dg) = digest {
+        let memo = Memo {
+            exact: p.keys.exact,
+            model: Arc::from(p.model.as_str()),
+            stream: p.stream,
+            include_usage: p.include_usage,
+        };
+        d.cas.memo.insert(dg, memo);
+    }
     if !opts.no_cache
         && let Some((meta, status)) = lookup_prepared(d, who, &p)
     {
-        let bytes = d.cas.response_bytes(&meta)?;
-        count_hit(d, who, &p, &meta, status);
-        let key = Some(hex::encode(meta.key));
-        let body = if p.stream {
-            let response: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| AppError::internal(format!("cached response is not JSON: {e}")))?;
-            let events: Vec<Result<Bytes, std::io::Error>> =
-                sse::replay(&response, p.include_usage).into_iter().map(|e| Ok(Bytes::from(e))).collect();
-            Body::Stream(futures_util::stream::iter(events).boxed())
-        } else {
-            Body::JsonBytes(bytes)
-        };
-        return Ok(ChatResponse { status, key, body });
+        return serve_hit(d, who, &meta, status, (&p.model, &p.agent, p.stream, p.include_usage));
     }
     let status = if opts.no_cache { CacheStatus::Bypass } else { CacheStatus::Miss };
     let Some(base) = d.config.llm.upstream_url.clone() else {
@@ -408,7 +451,7 @@ pub fn lookup(d: &Daena, who: &Principal, request: Value, opts: ChatOptions) -> 
     match lookup_prepared(d, who, &p) {
         Some((meta, status)) => {
             let response = d.cas.response(&meta)?;
-            count_hit(d, who, &p, &meta, status);
+            count_hit(d, who, &p.model, &p.agent, &meta, status);
             Ok(LookupResult {
                 hit: true,
                 status: status.header().to_owned(),

@@ -7,6 +7,7 @@
 //! encrypted response as its body, so replay rebuilds the cache after a crash.
 
 pub mod chat;
+pub mod memo;
 pub mod report;
 pub mod sse;
 pub mod stats;
@@ -107,6 +108,8 @@ pub struct CasShared {
     pub http: reqwest::Client,
     /// Decrypted answers of recently hit entries, so hot hits skip redb and AES.
     hot: moka::sync::Cache<(String, [u8; 32]), bytes::Bytes>,
+    /// Request bodies seen by the proxy, with their keys.
+    pub memo: memo::BodyMemo,
     /// (day number, "YYYY-MM-DD") of the last cost record.
     day: Mutex<(i64, String)>,
 }
@@ -145,6 +148,7 @@ impl CasShared {
                 .max_capacity(64 * 1024 * 1024)
                 .weigher(|_k: &(String, [u8; 32]), v: &bytes::Bytes| u32::try_from(v.len() + 64).unwrap_or(u32::MAX))
                 .build(),
+            memo: memo::BodyMemo::default(),
             day: Mutex::new((-1, String::new())),
         };
         let now = shared.clock.now().0;
