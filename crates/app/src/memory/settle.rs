@@ -122,6 +122,14 @@ impl Drop for Settler {
     }
 }
 
+/// `map`'s entries in key order. A job's keys are spread over the whole table; visiting
+/// them in order walks each B-tree leaf once, in step with the pages redb already holds.
+fn in_key_order<V>(map: &HashMap<Vec<u8>, V>) -> Vec<(&Vec<u8>, &V)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
+}
+
 /// Writes a job in one redb transaction. Rows that moved to L3 with their body still inline
 /// get their bytes appended to a cold segment first.
 pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
@@ -133,7 +141,7 @@ pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
     {
         let mut table = txn.open_table(RECORDS).map_err(AppError::storage)?;
         let mut access = txn.open_table(ACCESS).map_err(AppError::storage)?;
-        for (key, row) in job.rows.iter() {
+        for (key, row) in in_key_order(&job.rows) {
             match row {
                 Some(row) => {
                     let bytes = match (&row.tier, &row.body) {
@@ -151,7 +159,7 @@ pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
                 }
             }
         }
-        for (key, (last, count)) in &job.access {
+        for (key, (last, count)) in in_key_order(&job.access) {
             // Only records that still exist keep statistics.
             if table.get(key.as_slice()).map_err(AppError::storage)?.is_some() {
                 access.insert(key.as_slice(), (*last, *count)).map_err(AppError::storage)?;
