@@ -123,7 +123,7 @@ pub async fn memory_get(c: &Common, records: u64, l2_cache_bytes: u64) -> anyhow
         &running.daena.keys.authenticate(Some(KEY), None, Access::Read).map_err(|e| anyhow::anyhow!(e.message))?,
     );
     println!(
-        "server-side latency (last 4096 samples): L1 p99 {:?} ms, L2 p99 {:?} ms; L1 hit rate {:?}",
+        "server-side latency (last 1-2 minutes): L1 p99 {:?} ms, L2 p99 {:?} ms; L1 hit rate {:?}",
         report.l1.latency.map(|l| l.p99_ms),
         report.l2.latency.map(|l| l.p99_ms),
         report.l1.hit_rate

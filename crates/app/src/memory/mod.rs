@@ -10,7 +10,9 @@
 pub mod aging;
 pub mod codec;
 pub mod dict;
+pub mod latency;
 pub mod monitor;
+pub use latency::LatencyWindow;
 mod settle;
 pub mod state;
 
@@ -108,33 +110,6 @@ impl Cached {
 
     fn weight(&self) -> u64 {
         (self.plain.payload.len() + self.plain.meta.len() + 256) as u64
-    }
-}
-
-/// The last samples of a latency, for percentiles.
-#[derive(Debug, Default)]
-pub struct LatencyWindow(Mutex<VecDeque<f64>>);
-
-const WINDOW: usize = 4096;
-
-impl LatencyWindow {
-    pub fn record(&self, ms: f64) {
-        let mut w = self.0.lock();
-        if w.len() == WINDOW {
-            w.pop_front();
-        }
-        w.push_back(ms);
-    }
-
-    /// (p50, p95, p99, samples), nearest rank.
-    pub fn percentiles(&self) -> Option<(f64, f64, f64, usize)> {
-        let mut v: Vec<f64> = self.0.lock().iter().copied().collect();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-        Some((at(0.50), at(0.95), at(0.99), v.len()))
     }
 }
 

@@ -1,7 +1,8 @@
 //! `GET /monitoring/memory`: per tier records, bytes, compression, hit rate and latency; L2Q;
 //! divergence; by class and tenant; growth; the ledger; SLO status.
 
-use super::{Agg, LatencyWindow};
+use super::Agg;
+use super::latency::LatencyWindow;
 use crate::Daena;
 use crate::auth::Principal;
 use daena_core::auth::Role;
@@ -16,8 +17,8 @@ pub struct Latency {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
-    /// Samples in the window (the last 4096 operations of this kind).
-    pub samples: usize,
+    /// Operations of this kind in the window: the last one to two minutes.
+    pub samples: u64,
 }
 
 fn latency(w: &LatencyWindow) -> Option<Latency> {
