@@ -39,8 +39,7 @@ async fn access_statistics_count_every_read_across_tiers_and_restarts() {
         get(&app).await;
     }
     app.clock.advance(DAY);
-    app.daena.memory.l1.invalidate_all();
-    app.daena.memory.l1.run_pending_tasks();
+    app.daena.memory.l1.clear();
     let r = get(&app).await;
     assert_eq!((r.headers["x-daena-tier"].to_str().ok(), r.json()["access_count"].as_u64()), (Some("L2"), Some(4)));
     let read_at = r.json()["last_accessed"].clone();
@@ -112,8 +111,7 @@ async fn round_trip_through_every_tier() {
     );
 
     // Evicted from L1, the record comes from L2.
-    app.daena.memory.l1.invalidate_all();
-    app.daena.memory.l1.run_pending_tasks();
+    app.daena.memory.l1.clear();
     let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
     assert_eq!(r.headers["x-daena-tier"], "L2", "{}", r.text());
     assert_eq!(r.json()["access_count"], 4);
@@ -132,7 +130,7 @@ async fn round_trip_through_every_tier() {
     }
     let mut tier = String::new();
     for _ in 0..200 {
-        app.daena.memory.l1.invalidate_all();
+        app.daena.memory.l1.clear();
         tier = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await.headers["x-daena-tier"]
             .to_str()
             .unwrap_or_default()
@@ -598,7 +596,7 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
             for i in 0..each {
                 let key = format!("w{w}-{i}");
                 memory::put(&d, &who, chat_put(key.clone(), json!({"writer": w, "n": i}))).await.expect("put");
-                d.memory.l1.invalidate_all();
+                d.memory.l1.clear();
                 let (view, tier) = memory::get(&d, &who, "chat", &key).expect("an acknowledged write is readable");
                 assert_ne!(tier, "L1");
                 assert_eq!(&*view.plain.payload, json!({"writer": w, "n": i}).to_string(), "{key}");
@@ -764,4 +762,34 @@ async fn reads_racing_overwrites_never_go_back_a_version() {
     assert!(reads.iter().all(|r| *r > 1), "every reader raced the writes: {reads:?}");
     let v = app.call("GET", "/api/v1/memory/chat/race", Some(OPS), None).await.json();
     assert_eq!((v["version"].as_u64(), v["payload"]["n"].as_u64()), (Some(WRITES), Some(WRITES)));
+}
+
+/// L1 holds at most `l1_cache_size` records and `l1_cache_bytes` bytes, whichever binds
+/// first, and reads past it still find every record in L2.
+#[tokio::test]
+async fn l1_stays_within_its_entry_and_byte_bounds() {
+    use daena_app::auth::Access;
+    use daena_app::memory;
+    for (entries, bytes) in [(100u64, 100 * 4096u64), (10_000, 32 * 1024)] {
+        let app = TestApp::with_config(|c| {
+            c.memory.l1_cache_size = entries;
+            c.memory.l1_cache_bytes = bytes;
+        });
+        let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+        for i in 0..1000 {
+            let body = json!({"text": format!("turn {i}: {}", "words ".repeat(40))});
+            memory::put(&app.daena, &who, chat_put(format!("bound-{i}"), body)).await.expect("put");
+        }
+        for round in 0..2 {
+            for i in 0..1000 {
+                let (view, _) = memory::get(&app.daena, &who, "chat", &format!("bound-{i}")).expect("read");
+                assert_eq!(view.meta.version, 1, "round {round}, bound-{i}");
+            }
+        }
+        let (len, weight) = (app.daena.memory.l1.len() as u64, app.daena.memory.l1.weight());
+        assert!(len > 0, "reads fill L1");
+        assert!(len <= entries && weight <= bytes, "L1 holds {len} records, {weight} bytes; bounds {entries}, {bytes}");
+        let m = app.call("GET", "/monitoring/memory", Some(OPS), None).await.json();
+        assert_eq!((m["l1"]["entries"].as_u64(), m["l1"]["bytes"].as_u64()), (Some(len), Some(weight)), "{}", m["l1"]);
+    }
 }

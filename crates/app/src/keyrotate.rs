@@ -379,11 +379,7 @@ pub async fn shred(
     let destroyed = d.keyring.shred(tenant.as_str())?;
     d.memory.dicts.forget_tenant(tenant.as_str());
     let prefix = daena_store::records::tenant_prefix(tenant.as_str());
-    let cached: Vec<Vec<u8>> =
-        d.memory.l1.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| (*k).clone()).collect();
-    for k in cached {
-        d.memory.l1.invalidate(&k);
-    }
+    d.memory.l1.retain(|k, _| !k.starts_with(&prefix));
     let records = crate::snapshot::record_keys(d).await?.iter().filter(|k| k.starts_with(&prefix)).count() as u64;
     let entry =
         daena_core::ledger::NewEntry::new(tenant.as_str(), who.actor(), "key.shred", format!("tenant/{tenant}")).attrs(

@@ -103,6 +103,22 @@ pub struct Cached {
     access_count: AtomicU64,
 }
 
+/// L1: decrypted records by table key, bounded in bytes and (through [`L1Weight`]) in
+/// entries. quick_cache (S3-FIFO-like, no background or batched maintenance): a hit is a
+/// shard read lock and a reference bit, so no read pays for other reads' bookkeeping.
+pub type L1 = quick_cache::sync::Cache<Vec<u8>, Arc<Cached>, L1Weight>;
+
+/// An entry weighs its plaintext bytes, and at least one slot (`l1_cache_bytes` ÷
+/// `l1_cache_size`), so the byte bound also bounds the count.
+#[derive(Debug, Clone, Copy)]
+pub struct L1Weight(u64);
+
+impl quick_cache::Weighter<Vec<u8>, Arc<Cached>> for L1Weight {
+    fn weight(&self, _key: &Vec<u8>, value: &Arc<Cached>) -> u64 {
+        value.weight().max(self.0)
+    }
+}
+
 impl Cached {
     pub fn new(meta: RowMeta, plain: Plain, last_accessed: i64, access_count: u64) -> Cached {
         Cached { meta, plain, last_accessed: AtomicI64::new(last_accessed), access_count: AtomicU64::new(access_count) }
@@ -236,7 +252,7 @@ pub struct MemoryShared {
     pub keyring: Arc<Keyring>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
-    pub l1: moka::sync::Cache<Vec<u8>, Arc<Cached>>,
+    pub l1: L1,
     stripes: Box<[RwLock<()>]>,
     /// Per stripe, how many times the commit thread changed rows of its records, bumped
     /// after the overlay holds the change. A writer that saw a record absent at generation
@@ -260,7 +276,7 @@ pub struct MemoryShared {
 
 impl std::fmt::Debug for MemoryShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryShared").field("l1_entries", &self.l1.entry_count()).finish()
+        f.debug_struct("MemoryShared").field("l1_entries", &self.l1.len()).finish()
     }
 }
 
@@ -276,11 +292,8 @@ impl MemoryShared {
     ) -> AppResult<Arc<MemoryShared>> {
         let m = &config.memory;
         let slot = (m.l1_cache_bytes / m.l1_cache_size.max(1)).max(1);
-        // Every entry weighs at least one slot, so the byte bound also bounds the count.
-        let l1 = moka::sync::Cache::builder()
-            .max_capacity(m.l1_cache_bytes)
-            .weigher(move |_k: &Vec<u8>, v: &Arc<Cached>| u32::try_from(v.weight().max(slot)).unwrap_or(u32::MAX))
-            .build();
+        let l1 =
+            L1::with_weighter(usize::try_from(m.l1_cache_size).unwrap_or(usize::MAX), m.l1_cache_bytes, L1Weight(slot));
         let dicts = dict::Dictionaries::load(&kv, &keyring)?;
         let counters = Counters::restore(&kv)?;
         let mut stats = Stats::default();

@@ -196,10 +196,9 @@ pub fn report(d: &Daena, who: &Principal) -> MemoryReport {
         }
     };
     let cfg = &d.config.memory;
-    m.l1.run_pending_tasks();
     let l1 = L1View {
-        entries: m.l1.entry_count(),
-        bytes: m.l1.weighted_size(),
+        entries: m.l1.len() as u64,
+        bytes: m.l1.weight(),
         capacity_entries: cfg.l1_cache_size,
         capacity_bytes: cfg.l1_cache_bytes,
         hit_rate: ratio(l1h, reads),

@@ -571,7 +571,7 @@ impl StateMachine for MemoryState {
             };
             shared.stats.lock().replace(&addr, old, new.as_deref().map(Footprint::of));
             // L1 is filled by reads: a write only drops the version it replaces.
-            shared.l1.invalidate(&key);
+            shared.l1.remove(&key);
             shared.overlay.insert(key, new);
         }
         // After the overlay holds the changes: a writer that reads the new generation sees them.
