@@ -231,6 +231,16 @@ async fn cache_aside_and_bad_requests() {
     );
     // Served by the proxy too, with no upstream configured.
     assert_eq!(cache(&ask(&app, &acme, chat(Q), &[]).await), "hit");
+    // A new answer stored for the same request replaces the one served from memory.
+    let mut newer = answer.clone();
+    newer["choices"][0]["message"]["content"] = json!("43");
+    let r =
+        app.call("POST", "/api/v1/cas/store", Some(&acme), Some(json!({"request": chat(Q), "response": newer}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = ask(&app, &acme, chat(Q), &[]).await;
+    assert_eq!((cache(&r).as_str(), r.json()["choices"][0]["message"]["content"].as_str()), ("hit", Some("43")));
+    let r = app.call("POST", "/api/v1/cas/lookup", Some(&acme), Some(chat(Q))).await.json();
+    assert_eq!(r["response"]["choices"][0]["message"]["content"], "43");
     for bad in [
         json!({"messages": []}),
         json!({"model": "m"}),

@@ -70,6 +70,10 @@ pub struct CasMeta {
     pub cost_usd: f64,
     pub bytes: u64,
     pub slot: u32,
+    /// Unique to this entry in this process: the key of its decrypted answer in the hot
+    /// map, so an answer read for an entry since replaced can never be served for its
+    /// successor.
+    pub serial: u64,
     pub hits: AtomicU64,
 }
 
@@ -95,6 +99,19 @@ struct Inner {
     bytes: u64,
 }
 
+/// Bytes of decrypted answers kept for hot hits.
+const HOT_BYTES: usize = 64 * 1024 * 1024;
+
+/// A hot answer weighs its bytes and a little for its slot.
+#[derive(Debug, Clone, Copy)]
+struct HotWeight;
+
+impl quick_cache::Weighter<u64, bytes::Bytes> for HotWeight {
+    fn weight(&self, _serial: &u64, answer: &bytes::Bytes) -> u64 {
+        answer.len() as u64 + 64
+    }
+}
+
 /// Cache state shared by request handlers and the commit thread.
 pub struct CasShared {
     pub kv: Kv,
@@ -106,8 +123,10 @@ pub struct CasShared {
     pub(crate) pending: crate::overlay::Overlay<CasRow>,
     pub stats: Mutex<stats::CasStats>,
     pub http: reqwest::Client,
-    /// Decrypted answers of recently hit entries, so hot hits skip redb and AES.
-    hot: moka::sync::Cache<(String, [u8; 32]), bytes::Bytes>,
+    /// Decrypted answers of recently hit entries by [`CasMeta::serial`], so hot hits skip
+    /// redb and AES.
+    hot: quick_cache::sync::Cache<u64, bytes::Bytes, HotWeight>,
+    serials: AtomicU64,
     /// Request bodies seen by the proxy, with their keys.
     pub memo: memo::BodyMemo,
     /// (day number, "YYYY-MM-DD") of the last cost record.
@@ -144,10 +163,8 @@ impl CasShared {
             pending: crate::overlay::Overlay::default(),
             stats: Mutex::new(stats),
             http,
-            hot: moka::sync::Cache::builder()
-                .max_capacity(64 * 1024 * 1024)
-                .weigher(|_k: &(String, [u8; 32]), v: &bytes::Bytes| u32::try_from(v.len() + 64).unwrap_or(u32::MAX))
-                .build(),
+            hot: quick_cache::sync::Cache::with_weighter(HOT_BYTES / 1024, HOT_BYTES as u64, HotWeight),
+            serials: AtomicU64::new(0),
             memo: memo::BodyMemo::default(),
             day: Mutex::new((-1, String::new())),
         };
@@ -177,9 +194,9 @@ impl CasShared {
     }
 
     fn insert_meta(&self, tenant: &str, key: [u8; 32], row: &CasRow) {
-        self.hot.invalidate(&(tenant.to_owned(), key));
         let mut inner = self.inner.write();
         if let Some(old) = inner.by_key.remove(&(tenant.to_owned(), key)) {
+            self.hot.remove(&old.serial);
             Self::forget(&mut inner, &old);
         }
         let slot = inner.index.insert(row.scope, row.simhash);
@@ -198,6 +215,7 @@ impl CasShared {
             cost_usd: row.cost_usd,
             bytes: row.envelope.len() as u64,
             slot,
+            serial: self.serials.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             hits: AtomicU64::new(0),
         });
         inner.by_slot.insert(slot, (tenant.to_owned(), key));
@@ -216,10 +234,10 @@ impl CasShared {
     }
 
     fn remove_meta(&self, tenant: &str, key: &[u8; 32]) -> bool {
-        self.hot.invalidate(&(tenant.to_owned(), *key));
         let mut inner = self.inner.write();
         match inner.by_key.remove(&(tenant.to_owned(), *key)) {
             Some(meta) => {
+                self.hot.remove(&meta.serial);
                 Self::forget(&mut inner, &meta);
                 true
             }
@@ -262,12 +280,11 @@ impl CasShared {
 
     /// The stored answer of an entry as JSON text.
     pub fn response_bytes(&self, meta: &CasMeta) -> AppResult<bytes::Bytes> {
-        let k = (meta.tenant.clone(), meta.key);
-        if let Some(b) = self.hot.get(&k) {
+        if let Some(b) = self.hot.get(&meta.serial) {
             return Ok(b);
         }
         let b = bytes::Bytes::from(self.decrypt(meta)?);
-        self.hot.insert(k, b.clone());
+        self.hot.insert(meta.serial, b.clone());
         Ok(b)
     }
 
@@ -493,8 +510,9 @@ impl CasState {
     fn apply_one(&mut self, s: Staged) {
         match s {
             Staged::Store { tenant, key, row } => {
+                // The row first: a reader that finds the new entry must read the new answer.
+                self.shared.pending.insert(table_key(&tenant, &key), Some(row.clone()));
                 self.shared.insert_meta(&tenant, key, &row);
-                self.shared.pending.insert(table_key(&tenant, &key), Some(row));
             }
             Staged::Evict { tenant, key } => {
                 if self.shared.remove_meta(&tenant, &key) {
