@@ -199,23 +199,24 @@ fn count_hit(d: &Daena, who: &Principal, model: &str, agent: &str, meta: &CasMet
     s.cost(&today(d), who.tenant().as_str(), model, agent, &saving(meta));
 }
 
+/// What serving a hit needs from the request.
+struct HitFor<'a> {
+    model: &'a str,
+    agent: &'a str,
+    stream: bool,
+    include_usage: bool,
+}
+
 /// Serves `meta`'s answer: the stored JSON as is, or replayed as server-sent events.
-fn serve_hit(
-    d: &Daena,
-    who: &Principal,
-    meta: &CasMeta,
-    status: CacheStatus,
-    req: (&str, &str, bool, bool),
-) -> AppResult<ChatResponse> {
-    let (model, agent, stream, include_usage) = req;
+fn serve_hit(d: &Daena, who: &Principal, meta: &CasMeta, status: CacheStatus, req: HitFor) -> AppResult<ChatResponse> {
     let bytes = d.cas.response_bytes(meta)?;
-    count_hit(d, who, model, agent, meta, status);
+    count_hit(d, who, req.model, req.agent, meta, status);
     let key = Some(hex::encode(meta.key));
-    let body = if stream {
+    let body = if req.stream {
         let response: Value = serde_json::from_slice(&bytes)
             .map_err(|e| AppError::internal(format!("cached response is not JSON: {e}")))?;
         let events: Vec<Result<Bytes, std::io::Error>> =
-            sse::replay(&response, include_usage).into_iter().map(|e| Ok(Bytes::from(e))).collect();
+            sse::replay(&response, req.include_usage).into_iter().map(|e| Ok(Bytes::from(e))).collect();
         Body::Stream(futures_util::stream::iter(events).boxed())
     } else {
         Body::JsonBytes(bytes)
@@ -233,7 +234,8 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
     if let Some(memo) = digest.as_ref().and_then(|dg| d.cas.memo.get(dg)) {
         let (_, agent) = caller(who, &opts)?;
         if let Some(meta) = d.cas.get(who.tenant().as_str(), &memo.exact) {
-            let req = (&*memo.model, agent.as_str(), memo.stream, memo.include_usage);
+            let req =
+                HitFor { model: &memo.model, agent: &agent, stream: memo.stream, include_usage: memo.include_usage };
             return serve_hit(d, who, &meta, CacheStatus::Hit, req);
         }
     }
@@ -252,7 +254,8 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
     if !opts.no_cache
         && let Some((meta, status)) = lookup_prepared(d, who, &p)
     {
-        return serve_hit(d, who, &meta, status, (&p.model, &p.agent, p.stream, p.include_usage));
+        let req = HitFor { model: &p.model, agent: &p.agent, stream: p.stream, include_usage: p.include_usage };
+        return serve_hit(d, who, &meta, status, req);
     }
     let status = if opts.no_cache { CacheStatus::Bypass } else { CacheStatus::Miss };
     let Some(base) = d.config.llm.upstream_url.clone() else {
