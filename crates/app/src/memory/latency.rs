@@ -121,15 +121,15 @@ impl LatencyWindow {
     }
 
     fn percentiles_at(&self, now: Instant) -> Option<(f64, f64, f64, u64)> {
-        let counts: Vec<u64> = {
+        let (counts, total): (Vec<u64>, u64) = {
             let mut t = self.0.lock();
             t.turn(now);
-            if t.current.total + t.previous.total == 0 {
+            let total = t.current.total + t.previous.total;
+            if total == 0 {
                 return None;
             }
-            t.current.counts.iter().zip(t.previous.counts.iter()).map(|(a, b)| a + b).collect()
+            (t.current.counts.iter().zip(t.previous.counts.iter()).map(|(a, b)| a + b).collect(), total)
         };
-        let total: u64 = counts.iter().sum();
         let at = |p: f64| {
             let rank = ((p * total as f64).ceil() as u64).clamp(1, total);
             let mut seen = 0;
