@@ -356,7 +356,7 @@ async fn a_body_sent_again_is_looked_up_by_its_digest() {
     };
     let r = app.send(raw("not json", "application/json")).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_json"), "{}", r.text());
-    let who = app.daena.keys.authenticate(Some(OPS), None, daena_app::auth::Access::Data).expect("ops");
+    let who = common::ops(&app.daena);
     let memo = Memo { exact, model: "gpt-test".into(), stream: true, include_usage: false };
     app.daena.cas.memo.insert(BodyMemo::digest(who.tenant().as_str(), b"not json"), memo);
     let r = app.send(raw("not json", "application/json")).await;

@@ -584,7 +584,6 @@ async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollb
 /// or redb; then every record again after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_find_every_write_while_layers_are_written_behind() {
-    use daena_app::auth::Access;
     use daena_app::memory;
     let app = TestApp::new();
     let (writers, each) = (4u64, 1_500u64);
@@ -592,7 +591,7 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
     for w in 0..writers {
         let d = app.daena.clone();
         tasks.push(tokio::spawn(async move {
-            let who = d.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+            let who = common::ops(&d);
             for i in 0..each {
                 let key = format!("w{w}-{i}");
                 memory::put(&d, &who, chat_put(key.clone(), json!({"writer": w, "n": i}))).await.expect("put");
@@ -607,7 +606,7 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
         t.await.expect("writer");
     }
     let app = app.reopen(|_| {}).await;
-    let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+    let who = common::ops(&app.daena);
     for w in 0..writers {
         for i in 0..each {
             let (view, _) = memory::get(&app.daena, &who, "chat", &format!("w{w}-{i}")).expect("after a restart");
@@ -622,7 +621,6 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
 /// version or report a second create.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creators_of_one_record_number_every_version() {
-    use daena_app::auth::Access;
     use daena_app::memory;
     let app = TestApp::new();
     let (writers, keys) = (4u64, 300u64);
@@ -630,7 +628,7 @@ async fn racing_creators_of_one_record_number_every_version() {
     for w in 0..writers {
         let d = app.daena.clone();
         tasks.push(tokio::spawn(async move {
-            let who = d.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+            let who = common::ops(&d);
             let mut seen = Vec::new();
             for k in 0..keys {
                 // Under this much contention the service may answer "kept changing; retry".
@@ -652,7 +650,7 @@ async fn racing_creators_of_one_record_number_every_version() {
             by_key.entry(k).or_default().push((created, version));
         }
     }
-    let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+    let who = common::ops(&app.daena);
     for (k, mut writes) in by_key {
         writes.sort_by_key(|(_, v)| *v);
         let versions: Vec<u64> = writes.iter().map(|(_, v)| *v).collect();
@@ -669,11 +667,10 @@ async fn racing_creators_of_one_record_number_every_version() {
 /// version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optimistic_writers_on_one_record_lose_no_update() {
-    use daena_app::auth::Access;
     use daena_app::error::ErrorCode;
     use daena_app::memory::{self, PutRequest};
     let app = TestApp::new();
-    let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+    let who = common::ops(&app.daena);
     let req = |n: u64, if_match: Option<u64>| PutRequest {
         if_match,
         intended_revision: true,
@@ -707,7 +704,7 @@ async fn optimistic_writers_on_one_record_lose_no_update() {
     assert_eq!(view.plain.payload.as_ref(), json!({"n": writers * each}).to_string(), "{conflicts} conflicts");
     assert_eq!(view.meta.version, writers * each + 1);
     let app = app.reopen(|_| {}).await;
-    let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+    let who = common::ops(&app.daena);
     let (view, _) = memory::get(&app.daena, &who, "chat", "counter").expect("after a restart");
     assert_eq!(view.meta.version, writers * each + 1);
 }
@@ -768,14 +765,13 @@ async fn reads_racing_overwrites_never_go_back_a_version() {
 /// first, and reads past it still find every record in L2.
 #[tokio::test]
 async fn l1_stays_within_its_entry_and_byte_bounds() {
-    use daena_app::auth::Access;
     use daena_app::memory;
     for (entries, bytes) in [(100u64, 100 * 4096u64), (10_000, 32 * 1024)] {
         let app = TestApp::with_config(|c| {
             c.memory.l1_cache_size = entries;
             c.memory.l1_cache_bytes = bytes;
         });
-        let who = app.daena.keys.authenticate(Some(OPS), None, Access::Data).expect("ops key");
+        let who = common::ops(&app.daena);
         for i in 0..1000 {
             let body = json!({"text": format!("turn {i}: {}", "words ".repeat(40))});
             memory::put(&app.daena, &who, chat_put(format!("bound-{i}"), body)).await.expect("put");

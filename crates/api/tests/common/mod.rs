@@ -125,6 +125,11 @@ impl TestApp {
     }
 }
 
+/// The operator key's principal with data access, for calling the use cases in process.
+pub fn ops(d: &Daena) -> daena_app::auth::Principal {
+    d.keys.authenticate(Some(OPS), None, daena_app::auth::Access::Data).expect("ops key")
+}
+
 /// A small OpenAI-compatible upstream for tests: answers `answer: <last user message>` with
 /// fixed usage, streams when asked, fails with 500 when the message contains "FAIL", and
 /// counts its calls.
