@@ -68,8 +68,7 @@ pub fn py_float_repr(f: f64) -> String {
     if f == 0.0 {
         return if f.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
     }
-    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-7".
-    let sci = format!("{f:e}");
+    let sci = shortest_closest(f);
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let negative = mantissa.starts_with('-');
@@ -90,6 +89,21 @@ pub fn py_float_repr(f: f64) -> String {
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{}{frac}e{esign}{:02}", &digits[..1], exp.abs())
     }
+}
+
+/// The shortest digits that read back as `f` and, among those, the ones closest to `f`, ties
+/// to an even last digit, as CPython's `repr` chooses them, in Rust's `{:e}` form.
+///
+/// Rust's `{:e}` gives the shortest round-trip digits, but when `f` lies exactly halfway
+/// between two such digit strings it takes the upper one (`…119.625` prints `…119.63`) where
+/// Python takes the even one (`…119.62`). Rounding `f` exactly to the same number of digits
+/// gives the closest string, with ties to even; it is used whenever it still reads back as
+/// `f` (next to a power of two the closest string can fall outside the narrower half-gap).
+fn shortest_closest(f: f64) -> String {
+    let shortest = format!("{f:e}");
+    let digits = shortest.split_once('e').map_or(0, |(m, _)| m.bytes().filter(u8::is_ascii_digit).count());
+    let closest = format!("{f:.*e}", digits.saturating_sub(1));
+    if closest != shortest && closest.parse::<f64>() == Ok(f) { closest } else { shortest }
 }
 
 /// The txid of a legacy record: SHA-256 hex of its py-canonical form without `txid`.
