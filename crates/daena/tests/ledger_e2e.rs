@@ -157,6 +157,19 @@ async fn verify_names_the_first_bad_sequence_number() {
 }
 
 #[test]
+fn a_fresh_installation_verifies() {
+    // Start on a fresh directory, stop without a single write: the shutdown checkpoint covers
+    // the empty ledger, and that must verify, offline and with the checkpoint kept elsewhere.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    Server::start(tmp.path(), &[]).stop();
+    let (code, v) = verify_json(tmp.path(), &[]);
+    assert_eq!((code, v["entries"].as_u64()), (Some(0), Some(0)), "{v}");
+    assert_eq!(v["checkpoints_verified"], serde_json::json!([0]), "{v}");
+    let out = run(daena(tmp.path()).args(["ledger", "verify"]));
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+#[test]
 fn legacy_verify_and_import_offline() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/legacy_ledger.jsonl");

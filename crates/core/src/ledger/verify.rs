@@ -71,7 +71,7 @@ impl ChainVerifier {
         }
         cps.sort_by_key(|(cp, _)| cp.size);
         cps.dedup_by(|a, b| a.0.size == b.0.size && a.1 == b.1);
-        ChainVerifier {
+        let mut verifier = ChainVerifier {
             next_seq: 1,
             prev: GENESIS_PREV,
             frontier: Frontier::default(),
@@ -83,7 +83,11 @@ impl ChainVerifier {
             first: None,
             last: None,
             failure,
-        }
+        };
+        // A checkpoint of the empty ledger (a fresh installation signs one) is judged before
+        // any line arrives; otherwise it would wait for a size the ledger never passes.
+        verifier.match_checkpoints();
+        verifier
     }
 
     pub fn failed(&self) -> bool {
@@ -130,6 +134,14 @@ impl ChainVerifier {
             self.first = Some((facts.hash, facts.ts));
         }
         self.last = Some((facts.hash, facts.ts));
+        self.match_checkpoints();
+    }
+
+    /// Checks every checkpoint whose size the tree has just reached.
+    fn match_checkpoints(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
         while let Some((cp, root)) = self.checkpoints.get(self.next_cp) {
             if cp.size != self.frontier.size() {
                 break;
@@ -240,6 +252,22 @@ mod tests {
         let s = verify(&lines, vec![cp10, cp30]);
         let f = s.failure.expect("caught");
         assert_eq!(f.seq, Some(11), "{}", f.reason);
+    }
+
+    #[test]
+    fn empty_ledger_with_its_checkpoint_verifies() {
+        // A fresh installation signs a checkpoint of size 0 at its first stop.
+        let s = verify(&[], vec![checkpoint_for(&[])]);
+        assert!(s.ok(), "{s:?}");
+        assert_eq!((s.entries, s.checkpoints_verified), (0, vec![0]));
+        // The empty checkpoint stays valid as the ledger grows.
+        let (lines, hashes) = build(3);
+        let s = verify(&lines, vec![checkpoint_for(&[]), checkpoint_for(&hashes)]);
+        assert_eq!(s.checkpoints_verified, vec![0, 3], "{s:?}");
+        // A size-0 checkpoint with another root is a forgery, not a truncation.
+        let forged = Checkpoint::sign(&SigningKey::from_bytes(&[3u8; 32]), 0, &[7u8; 32], Micros(1));
+        let f = verify(&[], vec![forged]).failure.expect("a wrong empty root fails");
+        assert!(f.reason.contains("differs"), "{}", f.reason);
     }
 
     #[test]
