@@ -17,7 +17,7 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// A stable code from the public table (`unauthorized`, `not_found`, `writes_disabled`, ...).
+    /// A stable code from the public table (`unauthenticated`, `not_found`, `writes_disabled`, ...).
     #[schema(example = "not_found")]
     pub code: &'static str,
     pub message: String,
@@ -69,11 +69,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
 pub enum AuthErrors {
-    /// Missing `X-API-Key`.
+    /// Missing `X-API-Key`, an unknown or a revoked key (`unauthenticated`), or too many
+    /// failed attempts from this address (429).
     #[response(status = 401)]
-    Unauthorized(ErrorBody),
-    /// Unknown or revoked key, a role that may not call the route, or an agent key naming
-    /// another tenant in `X-Tenant-ID`.
+    Unauthenticated(ErrorBody),
+    /// A valid key whose role may not call the route, or an agent key naming another tenant
+    /// in `X-Tenant-ID`.
     #[response(status = 403)]
     Forbidden(ErrorBody),
     /// Malformed parameters or `X-Tenant-ID`.

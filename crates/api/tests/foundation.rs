@@ -106,7 +106,7 @@ async fn every_secured_route_refuses_a_missing_key() {
             let body = if method == "get" || method == "delete" { None } else { Some(json!({})) };
             let r = app.call(&method.to_uppercase(), &concrete, None, body).await;
             assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}: {}", r.text());
-            assert_eq!(r.code(), "unauthorized");
+            assert_eq!(r.code(), "unauthenticated");
             checked += 1;
         }
     }
@@ -156,7 +156,7 @@ async fn keys_roles_and_revocation() {
     // Wrong tenant for an agent key; invalid tenant header.
     let r = app.call_as("GET", "/api/v1/agents", Some(&agent), Some("globex"), None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert!(r.json()["error"]["message"].as_str().unwrap_or_default().contains("bound to tenant"));
+    assert_eq!(r.json()["error"]["message"], "agent key bot is bound to tenant acme and cannot act for globex");
     let r = app.call_as("GET", "/api/v1/agents", Some(&agent), Some("../etc"), None).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
     // Listing never shows key material.
@@ -168,8 +168,11 @@ async fn keys_roles_and_revocation() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["active"], false);
     let r = app.call("GET", "/api/v1/agents", Some(&agent), None).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
     assert!(r.text().contains("revoked"));
+    let r = app.call("GET", "/api/v1/agents", Some("dk_not-a-key"), None).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    assert_eq!(r.json()["error"]["message"], "unknown API key");
     assert_eq!(app.call("DELETE", "/api/v1/admin/keys/nobody", Some(OPS), None).await.status, StatusCode::NOT_FOUND);
     let r = app.call("POST", "/api/v1/admin/keys", Some(OPS), Some(json!({"name": "x", "role": "root"}))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);

@@ -44,7 +44,7 @@ impl Access {
         if self.admits(role) {
             return Ok(());
         }
-        Err(AppError::forbidden(format!("role {:?} may not call this route (needs {})", role.as_str(), self.roles())))
+        Err(AppError::forbidden(format!("role {} may not call this route (needs {})", role.as_str(), self.roles())))
     }
 
     pub fn roles(self) -> &'static str {
@@ -105,7 +105,7 @@ impl Principal {
     pub fn for_tenant(&self, tenant: &TenantId) -> AppResult<Principal> {
         if self.role == Role::Agent && tenant != &self.tenant {
             return Err(AppError::forbidden(format!(
-                "agent key {:?} is bound to tenant {:?} and cannot act for {:?}",
+                "agent key {} is bound to tenant {} and cannot act for {}",
                 self.key_name, self.tenant, tenant
             )));
         }
@@ -237,7 +237,7 @@ impl KeyRing {
         tenant_header: Option<&str>,
         access: Access,
     ) -> AppResult<Principal> {
-        let key_text = key_text.ok_or_else(|| AppError::unauthorized("missing X-API-Key header"))?;
+        let key_text = key_text.ok_or_else(|| AppError::unauthenticated("missing X-API-Key header"))?;
         let digest = key_digest(key_text);
         // The map is keyed by a SHA-256 digest of the key, so lookup timing reveals nothing
         // usable about the key text; the final comparison is constant-time regardless.
@@ -248,9 +248,9 @@ impl KeyRing {
             let (_, record) = map
                 .get_key_value(&digest)
                 .filter(|(stored, _)| bool::from(stored[..].ct_eq(&digest[..])))
-                .ok_or_else(|| AppError::forbidden("unknown API key"))?;
+                .ok_or_else(|| AppError::unauthenticated("unknown API key"))?;
             if record.revoked_at.is_some() {
-                return Err(AppError::forbidden("API key revoked"));
+                return Err(AppError::unauthenticated("API key revoked"));
             }
             access.check(record.role)?;
             Principal {
@@ -381,7 +381,7 @@ mod tests {
         assert_eq!(p.role(), Role::Agent);
         ring.revoke(&created.view.id).expect("revoke");
         let e = ring.authenticate(Some(&created.key), None, Access::Data).expect_err("revoked");
-        assert_eq!(e.code, crate::error::ErrorCode::Forbidden);
+        assert_eq!(e.code, crate::error::ErrorCode::Unauthenticated);
         assert!(e.message.contains("revoked"));
     }
 
@@ -392,17 +392,20 @@ mod tests {
         let auditor = ring.create(new_key("aud", Role::Auditor, "default")).expect("create").key;
         assert_eq!(
             ring.authenticate(None, None, Access::Data).expect_err("missing").code,
-            crate::error::ErrorCode::Unauthorized
+            crate::error::ErrorCode::Unauthenticated
         );
         assert_eq!(
             ring.authenticate(Some("nope"), None, Access::Data).expect_err("unknown").code,
-            crate::error::ErrorCode::Forbidden
+            crate::error::ErrorCode::Unauthenticated
         );
+        let e = ring.authenticate(Some(&agent), None, Access::Read).expect_err("a known key without the right");
+        assert_eq!(e.code, crate::error::ErrorCode::Forbidden);
+        assert_eq!(e.message, "role agent may not call this route (needs ops or auditor)");
         assert!(ring.authenticate(Some(&agent), None, Access::Read).is_err(), "agent cannot read monitoring");
         assert!(ring.authenticate(Some(&auditor), None, Access::Data).is_err(), "auditor has no data plane");
         assert!(ring.authenticate(Some(&auditor), Some("other"), Access::Read).is_ok());
         let e = ring.authenticate(Some(&agent), Some("other"), Access::Data).expect_err("agent widening");
-        assert!(e.message.contains("bound to tenant"), "{}", e.message);
+        assert_eq!(e.message, "agent key bot is bound to tenant acme and cannot act for other");
         assert!(ring.authenticate(Some(&agent), Some("acme"), Access::Data).is_ok());
         let e = ring.authenticate(Some(&agent), Some("Not A Tenant"), Access::Data).expect_err("bad header");
         assert_eq!(e.code, crate::error::ErrorCode::InvalidRequest);

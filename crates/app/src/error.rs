@@ -9,9 +9,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// No API key was given.
-    Unauthorized,
-    /// The key is unknown or revoked, or its role may not call the route.
+    /// No API key was given, or the key is unknown or revoked.
+    Unauthenticated,
+    /// A valid key whose role or tenant may not do this.
     Forbidden,
     /// An ABAC policy denied the operation on this data class.
     PolicyDenied,
@@ -52,7 +52,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden | ErrorCode::PolicyDenied => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::InvalidRequest | ErrorCode::InvalidJson => 400,
@@ -71,7 +71,7 @@ impl ErrorCode {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::NotFound => "not_found",
@@ -95,7 +95,7 @@ impl ErrorCode {
 
     /// Every code, for documentation and tests.
     pub const ALL: [ErrorCode; 19] = [
-        ErrorCode::Unauthorized,
+        ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::PolicyDenied,
         ErrorCode::NotFound,
@@ -138,8 +138,8 @@ impl AppError {
         self.details = Some(details);
         self
     }
-    pub fn unauthorized(m: impl Into<String>) -> Self {
-        Self::new(ErrorCode::Unauthorized, m)
+    pub fn unauthenticated(m: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, m)
     }
     pub fn forbidden(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Forbidden, m)

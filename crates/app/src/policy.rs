@@ -122,7 +122,7 @@ pub fn compile_simple(cfg: &PolicyConfig) -> Vec<(String, String, String)> {
         if !deny_roles.is_empty() {
             out.push((
                 format!("{class}.deny_roles"),
-                format!("{class}: roles {deny_roles:?} are denied"),
+                format!("{class}: roles {} are denied", deny_roles.join(", ")),
                 format!(
                     "forbid (principal, action, {res}) when {{ principal.roles.containsAny({}) }};",
                     cedar_set(deny_roles.iter().map(String::as_str))
@@ -133,8 +133,8 @@ pub fn compile_simple(cfg: &PolicyConfig) -> Vec<(String, String, String)> {
             out.push((
                 format!("{class}.deny_tenants"),
                 format!(
-                    "{class}: tenants {:?} are denied",
-                    deny_tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>()
+                    "{class}: tenants {} are denied",
+                    deny_tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
                 ),
                 format!(
                     "forbid (principal, action, {res}) when {{ {}.contains(principal.tenant) }};",
@@ -145,7 +145,7 @@ pub fn compile_simple(cfg: &PolicyConfig) -> Vec<(String, String, String)> {
         if !allow_roles.is_empty() {
             out.push((
                 format!("{class}.allow_roles"),
-                format!("{class}: only roles {allow_roles:?} are allowed"),
+                format!("{class}: only roles {} are allowed", allow_roles.join(", ")),
                 format!(
                     "forbid (principal, action, {res}) unless {{ principal.roles.containsAny({}) }};",
                     cedar_set(allow_roles.iter().map(String::as_str))
@@ -156,8 +156,8 @@ pub fn compile_simple(cfg: &PolicyConfig) -> Vec<(String, String, String)> {
             out.push((
                 format!("{class}.allow_tenants"),
                 format!(
-                    "{class}: only tenants {:?} are allowed",
-                    allow_tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>()
+                    "{class}: only tenants {} are allowed",
+                    allow_tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
                 ),
                 format!(
                     "forbid (principal, action, {res}) unless {{ {}.contains(principal.tenant) }};",

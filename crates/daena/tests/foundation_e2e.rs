@@ -53,7 +53,7 @@ async fn keys_cli_goes_through_the_running_server_and_revocation_is_immediate() 
     assert!(revoked.status.success(), "{}", stderr(&revoked));
     let denied =
         http.get(format!("{}/api/v1/agents", server.url)).header("X-API-Key", &key).send().await.expect("agents");
-    assert_eq!(denied.status(), 403);
+    assert_eq!(denied.status(), 401);
     server.stop();
 
     // Offline, the same command works directly on the stopped data directory.

@@ -64,7 +64,7 @@ pub async fn list_keys(State(state): State<AppState>, _auth: Auth<OpsOnly>) -> a
     axum::Json(KeyList { keys: state.keys.list() })
 }
 
-/// Revokes a key by id or name; the next request with it gets 403.
+/// Revokes a key by id or name; the next request with it gets 401.
 #[utoipa::path(delete, path = "/api/v1/admin/keys/{id}", tag = "admin",
     params(("id" = String, Path, description = "key id or name")),
     responses((status = 200, body = KeyView), AuthErrors, NotFound), security(("api_key" = [])))]
