@@ -197,14 +197,20 @@ pub fn init_logging(format: daena_app::config::LogFormat) {
 
 /// `listener` with Nagle's algorithm off on every accepted connection: answers are written
 /// whole, and waiting to coalesce them only adds latency (up to a delayed-ACK timeout).
-pub fn no_delay(listener: tokio::net::TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+///
+/// The type is named (not `impl Listener`) so that axum's `ConnectInfo<SocketAddr>` applies.
+pub fn no_delay(listener: tokio::net::TcpListener) -> NoDelay {
     use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
+    fn set(tcp: &mut tokio::net::TcpStream) {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-    })
+    }
+    listener.tap_io(set as fn(&mut tokio::net::TcpStream))
 }
+
+/// A listener that sets `TCP_NODELAY` on every accepted connection.
+pub type NoDelay = axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
 
 /// Serves `router(state)` on `listener` until `shutdown` resolves, then waits for in-flight
 /// requests (bounded by `server.shutdown_grace_secs`).
@@ -214,7 +220,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs);
-    let app = router(state);
+    // The peer address reaches the middleware, which counts failed authentication per address.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(async move {
         shutdown.await;

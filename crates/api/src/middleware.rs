@@ -7,7 +7,7 @@
 
 use crate::error::ApiError;
 use crate::extract::AppState;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use daena_app::error::ErrorCode;
@@ -47,10 +47,40 @@ fn request_uuid(bits: u128) -> String {
 /// The caller is authenticated here, once, and left in the request's extensions
 /// ([`crate::extract::Authenticated`]): the rate limit, the analytics step and the handler
 /// then check its role instead of digesting and looking the key up again.
+///
+/// A client address that presented too many unknown or revoked keys gets 429 before its key
+/// is looked up ([`daena_app::failed_auth`]); the address is the TCP peer's.
 pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    if let Ok(who) = crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Any) {
-        parts.extensions.insert(crate::extract::Authenticated(who));
+    if parts.headers.contains_key(crate::extract::API_KEY_HEADER) {
+        let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        if let Some(ip) = peer
+            && let Err(throttled) = state.failed_auth.check(ip)
+        {
+            let mut e = daena_app::error::AppError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many unknown or revoked API keys from this address; retry after {} s",
+                    throttled.retry_after_secs
+                ),
+            );
+            e.retry_after = Some(throttled.retry_after_secs);
+            let response = ApiError(e).into_response();
+            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+            state.metrics.observe_http(parts.method.as_str(), route, response.status().as_u16(), 0.0);
+            return response;
+        }
+        match crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Any) {
+            Ok(who) => {
+                parts.extensions.insert(crate::extract::Authenticated(who));
+            }
+            Err(ApiError(e)) if e.code == ErrorCode::Unauthenticated => {
+                if let Some(ip) = peer {
+                    state.failed_auth.failed(ip);
+                }
+            }
+            Err(_) => {}
+        }
     }
     track(&state, matched.as_ref(), Request::from_parts(parts, body), next).await
 }

@@ -114,3 +114,110 @@ async fn the_caller_authenticated_for_the_limit_is_checked_by_each_route() {
     let acme = s["tenants"].as_array().expect("tenants").iter().find(|t| t["tenant"] == "acme").cloned().expect("acme");
     assert_eq!(acme["allowed"].as_u64(), Some(4), "{acme}");
 }
+
+/// Issue: a tenant set to 1 rpm, burst 5, spent its 5 and was raised to 6000 rpm: it kept
+/// getting 429 "retry after 299 s". A changed limit starts from its whole new burst.
+#[tokio::test]
+async fn a_changed_limit_takes_effect_at_once() {
+    let app = limited(600, 10);
+    let agent = app.key("bot", "agent", "acme", &[]).await;
+    let set = |limit: Option<serde_json::Value>| {
+        let app = &app;
+        async move {
+            let r = match limit {
+                Some(l) => app.call("PUT", "/api/v1/tenant-rate-limit/acme", Some(OPS), Some(l)).await,
+                None => app.call("DELETE", "/api/v1/tenant-rate-limit/acme", Some(OPS), None).await,
+            };
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+    };
+    let get = || app.call("GET", "/api/v1/agents/structure", Some(&agent), None);
+    set(Some(json!({"rpm": 1, "burst": 5}))).await;
+    for i in 0..5 {
+        assert_eq!(get().await.status, StatusCode::OK, "request {i}");
+    }
+    let r = get().await;
+    assert_eq!((r.status, r.headers["retry-after"].to_str().ok()), (StatusCode::TOO_MANY_REQUESTS, Some("60")));
+
+    // Raised: the whole new burst, at once.
+    set(Some(json!({"rpm": 6000, "burst": 100}))).await;
+    for i in 0..100 {
+        let r = get().await;
+        assert_eq!(r.status, StatusCode::OK, "request {i} after raising the limit: {}", r.text());
+    }
+    assert_eq!(get().await.status, StatusCode::TOO_MANY_REQUESTS, "and no more than the new burst");
+
+    // Removed: the default limit, with its whole burst.
+    set(None).await;
+    let st = app.call("GET", "/api/v1/tenant-rate-limit/acme/status", Some(OPS), None).await.json();
+    assert_eq!((st["limit"]["burst"].as_u64(), st["remaining"].as_u64()), (Some(10), Some(10)), "{st}");
+    for i in 0..10 {
+        assert_eq!(get().await.status, StatusCode::OK, "request {i} after removing the override");
+    }
+    assert_eq!(get().await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Setting the limit it already has gives no fresh burst.
+    set(Some(json!({"rpm": 600, "burst": 10}))).await;
+    assert_eq!(get().await.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Sends GET `path` from `peer` with `key`.
+async fn from(app: &TestApp, peer: &str, key: Option<&str>, path: &str) -> common::Resp {
+    let addr: std::net::SocketAddr = peer.parse().expect("address");
+    let mut req = axum::http::Request::builder().uri(path).extension(axum::extract::ConnectInfo(addr));
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    app.send(req.body(axum::body::Body::empty()).expect("request")).await
+}
+
+/// Issue: failed authentication was unlimited. Past a burst of unknown or revoked keys an
+/// address gets 429 with Retry-After, before any key lookup, whatever key it sends next;
+/// other addresses and keyless requests are not affected; the budget refills.
+#[tokio::test]
+async fn failed_authentication_is_limited_per_address() {
+    let app = TestApp::with_config(|c| {
+        c.rate_limit.failed_auth_burst = 3;
+        c.rate_limit.failed_auth_per_minute = 6;
+    });
+    let agent = app.key("bot", "agent", "acme", &[]).await;
+    let guesser = "198.51.100.9:40000";
+    for i in 0..3 {
+        let r = from(&app, guesser, Some(&format!("dk_guess{i}")), "/api/v1/agents").await;
+        assert_eq!((r.status, r.code().as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"), "guess {i}");
+    }
+    let r = from(&app, guesser, Some("dk_guess4"), "/api/v1/agents").await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"), "{}", r.text());
+    assert_eq!(r.headers["retry-after"], "10");
+    // Refused before the lookup: a valid key from that address is refused too.
+    assert_eq!(from(&app, guesser, Some(&agent), "/api/v1/agents").await.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another port of the same host is the same address; another host is not.
+    assert_eq!(
+        from(&app, "198.51.100.9:40001", Some(&agent), "/api/v1/agents").await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(from(&app, "198.51.100.10:40000", Some(&agent), "/api/v1/agents").await.status, StatusCode::OK);
+    // Without a key nothing is looked up or counted: the public health status still answers.
+    assert_ne!(from(&app, guesser, None, "/health").await.status, StatusCode::TOO_MANY_REQUESTS);
+    // A revoked key counts as a failure; a known key without the right does not.
+    let good = "192.0.2.5:1000";
+    app.call("DELETE", "/api/v1/admin/keys/bot", Some(OPS), None).await;
+    for _ in 0..2 {
+        assert_eq!(from(&app, good, Some(OPS), "/api/v1/agents").await.status, StatusCode::OK);
+    }
+    let aud = app.key("aud", "auditor", "acme", &[]).await;
+    for _ in 0..5 {
+        assert_eq!(from(&app, good, Some(&aud), "/api/v1/admin/keys").await.status, StatusCode::FORBIDDEN);
+    }
+    for _ in 0..3 {
+        assert_eq!(from(&app, good, Some(&agent), "/api/v1/agents").await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(from(&app, good, Some(OPS), "/api/v1/agents").await.status, StatusCode::TOO_MANY_REQUESTS);
+    // The budget refills at 6 per minute: one attempt every 10 s.
+    app.clock.advance(10_000_000);
+    assert_eq!(from(&app, guesser, Some(OPS), "/api/v1/agents").await.status, StatusCode::OK);
+    // Counted in the metrics.
+    let metrics = app.call("GET", "/metrics", Some(OPS), None).await.text();
+    assert!(metrics.contains("daena_auth_failures 6"), "{metrics}");
+    assert!(metrics.contains("daena_auth_throttled 4"), "{metrics}");
+}

@@ -13,6 +13,7 @@ pub mod commit;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod failed_auth;
 pub mod health;
 pub mod keyrotate;
 pub mod ledger;
@@ -86,6 +87,8 @@ pub struct Daena {
     /// The bearer token sent to the upstream model endpoint (`DAENA_LLM_API_KEY`).
     pub llm_api_key: Option<config::Secret>,
     pub limiter: ratelimit::RateLimiter,
+    /// Failed authentication per client address.
+    pub failed_auth: failed_auth::FailedAuth,
     pub analytics: analytics::Analytics,
     pub metrics: Metrics,
     pub operations: Arc<operations::Operations>,
@@ -137,6 +140,7 @@ impl Daena {
         let agents = AgentRegistry::load(kv.clone(), clock.clone(), config.agents.heartbeat_window_secs)?;
         let policy = PolicyEngine::compile(&config.policy, &config_dir)?;
         let limiter = ratelimit::RateLimiter::load(&config.rate_limit, kv.clone(), clock.clone())?;
+        let failed_auth = failed_auth::FailedAuth::new(&config.rate_limit, clock.clone());
         let analytics = analytics::Analytics::load(kv.clone(), clock.clone())?;
         let cold = ColdStore::open(&data.l3_dir())?;
         let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
@@ -162,6 +166,7 @@ impl Daena {
             cas,
             llm_api_key: secrets.llm_api_key.clone(),
             limiter,
+            failed_auth,
             analytics,
             metrics,
             operations: opts.operations.unwrap_or_default(),
@@ -293,6 +298,9 @@ impl Daena {
                 .get_or_create(&LimitLabels { tenant: "other".to_owned(), decision: decision.to_owned() })
                 .set(as_i64(n));
         }
+        m.auth_failures.set(as_i64(self.failed_auth.failures()));
+        m.auth_throttled.set(as_i64(self.failed_auth.refused()));
+        m.auth_throttled_addresses.set(i64::try_from(self.failed_auth.tracked()).unwrap_or(i64::MAX));
     }
 
     /// Periodic housekeeping: flushes heartbeats and analytics. Called by the scheduler and at shutdown.

@@ -168,6 +168,16 @@ impl RateLimiter {
         Verdict { decision, limit }
     }
 
+    /// Gives `tenant` the whole burst of its (changed) limit. The state is a time measured in
+    /// the old limit's emission intervals: kept, a debt of 5 requests at 1 per minute would
+    /// read as 5 minutes of debt under 6000 per minute too.
+    fn start_afresh(&self, tenant: &str) {
+        let (key, shard) = self.slot(tenant);
+        if let Some(slot) = shard.lock().get_mut(&key) {
+            slot.state.tat = None;
+        }
+    }
+
     /// Drops the state of tenants idle for `rate_limit.idle_secs`; returns how many.
     pub fn sweep(&self) -> usize {
         let now = self.clock.now().0;
@@ -266,6 +276,7 @@ pub async fn set_override(
     {
         return Err(AppError::invalid("rpm and burst must be positive"));
     }
+    let before = d.limiter.limit_of(tenant.as_str());
     match limit {
         Some(l) => {
             d.limiter.kv.put_doc(OVERRIDES, tenant.as_str(), &l)?;
@@ -275,6 +286,9 @@ pub async fn set_override(
             d.limiter.kv.delete_doc(OVERRIDES, tenant.as_str())?;
             d.limiter.overrides.write().remove(tenant.as_str());
         }
+    }
+    if d.limiter.limit_of(tenant.as_str()) != before {
+        d.limiter.start_afresh(tenant.as_str());
     }
     let entry = NewEntry::new(tenant.as_str(), who.actor(), "ratelimit.override", format!("tenant/{tenant}")).attrs(
         serde_json::json!({"rpm": limit.map(|l| l.rpm), "burst": limit.map(|l| l.burst), "removed": limit.is_none()}),

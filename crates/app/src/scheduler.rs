@@ -29,6 +29,7 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
             tick.tick().await;
             growth.memory.sample_growth();
             growth.limiter.sweep();
+            growth.failed_auth.sweep();
         }
     }));
     let sweep = d.clone();

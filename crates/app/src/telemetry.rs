@@ -83,6 +83,9 @@ pub struct Metrics {
     pub error_rate: Family<WindowLabels, GaugeF64>,
     pub anomalies: Family<TenantLabels, Gauge>,
     pub rate_limit_requests: Family<LimitLabels, Gauge>,
+    pub auth_failures: Gauge,
+    pub auth_throttled: Gauge,
+    pub auth_throttled_addresses: Gauge,
     pub ledger_entries: Gauge,
     pub ledger_checkpoint_size: Gauge,
     pub ledger_commit_batches: Gauge,
@@ -169,6 +172,18 @@ impl Metrics {
             "Rate-limited requests per tenant and decision (tenants seen recently)",
             Family::<LimitLabels, Gauge>::default()
         );
+        let auth_failures =
+            reg!("auth_failures", "Requests with an unknown or revoked API key since start", Gauge::default());
+        let auth_throttled = reg!(
+            "auth_throttled",
+            "Requests refused with 429 because their address presented too many bad keys",
+            Gauge::default()
+        );
+        let auth_throttled_addresses = reg!(
+            "auth_failed_addresses",
+            "Client addresses whose failed-authentication budget is not whole",
+            Gauge::default()
+        );
         let ledger_entries = reg!("ledger_entries", "Ledger entries", Gauge::default());
         let ledger_checkpoint_size =
             reg!("ledger_checkpoint_size", "Entries covered by the newest signed checkpoint", Gauge::default());
@@ -209,6 +224,9 @@ impl Metrics {
             error_rate,
             anomalies,
             rate_limit_requests,
+            auth_failures,
+            auth_throttled,
+            auth_throttled_addresses,
             ledger_entries,
             ledger_checkpoint_size,
             http_requests,

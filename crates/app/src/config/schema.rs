@@ -123,11 +123,23 @@ pub struct RateLimitConfig {
     /// A tenant's limiter state is dropped after this long without requests (its burst is
     /// full again by then), keeping memory bounded for millions of tenants.
     pub idle_secs: u64,
+    /// Unknown or revoked keys a client address may present at once before it gets 429;
+    /// 0 turns the guard off. Applies whether or not tenant limits are `enabled`.
+    pub failed_auth_burst: u32,
+    /// How fast that budget refills, in failed attempts per minute.
+    pub failed_auth_per_minute: u32,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { enabled: true, rpm: 1000, burst: 100, idle_secs: 600 }
+        RateLimitConfig {
+            enabled: true,
+            rpm: 1000,
+            burst: 100,
+            idle_secs: 600,
+            failed_auth_burst: 20,
+            failed_auth_per_minute: 30,
+        }
     }
 }
 
@@ -528,6 +540,12 @@ impl Config {
             return fail(
                 "rate_limit.rpm",
                 "rpm and burst must be positive (set rate_limit.enabled = false to turn limits off)".into(),
+            );
+        }
+        if self.rate_limit.failed_auth_burst > 0 && self.rate_limit.failed_auth_per_minute == 0 {
+            return fail(
+                "rate_limit.failed_auth_per_minute",
+                "must be positive (set rate_limit.failed_auth_burst = 0 to turn the guard off)".into(),
             );
         }
         if self.llm.timeout_secs == 0 {
