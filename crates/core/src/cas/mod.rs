@@ -11,17 +11,19 @@
 //!   version does not know) separates keys.
 //! - Scope: SHA-256 of `{"v":1,"tenant","model","params"}`; near-duplicates only match within
 //!   one scope (same tenant, model and parameters).
-//! - SimHash: features are the lowercase alphanumeric words of the normalized conversation
-//!   (`role: content` per message) and each pair of adjacent words; each feature's hash is the
-//!   first 8 bytes (big-endian) of SHA-256 of its UTF-8 text; bit i of the result is set when
-//!   the features with bit i set are at least half.
-//! - Guards: a near-duplicate is served only when the conversations say the same thing in
-//!   other form: the same numbers, the same negations, and the same sequence of content words
-//!   (every word but a short list of articles and courtesies). SimHash finds the candidates
-//!   quickly; the guard decides. This keeps near hits to variants of case, punctuation,
-//!   spacing and filler words, and refuses "the churn report" for "the pricing report" even
-//!   when their SimHashes are equal. The guard is compared through a fingerprint, never
-//!   stored as text.
+//! - Near-duplicates ([`content`]): a request's conversation reduced to what it says (content
+//!   tokens: words, numbers, meaningful symbols, without courtesies and fillers); SimHash over
+//!   those tokens finds candidates through the multi-index ([`index`]), and a guard
+//!   fingerprint of the tokens, numbers and negations decides. This keeps near hits to
+//!   variants of case, punctuation, spacing, courtesies and filler words, and refuses "the
+//!   churn report" for "the pricing report" or "-5" for "5". The guard is compared through a
+//!   fingerprint, never stored as text.
+
+pub mod content;
+pub mod index;
+
+pub use content::{guard_features, guard_fingerprint, hamming, max_distance, simhash, words};
+pub use index::NearIndex;
 
 use crate::canonical;
 use serde_json::{Map, Value};
@@ -177,268 +179,6 @@ fn first8(h: &[u8]) -> [u8; 8] {
     b
 }
 
-/// Lowercase alphanumeric words.
-pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
-}
-
-fn feature_hash(f: &str) -> u64 {
-    u64::from_be_bytes(first8(&Sha256::digest(f.as_bytes())))
-}
-
-/// 64-bit SimHash over words and adjacent word pairs.
-pub fn simhash(text: &str) -> u64 {
-    let w = words(text);
-    let mut votes = [0i32; 64];
-    let mut add = |h: u64| {
-        for (i, v) in votes.iter_mut().enumerate() {
-            *v += if h >> i & 1 == 1 { 1 } else { -1 };
-        }
-    };
-    for word in &w {
-        add(feature_hash(word));
-    }
-    for pair in w.windows(2) {
-        add(feature_hash(&format!("{} {}", pair[0], pair[1])));
-    }
-    votes.iter().enumerate().fold(0u64, |acc, (i, v)| if *v >= 0 { acc | 1 << i } else { acc })
-}
-
-pub fn hamming(a: u64, b: u64) -> u32 {
-    (a ^ b).count_ones()
-}
-
-/// floor((1 − t) · 64): the largest distance similarity `t` accepts.
-pub fn max_distance(threshold: f64) -> u32 {
-    ((1.0 - threshold) * 64.0 + 1e-9).floor().clamp(0.0, 64.0) as u32
-}
-
-const NEGATIONS: &[&str] = &[
-    "not",
-    "no",
-    "never",
-    "none",
-    "nobody",
-    "nothing",
-    "neither",
-    "nor",
-    "nowhere",
-    "without",
-    "cannot",
-    "cant",
-    "dont",
-    "doesnt",
-    "didnt",
-    "isnt",
-    "arent",
-    "wasnt",
-    "werent",
-    "wont",
-    "wouldnt",
-    "shouldnt",
-    "couldnt",
-    "mustnt",
-    "hasnt",
-    "havent",
-    "hadnt",
-    "except",
-    "exclude",
-    "excluding",
-    "unless",
-];
-
-/// Numbers (as written, digits and decimal points) and negations of a text.
-pub fn guard_features(text: &str) -> (Vec<String>, Vec<String>) {
-    let mut numbers: Vec<String> = Vec::new();
-    let mut cur = String::new();
-    for c in text.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_digit() || (c == '.' && !cur.is_empty()) {
-            cur.push(c);
-        } else if !cur.is_empty() {
-            numbers.push(cur.trim_end_matches('.').to_owned());
-            cur.clear();
-        }
-    }
-    numbers.sort();
-    // Apostrophes are dropped so contractions ("don't", "can’t") become single words.
-    let lowered = text.to_lowercase().replace(['\'', '’'], "");
-    let mut negations: Vec<String> = words(&lowered).into_iter().filter(|w| NEGATIONS.contains(&w.as_str())).collect();
-    negations.sort();
-    negations.dedup();
-    (numbers, negations)
-}
-
-/// Words that may differ between near-duplicates: articles and courtesies only.
-const FILLER: &[&str] = &["a", "an", "the", "please", "kindly", "hi", "hello", "hey", "thanks", "thank", "you"];
-
-/// The content words of a text in order: lowercase words without apostrophes, fillers removed.
-pub fn content_words(text: &str) -> Vec<String> {
-    words(&text.replace(['\'', '’'], "")).into_iter().filter(|w| !FILLER.contains(&w.as_str())).collect()
-}
-
-/// A fingerprint of [`guard_features`] and [`content_words`]: equal features give equal
-/// fingerprints.
-pub fn guard_fingerprint(text: &str) -> u64 {
-    let (numbers, negations) = guard_features(text);
-    let doc = serde_json::json!({"numbers": numbers, "negations": negations, "words": content_words(text)});
-    u64::from_be_bytes(first8(&Sha256::digest(canonical::to_string(&doc).as_bytes())))
-}
-
-/// Multi-index hashing over four 16-bit blocks: a pair within distance d has at least one
-/// block within distance floor(d/4), so probing each block's table with every value within
-/// that radius finds every candidate without scanning. Buckets hold the full hashes, so a
-/// candidate is checked without another lookup, and a candidate is counted only from the
-/// first block that can reach it (no de-duplication set).
-#[derive(Debug, Default)]
-pub struct NearIndex {
-    /// (scope, block value) → (slot, hash), per block.
-    tables: [BlockTable; 4],
-    slots: Vec<Option<(u64, u64)>>,
-    free: Vec<u32>,
-    live: usize,
-}
-
-/// (scope, block value) → (slot, hash) of the entries with that block.
-type BlockTable = std::collections::HashMap<(u64, u16), Vec<(u32, u64)>, BuildMix>;
-
-/// A fast hasher for the index's (scope, block) keys: the scope is already a SHA-256 prefix,
-/// so mixing it with the block value is enough.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BuildMix;
-
-#[derive(Debug, Default)]
-pub struct Mix(u64);
-
-impl std::hash::BuildHasher for BuildMix {
-    type Hasher = Mix;
-    fn build_hasher(&self) -> Mix {
-        Mix(0)
-    }
-}
-
-impl std::hash::Hasher for Mix {
-    fn finish(&self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.0 = (self.0 ^ u64::from(v)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0 ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-fn block(h: u64, i: usize) -> u16 {
-    (h >> (16 * i)) as u16
-}
-
-/// Every 16-bit value within distance `r` of `v`.
-fn ball(v: u16, r: u32) -> Vec<u16> {
-    match r {
-        0 => vec![v],
-        1 => std::iter::once(v).chain((0..16).map(|i| v ^ (1 << i))).collect(),
-        2 => {
-            let mut out: Vec<u16> = std::iter::once(v).chain((0..16).map(|i| v ^ (1 << i))).collect();
-            for i in 0..16 {
-                for j in i + 1..16 {
-                    out.push(v ^ (1 << i) ^ (1 << j));
-                }
-            }
-            out
-        }
-        // Wider radii only arise for thresholds below 0.81; enumerate them exhaustively.
-        _ => (0..=u16::MAX).filter(|x| (x ^ v).count_ones() <= r).collect(),
-    }
-}
-
-impl NearIndex {
-    pub fn len(&self) -> usize {
-        self.live
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
-    /// Adds a SimHash in `scope`; returns its slot (for removal).
-    pub fn insert(&mut self, scope: u64, hash: u64) -> u32 {
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slots[s as usize] = Some((scope, hash));
-                s
-            }
-            None => {
-                self.slots.push(Some((scope, hash)));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        for (i, t) in self.tables.iter_mut().enumerate() {
-            t.entry((scope, block(hash, i))).or_default().push((slot, hash));
-        }
-        self.live += 1;
-        slot
-    }
-
-    pub fn remove(&mut self, slot: u32) {
-        let Some(Some((scope, hash))) = self.slots.get(slot as usize).copied() else { return };
-        for (i, t) in self.tables.iter_mut().enumerate() {
-            if let Some(v) = t.get_mut(&(scope, block(hash, i))) {
-                v.retain(|(s, _)| *s != slot);
-                if v.is_empty() {
-                    t.remove(&(scope, block(hash, i)));
-                }
-            }
-        }
-        self.slots[slot as usize] = None;
-        self.free.push(slot);
-        self.live -= 1;
-    }
-
-    /// Slots in `scope` within distance `max` of `hash`, nearest first, as (slot, distance).
-    pub fn search(&self, scope: u64, hash: u64, max: u32) -> Vec<(u32, u32)> {
-        let r = max / 4;
-        let mut out = Vec::new();
-        for (i, t) in self.tables.iter().enumerate() {
-            for v in ball(block(hash, i), r) {
-                let Some(bucket) = t.get(&(scope, v)) else { continue };
-                for (slot, h) in bucket {
-                    let d = hamming(*h, hash);
-                    // Counted from the first block whose probe reaches it.
-                    if d <= max && (0..i).all(|j| (block(*h, j) ^ block(hash, j)).count_ones() > r) {
-                        out.push((*slot, d));
-                    }
-                }
-            }
-        }
-        out.sort_by_key(|(s, d)| (*d, *s));
-        out
-    }
-
-    /// The same search by scanning every slot: the baseline for benchmarks and tests.
-    pub fn scan(&self, scope: u64, hash: u64, max: u32) -> Vec<(u32, u32)> {
-        let mut out: Vec<(u32, u32)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(s, e)| match e {
-                Some((sc, h)) if *sc == scope && hamming(*h, hash) <= max => Some((s as u32, hamming(*h, hash))),
-                _ => None,
-            })
-            .collect();
-        out.sort_by_key(|(s, d)| (*d, *s));
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,37 +310,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn simhash_vectors() {
-        // Pinned values (docs/FORMATS.md).
-        assert_eq!(format!("{:016x}", simhash("user: What is the capital of France?")), "bc79b1728676522d");
-        assert_eq!(format!("{:016x}", simhash("hello")), "2cf24dba5fb0a30e");
-        assert_eq!(format!("{:016x}", simhash("")), "ffffffffffffffff");
-        assert_eq!(simhash("user: What is the capital of France?"), simhash("user: what is the capital of france"));
-        let a =
-            simhash("user: Summarize the quarterly revenue report for the board in five bullet points, keep it short.");
-        let b =
-            simhash("user: Summarize the quarterly revenue report for the board in five bullet points; keep it brief.");
-        let c = simhash("user: Write a poem about the sea.");
-        assert!(hamming(a, b) <= 12, "{}", hamming(a, b));
-        assert!(hamming(a, c) > 16, "{}", hamming(a, c));
-        assert_eq!(max_distance(0.88), 7);
-        assert_eq!(max_distance(1.0), 0);
-    }
-
-    #[test]
-    fn guards() {
-        let g = |t: &str| guard_fingerprint(t);
-        assert_eq!(g("Ship 3 boxes to Paris"), g("ship 3 boxes to paris!"));
-        assert_ne!(g("Ship 3 boxes to Paris"), g("Ship 4 boxes to Paris"));
-        assert_ne!(g("Is the invoice paid?"), g("Is the invoice not paid?"));
-        assert_ne!(g("Can we do this?"), g("Can't we do this?"));
-        assert_eq!(guard_features("price 3.50, qty 2.").0, vec!["2", "3.50"]);
-        assert_ne!(g("Summarize the churn report"), g("Summarize the pricing report"));
-        assert_ne!(g("dog bites man"), g("man bites dog"));
-        assert_eq!(g("Please summarize the churn report."), g("summarize churn report"));
-    }
-
     fn text_strategy() -> impl Strategy<Value = String> {
         proptest::collection::vec(
             prop_oneof![
@@ -673,22 +382,5 @@ mod tests {
             prop_assert_eq!(keys(tenant, &r), keys_reference(tenant, &r));
         }
 
-        /// The multi-index finds exactly what a linear scan finds.
-        #[test]
-        fn index_equals_scan(hashes in proptest::collection::vec(any::<u64>(), 1..400), flips in proptest::collection::vec(0u32..64, 0..12), max in 0u32..12) {
-            let mut idx = NearIndex::default();
-            for (i, h) in hashes.iter().enumerate() {
-                idx.insert((i % 3) as u64, *h);
-            }
-            let mut q = hashes[0];
-            for f in &flips {
-                q ^= 1 << f;
-            }
-            for scope in 0..3 {
-                prop_assert_eq!(idx.search(scope, q, max), idx.scan(scope, q, max));
-            }
-            idx.remove(0);
-            prop_assert_eq!(idx.search(0, q, max), idx.scan(0, q, max));
-        }
     }
 }
