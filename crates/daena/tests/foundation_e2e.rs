@@ -30,6 +30,29 @@ async fn serve_health_and_a_second_server_is_refused() {
     assert!(status.success(), "clean exit on SIGTERM");
 }
 
+/// The real server knows each connection's peer: a burst of bad keys from one address ends
+/// in 429 for that address, also for a good key, and the metric counts them.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_keys_from_one_address_end_in_429() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        tmp.path(),
+        &[("DAENA_RATE_LIMIT_FAILED_AUTH_BURST", "3"), ("DAENA_RATE_LIMIT_FAILED_AUTH_PER_MINUTE", "1")],
+    );
+    let http = client();
+    let get = |key: &str| http.get(format!("{}/api/v1/agents", server.url)).header("X-API-Key", key).send();
+    for i in 0..3 {
+        assert_eq!(get(&format!("dk_wrong{i}")).await.expect("request").status(), 401);
+    }
+    let refused = get(OPS).await.expect("request");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "60");
+    let metrics = http.get(format!("{}/metrics", server.url)).send().await.expect("metrics");
+    let text = metrics.text().await.expect("text");
+    assert!(text.contains("daena_auth_failures 3") && text.contains("daena_auth_throttled 1"), "{text}");
+    server.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_cli_goes_through_the_running_server_and_revocation_is_immediate() {
     let tmp = tempfile::tempdir().expect("tempdir");
