@@ -1,42 +1,33 @@
-//! Governance actions on keys and switches, each recorded in the ledger after it succeeds.
+//! Governance actions on keys and switches: each is a [`GovOp`] the commit thread ledgers
+//! and then applies ([`crate::governance`]).
 
 use crate::Daena;
 use crate::auth::{CreatedKey, KeyView, NewKey, Principal};
-use crate::error::AppResult;
-use daena_core::ledger::NewEntry;
-use serde_json::json;
-
-fn key_attrs(v: &KeyView) -> serde_json::Value {
-    json!({"id": v.id, "name": v.name, "role": v.role.as_str(), "tenant": v.tenant.as_str(),
-           "roles": v.roles, "department": v.department})
-}
+use crate::error::{AppError, AppResult};
+use crate::governance::{self, GovOp};
 
 pub async fn create_key(d: &Daena, who: &Principal, new: NewKey) -> AppResult<CreatedKey> {
-    let created = d.keys.create(new)?;
-    let entry =
-        NewEntry::new(created.view.tenant.as_str(), who.actor(), "key.create", format!("key/{}", created.view.id))
-            .attrs(key_attrs(&created.view));
-    d.commit.append(vec![entry]).await?;
-    tracing::info!(key_id = %created.view.id, name = %created.view.name, role = %created.view.role.as_str(), "api key created");
-    Ok(created)
+    let (key, record) = d.keys.mint(new)?;
+    let id = record.id.clone();
+    governance::submit(d, GovOp::KeyCreate { record, actor: who.actor() }).await?;
+    let view = d.keys.view(&id).ok_or_else(|| AppError::internal(format!("key {id} was ledgered but not stored")))?;
+    tracing::info!(key_id = %view.id, name = %view.name, role = %view.role.as_str(), "api key created");
+    Ok(CreatedKey { key, view })
 }
 
 pub async fn revoke_key(d: &Daena, who: &Principal, id_or_name: &str) -> AppResult<KeyView> {
-    let view = d.keys.revoke(id_or_name)?;
-    let entry = NewEntry::new(view.tenant.as_str(), who.actor(), "key.revoke", format!("key/{}", view.id))
-        .attrs(key_attrs(&view));
-    d.commit.append(vec![entry]).await?;
-    tracing::info!(key_id = %view.id, name = %view.name, "api key revoked");
-    Ok(view)
+    let record = d.keys.find(id_or_name)?;
+    if record.revoked_at.is_none() {
+        let op = GovOp::KeyRevoke { id: record.id.clone(), actor: who.actor(), carried_from: None };
+        governance::submit(d, op).await?;
+        tracing::info!(key_id = %record.id, name = %record.name, "api key revoked");
+    }
+    d.keys.view(&record.id).ok_or_else(|| AppError::not_found(format!("no key with id {}", record.id)))
 }
 
 pub async fn set_writes(d: &Daena, who: &Principal, enabled: bool) -> AppResult<bool> {
-    let before = d.writes_enabled();
-    d.set_writes_enabled(enabled);
-    if before != enabled {
-        let entry = NewEntry::new(who.tenant().as_str(), who.actor(), "admin.writes", "writes")
-            .attrs(json!({"enabled": enabled}));
-        d.commit.append(vec![entry]).await?;
+    if d.writes_enabled() != enabled {
+        governance::submit(d, GovOp::Writes { enabled, tenant: who.tenant().clone(), actor: who.actor() }).await?;
         tracing::warn!(enabled, actor = %who.actor(), "writes switch changed");
     }
     Ok(d.writes_enabled())

@@ -9,6 +9,7 @@ use crate::config::Secret;
 use crate::error::{AppError, AppResult};
 use daena_core::auth::{ApiKeyRecord, KeyAttributes, Role, key_digest};
 use daena_core::ids::TenantId;
+use daena_core::time::Micros;
 use daena_store::kv::{API_KEYS, Kv};
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -270,13 +271,16 @@ impl KeyRing {
         }
     }
 
-    pub fn create(&self, new: NewKey) -> AppResult<CreatedKey> {
+    /// A new key's text and record, checked against the keys there are. Nothing is stored
+    /// here: the commit thread stores the record once its `key.create` entry is durable
+    /// ([`crate::governance`]).
+    pub fn mint(&self, new: NewKey) -> AppResult<(String, ApiKeyRecord)> {
         let name = new.name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(AppError::invalid("key name must be 1..=128 printable characters"));
         }
-        if self.by_digest.read().values().any(|r| r.name == name && r.revoked_at.is_none()) {
-            return Err(AppError::invalid(format!("an active key named {name:?} already exists")));
+        if self.active_name(name) {
+            return Err(AppError::invalid(format!("an active key named {name} already exists")));
         }
         for role in &new.attributes.roles {
             if role.is_empty() || role.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -286,52 +290,70 @@ impl KeyRing {
         let secret: [u8; 32] = rand::random();
         let key_text = format!("dk_{}", base64_url(&secret));
         let id_bytes: [u8; 6] = rand::random();
-        let digest = key_digest(&key_text);
         let record = ApiKeyRecord {
             id: format!("key_{}", hex::encode(id_bytes)),
             name: name.to_owned(),
             role: new.role,
             tenant: new.tenant,
             attributes: new.attributes,
-            digest: hex::encode(digest),
+            digest: hex::encode(key_digest(&key_text)),
             created_at: self.clock.now(),
             revoked_at: None,
         };
+        Ok((key_text, record))
+    }
+
+    /// Whether an active key has this name.
+    pub fn active_name(&self, name: &str) -> bool {
+        self.by_digest.read().values().any(|r| r.name == name && r.revoked_at.is_none())
+    }
+
+    /// Stores a key record (its creation, or its replay), replacing one with the same id.
+    pub(crate) fn insert(&self, record: ApiKeyRecord) -> AppResult<()> {
+        let digest = parse_digest(&record.digest)
+            .ok_or_else(|| AppError::internal(format!("key {} has a malformed digest", record.id)))?;
         self.kv.put_doc(API_KEYS, &record.id, &record)?;
-        let view = KeyView::from(&record);
-        self.by_digest.write().insert(digest, record);
-        Ok(CreatedKey { key: key_text, view })
+        let mut map = self.by_digest.write();
+        map.retain(|_, r| r.id != record.id);
+        map.insert(digest, record);
+        Ok(())
+    }
+
+    /// The key an id, or an active key's name, names.
+    pub fn find(&self, id_or_name: &str) -> AppResult<ApiKeyRecord> {
+        let map = self.by_digest.read();
+        let matches: Vec<&ApiKeyRecord> =
+            map.values().filter(|r| r.id == id_or_name || (r.name == id_or_name && r.revoked_at.is_none())).collect();
+        match matches.as_slice() {
+            [r] => Ok((*r).clone()),
+            [] => Err(AppError::not_found(format!("no key with id or name {id_or_name}"))),
+            _ => Err(AppError::invalid(format!("{id_or_name} names several keys; use the id"))),
+        }
+    }
+
+    /// Marks key `id` revoked at `at`, persisted; a key already revoked keeps its time.
+    /// `None` when there is no such key.
+    pub(crate) fn set_revoked(&self, id: &str, at: Micros) -> AppResult<Option<KeyView>> {
+        let mut map = self.by_digest.write();
+        let Some(record) = map.values_mut().find(|r| r.id == id) else { return Ok(None) };
+        if record.revoked_at.is_none() {
+            let mut updated = record.clone();
+            updated.revoked_at = Some(at);
+            self.kv.put_doc(API_KEYS, &updated.id, &updated)?;
+            *record = updated;
+        }
+        Ok(Some(KeyView::from(&*record)))
+    }
+
+    /// The key with this id.
+    pub fn view(&self, id: &str) -> Option<KeyView> {
+        self.by_digest.read().values().find(|r| r.id == id).map(KeyView::from)
     }
 
     pub fn list(&self) -> Vec<KeyView> {
         let mut keys: Vec<KeyView> = self.by_digest.read().values().map(KeyView::from).collect();
         keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         keys
-    }
-
-    /// Revokes by id or by name; effective for the next request.
-    pub fn revoke(&self, id_or_name: &str) -> AppResult<KeyView> {
-        let mut map = self.by_digest.write();
-        let matches: Vec<[u8; 32]> = map
-            .iter()
-            .filter(|(_, r)| r.id == id_or_name || (r.name == id_or_name && r.revoked_at.is_none()))
-            .map(|(d, _)| *d)
-            .collect();
-        let digest = match matches.as_slice() {
-            [d] => *d,
-            [] => return Err(AppError::not_found(format!("no key with id or name {id_or_name:?}"))),
-            _ => return Err(AppError::invalid(format!("{id_or_name:?} names several keys; use the id"))),
-        };
-        let Some(record) = map.get_mut(&digest) else {
-            return Err(AppError::not_found(format!("no key with id or name {id_or_name:?}")));
-        };
-        if record.revoked_at.is_none() {
-            let mut updated = record.clone();
-            updated.revoked_at = Some(self.clock.now());
-            self.kv.put_doc(API_KEYS, &updated.id, &updated)?;
-            *record = updated;
-        }
-        Ok(KeyView::from(&*record))
     }
 
     /// Active keys per role, for health details.
@@ -371,16 +393,30 @@ mod tests {
         }
     }
 
+    /// Mints and stores a key as the commit thread would; returns its text.
+    fn create(ring: &KeyRing, new: NewKey) -> String {
+        let (text, record) = ring.mint(new).expect("mint");
+        ring.insert(record).expect("insert");
+        text
+    }
+
     #[test]
     fn create_use_revoke() {
         let (_t, ring) = ring();
-        let created = ring.create(new_key("bot", Role::Agent, "acme")).expect("create");
-        assert!(created.key.starts_with("dk_"));
-        let p = ring.authenticate(Some(&created.key), None, Access::Data).expect("auth");
+        let key = create(&ring, new_key("bot", Role::Agent, "acme"));
+        assert!(key.starts_with("dk_"));
+        let p = ring.authenticate(Some(&key), None, Access::Data).expect("auth");
         assert_eq!(p.tenant().as_str(), "acme");
         assert_eq!(p.role(), Role::Agent);
-        ring.revoke(&created.view.id).expect("revoke");
-        let e = ring.authenticate(Some(&created.key), None, Access::Data).expect_err("revoked");
+        assert!(ring.mint(new_key("bot", Role::Agent, "acme")).is_err(), "an active key has that name");
+        let id = ring.find("bot").expect("find by name").id;
+        ring.set_revoked(&id, Micros(5)).expect("revoke");
+        assert_eq!(
+            ring.set_revoked(&id, Micros(9)).expect("again").and_then(|v| v.revoked_at),
+            Some(crate::clock::rfc3339(Micros(5)))
+        );
+        assert!(ring.find("bot").is_err(), "a revoked key is found by id only");
+        let e = ring.authenticate(Some(&key), None, Access::Data).expect_err("revoked");
         assert_eq!(e.code, crate::error::ErrorCode::Unauthenticated);
         assert!(e.message.contains("revoked"));
     }
@@ -388,8 +424,8 @@ mod tests {
     #[test]
     fn roles_and_tenants() {
         let (_t, ring) = ring();
-        let agent = ring.create(new_key("bot", Role::Agent, "acme")).expect("create").key;
-        let auditor = ring.create(new_key("aud", Role::Auditor, "default")).expect("create").key;
+        let agent = create(&ring, new_key("bot", Role::Agent, "acme"));
+        let auditor = create(&ring, new_key("aud", Role::Auditor, "default"));
         assert_eq!(
             ring.authenticate(None, None, Access::Data).expect_err("missing").code,
             crate::error::ErrorCode::Unauthenticated
@@ -421,7 +457,8 @@ mod tests {
             ring.provision_env_ops(&Secret::new("ops-key")).expect("provision");
             let p = ring.authenticate(Some("ops-key"), Some("acme"), Access::Ops).expect("ops");
             assert_eq!(p.tenant().as_str(), "acme", "ops may act for any tenant");
-            ring.revoke("DAENA_OPS_KEY").expect("revoke by name");
+            let id = ring.find("DAENA_OPS_KEY").expect("by name").id;
+            ring.set_revoked(&id, Micros(6)).expect("revoke");
         }
         let ring = KeyRing::load(Kv::open(&path, 1 << 20).expect("kv"), clock.clone()).expect("ring");
         ring.provision_env_ops(&Secret::new("ops-key")).expect("provision again");

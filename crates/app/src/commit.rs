@@ -28,6 +28,8 @@ pub enum Op {
     Memory(Box<crate::memory::state::MemoryOp>),
     /// A cache store or eviction.
     Cas(Box<crate::cas::CasOp>),
+    /// A governance change: keys, shreds, limits, the write switch, drills.
+    Gov(Box<crate::governance::GovOp>),
 }
 
 /// What the commit thread needs from the state it maintains.
@@ -65,8 +67,8 @@ impl StateMachine for NoState {
     fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
         match op {
             Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
-            Op::Memory(_) | Op::Cas(_) => {
-                Err(AppError::internal("a memory operation reached a commit thread without memory"))
+            Op::Memory(_) | Op::Cas(_) | Op::Gov(_) => {
+                Err(AppError::internal("a stateful operation reached a commit thread without state"))
             }
         }
     }
@@ -138,17 +140,20 @@ const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 2048;
 
 impl Committer {
+    /// Starts the commit thread. `first` is committed before `start` returns, ahead of
+    /// anything submitted later (facts a restore carried forward); its outcomes are logged.
     pub fn start(
         writer: LedgerWriter,
         state: Box<dyn StateMachine>,
         key: SigningKey,
         clock: Arc<dyn Clock>,
         policy: CommitPolicy,
+        first: Vec<Op>,
     ) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(CommitStats::default());
-        let worker = Worker {
+        let mut worker = Worker {
             writer,
             state,
             key,
@@ -159,6 +164,25 @@ impl Committer {
             last_flush: Instant::now(),
             stats: stats.clone(),
         };
+        if !first.is_empty() {
+            let mut replies = Vec::new();
+            let jobs = first
+                .into_iter()
+                .map(|op| {
+                    let (reply, rx) = oneshot::channel();
+                    replies.push(rx);
+                    (op, reply)
+                })
+                .collect();
+            worker.commit(jobs);
+            for mut rx in replies {
+                match rx.try_recv() {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::info!(error = %e.message, "a carried-forward fact was already in effect"),
+                    Err(_) => tracing::warn!("a carried-forward fact got no answer"),
+                }
+            }
+        }
         let alive2 = alive.clone();
         let spawned = std::thread::Builder::new().name("daena-commit".into()).spawn(move || {
             worker.run(rx);

@@ -422,18 +422,55 @@ impl Keyring {
         Ok(counts)
     }
 
-    /// Crypto-shreds `tenant`: its wrapped data keys are deleted, leaving a tombstone with the
-    /// highest version so a later key never reuses one, and its ciphers are dropped (zeroized).
-    /// Returns how many data keys were destroyed.
-    pub fn shred(&self, tenant: &str) -> AppResult<usize> {
+    /// The highest data key version `tenant` has had (0: none), and the highest shredded.
+    pub fn versions(&self, tenant: &str) -> AppResult<(u32, u32)> {
+        Ok(self.kv.get_doc::<TenantKeyDoc>(DATA_KEYS, tenant)?.map_or((0, 0), |d| {
+            (d.keys.iter().map(|k| k.version).max().unwrap_or(0).max(d.current), d.shredded_through)
+        }))
+    }
+
+    /// How many of `tenant`'s stored data keys have a version up to `through`.
+    pub fn count_through(&self, tenant: &str, through: u32) -> AppResult<usize> {
+        Ok(self
+            .kv
+            .get_doc::<TenantKeyDoc>(DATA_KEYS, tenant)?
+            .map_or(0, |d| d.keys.iter().filter(|k| k.version <= through).count()))
+    }
+
+    /// Crypto-shreds `tenant`'s data keys up to version `through`: they are deleted, leaving
+    /// a tombstone with the highest version destroyed so a later key never reuses one, and
+    /// their ciphers are dropped (zeroized). Keys made after the shred survive, so applying
+    /// the same shred again (replay, rollback) destroys nothing new. Returns how many data
+    /// keys were destroyed.
+    pub fn shred_through(&self, tenant: &str, through: u32) -> AppResult<usize> {
         let _guard = self.create.lock();
-        let Some(doc) = self.kv.get_doc::<TenantKeyDoc>(DATA_KEYS, tenant)? else {
+        let Some(mut doc) = self.kv.get_doc::<TenantKeyDoc>(DATA_KEYS, tenant)? else {
+            if through > 0 {
+                let doc = TenantKeyDoc { current: through, keys: Vec::new(), shredded_through: through };
+                self.kv.put_doc(DATA_KEYS, tenant, &doc)?;
+            }
             return Ok(0);
         };
-        let top = doc.keys.iter().map(|k| k.version).max().unwrap_or(0).max(doc.current);
-        self.kv.put_doc(DATA_KEYS, tenant, &TenantKeyDoc { current: top, keys: Vec::new(), shredded_through: top })?;
-        self.tenants.write().remove(tenant);
-        Ok(doc.keys.len())
+        let before = doc.keys.len();
+        doc.keys.retain(|k| k.version > through);
+        let destroyed = before - doc.keys.len();
+        if destroyed == 0 && doc.shredded_through >= through {
+            return Ok(0);
+        }
+        doc.shredded_through = doc.shredded_through.max(through);
+        doc.current = doc.keys.iter().map(|k| k.version).max().unwrap_or(doc.shredded_through);
+        self.kv.put_doc(DATA_KEYS, tenant, &doc)?;
+        let mut tenants = self.tenants.write();
+        if let Some(t) = tenants.get_mut(tenant) {
+            t.ciphers.retain(|v, _| *v > through);
+            match t.ciphers.keys().max() {
+                Some(&top) => t.current = top,
+                None => {
+                    tenants.remove(tenant);
+                }
+            }
+        }
+        Ok(destroyed)
     }
 
     /// Whether `tenant`'s data key `version` is at hand (not shredded).

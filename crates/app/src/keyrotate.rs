@@ -376,16 +376,19 @@ pub async fn shred(
             evicted += 1;
         }
     }
-    let destroyed = d.keyring.shred(tenant.as_str())?;
-    d.memory.dicts.forget_tenant(tenant.as_str());
     let prefix = daena_store::records::tenant_prefix(tenant.as_str());
-    d.memory.l1.retain(|k, _| !k.starts_with(&prefix));
     let records = crate::snapshot::record_keys(d).await?.iter().filter(|k| k.starts_with(&prefix)).count() as u64;
-    let entry =
-        daena_core::ledger::NewEntry::new(tenant.as_str(), who.actor(), "key.shred", format!("tenant/{tenant}")).attrs(
-            serde_json::json!({"data_keys_destroyed": destroyed, "cache_entries_evicted": evicted, "records": records}),
-        );
-    let seq = d.commit.append(vec![entry]).await?.first().map(|r| r.seq);
+    let (through, _) = d.keyring.versions(tenant.as_str())?;
+    let destroyed = d.keyring.count_through(tenant.as_str(), through)?;
+    let op = crate::governance::GovOp::Shred {
+        tenant: tenant.clone(),
+        actor: who.actor(),
+        through: Some(through),
+        evicted,
+        records,
+        carried_from: None,
+    };
+    let seq = Some(crate::governance::submit(d, op).await?);
     Ok(ShredReport {
         tenant: tenant.to_string(),
         data_keys_destroyed: destroyed,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod failed_auth;
+pub mod governance;
 pub mod health;
 pub mod keyrotate;
 pub mod ledger;
@@ -24,6 +25,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod snapshot;
+pub mod state;
 pub mod telemetry;
 
 use crate::agents::AgentRegistry;
@@ -76,7 +78,7 @@ pub struct Daena {
     pub clock: Arc<dyn Clock>,
     pub data: DataDir,
     pub kv: Kv,
-    pub keys: KeyRing,
+    pub keys: Arc<KeyRing>,
     pub agents: AgentRegistry,
     pub ledger: LedgerService,
     pub commit: Committer,
@@ -86,13 +88,13 @@ pub struct Daena {
     pub cas: Arc<cas::CasShared>,
     /// The bearer token sent to the upstream model endpoint (`DAENA_LLM_API_KEY`).
     pub llm_api_key: Option<config::Secret>,
-    pub limiter: ratelimit::RateLimiter,
+    pub limiter: Arc<ratelimit::RateLimiter>,
     /// Failed authentication per client address.
     pub failed_auth: failed_auth::FailedAuth,
     pub analytics: analytics::Analytics,
     pub metrics: Metrics,
     pub operations: Arc<operations::Operations>,
-    writes_enabled: AtomicBool,
+    writes_enabled: Arc<AtomicBool>,
     started: Instant,
 }
 
@@ -133,24 +135,35 @@ impl Daena {
         let cache = usize::try_from(config.memory.l2_cache_bytes).unwrap_or(usize::MAX);
         let kv = Kv::open(&data.state_db(), cache)?;
         let keyring = Arc::new(Keyring::load(kv.clone(), master, clock.clone())?);
-        let keys = KeyRing::load(kv.clone(), clock.clone())?;
+        let keys = Arc::new(KeyRing::load(kv.clone(), clock.clone())?);
         if let Some(ops) = &secrets.ops_key {
             keys.provision_env_ops(ops)?;
         }
         let agents = AgentRegistry::load(kv.clone(), clock.clone(), config.agents.heartbeat_window_secs)?;
         let policy = PolicyEngine::compile(&config.policy, &config_dir)?;
-        let limiter = ratelimit::RateLimiter::load(&config.rate_limit, kv.clone(), clock.clone())?;
+        let limiter = Arc::new(ratelimit::RateLimiter::load(&config.rate_limit, kv.clone(), clock.clone())?);
+        // Off at start when the configuration says so, or when it was switched off at runtime.
+        let writes = config.server.writes_enabled && governance::persisted_writes(&kv)?.unwrap_or(true);
+        let writes_enabled = Arc::new(AtomicBool::new(writes));
         let failed_auth = failed_auth::FailedAuth::new(&config.rate_limit, clock.clone());
         let analytics = analytics::Analytics::load(kv.clone(), clock.clone())?;
         let cold = ColdStore::open(&data.l3_dir())?;
         let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
         let cas = cas::CasShared::open(kv.clone(), keyring.clone(), clock.clone(), config.clone())?;
-        let state = MemoryState::new(memory.clone(), cas.clone())?;
-        let (ledger, commit) = open_ledger(&config, &data, clock.clone(), Box::new(state))?;
+        let gov = governance::GovState::new(
+            keys.clone(),
+            limiter.clone(),
+            writes_enabled.clone(),
+            keyring.clone(),
+            memory.clone(),
+        );
+        let state = state::DaenaState::new(MemoryState::new(memory.clone(), cas.clone())?, gov);
+        let carried = governance::carried_ops(&kv)?;
+        let (ledger, commit) = open_ledger(&config, &data, clock.clone(), Box::new(state), carried)?;
         let metrics = Metrics::new();
         metrics.expected_agents.set(daena_core::agents::EXPECTED_AGENTS as i64);
         Ok(Arc::new(Daena {
-            writes_enabled: AtomicBool::new(config.server.writes_enabled),
+            writes_enabled,
             config,
             config_files: files,
             clock,
@@ -176,11 +189,6 @@ impl Daena {
 
     pub fn writes_enabled(&self) -> bool {
         self.writes_enabled.load(Ordering::SeqCst)
-    }
-
-    /// The runtime read-only switch (the runbook's "stop writes").
-    pub fn set_writes_enabled(&self, enabled: bool) {
-        self.writes_enabled.store(enabled, Ordering::SeqCst);
     }
 
     /// Health checks contributed by later capabilities (ledger, upstream, ...).
@@ -331,6 +339,7 @@ fn open_ledger(
     data: &DataDir,
     clock: Arc<dyn Clock>,
     mut state: Box<dyn StateMachine>,
+    first: Vec<commit::Op>,
 ) -> AppResult<(LedgerService, Committer)> {
     let (writer, reader, opened) = daena_store::ledger::open(&data.ledger_dir(), config.ledger.segment_bytes)
         .map_err(|e| AppError::internal(format!("opening the ledger: {e}")))?;
@@ -350,7 +359,7 @@ fn open_ledger(
         flush_every: std::time::Duration::from_secs(1),
     };
     let repaired = opened.repaired_bytes;
-    let commit = Committer::start(writer, state, key, clock, policy);
+    let commit = Committer::start(writer, state, key, clock, policy, first);
     let service = LedgerService { reader, public_key, opened };
     if repaired > 0 {
         let entry = daena_core::ledger::NewEntry::new("system", "system", "ledger.repair", "ledger")

@@ -168,6 +168,31 @@ impl RateLimiter {
         Verdict { decision, limit }
     }
 
+    /// Sets (or with `None` removes) `tenant`'s override, persisted; a changed limit starts
+    /// from its whole burst. Run by the commit thread when the change is in the ledger.
+    pub(crate) fn apply_override(&self, tenant: &str, limit: Option<LimitView>) -> AppResult<()> {
+        let before = self.limit_of(tenant);
+        match limit {
+            Some(l) => {
+                self.kv.put_doc(OVERRIDES, tenant, &l)?;
+                self.overrides.write().insert(tenant.to_owned(), Limit { rpm: l.rpm, burst: l.burst });
+            }
+            None => {
+                self.kv.delete_doc(OVERRIDES, tenant)?;
+                self.overrides.write().remove(tenant);
+            }
+        }
+        if self.limit_of(tenant) != before {
+            self.start_afresh(tenant);
+        }
+        Ok(())
+    }
+
+    /// Every override, by tenant.
+    pub fn overrides(&self) -> BTreeMap<String, LimitView> {
+        self.overrides.read().iter().map(|(t, l)| (t.clone(), (*l).into())).collect()
+    }
+
     /// Gives `tenant` the whole burst of its (changed) limit. The state is a time measured in
     /// the old limit's emission intervals: kept, a debt of 5 requests at 1 per minute would
     /// read as 5 minutes of debt under 6000 per minute too.
@@ -250,7 +275,7 @@ pub fn stats(d: &Daena) -> RateLimitStats {
     RateLimitStats {
         enabled: r.enabled,
         defaults: r.defaults.into(),
-        overrides: r.overrides.read().iter().map(|(t, l)| (t.clone(), (*l).into())).collect(),
+        overrides: r.overrides(),
         active_tenants,
         allowed: r.allowed.load(Ordering::Relaxed),
         rejected: r.rejected.load(Ordering::Relaxed),
@@ -264,7 +289,8 @@ pub fn status(d: &Daena, tenant: &TenantId) -> TenantStatus {
     status_of(&d.limiter, tenant.as_str(), st, d.clock.now().0)
 }
 
-/// Sets (or with `None` removes) a tenant's limit; persisted and ledgered.
+/// Sets (or with `None` removes) a tenant's limit: ledgered, then applied by the commit thread
+/// ([`crate::governance`]).
 pub async fn set_override(
     d: &Daena,
     who: &Principal,
@@ -276,23 +302,14 @@ pub async fn set_override(
     {
         return Err(AppError::invalid("rpm and burst must be positive"));
     }
-    let before = d.limiter.limit_of(tenant.as_str());
-    match limit {
-        Some(l) => {
-            d.limiter.kv.put_doc(OVERRIDES, tenant.as_str(), &l)?;
-            d.limiter.overrides.write().insert(tenant.to_string(), Limit { rpm: l.rpm, burst: l.burst });
-        }
-        None => {
-            d.limiter.kv.delete_doc(OVERRIDES, tenant.as_str())?;
-            d.limiter.overrides.write().remove(tenant.as_str());
-        }
-    }
-    if d.limiter.limit_of(tenant.as_str()) != before {
-        d.limiter.start_afresh(tenant.as_str());
-    }
-    let entry = NewEntry::new(tenant.as_str(), who.actor(), "ratelimit.override", format!("tenant/{tenant}")).attrs(
-        serde_json::json!({"rpm": limit.map(|l| l.rpm), "burst": limit.map(|l| l.burst), "removed": limit.is_none()}),
-    );
-    d.commit.append(vec![entry]).await?;
+    let op = crate::governance::GovOp::RateLimit { tenant: tenant.clone(), limit, actor: who.actor() };
+    d.commit.submit(crate::commit::Op::Gov(Box::new(op))).await?;
     Ok(status(d, tenant))
+}
+
+/// The ledger entry of an override change.
+pub(crate) fn override_entry(tenant: &TenantId, actor: &str, limit: Option<LimitView>) -> NewEntry {
+    NewEntry::new(tenant.as_str(), actor, "ratelimit.override", format!("tenant/{tenant}")).attrs(
+        serde_json::json!({"rpm": limit.map(|l| l.rpm), "burst": limit.map(|l| l.burst), "removed": limit.is_none()}),
+    )
 }

@@ -381,6 +381,8 @@ pub struct RestoreReport {
     /// Where the replaced state was moved (never deleted).
     pub replaced_dir: String,
     pub ledger_verified_entries: u64,
+    /// Revocations and shreds of the replaced ledger applied again to the restored state.
+    pub carried_forward: usize,
 }
 
 /// Restores `archive` into the stopped data directory of `loaded`: unpacks and verifies it
@@ -420,12 +422,15 @@ pub fn restore_in(
             )));
         }
         adopt_master(data, loaded, &staging.join(STATE), &manifest.master_key_id)?;
+        let carried = crate::governance::facts_set_aside(&data.ledger_dir(), &ledger)?;
+        crate::governance::record_carried(&staging.join(STATE), &carried)?;
         let aside = swap_in(root, &staging, &stamp)?;
         Ok(RestoreReport {
             archive: archive.display().to_string(),
             manifest,
             replaced_dir: aside.display().to_string(),
             ledger_verified_entries: summary.entries,
+            carried_forward: carried.len(),
         })
     })();
     let _ = std::fs::remove_dir_all(&staging);
@@ -465,17 +470,11 @@ pub async fn record_drill(d: &Daena, who: &crate::auth::Principal, r: &DrillReco
             "a drill record needs a snapshot name (≤ 200), ≤ 100 failed checks, non-negative times",
         ));
     }
-    let attrs = serde_json::to_value(r).map_err(|e| AppError::internal(e.to_string()))?;
-    let e = daena_core::ledger::NewEntry::new(who.tenant().as_str(), who.actor(), "ops.drill", r.snapshot.clone())
-        .attrs(attrs);
-    let receipts = d.commit.append(vec![e]).await?;
-    let seq = receipts.first().map_or(0, |r| r.seq);
-    let last = LastDrill { record: r.clone(), at: rfc3339(d.clock.now()), seq };
-    d.kv.put_doc(daena_store::kv::SETTINGS, LAST_DRILL, &last)?;
-    Ok(Ledgered { seq })
+    let op = crate::governance::GovOp::Drill { record: r.clone(), tenant: who.tenant().clone(), actor: who.actor() };
+    Ok(Ledgered { seq: crate::governance::submit(d, op).await? })
 }
 
-const LAST_DRILL: &str = "last_drill";
+pub(crate) const LAST_DRILL: &str = "last_drill";
 
 /// The newest drill's outcome, when and where it was ledgered.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -648,6 +647,8 @@ pub struct RollbackReport {
     /// Entries after `to_seq`, kept with the replaced state.
     pub set_aside_entries: u64,
     pub replaced_dir: String,
+    /// Revocations and shreds among the entries set aside, applied again to the new state.
+    pub carried_forward: usize,
 }
 
 /// Point-in-time recovery of a stopped data directory: the newest snapshot at or before
@@ -758,6 +759,8 @@ pub fn rebuild_in(
             let master = crate::crypto::load_master(data, loaded.secrets.memory_aes_key.as_ref())?;
             crate::crypto::check_master(&staging.join(STATE), &master)?;
         }
+        let carried = crate::governance::facts_set_aside(&data.ledger_dir(), &staged_ledger)?;
+        crate::governance::record_carried(&staging.join(STATE), &carried)?;
         let aside = swap_in(root, &staging, &stamp)?;
         Ok(RollbackReport {
             to_seq,
@@ -767,6 +770,7 @@ pub fn rebuild_in(
             replayed_entries: to_seq - chosen.ledger_size,
             set_aside_entries: head - to_seq,
             replaced_dir: aside.display().to_string(),
+            carried_forward: carried.len(),
         })
     })();
     let _ = std::fs::remove_dir_all(&staging);

@@ -5,7 +5,7 @@
 
 use super::settle::{Job, Settler};
 use super::{Addr, Footprint, MemoryShared, RowMeta};
-use crate::commit::{Op, StateMachine};
+use crate::commit::Op;
 use crate::error::{AppError, AppResult, ErrorCode};
 use daena_core::ids::{ClassName, RecordKey, TenantId};
 use daena_core::ledger::entry::{Entry, NewEntry};
@@ -520,16 +520,19 @@ fn entry(addr: &Addr, actor: &str, action: &str, attrs: Value) -> NewEntry {
     NewEntry::new(addr.tenant.as_str(), actor, action, format!("{}/{}", addr.class, addr.key)).attrs(attrs)
 }
 
-impl StateMachine for MemoryState {
-    fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
+/// The memory and cache part of the commit thread's state machine ([`crate::state`] routes
+/// operations and ledger entries here).
+impl MemoryState {
+    pub(crate) fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
         match op {
             Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
             Op::Memory(m) => self.prepare_memory(m).map(|e| vec![e]),
             Op::Cas(c) => self.cas.prepare(c),
+            Op::Gov(_) => Err(AppError::internal("a governance operation reached the memory state")),
         }
     }
 
-    fn apply(&mut self, batch: Vec<(Op, Vec<Receipt>)>) -> AppResult<()> {
+    pub(crate) fn apply(&mut self, batch: &[(Op, Vec<Receipt>)]) -> AppResult<()> {
         let last_seq = batch.iter().flat_map(|(_, r)| r.iter().map(|r| r.seq)).max().unwrap_or(self.applied);
         let staged = std::mem::take(&mut self.staged);
         self.pending.clear();
@@ -540,7 +543,7 @@ impl StateMachine for MemoryState {
             .map(|(_, r)| r.first().map_or(0, |r| r.seq))
             .collect();
         // Dictionaries first: a record in this batch may already use one.
-        for (op, _) in &batch {
+        for (op, _) in batch {
             if let Op::Memory(m) = op
                 && let MemoryOp::Dict { tenant, class, sealed, attrs } = &**m
             {
@@ -585,13 +588,36 @@ impl StateMachine for MemoryState {
         Ok(())
     }
 
-    fn abort(&mut self) {
+    pub(crate) fn abort(&mut self) {
         self.pending.clear();
         self.staged.clear();
         self.cas.abort();
     }
 
-    fn replay(&mut self, e: &Entry) -> AppResult<()> {
+    /// The actions [`MemoryState::replay`] applies.
+    pub(crate) fn replays(action: &str) -> bool {
+        matches!(
+            action,
+            "memory.put"
+                | "memory.delete"
+                | "memory.reject"
+                | "memory.expire"
+                | "memory.confirm"
+                | "memory.promote"
+                | "memory.age"
+                | "memory.reheat"
+                | "memory.dict"
+                | "llm.cache_store"
+                | "llm.cache_evict"
+        )
+    }
+
+    /// Notes that entry `seq`, which changes no memory, is applied.
+    pub(crate) fn mark_applied(&mut self, seq: u64) {
+        self.applied = seq;
+    }
+
+    pub(crate) fn replay(&mut self, e: &Entry) -> AppResult<()> {
         if e.action.starts_with("llm.cache_") {
             self.cas.replay(e)?;
         } else if e.action == "memory.dict" {
@@ -628,19 +654,19 @@ impl StateMachine for MemoryState {
         Ok(())
     }
 
-    fn settle(&mut self) -> AppResult<()> {
+    pub(crate) fn settle(&mut self) -> AppResult<()> {
         self.hand_off(false, true)
     }
 
-    fn applied_seq(&self) -> u64 {
+    pub(crate) fn applied_seq(&self) -> u64 {
         self.applied
     }
 
-    fn flush(&mut self) -> AppResult<()> {
+    pub(crate) fn flush(&mut self) -> AppResult<()> {
         self.hand_off(true, true)
     }
 
-    fn flush_background(&mut self) -> AppResult<bool> {
+    pub(crate) fn flush_background(&mut self) -> AppResult<bool> {
         let since = *self.durable_put_off.get_or_insert_with(std::time::Instant::now);
         let handed = if since.elapsed() >= DURABLE_PUT_OFF_LIMIT {
             self.hand_off(true, false).map(|()| true)?
@@ -657,7 +683,6 @@ impl StateMachine for MemoryState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commit::StateMachine;
     use crate::memory::settle::tests::{offline_daena, row};
     use std::time::Duration;
 
