@@ -141,6 +141,29 @@ fn header<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>, ApiError>
     }
 }
 
+/// The API key a request presents: `X-API-Key`, else `Authorization: Bearer <key>` (what
+/// Prometheus and most HTTP clients send).
+pub fn presented_key(headers: &axum::http::HeaderMap) -> Result<Option<&str>, ApiError> {
+    fn text<'a>(name: &str, v: &'a axum::http::HeaderValue) -> Result<&'a str, ApiError> {
+        v.to_str().map_err(|_| ApiError::new(ErrorCode::InvalidRequest, format!("header {name} is not valid text")))
+    }
+    if let Some(v) = headers.get(API_KEY_HEADER) {
+        return text(API_KEY_HEADER, v).map(Some);
+    }
+    match headers.get(axum::http::header::AUTHORIZATION) {
+        None => Ok(None),
+        Some(v) => {
+            let v = text("authorization", v)?;
+            match v.split_once(' ') {
+                Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => {
+                    Ok(Some(key.trim()))
+                }
+                _ => Err(ApiError::new(ErrorCode::InvalidRequest, "Authorization must be \"Bearer <API key>\"")),
+            }
+        }
+    }
+}
+
 /// The caller as a middleware already authenticated it from this request's headers (any
 /// role), so later steps check the role instead of looking the key up again. Only server
 /// code can put it in a request's extensions.
@@ -153,7 +176,7 @@ pub fn authenticate(state: &AppState, parts: &Parts, access: Access) -> Result<P
         access.check(who.role())?;
         return Ok(who.clone());
     }
-    let key = header(parts, API_KEY_HEADER)?;
+    let key = presented_key(&parts.headers)?;
     let tenant = header(parts, TENANT_HEADER)?;
     Ok(state.keys.authenticate(key, tenant, access)?)
 }

@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod routes;
+pub mod serve;
 
 use crate::extract::AppState;
 use axum::Router;
@@ -195,47 +196,4 @@ pub fn init_logging(format: daena_app::config::LogFormat) {
     };
 }
 
-/// `listener` with Nagle's algorithm off on every accepted connection: answers are written
-/// whole, and waiting to coalesce them only adds latency (up to a delayed-ACK timeout).
-///
-/// The type is named (not `impl Listener`) so that axum's `ConnectInfo<SocketAddr>` applies.
-pub fn no_delay(listener: tokio::net::TcpListener) -> NoDelay {
-    use axum::serve::ListenerExt;
-    fn set(tcp: &mut tokio::net::TcpStream) {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    }
-    listener.tap_io(set as fn(&mut tokio::net::TcpStream))
-}
-
-/// A listener that sets `TCP_NODELAY` on every accepted connection.
-pub type NoDelay = axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
-
-/// Serves `router(state)` on `listener` until `shutdown` resolves, then waits for in-flight
-/// requests (bounded by `server.shutdown_grace_secs`).
-pub async fn serve(
-    state: AppState,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let grace = std::time::Duration::from_secs(state.config.server.shutdown_grace_secs);
-    // The peer address reaches the middleware, which counts failed authentication per address.
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(no_delay(listener), app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = tx.send(());
-    });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => result,
-        () = async {
-            let _ = rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!("shutdown grace period over; dropping remaining connections");
-            Ok(())
-        }
-    }
-}
+pub use serve::{NoDelay, no_delay, serve, serve_metrics};

@@ -52,7 +52,9 @@ fn request_uuid(bits: u128) -> String {
 /// is looked up ([`daena_app::failed_auth`]); the address is the TCP peer's.
 pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    if parts.headers.contains_key(crate::extract::API_KEY_HEADER) {
+    if parts.headers.contains_key(crate::extract::API_KEY_HEADER)
+        || parts.headers.contains_key(axum::http::header::AUTHORIZATION)
+    {
         let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
         if let Some(ip) = peer
             && let Err(throttled) = state.failed_auth.check(ip)
@@ -193,7 +195,10 @@ async fn observe_agents(state: &AppState, matched: Option<&MatchedPath>, req: Re
     };
     let (Some(agent), Some(kind)) = (agent, kind) else { return timeout(state, req, next).await };
     let (parts, body) = req.into_parts();
-    let who = crate::extract::authenticate(state, &parts, daena_app::auth::Access::Data).ok();
+    // A key bound to another agent is refused by the handler; it is not observed either.
+    let who = crate::extract::authenticate(state, &parts, daena_app::auth::Access::Data)
+        .ok()
+        .filter(|w| w.acting_agent(Some(agent.as_str())).is_ok());
     let req = Request::from_parts(parts, body);
     let start = Instant::now();
     let response = timeout(state, req, next).await;

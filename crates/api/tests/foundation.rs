@@ -227,7 +227,16 @@ async fn metrics_count_requests_per_route() {
     let app = TestApp::new();
     app.call("GET", "/api/v1/agents/structure", Some(OPS), None).await;
     app.call("GET", "/api/v1/agents/structure", None, None).await;
-    let text = app.call("GET", "/metrics", None, None).await.text();
+    // /metrics needs an ops or auditor key by default, as X-API-Key or a bearer token.
+    assert_eq!(app.call("GET", "/metrics", None, None).await.status, StatusCode::UNAUTHORIZED);
+    let agent = app.key("bot", "agent", "acme", &[]).await;
+    assert_eq!(app.call("GET", "/metrics", Some(&agent), None).await.status, StatusCode::FORBIDDEN);
+    let req = axum::http::Request::builder()
+        .uri("/metrics")
+        .header("authorization", format!("Bearer {OPS}"))
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let text = app.send(req).await.text();
     assert!(
         text.contains(r#"daena_http_requests_total{method="GET",route="/api/v1/agents/structure",status="200"} 1"#),
         "{text}"
@@ -238,9 +247,14 @@ async fn metrics_count_requests_per_route() {
     );
     assert!(text.contains("daena_http_request_duration_seconds_bucket"));
     assert!(text.contains("daena_expected_agents 48"));
-    let private = TestApp::with_config(|c| c.server.metrics_public = false);
-    assert_eq!(private.call("GET", "/metrics", None, None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(private.call("GET", "/metrics", Some(OPS), None).await.status, StatusCode::OK);
+    // Public metrics answer without a key, and name no tenant.
+    let public = TestApp::with_config(|c| c.server.metrics_public = true);
+    public.call("PUT", "/api/v1/memory/chat/k", Some(OPS), Some(json!({"payload": 1}))).await;
+    let text = public.call("GET", "/metrics", None, None).await.text();
+    assert!(text.contains(r#"daena_active_agents{tenant="all"} 0"#), "{text}");
+    assert!(!text.contains(r#"tenant="default""#), "{text}");
+    let r = app.call("GET", "/metrics", Some("Bearer"), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
 }
 
 #[tokio::test]

@@ -250,21 +250,27 @@ async fn quarantine_promote_and_reject() {
         app.call("PUT", "/api/v1/memory/legal/nda", Some(&writer), Some(json!({"payload": {"term": "2 years"}}))).await;
     assert_eq!(r.json()["tier"], "L2Q");
     assert_eq!(r.json()["trust"]["quarantined"], true);
-    let confirm = |agent: &'static str| {
+    let advisor_a = app.key("advisor-a", "agent", "acme", &["legal.officer"]).await;
+    let advisor_b = app.key("advisor-b", "agent", "acme", &["legal.officer"]).await;
+    let confirm = |key: &str, agent: &'static str| {
         let app = &app;
-        let writer = writer.clone();
+        let key = key.to_owned();
         async move {
-            app.call("POST", "/api/v1/memory/legal/nda/confirm", Some(&writer), Some(json!({"agent_id": agent}))).await
+            app.call("POST", "/api/v1/memory/legal/nda/confirm", Some(&key), Some(json!({"agent_id": agent}))).await
         }
     };
-    // The writer's own confirmation does not count; the same agent counts once.
-    let own = confirm("key:writer").await;
-    assert_eq!(own.status, StatusCode::BAD_REQUEST, "{}", own.text());
-    let first = confirm("legal_advisor_a").await.json();
+    // The writer's key cannot confirm its own write, under any agent id it claims; a key
+    // counts once, whatever agent ids it names.
+    for agent in ["legal_executor", "legal_analyst", "legal_reviewer", "legal_advisor"] {
+        let own = confirm(&writer, agent).await;
+        assert_eq!(own.status, StatusCode::FORBIDDEN, "{}", own.text());
+    }
+    let first = confirm(&advisor_a, "legal_advisor").await.json();
     assert_eq!((first["score"].as_f64(), first["promoted"].as_bool()), (Some(0.5), Some(false)));
-    assert_eq!(confirm("legal_advisor_a").await.status, StatusCode::BAD_REQUEST);
-    let second = confirm("legal_advisor_b").await.json();
-    assert_eq!(second["promoted"], true, "two distinct agents reach 0.66: {second}");
+    let again = confirm(&advisor_a, "legal_reviewer").await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST, "the same key under another agent id: {}", again.text());
+    let second = confirm(&advisor_b, "legal_advisor").await.json();
+    assert_eq!(second["promoted"], true, "two distinct keys reach 0.66: {second}");
     assert_eq!(second["tier"], "L2");
     let got = app.call("GET", "/api/v1/memory/legal/nda", Some(&writer), None).await.json();
     assert_eq!(got["trust"]["quarantined"], false);
@@ -283,6 +289,65 @@ async fn quarantine_promote_and_reject() {
     assert_eq!(app.call("GET", "/api/v1/memory/legal/bad", Some(&writer), None).await.status, StatusCode::NOT_FOUND);
     let r = app.call_as("POST", "/api/v1/memory/legal/nda/reject", Some(OPS), Some("acme"), None).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "only quarantined records are rejected");
+}
+
+/// A key bound to one agent writes, confirms, beats and reports only as that agent; the
+/// binding is kept through a restart (it is in the ledgered key).
+#[tokio::test]
+async fn a_key_bound_to_an_agent_acts_only_as_that_agent() {
+    let app = TestApp::new();
+    let body =
+        json!({"name": "synth", "role": "agent", "tenant": "acme", "roles": ["legal.officer"], "agent": "legal_synth"});
+    let r = app.call("POST", "/api/v1/admin/keys", Some(OPS), Some(body)).await;
+    assert_eq!((r.status, r.json()["agent"].as_str()), (StatusCode::CREATED, Some("legal_synth")), "{}", r.text());
+    let synth = r.json()["key"].as_str().expect("key").to_owned();
+    let bad = json!({"name": "x", "role": "auditor", "agent": "legal_synth"});
+    assert_eq!(app.call("POST", "/api/v1/admin/keys", Some(OPS), Some(bad)).await.status, StatusCode::BAD_REQUEST);
+    let app = app.reopen(|_| {}).await;
+
+    let write = |agent: Option<&'static str>| {
+        let (app, synth) = (&app, synth.clone());
+        async move {
+            let mut req = axum::http::Request::builder()
+                .method("PUT")
+                .uri("/api/v1/memory/legal/brief")
+                .header("x-api-key", &synth)
+                .header("content-type", "application/json");
+            if let Some(a) = agent {
+                req = req.header("x-agent-id", a);
+            }
+            app.send(req.body(axum::body::Body::from(json!({"payload": {"p": 1}}).to_string())).expect("request")).await
+        }
+    };
+    let r = write(Some("legal_analyst")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert!(r.text().contains("bound to agent legal_synth"), "{}", r.text());
+    assert_eq!(write(Some("legal_synth")).await.status, StatusCode::CREATED);
+    assert_eq!(write(None).await.status, StatusCode::OK, "no header: the bound agent");
+    let entries = app.call("GET", "/api/v1/ledger/entries?tenant=acme", Some(OPS), None).await.json();
+    let writers: Vec<&str> = entries["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "memory.put")
+        .filter_map(|e| e["attrs"]["writer"].as_str())
+        .collect();
+    assert_eq!(writers, ["legal_synth", "legal_synth"]);
+    let r = app
+        .call("POST", "/api/v1/memory/legal/brief/confirm", Some(&synth), Some(json!({"agent_id": "legal_advisor"})))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    let r = app.call("POST", "/api/v1/agents/legal_advisor/heartbeat", Some(&synth), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(
+        app.call("POST", "/api/v1/agents/legal_synth/heartbeat", Some(&synth), None).await.status,
+        StatusCode::OK
+    );
+    let hop = |from: &str| json!({"from": from, "to": "legal_advisor", "kind": "handoff", "latency_ms": 3.0, "success": true});
+    let r = app.call("POST", "/api/v1/analytics/interactions", Some(&synth), Some(hop("legal_executor"))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    let r = app.call("POST", "/api/v1/analytics/interactions", Some(&synth), Some(hop("legal_synth"))).await;
+    assert!(r.status.is_success(), "{}", r.text());
 }
 
 #[tokio::test]

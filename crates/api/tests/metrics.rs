@@ -88,6 +88,8 @@ async fn active_app(up: &FakeUpstream) -> TestApp {
 async fn metrics_carry_the_runbook_figures() {
     let up = FakeUpstream::start().await;
     let app = active_app(&up).await;
+    // Prometheus scrapes with an auditor key of its own tenant, outside the limit used up below.
+    let scraper = app.key("prometheus", "auditor", "monitoring", &[]).await;
     // Use up the burst so the limiter rejects.
     let mut rejected = 0;
     for _ in 0..40 {
@@ -96,7 +98,7 @@ async fn metrics_carry_the_runbook_figures() {
         }
     }
     assert!(rejected > 0);
-    let text = app.call("GET", "/metrics", None, None).await.text();
+    let text = app.call("GET", "/metrics", Some(&scraper), None).await.text();
     let s = samples(&text);
     let get = |k: &str| *s.get(k).unwrap_or_else(|| panic!("{k} missing from /metrics:\n{text}"));
     assert_eq!(get(r#"daena_active_agents{tenant="default"}"#), 3.0);
@@ -129,7 +131,7 @@ async fn metrics_carry_the_runbook_figures() {
 #[tokio::test]
 async fn a_silent_fleet_shows_zero_active_agents() {
     let app = TestApp::new();
-    let s = samples(&app.call("GET", "/metrics", None, None).await.text());
+    let s = samples(&app.call("GET", "/metrics", Some(OPS), None).await.text());
     assert_eq!(s.get(r#"daena_active_agents{tenant="default"}"#), Some(&0.0));
 }
 
@@ -139,7 +141,7 @@ async fn dashboard_and_alerts_query_only_emitted_metrics() {
     let app = active_app(&up).await;
     // Every family shows up once something happened: a health run fills the checks.
     app.call("GET", "/health", Some(OPS), None).await;
-    let emitted = names(&samples(&app.call("GET", "/metrics", None, None).await.text()));
+    let emitted = names(&samples(&app.call("GET", "/metrics", Some(OPS), None).await.text()));
 
     let dashboard: Value = serde_json::from_str(&repo_file("deploy/grafana/daena.json")).expect("dashboard is JSON");
     let panels = dashboard["panels"].as_array().expect("panels");
@@ -198,4 +200,33 @@ async fn dashboard_and_alerts_query_only_emitted_metrics() {
         let expr = alerts.get(alert).unwrap_or_else(|| panic!("no alert {alert}"));
         assert!(expr.contains(threshold), "{alert}: {expr} lacks {threshold}");
     }
+}
+
+/// The anonymous surface stays cheap and bounded: invented methods do not make new series,
+/// `/health` probes the disk at most every two seconds, and a scrape does not recompute the
+/// state figures of the scrape before it.
+#[tokio::test]
+async fn anonymous_requests_are_cheap_and_bounded() {
+    let app = TestApp::new();
+    for i in 0..20 {
+        let method = format!("X{}{i}", "A".repeat(200));
+        let req = axum::http::Request::builder().method(method.as_str()).uri("/health").body(axum::body::Body::empty());
+        app.send(req.expect("request")).await;
+    }
+    let text = app.call("GET", "/metrics", Some(OPS), None).await.text();
+    assert!(text.contains(r#"daena_http_requests_total{method="other",route="/health",status="405"} 20"#), "{text}");
+    assert!(!text.contains("AAAA"), "no method name of a client's making is a label");
+
+    let before = daena_app::health::probes_run(&app.daena);
+    for _ in 0..50 {
+        assert_eq!(app.call("GET", "/health", None, None).await.status, StatusCode::OK);
+    }
+    assert!(daena_app::health::probes_run(&app.daena) - before <= 2, "50 requests, at most 2 probes");
+
+    // The state gauges of the first scrape serve the next ones for a few seconds.
+    let records = |t: &str| samples(t).get(r#"daena_memory_records{tier="l2"}"#).copied();
+    assert_eq!(records(&text), Some(0.0));
+    app.call("PUT", "/api/v1/memory/chat/k", Some(OPS), Some(json!({"payload": 1}))).await;
+    let again = app.call("GET", "/metrics", Some(OPS), None).await.text();
+    assert_eq!(records(&again), Some(0.0), "refreshed at most every {:?}", daena_app::metrics_view::REFRESH);
 }

@@ -234,6 +234,8 @@ impl AgentRegistry {
     }
 
     pub fn heartbeat(&self, who: &Principal, agent_id: &str) -> AppResult<HeartbeatView> {
+        // A key bound to an agent beats for that agent only.
+        who.acting_agent(Some(agent_id))?;
         let i = *self
             .index
             .get(agent_id)

@@ -281,6 +281,10 @@ pub fn record(d: &Daena, who: &Principal, batch: Interactions) -> AppResult<Reco
         .enumerate()
         .map(|(n, i)| validate(i, now).map_err(|e| AppError::invalid(format!("interaction {n}: {}", e.message))))
         .collect::<AppResult<Vec<_>>>()?;
+    // A key bound to an agent reports that agent's interactions only.
+    for v in &valid {
+        who.acting_agent(Some(v.from.as_str()))?;
+    }
     let count = valid.len();
     let a = &d.analytics;
     let t = a.tenant(who.tenant().as_str());

@@ -89,6 +89,29 @@ impl Principal {
     pub fn actor(&self) -> String {
         format!("key:{}", self.key_name)
     }
+
+    /// The one agent this key acts as, when it is bound to one.
+    pub fn bound_agent(&self) -> Option<&str> {
+        self.attributes.agent.as_deref()
+    }
+
+    /// The agent a request acts as: the one `X-Agent-ID` (or a body field) names, checked
+    /// against the agent the key is bound to; without a name, the bound agent or
+    /// `key:<name>`.
+    pub fn acting_agent(&self, claimed: Option<&str>) -> AppResult<String> {
+        let claimed = claimed.map(str::trim).filter(|c| !c.is_empty());
+        match (claimed, self.bound_agent()) {
+            (Some(c), Some(bound)) if c != bound => Err(AppError::forbidden(format!(
+                "key {} is bound to agent {bound} and cannot act as {c}",
+                self.key_name
+            ))),
+            (Some(c), _) => Ok(daena_core::ids::AgentId::new(c)
+                .map_err(|e| AppError::invalid(format!("X-Agent-ID: {e}")))?
+                .to_string()),
+            (None, Some(bound)) => Ok(bound.to_owned()),
+            (None, None) => Ok(format!("key:{}", self.key_name)),
+        }
+    }
     /// The operator running an offline command on a data directory it holds: whoever can
     /// open the directory has full power over it anyway, so this acts as `ops`.
     pub fn local_operator(tenant: TenantId) -> Principal {
@@ -125,6 +148,9 @@ pub struct KeyView {
     pub tenant: TenantId,
     pub roles: Vec<String>,
     pub department: Option<String>,
+    /// The one agent the key acts as, when bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     pub created_at: String,
     pub revoked_at: Option<String>,
     pub active: bool,
@@ -139,6 +165,7 @@ impl From<&ApiKeyRecord> for KeyView {
             tenant: r.tenant.clone(),
             roles: r.attributes.roles.clone(),
             department: r.attributes.department.clone(),
+            agent: r.attributes.agent.clone(),
             created_at: crate::clock::rfc3339(r.created_at),
             revoked_at: r.revoked_at.map(crate::clock::rfc3339),
             active: r.revoked_at.is_none(),
@@ -286,6 +313,12 @@ impl KeyRing {
             if role.is_empty() || role.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(AppError::invalid(format!("invalid attribute role {role:?}")));
             }
+        }
+        if let Some(agent) = &new.attributes.agent {
+            if new.role != Role::Agent {
+                return Err(AppError::invalid("only agent keys can be bound to an agent"));
+            }
+            daena_core::ids::AgentId::new(agent).map_err(|e| AppError::invalid(format!("agent: {e}")))?;
         }
         let secret: [u8; 32] = rand::random();
         let key_text = format!("dk_{}", base64_url(&secret));

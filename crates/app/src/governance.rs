@@ -215,7 +215,7 @@ pub fn persisted_writes(kv: &Kv) -> AppResult<Option<bool>> {
 
 fn key_attrs(v: &KeyView) -> Value {
     json!({"id": v.id, "name": v.name, "role": v.role.as_str(), "tenant": v.tenant.as_str(),
-           "roles": v.roles, "department": v.department})
+           "roles": v.roles, "department": v.department, "agent": v.agent})
 }
 
 /// The state the governance entries change, applied on the commit thread.
@@ -432,6 +432,7 @@ fn replayed_key(e: &Entry) -> Option<ApiKeyRecord> {
                 .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
                 .unwrap_or_default(),
             department: text("department").map(str::to_owned),
+            agent: text("agent").map(str::to_owned),
         },
         digest: hex::encode(&e.body),
         created_at: e.ts,

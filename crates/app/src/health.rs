@@ -56,24 +56,62 @@ pub struct HealthReport {
     pub checks: Option<BTreeMap<String, Check>>,
 }
 
+/// How long the probes' results are reused: `/health` costs a disk write and a store read
+/// at most this often, however often it is asked (anyone may ask, without a key). The
+/// other checks read state in memory and run on every request.
+pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The last probes' results and when they were taken.
+#[derive(Debug, Default)]
+pub struct Cache(parking_lot::Mutex<Option<(std::time::Instant, [Check; 2])>>, std::sync::atomic::AtomicU64);
+
+impl Cache {
+    /// How many times the probes ran since start.
+    pub fn probes_run(&self) -> u64 {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The probe results (`/health`'s cache).
+pub fn probes_run(d: &Daena) -> u64 {
+    d.health_cache.probes_run()
+}
+
+/// The data directory and store probes: cached for [`PROBE_EVERY`]; while another request
+/// runs them, the previous results.
+fn probes(d: &Daena) -> [Check; 2] {
+    let run = || {
+        d.health_cache.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        [
+            match d.data.probe_writable() {
+                Ok(()) => Check::new(CheckStatus::Pass, true, format!("{} is writable", d.data.root().display())),
+                Err(e) => Check::new(CheckStatus::Fail, true, e.to_string()),
+            },
+            match d.kv.probe() {
+                Ok(()) => Check::new(CheckStatus::Pass, true, "embedded store answers reads"),
+                Err(e) => Check::new(CheckStatus::Fail, true, e.to_string()),
+            },
+        ]
+    };
+    let Some(mut slot) = d.health_cache.0.try_lock() else {
+        return d.health_cache.0.lock().as_ref().map_or_else(run, |(_, p)| p.clone());
+    };
+    if let Some((at, p)) = slot.as_ref()
+        && at.elapsed() < PROBE_EVERY
+    {
+        return p.clone();
+    }
+    let p = run();
+    *slot = Some((std::time::Instant::now(), p.clone()));
+    p
+}
+
 /// Runs every check. `detailed` decides whether the checks are shown, not whether they run.
 pub fn check(d: &Daena, detailed: bool) -> HealthReport {
     let mut checks = BTreeMap::new();
-
-    checks.insert(
-        "data_dir_writable".to_owned(),
-        match d.data.probe_writable() {
-            Ok(()) => Check::new(CheckStatus::Pass, true, format!("{} is writable", d.data.root().display())),
-            Err(e) => Check::new(CheckStatus::Fail, true, e.to_string()),
-        },
-    );
-    checks.insert(
-        "storage".to_owned(),
-        match d.kv.probe() {
-            Ok(()) => Check::new(CheckStatus::Pass, true, "embedded store answers reads"),
-            Err(e) => Check::new(CheckStatus::Fail, true, e.to_string()),
-        },
-    );
+    let [writable, storage] = probes(d);
+    checks.insert("data_dir_writable".to_owned(), writable);
+    checks.insert("storage".to_owned(), storage);
     let writes = d.writes_enabled();
     checks.insert(
         "writes_enabled".to_owned(),
@@ -102,7 +140,6 @@ pub fn check(d: &Daena, detailed: bool) -> HealthReport {
         checks.insert(name, check);
     }
 
-    let status = fold(checks.values());
     for (name, c) in &checks {
         let v = match c.status {
             CheckStatus::Pass => 1.0,
@@ -112,7 +149,7 @@ pub fn check(d: &Daena, detailed: bool) -> HealthReport {
         d.metrics.health_check.get_or_create(&crate::telemetry::CheckLabels { check: name.clone() }).set(v);
     }
     HealthReport {
-        status,
+        status: fold(checks.values()),
         service: "daena",
         version: env!("CARGO_PKG_VERSION"),
         time: rfc3339(d.clock.now()),

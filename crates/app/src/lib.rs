@@ -19,6 +19,7 @@ pub mod health;
 pub mod keyrotate;
 pub mod ledger;
 pub mod memory;
+pub mod metrics_view;
 pub mod operations;
 pub mod overlay;
 pub mod policy;
@@ -41,7 +42,6 @@ use crate::memory::MemoryShared;
 use crate::memory::state::MemoryState;
 use crate::policy::PolicyEngine;
 use crate::telemetry::Metrics;
-use daena_core::ids::TenantId;
 use daena_store::cold::ColdStore;
 use daena_store::datadir::{DataDir, LockInfo};
 use daena_store::kv::Kv;
@@ -94,6 +94,8 @@ pub struct Daena {
     pub analytics: analytics::Analytics,
     pub metrics: Metrics,
     pub operations: Arc<operations::Operations>,
+    metrics_freshness: metrics_view::Freshness,
+    health_cache: health::Cache,
     writes_enabled: Arc<AtomicBool>,
     started: Instant,
 }
@@ -183,8 +185,15 @@ impl Daena {
             analytics,
             metrics,
             operations: opts.operations.unwrap_or_default(),
+            metrics_freshness: metrics_view::Freshness::default(),
+            health_cache: health::Cache::default(),
             started: Instant::now(),
         }))
+    }
+
+    /// Time since the service opened.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     pub fn writes_enabled(&self) -> bool {
@@ -216,99 +225,9 @@ impl Daena {
         checks
     }
 
-    /// Refreshes state gauges and renders `/metrics`.
+    /// Renders `/metrics` ([`metrics_view`]).
     pub fn render_metrics(&self) -> String {
-        let m = &self.metrics;
-        m.active_agents.clear();
-        // The default tenant is always there, so a silent fleet shows as 0 and not as no series.
-        m.active_agents
-            .get_or_create(&telemetry::TenantLabels { tenant: TenantId::default_tenant().to_string() })
-            .set(0);
-        for (tenant, active) in self.agents.active_by_tenant() {
-            m.active_agents
-                .get_or_create(&telemetry::TenantLabels { tenant: tenant.to_string() })
-                .set(i64::try_from(active).unwrap_or(i64::MAX));
-        }
-        m.writes_enabled.set(i64::from(self.writes_enabled()));
-        self.refresh_state_metrics();
-        m.uptime_seconds.set(self.started.elapsed().as_secs_f64());
-        m.encode()
-    }
-
-    /// Sets the gauges that describe state: memory, cache, costs, errors, limits, ledger.
-    fn refresh_state_metrics(&self) {
-        use telemetry::{LimitLabels, ResultLabels, TierLabels, WindowLabels};
-        let m = &self.metrics;
-        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let ops = self.keys.authenticate_system();
-        let report = memory::monitor::report(self, &ops);
-        for (tier, view) in [("l2", &report.l2), ("l2q", &report.l2q), ("l3", &report.l3)] {
-            let l = TierLabels { tier: tier.to_owned() };
-            m.memory_records.get_or_create(&l).set(as_i64(view.records));
-            m.memory_bytes.get_or_create(&l).set(as_i64(view.bytes));
-        }
-        for (tier, lat) in [("l1", &report.l1.latency), ("l2", &report.l2.latency), ("l3", &report.l3.latency)] {
-            m.memory_latency_p95_ms
-                .get_or_create(&TierLabels { tier: tier.to_owned() })
-                .set(lat.as_ref().map_or(0.0, |l| l.p95_ms));
-        }
-        m.memory_growth_records_per_hour.set(report.growth.records_per_hour.unwrap_or(0.0));
-        m.divergence_rate.set(report.divergence.rate);
-        m.policy_denies.set(as_i64(report.operations.policy_denies));
-        m.ledger_entries.set(as_i64(report.ledger.size));
-        m.ledger_checkpoint_size.set(as_i64(report.ledger.checkpoint_size));
-        let commit = &self.commit.stats;
-        m.ledger_commit_batches.set(as_i64(commit.batches.load(Ordering::Relaxed)));
-        m.ledger_commit_ops.set(as_i64(commit.ops.load(Ordering::Relaxed)));
-        #[allow(clippy::cast_precision_loss)] // microseconds: exact far beyond any uptime
-        m.ledger_commit_write_seconds.set(commit.write_micros.load(Ordering::Relaxed) as f64 / 1e6);
-        #[allow(clippy::cast_precision_loss)]
-        m.memory_settle_wait_seconds.set(self.memory.counters.settle_wait_micros.load(Ordering::Relaxed) as f64 / 1e6);
-        let cas = cas::report::cas(self);
-        for (result, n) in [
-            ("exact", cas.rates.exact_hits),
-            ("near", cas.rates.near_hits),
-            ("miss", cas.rates.misses),
-            ("bypass", cas.rates.bypass),
-            ("upstream_error", cas.rates.upstream_errors),
-        ] {
-            m.cas_requests.get_or_create(&ResultLabels { result: result.to_owned() }).set(as_i64(n));
-        }
-        m.cas_hit_rate.set(cas.rates.hit_rate);
-        m.cas_entries.set(i64::try_from(cas.entries).unwrap_or(i64::MAX));
-        let costs = cas::report::costs(self);
-        m.cost_spend_usd.set(costs.total.spend_usd);
-        m.cost_saved_usd.set(costs.total.saved_usd);
-        for (window, minutes) in [("5m", 5), ("1h", 60)] {
-            m.error_rate
-                .get_or_create(&WindowLabels { window: window.to_owned() })
-                .set(analytics::fleet_error_rate(self, minutes).rate);
-        }
-        m.anomalies.clear();
-        for (tenant, n) in analytics::anomaly_counts(self).into_iter().take(100) {
-            m.anomalies.get_or_create(&telemetry::TenantLabels { tenant }).set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        // Tenant labels stay bounded: the 50 busiest tenants by name, the rest as "other".
-        m.rate_limit_requests.clear();
-        let stats = ratelimit::stats(self);
-        let (mut other_allowed, mut other_rejected) = (stats.allowed, stats.rejected);
-        for t in stats.tenants.iter().take(50) {
-            other_allowed = other_allowed.saturating_sub(t.allowed);
-            other_rejected = other_rejected.saturating_sub(t.rejected);
-            for (decision, n) in [("allowed", t.allowed), ("rejected", t.rejected)] {
-                m.rate_limit_requests
-                    .get_or_create(&LimitLabels { tenant: t.tenant.clone(), decision: decision.to_owned() })
-                    .set(as_i64(n));
-            }
-        }
-        for (decision, n) in [("allowed", other_allowed), ("rejected", other_rejected)] {
-            m.rate_limit_requests
-                .get_or_create(&LimitLabels { tenant: "other".to_owned(), decision: decision.to_owned() })
-                .set(as_i64(n));
-        }
-        m.auth_failures.set(as_i64(self.failed_auth.failures()));
-        m.auth_throttled.set(as_i64(self.failed_auth.refused()));
-        m.auth_throttled_addresses.set(i64::try_from(self.failed_auth.tracked()).unwrap_or(i64::MAX));
+        metrics_view::render(self)
     }
 
     /// Periodic housekeeping: flushes heartbeats and analytics. Called by the scheduler and at shutdown.

@@ -244,7 +244,10 @@ impl Metrics {
         &mut self.registry
     }
 
+    /// Counts a request. `route` must come from a closed set (the router's templates or
+    /// `unmatched`); the method is reduced to a known one or `other`.
     pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let method = crate::metrics_view::method_label(method);
         let labels = HttpLabels { method: method.to_owned(), route: route.to_owned(), status };
         self.http_requests.get_or_create(&labels).inc();
         self.http_duration.get_or_create(&labels).observe(seconds);

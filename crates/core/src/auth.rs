@@ -44,6 +44,10 @@ impl Role {
 pub struct KeyAttributes {
     pub roles: Vec<String>,
     pub department: Option<String>,
+    /// The one agent an `agent` key acts as (`daena keys create --agent legal_synth`): it
+    /// writes, confirms and sends heartbeats only as that agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// A stored API key. `digest` is hex SHA-256 of the key text.

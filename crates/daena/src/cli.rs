@@ -392,7 +392,8 @@ pub enum ConfigCommand {
 pub enum KeysCommand {
     /// Create a key; its text is printed once and stored only as a hash
     #[command(after_help = "Examples:\n  daena keys create --name ops-oncall --role ops\n  \
-                            daena keys create --name legal-bots --role agent --tenant acme --roles legal.officer --department legal")]
+                            daena keys create --name legal-bots --role agent --tenant acme --roles legal.officer --department legal\n  \
+                            daena keys create --name legal-synth --role agent --tenant acme --agent legal_synth")]
     Create(CreateKeyArgs),
     /// List keys (never their text)
     List,
@@ -421,6 +422,10 @@ pub struct CreateKeyArgs {
     /// The holder's department (an ABAC attribute)
     #[arg(long)]
     pub department: Option<String>,
+    /// Bind the key to one agent of the fleet (e.g. legal_synth): it then writes, confirms
+    /// and sends heartbeats only as that agent
+    #[arg(long)]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,7 +31,7 @@ async fn serve_health_and_a_second_server_is_refused() {
 }
 
 /// The real server knows each connection's peer: a burst of bad keys from one address ends
-/// in 429 for that address, also for a good key, and the metric counts them.
+/// in 429 for that address, also for a good key (`ratelimit.rs` checks the metrics).
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_keys_from_one_address_end_in_429() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -47,9 +47,6 @@ async fn bad_keys_from_one_address_end_in_429() {
     let refused = get(OPS).await.expect("request");
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["retry-after"], "60");
-    let metrics = http.get(format!("{}/metrics", server.url)).send().await.expect("metrics");
-    let text = metrics.text().await.expect("text");
-    assert!(text.contains("daena_auth_failures 3") && text.contains("daena_auth_throttled 1"), "{text}");
     server.stop();
 }
 
@@ -124,4 +121,44 @@ fn shipped_config_is_valid() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(v["files"].as_array().map(Vec::len), Some(3));
+}
+
+/// A connection that sends its headers slowly is closed after the header-read timeout; a
+/// separate metrics address serves `/metrics` without a key and names no tenant.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_headers_are_cut_off_and_metrics_can_have_their_own_address() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let server = Server::start(
+        tmp.path(),
+        &[("DAENA_SERVER_HEADER_READ_TIMEOUT_SECS", "1"), ("DAENA_SERVER_METRICS_LISTEN", metrics_addr.as_str())],
+    );
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(20))).expect("timeout");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").expect("partial headers");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    // The server closes the connection (end of stream, possibly after a 408 answer).
+    loop {
+        match slow.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "cut off after {:?}", started.elapsed());
+
+    let http = client();
+    let r = http.get(format!("http://{metrics_addr}/metrics")).send().await.expect("metrics");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("text");
+    assert!(text.contains(r#"daena_active_agents{tenant="all"}"#), "{text}");
+    let r = http.get(format!("http://{metrics_addr}/api/v1/agents")).send().await.expect("other route");
+    assert_eq!(r.status(), 404, "only /metrics there");
+    assert_eq!(http.get(format!("{}/metrics", server.url)).send().await.expect("main").status(), 401);
+    server.stop();
 }

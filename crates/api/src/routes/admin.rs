@@ -26,6 +26,9 @@ pub struct CreateKeyRequest {
     #[serde(default)]
     pub roles: Vec<String>,
     pub department: Option<String>,
+    /// Binds an `agent` key to one agent id: it then writes, confirms and sends heartbeats
+    /// only as that agent.
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -51,7 +54,7 @@ pub async fn create_key(
         name: req.name,
         role,
         tenant,
-        attributes: KeyAttributes { roles: req.roles, department: req.department },
+        attributes: KeyAttributes { roles: req.roles, department: req.department, agent: req.agent },
     };
     let created = admin::create_key(&state, &who, new).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))

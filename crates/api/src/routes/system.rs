@@ -35,8 +35,8 @@ pub async fn health(State(state): State<AppState>, MaybeAuth(caller): MaybeAuth)
 
 /// Prometheus metrics in the text exposition format.
 ///
-/// Public unless `server.metrics_public` is false, in which case an ops or auditor key is
-/// required.
+/// Needs an ops or auditor key (`X-API-Key`, or `Authorization: Bearer <key>`), unless
+/// `server.metrics_public` is true.
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), AuthErrors))]
 pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Response {
@@ -45,6 +45,11 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Response {
     {
         return e.into_response();
     }
+    metrics_unkeyed(State(state)).await
+}
+
+/// `/metrics` on `server.metrics_listen`, which needs no key.
+pub async fn metrics_unkeyed(State(state): State<AppState>) -> Response {
     let body = state.render_metrics();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }

@@ -14,7 +14,7 @@ use crate::commit::Op;
 use crate::error::{AppError, AppResult, ErrorCode};
 use bytes::Bytes;
 use daena_core::cas::{self, Keys};
-use daena_core::ids::{AgentId, ClassName};
+use daena_core::ids::ClassName;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
@@ -132,11 +132,7 @@ fn prepare(d: &Daena, who: &Principal, request: Value, opts: &ChatOptions) -> Ap
 /// (`X-Agent-ID`, else the API key's name), validated.
 fn caller(who: &Principal, opts: &ChatOptions) -> AppResult<(Option<ClassName>, String)> {
     let class = opts.class.as_deref().map(ClassName::new).transpose()?;
-    let agent = match &opts.agent {
-        Some(a) => AgentId::new(a).map_err(|e| AppError::invalid(format!("X-Agent-ID: {e}")))?.to_string(),
-        None => format!("key:{}", who.key_name()),
-    };
-    Ok((class, agent))
+    Ok((class, who.acting_agent(opts.agent.as_deref())?))
 }
 
 fn today(d: &Daena) -> String {

@@ -59,10 +59,16 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Memory writes on (`DAENA_NBMF_ENABLED`); off puts the service in read-only mode.
     pub writes_enabled: bool,
-    /// Whether `GET /metrics` answers without an API key (Prometheus scrapers rarely send one).
+    /// Whether `GET /metrics` answers without an API key. Off by default: scrapers send an
+    /// ops or auditor key as `Authorization: Bearer <key>`, or read `metrics_listen`.
     pub metrics_public: bool,
+    /// A second address serving only `/metrics`, without a key (bind it to a private
+    /// interface for Prometheus). Tenant names are left out of the metrics while it is set.
+    pub metrics_listen: Option<SocketAddr>,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_secs: u64,
+    /// A connection that has not sent a request's headers whole within this time is closed.
+    pub header_read_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -73,8 +79,10 @@ impl Default for ServerConfig {
             request_timeout_secs: 30,
             log_format: LogFormat::Text,
             writes_enabled: true,
-            metrics_public: true,
+            metrics_public: false,
+            metrics_listen: None,
             shutdown_grace_secs: 10,
+            header_read_timeout_secs: 10,
         }
     }
 }
@@ -561,6 +569,9 @@ impl Config {
         }
         if self.server.request_timeout_secs == 0 {
             return fail("server.request_timeout_secs", "must be positive".into());
+        }
+        if self.server.header_read_timeout_secs == 0 {
+            return fail("server.header_read_timeout_secs", "must be positive".into());
         }
         if self.agents.heartbeat_window_secs == 0 {
             return fail("agents.heartbeat_window_secs", "must be positive".into());

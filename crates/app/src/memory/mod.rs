@@ -27,7 +27,7 @@ use crate::overlay::Overlay;
 use crate::policy::Action;
 use codec::Plain;
 use daena_core::auth::Role;
-use daena_core::ids::{AgentId, ClassName, RecordKey, TenantId};
+use daena_core::ids::{ClassName, RecordKey, TenantId};
 use daena_core::ledger::NewEntry;
 use daena_core::time::Micros;
 use daena_store::cold::ColdStore;
@@ -380,12 +380,10 @@ impl MemoryShared {
     }
 }
 
-/// The caller's agent identity: the `X-Agent-ID` header, else the key's name.
+/// The caller's agent identity: the `X-Agent-ID` header (which a key bound to an agent
+/// may only set to that agent), else the bound agent or the key's name.
 pub fn agent_of(who: &Principal, header: Option<&str>) -> AppResult<String> {
-    match header.map(str::trim).filter(|h| !h.is_empty()) {
-        Some(h) => Ok(AgentId::new(h).map_err(|e| AppError::invalid(format!("X-Agent-ID: {e}")))?.to_string()),
-        None => Ok(format!("key:{}", who.key_name())),
-    }
+    who.acting_agent(header)
 }
 
 fn check_policy(d: &Daena, who: &Principal, addr_class: &ClassName, reference: &str, action: Action) -> AppResult<()> {
@@ -763,6 +761,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             addr: addr.clone(),
             actor: who.actor(),
             writer: writer.clone(),
+            writer_key: who.key_id().to_owned(),
             envelope: envelope.clone(),
             raw_len,
             level: i8::try_from(level).unwrap_or(i8::MAX),
@@ -908,7 +907,8 @@ pub async fn confirm(
     check_policy(d, who, &addr.class, &format!("{class}/{key}"), Action::Write)?;
     let agent = agent_of(who, agent)?;
     let threshold = d.config.memory.trust.promote_threshold as f32;
-    let op = MemoryOp::Confirm { addr: addr.clone(), actor: who.actor(), agent, threshold };
+    let op =
+        MemoryOp::Confirm { addr: addr.clone(), actor: who.actor(), agent, by: who.key_id().to_owned(), threshold };
     let receipts = d.commit.submit(Op::Memory(Box::new(op))).await?;
     trust_result(d, &addr, receipts.first().map_or(0, |r| r.seq)).await
 }

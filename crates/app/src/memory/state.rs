@@ -35,10 +35,12 @@ pub enum MemoryOp {
         if_match: Option<u64>,
         action: &'static str,
     },
+    /// A confirmation counts once per authenticated key (`by`), never per claimed agent.
     Confirm {
         addr: Addr,
         actor: String,
         agent: String,
+        by: String,
         threshold: f32,
     },
     Promote {
@@ -89,7 +91,10 @@ pub enum AgeAction {
 pub struct Put {
     pub addr: Addr,
     pub actor: String,
+    /// The agent the write acts as (ledgered).
     pub writer: String,
+    /// The authenticated key that wrote it: it may not confirm its own write.
+    pub writer_key: String,
     pub envelope: Vec<u8>,
     pub raw_len: u32,
     pub level: i8,
@@ -197,7 +202,7 @@ impl MemoryState {
                     json!({"class": addr.class, "key": addr.key, "version": row.version, "tier": row.tier.as_str()}),
                 ))
             }
-            MemoryOp::Confirm { addr, actor, agent, threshold } => {
+            MemoryOp::Confirm { addr, actor, agent, by, threshold } => {
                 let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
                 let old = Footprint::of(&row);
                 if row.tier != Tier::L2Q {
@@ -208,15 +213,16 @@ impl MemoryState {
                     confirmations: Vec::new(),
                     score: 0.0,
                 });
-                if &trust.writer == agent {
-                    return Err(AppError::invalid(format!(
-                        "{agent} wrote this version and cannot confirm it; another agent must"
-                    )));
+                // Rows written before trust was per key name their writer by agent id.
+                if &trust.writer == by || &trust.writer == agent {
+                    return Err(AppError::forbidden(
+                        "this key wrote this version and cannot confirm it; another key must".to_owned(),
+                    ));
                 }
-                if trust.confirmations.iter().any(|a| a == agent) {
-                    return Err(AppError::invalid(format!("{agent} already confirmed this version")));
+                if trust.confirmations.iter().any(|a| a == by) {
+                    return Err(AppError::invalid("this key already confirmed this version"));
                 }
-                trust.confirmations.push(agent.clone());
+                trust.confirmations.push(by.clone());
                 trust.score = super::trust_score(trust.confirmations.len());
                 let promoted = trust.score >= *threshold;
                 let (score, n) = (trust.score, trust.confirmations.len());
@@ -225,7 +231,7 @@ impl MemoryState {
                 }
                 row.updated_at = self.now();
                 let attrs = json!({"class": addr.class, "key": addr.key, "version": row.version, "agent": agent,
-                    "confirmations": n, "score": score, "promoted": promoted, "updated_at": row.updated_at});
+                    "by": by, "confirmations": n, "score": score, "promoted": promoted, "updated_at": row.updated_at});
                 self.stage(addr, Some(old), Change::Upsert(Box::new(row)));
                 Ok(entry(addr, actor, "memory.confirm", attrs))
             }
@@ -336,7 +342,7 @@ impl MemoryState {
             raw_len: put.raw_len,
             level: put.level,
             trust: put.quarantine.then(|| TrustRow {
-                writer: put.writer.clone(),
+                writer: put.writer_key.clone(),
                 confirmations: Vec::new(),
                 score: 0.0,
             }),
@@ -345,7 +351,7 @@ impl MemoryState {
         let attrs = json!({
             "class": addr.class, "key": addr.key, "version": version, "tier": tier.as_str(),
             "created_at": row.created_at, "updated_at": now, "content_sha256": hex::encode(put.content_sha256),
-            "raw_len": put.raw_len, "level": put.level, "payload_bytes": put.payload_bytes, "writer": put.writer,
+            "raw_len": put.raw_len, "level": put.level, "payload_bytes": put.payload_bytes, "writer": put.writer, "writer_key": put.writer_key,
             "divergence": put.divergence.map(|d| (d * 10_000.0).round() / 10_000.0), "intended_revision": put.intended,
         });
         let _ = put.result.set(RowMeta::of(&row));
@@ -443,7 +449,13 @@ impl MemoryState {
                     raw_len: num("raw_len") as u32,
                     level: num("level") as i8,
                     trust: (tier == Tier::L2Q).then(|| TrustRow {
-                        writer: e.attrs.get("writer").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                        writer: e
+                            .attrs
+                            .get("writer_key")
+                            .or_else(|| e.attrs.get("writer"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned(),
                         confirmations: Vec::new(),
                         score: 0.0,
                     }),
@@ -456,7 +468,13 @@ impl MemoryState {
                 let addr = addr()?;
                 match current(&addr)? {
                     Some(mut row) => {
-                        let agent = e.attrs.get("agent").and_then(Value::as_str).unwrap_or_default().to_owned();
+                        let agent = e
+                            .attrs
+                            .get("by")
+                            .or_else(|| e.attrs.get("agent"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
                         let trust = row.trust.get_or_insert_with(|| TrustRow {
                             writer: String::new(),
                             confirmations: Vec::new(),

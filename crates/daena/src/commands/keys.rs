@@ -24,6 +24,8 @@ struct RemoteKey {
     tenant: String,
     roles: Vec<String>,
     department: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent: Option<String>,
     created_at: String,
     revoked_at: Option<String>,
     active: bool,
@@ -38,6 +40,7 @@ impl From<KeyView> for RemoteKey {
             tenant: v.tenant.to_string(),
             roles: v.roles,
             department: v.department,
+            agent: v.agent,
             created_at: v.created_at,
             revoked_at: v.revoked_at,
             active: v.active,
@@ -117,7 +120,7 @@ async fn create(global: &Global, target: Target, args: CreateKeyArgs) -> anyhow:
         Target::Remote(r) => {
             let body = serde_json::json!({
                 "name": args.name, "role": args.role, "tenant": args.tenant,
-                "roles": roles, "department": args.department,
+                "roles": roles, "department": args.department, "agent": args.agent,
             });
             r.post("/api/v1/admin/keys", &body).await?
         }
@@ -128,7 +131,7 @@ async fn create(global: &Global, target: Target, args: CreateKeyArgs) -> anyhow:
                 name: args.name,
                 role,
                 tenant,
-                attributes: KeyAttributes { roles, department: args.department },
+                attributes: KeyAttributes { roles, department: args.department, agent: args.agent },
             };
             let who = Principal::local_operator(TenantId::default_tenant());
             let created = admin::create_key(d, &who, new).await.map_err(|e| anyhow::anyhow!(e.message))?;

@@ -42,6 +42,16 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let info = LockInfo { pid: std::process::id(), listen: Some(bound.to_string()), holder: "serve".into() };
     daena.data.update_lock_info(&info).map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(listen = %bound, data_dir = %daena.data.root().display(), "daena serving");
+    let metrics_listener = match daena.config.server.metrics_listen {
+        Some(addr) => {
+            let l =
+                std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr} (server.metrics_listen)"))?;
+            l.set_nonblocking(true).context("configuring the metrics socket")?;
+            tracing::info!(listen = %l.local_addr().context("metrics address")?, "serving /metrics without a key");
+            Some(l)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -63,7 +73,19 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let socket = tokio::net::TcpListener::from_std(listener.try_clone().context("cloning the listening socket")?)
             .context("registering the listening socket")?;
+        let metrics = match &metrics_listener {
+            Some(l) => {
+                let socket = tokio::net::TcpListener::from_std(l.try_clone().context("cloning the metrics socket")?)
+                    .context("registering the metrics socket")?;
+                Some(tokio::spawn(daena_api::serve_metrics(daena.clone(), socket)))
+            }
+            None => None,
+        };
         daena_api::serve(daena.clone(), socket, shutdown).await.context("serving HTTP")?;
+        if let Some(task) = metrics {
+            task.abort();
+            let _ = task.await;
+        }
         daena.operations.detach();
         for task in background {
             task.abort();
