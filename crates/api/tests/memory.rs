@@ -637,7 +637,8 @@ async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollb
     // A rollback from the snapshot taken before the dictionary replays its entry first.
     let size = app.daena.ledger.reader.head().size;
     assert!(put(&app, OPS, "chat/last", turn(1)).await.status.is_success());
-    let (app, report) = app.offline(|loaded| daena_app::snapshot::rollback(loaded, &size.to_string())).await;
+    let (app, report) =
+        app.offline(|loaded| daena_app::snapshot::rollback(loaded, &size.to_string(), Default::default())).await;
     report.expect("rollback");
     check(&app).await;
     assert_eq!(app.call("GET", "/api/v1/memory/chat/last", Some(OPS), None).await.status, StatusCode::NOT_FOUND);

@@ -183,7 +183,13 @@ async fn scenario(actions: Vec<Action>, snap_at: usize) {
     let path = app.daena.data.snapshots_dir().join(format!("{}.tar.zst", archive.expect("archive")));
     let (app, report) = app
         .offline(|loaded| {
-            let spec = daena_app::snapshot::Rebuild { ledger: None, snapshot: Some(&path), to: None, holder: "replay" };
+            let spec = daena_app::snapshot::Rebuild {
+                ledger: None,
+                snapshot: Some(&path),
+                to: None,
+                holder: "replay",
+                trust: Default::default(),
+            };
             daena_app::snapshot::rebuild(loaded, spec)
         })
         .await;

@@ -7,10 +7,12 @@
 //! {"header":{"format":"daena-archive/1","created_at":"...","tenant":null,"daena_version":"0.1.0"}}
 //! {"record":{"tenant":"acme","class":"chat","key":"k1","version":3,...,"payload":{...},"meta":{...}}}
 //! ...
-//! {"trailer":{"records":2,"sha256":"<SHA-256 of every record line, newline included>"}}
+//! {"trailer":{"records":2,"sha256":"<SHA-256 of every record line, newline included>","signature":{...}}}
 //! ```
 //! Each record carries `content_sha256`, the SHA-256 of its canonical payload, so `verify`
-//! checks every record as well as the whole.
+//! checks every record as well as the whole. The trailer's signature, by the deployment's
+//! signing key, covers the header line, the record count and the records' SHA-256
+//! ([`signed_manifest`], [`crate::backup_trust`]).
 
 use crate::Daena;
 use crate::clock::rfc3339;
@@ -51,6 +53,16 @@ pub struct ArchivedRecord {
 pub struct Trailer {
     pub records: u64,
     pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::backup_trust::BackupSignature>,
+}
+
+/// What an archive's signature covers: its header line as written, the record count and
+/// the SHA-256 of the record lines.
+pub fn signed_manifest(header_line: &[u8], records: u64, sha256: &str) -> Vec<u8> {
+    let mut m = header_line.to_vec();
+    m.extend_from_slice(format!("\n{records}\n{sha256}").as_bytes());
+    m
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +83,25 @@ pub struct ArchiveSummary {
     pub tenants: Vec<String>,
     pub bytes: u64,
     pub sha256: String,
+    /// The trailer's signature, if any (who it vouches for is decided by [`check_signature`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::backup_trust::BackupSignature>,
+    /// The bytes the signature covers.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub signed_manifest: Vec<u8>,
+}
+
+/// Checks an archive's signature (read by [`read`]) against `ours`, this deployment's public
+/// key (hex, as `/api/v1/ledger/head` shows it).
+pub fn check_signature(
+    s: &ArchiveSummary,
+    ours: &str,
+    trust: &crate::backup_trust::Trust,
+) -> AppResult<crate::backup_trust::Provenance> {
+    let ours = crate::backup_trust::parse_key(ours, "this deployment's public key")?;
+    let what = format!("archive {}", s.path);
+    crate::backup_trust::check(&what, "archive", &s.signed_manifest, s.signature.as_ref(), &ours, trust)
 }
 
 fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> AppError {
@@ -115,7 +146,9 @@ fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: 
         std::io::Write::write_all(out, &bytes).map_err(|e| io(part.display(), e))?;
         Ok(bytes)
     };
-    write_line(&mut out, &header)?;
+    let header_line = write_line(&mut out, &header)?;
+    let header_line = header_line.strip_suffix(b"\n").unwrap_or(&header_line).to_vec();
+    let signing_key = crate::ledger::signing_key(&d.data)?;
     let mut hasher = Sha256::new();
     let (mut records, mut tenants) = (0u64, std::collections::BTreeSet::new());
     let only = tenant.map(|t| daena_store::records::tenant_prefix(t.as_str()));
@@ -148,7 +181,10 @@ fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: 
         tenants.insert(t.to_owned());
     }
     let sha256 = hex::encode(hasher.finalize());
-    write_line(&mut out, &Line::Trailer(Trailer { records, sha256: sha256.clone() }))?;
+    let signed = signed_manifest(&header_line, records, &sha256);
+    let signature = crate::backup_trust::sign(&signing_key, "archive", &signed);
+    let trailer = Trailer { records, sha256: sha256.clone(), signature: Some(signature.clone()) };
+    write_line(&mut out, &Line::Trailer(trailer))?;
     let buf = out.finish().map_err(|e| io("zstd", e))?;
     let file = buf.into_inner().map_err(|e| io(part.display(), e.error()))?;
     file.sync_all().map_err(|e| io(part.display(), e))?;
@@ -162,6 +198,8 @@ fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: 
         records,
         tenants: tenants.into_iter().collect(),
         sha256,
+        signature: Some(signature),
+        signed_manifest: signed,
     })
 }
 
@@ -173,6 +211,7 @@ pub fn read(path: &Path, mut f: impl FnMut(ArchivedRecord) -> AppResult<()>) -> 
     let reader = std::io::BufReader::new(dec);
     let bad = |n: usize, m: String| AppError::invalid(format!("{} line {n}: {m}", path.display()));
     let (mut header, mut trailer) = (None::<Header>, None::<Trailer>);
+    let mut header_line = Vec::new();
     let mut hasher = Sha256::new();
     let (mut records, mut tenants) = (0u64, std::collections::BTreeSet::new());
     for (i, line) in reader.split(b'\n').enumerate() {
@@ -187,6 +226,7 @@ pub fn read(path: &Path, mut f: impl FnMut(ArchivedRecord) -> AppResult<()>) -> 
                     return Err(bad(n, format!("format {:?} is not {FORMAT}", h.format)));
                 }
                 header = Some(h);
+                header_line = line.clone();
             }
             Line::Header(_) => return Err(bad(n, "a second header".into())),
             Line::Record(_) if header.is_none() => return Err(bad(n, "a record before the header".into())),
@@ -227,7 +267,9 @@ pub fn read(path: &Path, mut f: impl FnMut(ArchivedRecord) -> AppResult<()>) -> 
         records,
         tenants: tenants.into_iter().collect(),
         bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+        signed_manifest: signed_manifest(&header_line, records, &sha256),
         sha256,
+        signature: trailer.signature,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod analytics;
 pub mod archive;
 pub mod auth;
+pub mod backup_trust;
 pub mod cas;
 pub mod clock;
 pub mod commit;

@@ -55,9 +55,9 @@ pub struct Operation {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Maintenance {
-    Restore { archive: PathBuf },
-    Rollback { to: String },
-    Replay { ledger: PathBuf, snapshot: Option<PathBuf>, to: Option<String> },
+    Restore { archive: PathBuf, trust: crate::backup_trust::Trust },
+    Rollback { to: String, trust: crate::backup_trust::Trust },
+    Replay { ledger: PathBuf, snapshot: Option<PathBuf>, to: Option<String>, trust: crate::backup_trust::Trust },
 }
 
 impl Maintenance {
@@ -239,13 +239,13 @@ fn check(d: &Daena, op: &Maintenance) -> AppResult<()> {
         Ok(())
     };
     match op {
-        Maintenance::Restore { archive } => {
+        Maintenance::Restore { archive, .. } => {
             absolute_file(archive, "snapshot")?;
             if !archive.is_file() {
                 return Err(AppError::invalid(format!("no snapshot archive at {}", archive.display())));
             }
         }
-        Maintenance::Rollback { to } => {
+        Maintenance::Rollback { to, .. } => {
             let head = d.ledger.reader.head().size;
             let to_seq = match to.parse::<u64>() {
                 Ok(seq) => seq,
@@ -271,7 +271,7 @@ fn check(d: &Daena, op: &Maintenance) -> AppResult<()> {
                 )));
             }
         }
-        Maintenance::Replay { ledger, snapshot, to } => {
+        Maintenance::Replay { ledger, snapshot, to, .. } => {
             absolute_file(ledger, "ledger")?;
             if !ledger.is_dir() {
                 return Err(AppError::invalid(format!("{} is not a ledger directory", ledger.display())));
@@ -302,14 +302,21 @@ pub fn perform(
     use crate::snapshot::{Rebuild, rebuild_in, restore_in};
     let value = |v: Result<serde_json::Value, serde_json::Error>| v.map_err(|e| AppError::internal(e.to_string()));
     match op {
-        Maintenance::Restore { archive } => value(serde_json::to_value(restore_in(data, loaded, archive)?)),
-        Maintenance::Rollback { to } => {
-            let spec = Rebuild { ledger: None, snapshot: None, to: Some(to), holder: "rollback" };
+        Maintenance::Restore { archive, trust } => {
+            value(serde_json::to_value(restore_in(data, loaded, archive, trust)?))
+        }
+        Maintenance::Rollback { to, trust } => {
+            let spec = Rebuild { ledger: None, snapshot: None, to: Some(to), holder: "rollback", trust: trust.clone() };
             value(serde_json::to_value(rebuild_in(data, loaded, spec)?))
         }
-        Maintenance::Replay { ledger, snapshot, to } => {
-            let spec =
-                Rebuild { ledger: Some(ledger), snapshot: snapshot.as_deref(), to: to.as_deref(), holder: "replay" };
+        Maintenance::Replay { ledger, snapshot, to, trust } => {
+            let spec = Rebuild {
+                ledger: Some(ledger),
+                snapshot: snapshot.as_deref(),
+                to: to.as_deref(),
+                holder: "replay",
+                trust: trust.clone(),
+            };
             value(serde_json::to_value(rebuild_in(data, loaded, spec)?))
         }
     }

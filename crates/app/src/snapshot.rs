@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 pub const FORMAT: u32 = 1;
 const MANIFEST: &str = "manifest.json";
+/// The deployment's signature over `manifest.json` ([`crate::backup_trust`]).
+const MANIFEST_SIG: &str = "manifest.sig";
 const STATE: &str = "state.redb";
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -194,6 +196,7 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
     let name = format!("daena-snapshot-{}-{:08}", crate::clock::compact_stamp(now), head.size);
     let (ledger_dir, l3_dir) = (d.data.ledger_dir(), d.data.l3_dir());
     let master_key_id = d.keyring.master_id().to_owned();
+    let signing_key = crate::ledger::signing_key(&d.data)?;
     let target = dir.clone();
     let name2 = name.clone();
     let created_at = rfc3339(now);
@@ -243,6 +246,13 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
             header.set_mode(0o600);
             header.set_entry_type(tar::EntryType::Regular);
             tar.append_data(&mut header, MANIFEST, text.as_slice()).map_err(|e| io("manifest", e))?;
+            let sig = serde_json::to_vec(&crate::backup_trust::sign(&signing_key, "snapshot", &text))
+                .map_err(|e| io("manifest signature", e))?;
+            let mut header = tar::Header::new_gnu();
+            header.set_size(sig.len() as u64);
+            header.set_mode(0o600);
+            header.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut header, MANIFEST_SIG, sig.as_slice()).map_err(|e| io("manifest signature", e))?;
             let enc = tar.into_inner().map_err(|e| io("archive", e))?;
             let file = enc.finish().map_err(|e| io("zstd", e))?;
             file.sync_all().map_err(|e| io(part.display(), e))?;
@@ -300,13 +310,20 @@ pub fn list(dir: &Path) -> AppResult<Vec<(PathBuf, Manifest)>> {
     Ok(out)
 }
 
-/// Unpacks `archive` into `staging` and checks every file against the manifest inside it.
-pub fn unpack_verified(archive: &Path, staging: &Path) -> AppResult<Manifest> {
+/// Unpacks `archive` into `staging`, checks every file against the manifest inside it, and
+/// the manifest's signature against `trust` ([`crate::backup_trust`]).
+pub fn unpack_verified(
+    data: &daena_store::datadir::DataDir,
+    archive: &Path,
+    staging: &Path,
+    trust: &crate::backup_trust::Trust,
+) -> AppResult<(Manifest, crate::backup_trust::Provenance)> {
     let file = std::fs::File::open(archive).map_err(|e| io(archive.display(), e))?;
     let dec = zstd::Decoder::new(file).map_err(|e| io(archive.display(), e))?;
     let mut tar = tar::Archive::new(dec);
     let mut seen: std::collections::BTreeMap<String, (u64, String)> = Default::default();
     let mut manifest: Option<Manifest> = None;
+    let (mut manifest_bytes, mut signature) = (Vec::new(), None);
     std::fs::create_dir_all(staging).map_err(|e| io(staging.display(), e))?;
     for entry in tar.entries().map_err(|e| io(archive.display(), e))? {
         let mut entry = entry.map_err(|e| io(archive.display(), e))?;
@@ -314,16 +331,30 @@ pub fn unpack_verified(archive: &Path, staging: &Path) -> AppResult<Manifest> {
         let safe = !path.is_empty()
             && !path.starts_with('/')
             && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-            && (path == MANIFEST || path == STATE || path.starts_with("ledger/") || path.starts_with("l3/"));
+            && (path == MANIFEST
+                || path == MANIFEST_SIG
+                || path == STATE
+                || path.starts_with("ledger/")
+                || path.starts_with("l3/"));
         if !safe || entry.header().entry_type() != tar::EntryType::Regular {
             return Err(AppError::invalid(format!("{}: unexpected entry {path:?}", archive.display())));
         }
         if path == MANIFEST {
             let mut text = Vec::new();
-            entry.read_to_end(&mut text).map_err(|e| io(archive.display(), e))?;
+            entry.by_ref().take(1 << 24).read_to_end(&mut text).map_err(|e| io(archive.display(), e))?;
             manifest = Some(
                 serde_json::from_slice(&text)
                     .map_err(|e| AppError::invalid(format!("{}: manifest: {e}", archive.display())))?,
+            );
+            manifest_bytes = text;
+            continue;
+        }
+        if path == MANIFEST_SIG {
+            let mut text = Vec::new();
+            entry.by_ref().take(1 << 12).read_to_end(&mut text).map_err(|e| io(archive.display(), e))?;
+            signature = Some(
+                serde_json::from_slice::<crate::backup_trust::BackupSignature>(&text)
+                    .map_err(|e| AppError::invalid(format!("{}: manifest signature: {e}", archive.display())))?,
             );
             continue;
         }
@@ -371,7 +402,10 @@ pub fn unpack_verified(archive: &Path, staging: &Path) -> AppResult<Manifest> {
     if let Some(extra) = seen.keys().next() {
         return Err(AppError::invalid(format!("{}: {extra} is not in the manifest", archive.display())));
     }
-    Ok(manifest)
+    let ours = crate::ledger::signing_key(data)?.verifying_key();
+    let what = format!("snapshot {}", archive.display());
+    let provenance = crate::backup_trust::check(&what, "snapshot", &manifest_bytes, signature.as_ref(), &ours, trust)?;
+    Ok((manifest, provenance))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -383,15 +417,21 @@ pub struct RestoreReport {
     pub ledger_verified_entries: u64,
     /// Revocations and shreds of the replaced ledger applied again to the restored state.
     pub carried_forward: usize,
+    /// Who vouched for the snapshot: this deployment, a pinned key, or nobody.
+    pub provenance: crate::backup_trust::Provenance,
 }
 
 /// Restores `archive` into the stopped data directory of `loaded`: unpacks and verifies it
 /// (file hashes, the ledger chain and root, the master key against its data keys) before it
 /// replaces anything, then moves the current state, ledger and L3 aside to
 /// `<data>/replaced/<time>/` and puts the snapshot's in their place.
-pub fn restore(loaded: &crate::config::LoadedConfig, archive: &Path) -> AppResult<RestoreReport> {
+pub fn restore(
+    loaded: &crate::config::LoadedConfig,
+    archive: &Path,
+    trust: &crate::backup_trust::Trust,
+) -> AppResult<RestoreReport> {
     let data = lock_stopped(&loaded.config.data_dir, "snapshot restore")?;
-    restore_in(&data, loaded, archive)
+    restore_in(&data, loaded, archive, trust)
 }
 
 /// [`restore`] into a data directory this process holds with no store open (`daena serve`
@@ -400,13 +440,14 @@ pub fn restore_in(
     data: &daena_store::datadir::DataDir,
     loaded: &crate::config::LoadedConfig,
     archive: &Path,
+    trust: &crate::backup_trust::Trust,
 ) -> AppResult<RestoreReport> {
     let root = data.root();
     let stamp = stamp_now();
     let staging = root.join(format!(".restore-{stamp}"));
     let _ = std::fs::remove_dir_all(&staging);
     let result = (|| {
-        let mut manifest = unpack_verified(archive, &staging)?;
+        let (mut manifest, provenance) = unpack_verified(data, archive, &staging, trust)?;
         manifest.archive_bytes = std::fs::metadata(archive).map_or(0, |m| m.len());
         let ledger = staging.join("ledger");
         let checkpoints = daena_store::ledger::read_checkpoints(&ledger).map_err(|e| io("snapshot ledger", e))?;
@@ -431,6 +472,7 @@ pub fn restore_in(
             replaced_dir: aside.display().to_string(),
             ledger_verified_entries: summary.entries,
             carried_forward: carried.len(),
+            provenance,
         })
     })();
     let _ = std::fs::remove_dir_all(&staging);
@@ -649,17 +691,23 @@ pub struct RollbackReport {
     pub replaced_dir: String,
     /// Revocations and shreds among the entries set aside, applied again to the new state.
     pub carried_forward: usize,
+    /// Who vouched for the snapshot: this deployment, a pinned key, or nobody.
+    pub provenance: crate::backup_trust::Provenance,
 }
 
 /// Point-in-time recovery of a stopped data directory: the newest snapshot at or before
 /// `to`, plus the current ledger's entries up to `to`, which the next open applies again.
 /// The current state, ledger and L3 are moved aside, never deleted.
-pub fn rollback(loaded: &crate::config::LoadedConfig, to: &str) -> AppResult<RollbackReport> {
-    rebuild(loaded, Rebuild { ledger: None, snapshot: None, to: Some(to), holder: "rollback" })
+pub fn rollback(
+    loaded: &crate::config::LoadedConfig,
+    to: &str,
+    trust: crate::backup_trust::Trust,
+) -> AppResult<RollbackReport> {
+    rebuild(loaded, Rebuild { ledger: None, snapshot: None, to: Some(to), holder: "rollback", trust })
 }
 
 /// What to rebuild a stopped data directory from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Rebuild<'a> {
     /// A ledger directory (default: the data directory's own).
     pub ledger: Option<&'a Path>,
@@ -669,6 +717,8 @@ pub struct Rebuild<'a> {
     pub to: Option<&'a str>,
     /// `rollback` (the point must be before the end) or `replay`.
     pub holder: &'static str,
+    /// Whose snapshot signature is accepted.
+    pub trust: crate::backup_trust::Trust,
 }
 
 /// Rebuilds the state of a stopped data directory from a snapshot and the ledger entries after
@@ -725,7 +775,7 @@ pub fn rebuild_in(
     let staging = root.join(format!(".{}-{stamp}", spec.holder));
     let _ = std::fs::remove_dir_all(&staging);
     let result = (|| {
-        let chosen = unpack_verified(&archive, &staging)?;
+        let (chosen, provenance) = unpack_verified(data, &archive, &staging, &spec.trust)?;
         if chosen.ledger_size > to_seq {
             return Err(AppError::invalid(format!(
                 "snapshot {} is at entry {}, after the point {to_seq}",
@@ -771,6 +821,7 @@ pub fn rebuild_in(
             set_aside_entries: head - to_seq,
             replaced_dir: aside.display().to_string(),
             carried_forward: carried.len(),
+            provenance,
         })
     })();
     let _ = std::fs::remove_dir_all(&staging);

@@ -101,6 +101,8 @@ pub enum Command {
         /// A ledger sequence number, or an RFC 3339 time (the last entry at or before it)
         #[arg(long, value_name = "SEQ|TIME")]
         to: String,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Rebuild the state from a snapshot and a ledger's entries after it (up to --to); the
     /// current state is kept aside, never deleted
@@ -122,6 +124,8 @@ pub enum Command {
         /// The last entry to apply: a sequence number or an RFC 3339 time [default: the ledger's end]
         #[arg(long, value_name = "SEQ|TIME")]
         to: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Disaster-recovery drill: snapshot, restore into a scratch directory, verify, report
     /// RTO and RPO in drill_report.json; ledgered; exit 1 when a check fails
@@ -250,12 +254,36 @@ pub enum ArchiveCommand {
     /// Check an archive: format, every record's content hash, the trailer's count and hash
     #[command(after_help = "Example:\n  daena archive verify legacy_archive_20261128T101500Z.json.zst")]
     Verify { file: PathBuf },
-    /// Verify an archive, then write its records (as intended revisions) into this Daena;
-    /// quarantined classes land in quarantine again
+    /// Verify an archive and its signature, then write its records (as intended revisions)
+    /// into this Daena; records of quarantined classes land in quarantine, and only an archive
+    /// signed by this deployment promotes those it holds promoted
     #[command(
         after_help = "Example:\n  DAENA_API_KEY=ops-key daena archive import legacy_archive_20261128T101500Z.json.zst"
     )]
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+}
+
+/// Whose signature a restored snapshot or an imported archive must carry.
+#[derive(Debug, Clone, Args)]
+pub struct TrustArgs {
+    /// Accept a backup that is unsigned or not signed by the expected key (an imported
+    /// archive's quarantined classes then stay in quarantine)
+    #[arg(long)]
+    pub trust_unsigned: bool,
+    /// Trust backups signed by this other deployment's key (hex; `daena ledger checkpoint`
+    /// shows a deployment's public key) instead of this deployment's
+    #[arg(long, value_name = "HEX")]
+    pub public_key: Option<String>,
+}
+
+impl From<TrustArgs> for daena_app::backup_trust::Trust {
+    fn from(t: TrustArgs) -> Self {
+        daena_app::backup_trust::Trust { trust_unsigned: t.trust_unsigned, public_key: t.public_key }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,6 +341,8 @@ pub enum SnapshotCommand {
     Restore {
         /// An archive path, or `latest`
         file: String,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
 }
 

@@ -84,8 +84,22 @@ async fn export_verify_import_round_trip() {
     assert_eq!(o.status.code(), Some(1));
     let (status, _) = call(Method::GET, &format!("{}/api/v1/memory/research_note/n0", b.url), None, None).await;
     assert_eq!(status, 404, "nothing imported from a bad archive");
+    // Signed by A: B refuses it, naming the key it expected, unless A's key is pinned.
     let o =
         run(daena(b_dir.path()).env("DAENA_API_KEY", OPS).args(["archive", "import", file.to_str().expect("path")]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not by the expected key") && stderr(&o).contains(&public_key(b_dir.path())),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(daena(b_dir.path()).env("DAENA_API_KEY", OPS).args([
+        "archive",
+        "import",
+        file.to_str().expect("path"),
+        "--public-key",
+        &public_key(a_dir.path()),
+    ]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     for (t, key, payload) in &expected {
         let got = get(&b.url, t, key).await;
@@ -100,8 +114,28 @@ async fn quarantined(url: &str, key: &str) -> bool {
     body["trust"]["quarantined"].as_bool().expect("trust.quarantined")
 }
 
+/// A data directory's signing public key (hex), as the ledger publishes it.
+fn public_key(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("data/ledger/signing_key.pub")).expect("public key").trim().to_owned()
+}
+
+async fn ledgered_promotions(url: &str) -> Vec<Value> {
+    let (status, body) = call(Method::GET, &format!("{url}/api/v1/ledger/entries?limit=1000"), None, None).await;
+    assert_eq!(status, 200, "{body}");
+    body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["action"] == "memory.promote")
+        .map(|e| e["attrs"]["key"].clone())
+        .collect()
+}
+
+/// Only an archive signed by this deployment brings promotions out of quarantine back: one
+/// from another deployment (its key pinned) or accepted unsigned leaves every record of a
+/// quarantined class in quarantine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_keeps_promotions_out_of_quarantine() {
+async fn import_promotes_only_what_this_deployment_signed() {
     // legal is quarantined on write by default; one record is promoted by a reviewer.
     let a_dir = tempfile::tempdir().expect("tempdir");
     let a = Server::start(a_dir.path(), &[]);
@@ -114,32 +148,62 @@ async fn import_keeps_promotions_out_of_quarantine() {
         call(Method::POST, &format!("{}/api/v1/memory/legal/contract-1/promote", a.url), None, None).await;
     assert_eq!(status, 200, "{r}");
     assert!(!quarantined(&a.url, "contract-1").await);
-    assert!(quarantined(&a.url, "contract-2").await);
     let out = a_dir.path().join("backup");
     let s = export(a_dir.path(), &out);
     let file = s["path"].as_str().expect("path").to_owned();
 
-    // Through a running server, and offline into a directory no server holds.
+    // Another deployment, A's key pinned (through a running server), and offline, unsigned.
     let b_dir = tempfile::tempdir().expect("tempdir");
     let b = Server::start(b_dir.path(), &[]);
-    let o = run(daena(b_dir.path()).env("DAENA_API_KEY", OPS).args(["archive", "import", &file]));
+    let o = run(daena(b_dir.path()).env("DAENA_API_KEY", OPS).args([
+        "archive",
+        "import",
+        &file,
+        "--public-key",
+        &public_key(a_dir.path()),
+    ]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stay in quarantine"), "{}", stderr(&o));
+    let text =
+        String::from_utf8(zstd::decode_all(std::fs::File::open(&file).expect("open")).expect("zstd")).expect("utf8");
+    let unsigned: String = text
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("line");
+            if let Some(t) = v.get_mut("trailer").and_then(Value::as_object_mut) {
+                t.remove("signature");
+            }
+            format!("{v}\n")
+        })
+        .collect();
+    let unsigned_file = b_dir.path().join("unsigned.json.zst");
+    std::fs::write(&unsigned_file, zstd::encode_all(unsigned.as_bytes(), 3).expect("zstd")).expect("write");
     let c_dir = tempfile::tempdir().expect("tempdir");
-    let o = run(daena(c_dir.path()).args(["archive", "import", &file]));
+    let o = run(daena(c_dir.path()).args(["archive", "import", unsigned_file.to_str().expect("path")]));
+    assert_eq!(o.status.code(), Some(1), "unsigned is refused");
+    assert!(stderr(&o).contains("is not signed"), "{}", stderr(&o));
+    let o =
+        run(daena(c_dir.path()).args(["archive", "import", unsigned_file.to_str().expect("path"), "--trust-unsigned"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let c = Server::start(c_dir.path(), &[]);
     for url in [&b.url, &c.url] {
-        assert!(!quarantined(url, "contract-1").await, "{url}: the promoted record is promoted again");
-        assert!(quarantined(url, "contract-2").await, "{url}: the quarantined record stays in quarantine");
-        let (status, body) = call(Method::GET, &format!("{url}/api/v1/ledger/entries?limit=1000"), None, None).await;
-        assert_eq!(status, 200, "{body}");
-        let promoted: Vec<&Value> = body["entries"]
-            .as_array()
-            .expect("entries")
-            .iter()
-            .filter(|e| e["action"] == "memory.promote")
-            .map(|e| &e["attrs"]["key"])
-            .collect();
-        assert_eq!(promoted, [&json!("contract-1")], "{url}: one promotion, ledgered");
+        assert!(quarantined(url, "contract-1").await, "{url}: a promotion made elsewhere is not taken over");
+        assert!(quarantined(url, "contract-2").await, "{url}");
+        assert!(ledgered_promotions(url).await.is_empty(), "{url}");
     }
+
+    // Back into A itself (after the records are deleted): its own archive promotes again.
+    for key in ["contract-1", "contract-2"] {
+        let (status, r) = call(Method::DELETE, &format!("{}/api/v1/memory/legal/{key}", a.url), None, None).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let o = run(daena(a_dir.path()).env("DAENA_API_KEY", OPS).args(["archive", "import", &file]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!quarantined(&a.url, "contract-1").await, "promoted again");
+    assert!(quarantined(&a.url, "contract-2").await);
+    assert_eq!(
+        ledgered_promotions(&a.url).await,
+        [json!("contract-1"), json!("contract-1")],
+        "the reviewer's and the import's"
+    );
 }

@@ -108,3 +108,74 @@ async fn revocations_and_shreds_are_carried_forward_past_rollback_and_restore() 
     assert!(o.status.success(), "{}", stderr(&o));
     server.stop();
 }
+
+/// Snapshots carry the deployment's signature: another deployment restores one only with the
+/// signer's key pinned, or with --trust-unsigned; a changed signature is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_signed_and_restores_check_the_signer() {
+    const MASTER: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+    let env = [("DAENA_MEMORY_AES_KEY", MASTER)];
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let a = Server::start(a_dir.path(), &env);
+    write(&a.url, OPS, None, "/api/v1/memory/chat/x").await;
+    let m = cli(a_dir.path(), &["snapshot", "create"]);
+    a.stop();
+    let archive = a_dir.path().join("data/snapshots").join(format!("{}.tar.zst", m["name"].as_str().expect("name")));
+    let a_key =
+        std::fs::read_to_string(a_dir.path().join("data/ledger/signing_key.pub")).expect("key").trim().to_owned();
+
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    Server::start(b_dir.path(), &env).stop(); // B has keys of its own
+    let restore = |extra: &[&str]| {
+        let mut cmd = daena(b_dir.path());
+        cmd.env("DAENA_MEMORY_AES_KEY", MASTER).args(["snapshot", "restore"]).arg(&archive).args(extra);
+        run(&mut cmd)
+    };
+    let o = restore(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let b_key =
+        std::fs::read_to_string(b_dir.path().join("data/ledger/signing_key.pub")).expect("key").trim().to_owned();
+    assert!(stderr(&o).contains(&format!("not by the expected key {b_key}")), "{}", stderr(&o));
+    let o = restore(&["--public-key", &a_key, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("report");
+    assert_eq!(report["provenance"], "pinned", "{report}");
+
+    // The same archive with its signature changed: refused even with the key pinned.
+    let bytes = zstd::decode_all(std::fs::File::open(&archive).expect("open")).expect("zstd");
+    let mut tar = tar::Archive::new(bytes.as_slice());
+    let mut rebuilt = tar::Builder::new(Vec::new());
+    for entry in tar.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let path = entry.path().expect("path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).expect("read");
+        if path == "manifest.sig" {
+            let mut sig: Value = serde_json::from_slice(&data).expect("sig");
+            let s = sig["signature"].as_str().expect("hex").to_owned();
+            sig["signature"] = json!(format!("{}{}", if s.starts_with('0') { "1" } else { "0" }, &s[1..]));
+            data = serde_json::to_vec(&sig).expect("json");
+        }
+        let mut header = entry.header().clone();
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        rebuilt.append_data(&mut header, &path, data.as_slice()).expect("append");
+    }
+    let forged = b_dir.path().join("forged.tar.zst");
+    std::fs::write(&forged, zstd::encode_all(rebuilt.into_inner().expect("tar").as_slice(), 1).expect("zstd"))
+        .expect("write");
+    let mut cmd = daena(b_dir.path());
+    cmd.env("DAENA_MEMORY_AES_KEY", MASTER).args(["snapshot", "restore"]).arg(&forged).args(["--public-key", &a_key]);
+    let o = run(&mut cmd);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("does not verify"), "{}", stderr(&o));
+    let mut cmd = daena(b_dir.path());
+    cmd.env("DAENA_MEMORY_AES_KEY", MASTER)
+        .args(["snapshot", "restore"])
+        .arg(&forged)
+        .args(["--trust-unsigned", "--json"]);
+    let o = run(&mut cmd);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(&stdout(&o)).expect("report");
+    assert_eq!(report["provenance"], "unverified", "{report}");
+}

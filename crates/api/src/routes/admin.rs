@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use daena_app::admin;
 use daena_app::auth::{CreatedKey, KeyView, NewKey};
+use daena_app::backup_trust::Trust;
 use daena_app::error::AppError;
 use daena_app::operations::{self, Maintenance, Operation};
 use daena_core::auth::{KeyAttributes, Role};
@@ -240,6 +241,11 @@ pub async fn reseal_keys(
 pub struct RestoreRequest {
     /// `latest` (the newest in the data directory's `snapshots/`) or an absolute path on the server.
     pub snapshot: String,
+    /// Accept a snapshot not signed by this deployment (or by `public_key`).
+    #[serde(default)]
+    pub trust_unsigned: bool,
+    /// Another deployment's signing key (hex) whose snapshots are trusted.
+    pub public_key: Option<String>,
 }
 
 /// Restores a snapshot into the running server: it stops serving (requests in flight finish),
@@ -262,7 +268,8 @@ pub async fn restore(
     } else {
         std::path::PathBuf::from(&req.snapshot)
     };
-    let op = operations::request_maintenance(&state, &who.actor(), Maintenance::Restore { archive })?;
+    let trust = Trust { trust_unsigned: req.trust_unsigned, public_key: req.public_key };
+    let op = operations::request_maintenance(&state, &who.actor(), Maintenance::Restore { archive, trust })?;
     Ok((StatusCode::ACCEPTED, axum::Json(op)))
 }
 
@@ -271,6 +278,9 @@ pub async fn restore(
 pub struct RollbackRequest {
     /// A ledger sequence number or an RFC 3339 time: the state becomes what it was after it.
     pub to: String,
+    /// Accept a snapshot not signed by this deployment (one taken before snapshots were signed).
+    #[serde(default)]
+    pub trust_unsigned: bool,
 }
 
 /// Point-in-time recovery in the running server: the newest snapshot at or before the point
@@ -284,7 +294,8 @@ pub async fn rollback(
     Auth(who, _): Auth<OpsOnly>,
     Json(req): Json<RollbackRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
-    let op = operations::request_maintenance(&state, &who.actor(), Maintenance::Rollback { to: req.to })?;
+    let trust = Trust { trust_unsigned: req.trust_unsigned, public_key: None };
+    let op = operations::request_maintenance(&state, &who.actor(), Maintenance::Rollback { to: req.to, trust })?;
     Ok((StatusCode::ACCEPTED, axum::Json(op)))
 }
 
@@ -297,6 +308,11 @@ pub struct ReplayRequest {
     pub from_snapshot: Option<String>,
     /// A sequence number or RFC 3339 time (default: the ledger's end).
     pub to: Option<String>,
+    /// Accept a snapshot not signed by this deployment (or by `public_key`).
+    #[serde(default)]
+    pub trust_unsigned: bool,
+    /// Another deployment's signing key (hex) whose snapshots are trusted.
+    pub public_key: Option<String>,
 }
 
 /// Rebuilds the running server's state from a snapshot and a ledger's entries after it, in a
@@ -309,7 +325,13 @@ pub async fn replay(
     Auth(who, _): Auth<OpsOnly>,
     Json(req): Json<ReplayRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
-    let op = Maintenance::Replay { ledger: req.ledger.into(), snapshot: req.from_snapshot.map(Into::into), to: req.to };
+    let trust = Trust { trust_unsigned: req.trust_unsigned, public_key: req.public_key };
+    let op = Maintenance::Replay {
+        ledger: req.ledger.into(),
+        snapshot: req.from_snapshot.map(Into::into),
+        to: req.to,
+        trust,
+    };
     let op = operations::request_maintenance(&state, &who.actor(), op)?;
     Ok((StatusCode::ACCEPTED, axum::Json(op)))
 }

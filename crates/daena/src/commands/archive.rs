@@ -103,10 +103,27 @@ pub async fn run(global: &Global, cmd: ArchiveCommand) -> anyhow::Result<ExitCod
             print(global, "verified", &summary)?;
             Ok(ExitCode::SUCCESS)
         }
-        ArchiveCommand::Import { file } => {
-            // Check the whole archive before writing anything.
-            archive::read(&file, |_| Ok(())).map_err(|e| anyhow!(e.message))?;
-            let summary = match target(global, "archive import")? {
+        ArchiveCommand::Import { file, trust } => {
+            // Check the whole archive, and who signed it, before writing anything.
+            let checked = archive::read(&file, |_| Ok(())).map_err(|e| anyhow!(e.message))?;
+            let trust: daena_app::backup_trust::Trust = trust.into();
+            let target = target(global, "archive import")?;
+            let ours = match &target {
+                Target::Remote(r) => {
+                    let head: serde_json::Value = r.get("/api/v1/ledger/head").await?;
+                    head["public_key"].as_str().unwrap_or_default().to_owned()
+                }
+                Target::Offline(d) => d.ledger.public_key.clone(),
+            };
+            let provenance = archive::check_signature(&checked, &ours, &trust).map_err(|e| anyhow!(e.message))?;
+            // Only this deployment's own archive may bring promotions out of quarantine.
+            let promote = provenance == daena_app::backup_trust::Provenance::ThisDeployment;
+            if !promote {
+                eprintln!(
+                    "note: the archive is not signed by this deployment; records of quarantined classes stay in quarantine"
+                );
+            }
+            let summary = match target {
                 Target::Remote(r) => feed(&file, |rec| {
                     let r = r.clone();
                     async move {
@@ -115,7 +132,8 @@ pub async fn run(global: &Global, cmd: ArchiveCommand) -> anyhow::Result<ExitCod
                             serde_json::json!({"payload": rec.payload, "meta": rec.meta, "intended_revision": true});
                         let written: serde_json::Value =
                             r.send_as(reqwest::Method::PUT, &path, &rec.tenant, &body).await?;
-                        if promote_again(&rec.tier, written.get("tier").and_then(serde_json::Value::as_str)) {
+                        if promote && promote_again(&rec.tier, written.get("tier").and_then(serde_json::Value::as_str))
+                        {
                             let path = format!("{path}/promote");
                             r.send_as::<_, serde_json::Value>(reqwest::Method::POST, &path, &rec.tenant, &()).await?;
                         }
@@ -142,7 +160,7 @@ pub async fn run(global: &Global, cmd: ArchiveCommand) -> anyhow::Result<ExitCod
                             let (class, key) = (req.class.clone(), req.key.clone());
                             let written =
                                 daena_app::memory::put(&d, &who, req).await.map_err(|e| anyhow!(e.message))?;
-                            if promote_again(&rec_tier, Some(written.record.tier.as_str())) {
+                            if promote && promote_again(&rec_tier, Some(written.record.tier.as_str())) {
                                 daena_app::memory::promote(&d, &who, &class, &key)
                                     .await
                                     .map_err(|e| anyhow!(e.message))?;

@@ -47,6 +47,7 @@ async fn rehearse(
     m: &Manifest,
     scratch: &std::path::Path,
     samples: usize,
+    public_key: &str,
 ) -> (Vec<Check>, u64, usize) {
     let mut checks = Vec::new();
     let overrides = vec![("data_dir".to_owned(), scratch.display().to_string(), "--scratch".to_owned())];
@@ -54,7 +55,10 @@ async fn rehearse(
         Ok(l) => l,
         Err(e) => return (vec![check("restore", Status::Fail, format!("{e:#}"))], 0, 0),
     };
-    match snapshot::restore(&loaded, archive) {
+    // The snapshot was signed by this deployment's key a moment ago; the scratch directory
+    // has no key of its own, so this deployment's public key is pinned.
+    let trust = daena_app::backup_trust::Trust { trust_unsigned: false, public_key: Some(public_key.to_owned()) };
+    match snapshot::restore(&loaded, archive, &trust) {
         Ok(r) => checks.push(check(
             "restore",
             Status::Pass,
@@ -143,15 +147,21 @@ pub async fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
             if scratch.exists() && std::fs::read_dir(&scratch).map(|mut d| d.next().is_some()).unwrap_or(true) {
                 checks.push(check("scratch", Status::Fail, format!("{} exists and is not empty", scratch.display())));
             } else {
-                // The scratch copy needs the master key the state is sealed under.
+                // The scratch copy needs the master key the state is sealed under: it is kept in
+                // a private (0700) directory and removed after the rehearsal, whatever happens.
+                private_dir(&scratch)?;
                 let key = data_dir.join("keys/master.key");
                 if key.exists() {
-                    std::fs::create_dir_all(scratch.join("keys")).context("creating the scratch directory")?;
+                    private_dir(&scratch.join("keys"))?;
                     std::fs::copy(&key, scratch.join("keys/master.key")).context("copying the master key")?;
                 }
-                let (c, r, s) = rehearse(global, &archive, m, &scratch, args.samples).await;
+                let public_key = std::fs::read_to_string(data_dir.join("ledger/signing_key.pub")).unwrap_or_default();
+                let (c, r, s) = rehearse(global, &archive, m, &scratch, args.samples, public_key.trim()).await;
                 checks.extend(c);
                 (records, sampled) = (r, s);
+                if let Err(e) = std::fs::remove_dir_all(scratch.join("keys")) {
+                    eprintln!("warning: could not remove the key copies in {}: {e}", scratch.join("keys").display());
+                }
             }
         }
     }
@@ -226,6 +236,19 @@ pub async fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
         Err(e) => eprintln!("warning: the drill's outcome could not be ledgered: {e:#}"),
     }
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Creates `dir` readable by its owner only.
+fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))?;
+    Ok(())
 }
 
 fn round(v: f64) -> f64 {

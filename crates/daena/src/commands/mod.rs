@@ -39,9 +39,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Drill(args) => drill::run(&cli.global, args).await,
             Command::Archive(cmd) => archive::run(&cli.global, cmd).await,
             Command::Key(cmd) => key::run(&cli.global, cmd).await,
-            Command::Rollback { to } => snapshot::rollback(&cli.global, &to).await,
-            Command::Replay { ledger, from_snapshot, to } => {
-                snapshot::replay(&cli.global, &ledger, from_snapshot.as_deref(), to.as_deref()).await
+            Command::Rollback { to, trust } => snapshot::rollback(&cli.global, &to, trust.into()).await,
+            Command::Replay { ledger, from_snapshot, to, trust } => {
+                snapshot::replay(&cli.global, &ledger, from_snapshot.as_deref(), to.as_deref(), trust.into()).await
             }
             Command::Governance(GovernanceCommand::Artifacts { out_dir }) => {
                 governance::artifacts(&cli.global, out_dir).await

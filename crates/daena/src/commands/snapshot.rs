@@ -3,6 +3,7 @@
 use super::{Target, load_config, target};
 use crate::cli::{Global, SnapshotCommand};
 use anyhow::{anyhow, bail};
+use daena_app::backup_trust::Trust;
 use daena_app::operations;
 use daena_app::snapshot::{self, Manifest};
 use daena_app::{Daena, OpenOptions};
@@ -64,13 +65,16 @@ pub async fn run(global: &Global, cmd: SnapshotCommand) -> anyhow::Result<ExitCo
             }
             Ok(ExitCode::SUCCESS)
         }
-        SnapshotCommand::Restore { file } => {
+        SnapshotCommand::Restore { file, trust } => {
+            let trust: daena_app::backup_trust::Trust = trust.into();
             let loaded = load_config(global, Vec::new())?;
             let root = loaded.config.data_dir.clone();
             let report: snapshot::RestoreReport = if daena_store::datadir::is_locked(&root) {
                 let remote = super::remote(global, &root)?;
                 let snapshot = if file == "latest" { file } else { absolute(&file)? };
-                let op = remote.post("/api/v1/admin/restores", &serde_json::json!({"snapshot": snapshot})).await?;
+                let body = serde_json::json!({"snapshot": snapshot, "trust_unsigned": trust.trust_unsigned,
+                    "public_key": trust.public_key});
+                let op = remote.post("/api/v1/admin/restores", &body).await?;
                 crate::client::finished(remote.wait_operation(op).await?)?
             } else {
                 let archive = if file == "latest" {
@@ -86,7 +90,7 @@ pub async fn run(global: &Global, cmd: SnapshotCommand) -> anyhow::Result<ExitCo
                     bail!("no snapshot archive at {}", archive.display());
                 }
                 eprintln!("verifying {} ...", archive.display());
-                let report = snapshot::restore(&loaded, &archive).map_err(|e| anyhow!(e.message))?;
+                let report = snapshot::restore(&loaded, &archive, &trust).map_err(|e| anyhow!(e.message))?;
                 let value = serde_json::to_value(&report)?;
                 reopen_and_ledger(global, "restore", value, None).await?;
                 report
@@ -140,8 +144,8 @@ async fn reopen_and_ledger(
 }
 
 /// `daena rollback --to <seq|time>`.
-pub async fn rollback(global: &Global, to: &str) -> anyhow::Result<ExitCode> {
-    rebuild(global, snapshot::Rebuild { ledger: None, snapshot: None, to: Some(to), holder: "rollback" }).await
+pub async fn rollback(global: &Global, to: &str, trust: Trust) -> anyhow::Result<ExitCode> {
+    rebuild(global, snapshot::Rebuild { ledger: None, snapshot: None, to: Some(to), holder: "rollback", trust }).await
 }
 
 /// `daena replay --ledger DIR [--from-snapshot S] [--to SEQ]`.
@@ -150,8 +154,10 @@ pub async fn replay(
     ledger: &std::path::Path,
     from_snapshot: Option<&std::path::Path>,
     to: Option<&str>,
+    trust: Trust,
 ) -> anyhow::Result<ExitCode> {
-    rebuild(global, snapshot::Rebuild { ledger: Some(ledger), snapshot: from_snapshot, to, holder: "replay" }).await
+    rebuild(global, snapshot::Rebuild { ledger: Some(ledger), snapshot: from_snapshot, to, holder: "replay", trust })
+        .await
 }
 
 async fn rebuild(global: &Global, spec: snapshot::Rebuild<'_>) -> anyhow::Result<ExitCode> {
@@ -161,20 +167,24 @@ async fn rebuild(global: &Global, spec: snapshot::Rebuild<'_>) -> anyhow::Result
         let remote = super::remote(global, &root)?;
         let op = if spec.holder == "rollback" {
             let to = spec.to.unwrap_or_default();
-            remote.post("/api/v1/admin/rollbacks", &serde_json::json!({"to": to})).await?
+            let body = serde_json::json!({"to": to, "trust_unsigned": spec.trust.trust_unsigned});
+            remote.post("/api/v1/admin/rollbacks", &body).await?
         } else {
             let path = |p: &std::path::Path| absolute(&p.display().to_string());
             let body = serde_json::json!({
                 "ledger": spec.ledger.map(path).transpose()?,
                 "from_snapshot": spec.snapshot.map(path).transpose()?,
                 "to": spec.to,
+                "trust_unsigned": spec.trust.trust_unsigned,
+                "public_key": spec.trust.public_key,
             });
             remote.post("/api/v1/admin/replays", &body).await?
         };
         crate::client::finished(remote.wait_operation(op).await?)?
     } else {
-        let report = snapshot::rebuild(&loaded, spec).map_err(|e| anyhow!(e.message))?;
-        reopen_and_ledger(global, spec.holder, serde_json::to_value(&report)?, Some(report.to_seq)).await?;
+        let holder = spec.holder;
+        let report = snapshot::rebuild(&loaded, spec.clone()).map_err(|e| anyhow!(e.message))?;
+        reopen_and_ledger(global, holder, serde_json::to_value(&report)?, Some(report.to_seq)).await?;
         report
     };
     if global.json {
