@@ -35,6 +35,14 @@ const MIN_BASELINE: usize = 10;
 const MIN_CURRENT_EVENTS: u64 = 10;
 /// Most interactions one request may report.
 pub const MAX_BATCH: usize = 1000;
+/// Where agents, pairs and kinds past the bounds are counted: not a valid agent id, so no
+/// agent can be it.
+pub const OTHER: &str = "(other)";
+/// Kinds of interaction kept per agent pair; more are counted as [`OTHER`].
+const MAX_KINDS_PER_PAIR: usize = 16;
+/// Tokens and USD one reported interaction may carry.
+const MAX_TOKENS: u64 = 1_000_000_000;
+const MAX_COST_USD: f64 = 1_000_000.0;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -84,9 +92,43 @@ struct TenantData {
     agents: BTreeMap<String, AgentStats>,
     pairs: BTreeMap<String, PairStats>,
     minutes: BTreeMap<String, VecDeque<Minute>>,
+    /// Tracked agents that are not of the 6x8 fleet (counted when first needed).
+    #[serde(skip)]
+    extra_agents: Option<usize>,
+}
+
+/// How many agents and pairs a tenant's analytics keep (`analytics.*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub agents: usize,
+    pub pairs: usize,
 }
 
 impl TenantData {
+    /// The name `agent` is counted under: its own while it is of the fleet, already tracked,
+    /// or within `bound` agents besides the fleet; else [`OTHER`].
+    fn admit_agent(&mut self, agent: &str, bound: usize) -> String {
+        if self.agents.contains_key(agent) || agents::department_of(agent).is_some() {
+            return agent.to_owned();
+        }
+        let agents = &self.agents;
+        let extra = *self
+            .extra_agents
+            .get_or_insert_with(|| agents.keys().filter(|a| agents::department_of(a).is_none() && *a != OTHER).count());
+        if extra < bound {
+            self.extra_agents = Some(extra + 1);
+            agent.to_owned()
+        } else {
+            OTHER.to_owned()
+        }
+    }
+
+    /// The key a pair is counted under: its own within `bound` pairs, else `(other)->(other)`.
+    fn admit_pair(&self, from: &str, to: &str, bound: usize) -> String {
+        let key = pair_key(from, to);
+        if self.pairs.contains_key(&key) || self.pairs.len() < bound { key } else { pair_key(OTHER, OTHER) }
+    }
+
     /// The agent's bucket for `minute`, kept in order; late reports land in their minute.
     fn bucket(&mut self, agent: &str, minute: i64) -> &mut Minute {
         let q = self.minutes.entry(agent.to_owned()).or_default();
@@ -106,6 +148,7 @@ impl TenantData {
 }
 
 pub struct Analytics {
+    bounds: Bounds,
     tenants: RwLock<HashMap<String, Arc<Mutex<TenantData>>>>,
     kv: Kv,
     clock: Arc<dyn Clock>,
@@ -123,10 +166,17 @@ fn pair_key(from: &str, to: &str) -> String {
 }
 
 impl Analytics {
-    pub fn load(kv: Kv, clock: Arc<dyn Clock>) -> AppResult<Analytics> {
+    pub fn load(kv: Kv, clock: Arc<dyn Clock>, bounds: Bounds) -> AppResult<Analytics> {
         let tenants =
             kv.scan_docs::<TenantData>(TABLE)?.into_iter().map(|(t, d)| (t, Arc::new(Mutex::new(d)))).collect();
-        Ok(Analytics { tenants: RwLock::new(tenants), kv, clock, dirty: AtomicBool::new(false) })
+        Ok(Analytics { bounds, tenants: RwLock::new(tenants), kv, clock, dirty: AtomicBool::new(false) })
+    }
+
+    /// Agents and pairs a tenant's analytics keep, for tests and reports.
+    pub fn tracked(&self, tenant: &str) -> (usize, usize) {
+        let t = self.tenant(tenant);
+        let t = t.lock();
+        (t.agents.len(), t.pairs.len())
     }
 
     fn tenant(&self, tenant: &str) -> Arc<Mutex<TenantData>> {
@@ -145,7 +195,8 @@ impl Analytics {
         let minute = self.minute();
         let t = self.tenant(tenant);
         let mut t = t.lock();
-        let a = t.agents.entry(agent.to_owned()).or_default();
+        let agent = t.admit_agent(agent, self.bounds.agents);
+        let a = t.agents.entry(agent.clone()).or_default();
         a.requests += 1;
         a.errors += u64::from(failed);
         match kind {
@@ -156,7 +207,7 @@ impl Analytics {
                 a.cache_hits += u64::from(hit);
             }
         }
-        let b = t.bucket(agent, minute);
+        let b = t.bucket(&agent, minute);
         b.events += 1;
         b.errors += u64::from(failed);
         b.latency_ms_sum += latency_ms;
@@ -248,6 +299,11 @@ fn validate(i: Interaction, now: Micros) -> AppResult<Valid> {
     if !(latency.is_finite() && latency >= 0.0 && i.cost_usd.is_finite() && i.cost_usd >= 0.0) {
         return Err(AppError::invalid("latency_ms and cost_usd must be non-negative numbers"));
     }
+    if i.tokens > MAX_TOKENS || i.cost_usd > MAX_COST_USD || latency > 86_400_000.0 {
+        return Err(AppError::invalid(format!(
+            "an interaction carries at most {MAX_TOKENS} tokens, {MAX_COST_USD} USD and a day of latency"
+        )));
+    }
     let at = match &i.at {
         None => now,
         Some(s) => {
@@ -290,15 +346,17 @@ pub fn record(d: &Daena, who: &Principal, batch: Interactions) -> AppResult<Reco
     let t = a.tenant(who.tenant().as_str());
     let mut t = t.lock();
     for v in valid {
-        apply(&mut t, v);
+        apply(&mut t, v, a.bounds);
     }
     a.dirty.store(true, Ordering::Relaxed);
     Ok(Recorded { recorded: true, count, tenant: who.tenant().to_string() })
 }
 
-fn apply(t: &mut TenantData, Valid { i, from, to, minute }: Valid) {
+fn apply(t: &mut TenantData, Valid { i, from, to, minute }: Valid, bounds: Bounds) {
     let latency = i.latency_ms.unwrap_or(0.0);
-    let s = t.agents.entry(from.to_string()).or_default();
+    let from = t.admit_agent(from.as_str(), bounds.agents);
+    let to = to.map(|to| t.admit_agent(to.as_str(), bounds.agents));
+    let s = t.agents.entry(from.clone()).or_default();
     s.tasks += 1;
     if i.success {
         s.successes += 1;
@@ -309,20 +367,26 @@ fn apply(t: &mut TenantData, Valid { i, from, to, minute }: Valid) {
         s.latency_ms_sum += latency;
         s.latency_n += 1;
     }
-    s.tokens += i.tokens;
-    s.cost_usd += i.cost_usd;
+    s.tokens = s.tokens.saturating_add(i.tokens);
+    s.cost_usd = (s.cost_usd + i.cost_usd).min(f64::MAX);
     if let Some(to) = &to {
-        t.agents.entry(to.to_string()).or_default().received += 1;
-        let p = t.pairs.entry(pair_key(from.as_str(), to.as_str())).or_default();
+        t.agents.entry(to.clone()).or_default().received += 1;
+        let key = t.admit_pair(&from, to, bounds.pairs);
+        let p = t.pairs.entry(key).or_default();
         p.count += 1;
         p.successes += u64::from(i.success);
         if i.latency_ms.is_some() {
             p.latency_ms_sum += latency;
             p.latency_n += 1;
         }
-        *p.kinds.entry(i.kind.clone()).or_default() += 1;
+        let kind = if p.kinds.contains_key(&i.kind) || p.kinds.len() < MAX_KINDS_PER_PAIR {
+            i.kind.clone()
+        } else {
+            OTHER.to_owned()
+        };
+        *p.kinds.entry(kind).or_default() += 1;
     }
-    let b = t.bucket(from.as_str(), minute);
+    let b = t.bucket(&from, minute);
     b.events += 1;
     b.errors += u64::from(!i.success);
     if i.latency_ms.is_some() {

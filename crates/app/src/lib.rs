@@ -149,7 +149,11 @@ impl Daena {
         let writes = config.server.writes_enabled && governance::persisted_writes(&kv)?.unwrap_or(true);
         let writes_enabled = Arc::new(AtomicBool::new(writes));
         let failed_auth = failed_auth::FailedAuth::new(&config.rate_limit, clock.clone());
-        let analytics = analytics::Analytics::load(kv.clone(), clock.clone())?;
+        let bounds = analytics::Bounds {
+            agents: config.agents.max_tracked_per_tenant,
+            pairs: config.agents.max_pairs_per_tenant,
+        };
+        let analytics = analytics::Analytics::load(kv.clone(), clock.clone(), bounds)?;
         let cold = ColdStore::open(&data.l3_dir())?;
         let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
         let cas = cas::CasShared::open(kv.clone(), keyring.clone(), clock.clone(), config.clone())?;

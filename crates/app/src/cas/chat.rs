@@ -141,11 +141,14 @@ fn today(d: &Daena) -> String {
 
 /// What `meta`'s answer would have cost upstream.
 fn saving(meta: &CasMeta) -> Cost {
+    let (saved_usd, client_reported_saved_usd) =
+        if meta.client_reported { (0.0, meta.cost_usd) } else { (meta.cost_usd, 0.0) };
     Cost {
         requests: 1,
         hits: 1,
-        saved_usd: meta.cost_usd,
-        tokens_saved: meta.prompt_tokens + meta.completion_tokens,
+        saved_usd,
+        client_reported_saved_usd,
+        tokens_saved: meta.prompt_tokens.saturating_add(meta.completion_tokens),
         ..Cost::default()
     }
 }
@@ -190,9 +193,11 @@ fn lookup_prepared(d: &Daena, who: &Principal, p: &Prepared) -> Option<(Arc<CasM
 
 fn count_hit(d: &Daena, who: &Principal, model: &str, agent: &str, meta: &CasMeta, status: CacheStatus) {
     meta.hits.fetch_add(1, Ordering::Relaxed);
-    let mut s = d.cas.stats.lock();
-    s.record(who.tenant().as_str(), if let CacheStatus::Near(x) = status { Outcome::Near(x) } else { Outcome::Exact });
-    s.cost(&today(d), who.tenant().as_str(), model, agent, &saving(meta));
+    d.cas.stats.lock().record(
+        who.tenant().as_str(),
+        if let CacheStatus::Near(x) = status { Outcome::Near(x) } else { Outcome::Exact },
+    );
+    add_cost(d, who, model, agent, &saving(meta));
 }
 
 /// What serving a hit needs from the request.
@@ -346,9 +351,25 @@ fn count_miss(d: &Daena, who: &Principal, p: &Prepared, answer: &Value) -> (u64,
         usage_missing: u64::from(!has_usage),
         ..Cost::default()
     };
-    d.cas.stats.lock().cost(&today(d), who.tenant().as_str(), &p.model, &p.agent, &spend);
+    add_cost(d, who, &p.model, &p.agent, &spend);
     (pt, ct, cost)
 }
+
+/// Adds to the costs of today, this tenant, `model` and `agent` (bounded per tenant).
+fn add_cost(d: &Daena, who: &Principal, model: &str, agent: &str, add: &Cost) {
+    let bounds = super::stats::CostBounds { agents: d.config.agents.max_tracked_per_tenant, models: UNPRICED_MODELS };
+    let priced = d.config.llm.prices.contains_key(model);
+    let key = super::stats::CostKey {
+        day: today(d),
+        tenant: who.tenant().to_string(),
+        model: model.to_owned(),
+        agent: agent.to_owned(),
+    };
+    d.cas.stats.lock().cost(key, priced, add, bounds);
+}
+
+/// Models without a price whose costs are kept apart per tenant; more are `(other)`.
+const UNPRICED_MODELS: usize = 32;
 
 /// Counts the spend of an upstream answer and stores it (unless `no_store`); the entry key.
 async fn account_and_store(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, no_store: bool) -> Option<String> {
@@ -356,7 +377,8 @@ async fn account_and_store(d: &Daena, who: &Principal, p: &Prepared, answer: &Va
     if no_store || answer.get("choices").and_then(Value::as_array).is_none_or(Vec::is_empty) {
         return None;
     }
-    match store_answer(d, who, p, answer, pt, ct, cost).await {
+    let usage = Usage { prompt_tokens: pt, completion_tokens: ct, cost_usd: cost, client_reported: false };
+    match store_answer(d, who, p, answer, usage).await {
         Ok(k) => Some(k),
         Err(e) => {
             tracing::warn!(error = %e.message, "storing an upstream answer in the cache failed");
@@ -365,19 +387,21 @@ async fn account_and_store(d: &Daena, who: &Principal, p: &Prepared, answer: &Va
     }
 }
 
-async fn store_answer(
-    d: &Daena,
-    who: &Principal,
-    p: &Prepared,
-    answer: &Value,
-    pt: u64,
-    ct: u64,
-    cost: f64,
-) -> AppResult<String> {
+/// An answer's usage as it is stored with it.
+struct Usage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_usd: f64,
+    /// A client's word (cache-aside store), not an upstream's answer through Daena.
+    client_reported: bool,
+}
+
+async fn store_answer(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, usage: Usage) -> AppResult<String> {
+    let Usage { prompt_tokens: pt, completion_tokens: ct, cost_usd: cost, client_reported } = usage;
     let now = d.clock.now().0;
     let envelope = d.cas.seal(who.tenant(), &p.keys.exact, answer)?;
     let row = CasRow {
-        format: 1,
+        format: super::ROW_FORMAT,
         model: p.model.clone(),
         scope: p.keys.scope,
         simhash: p.keys.simhash(),
@@ -391,6 +415,7 @@ async fn store_answer(
         agent: Some(p.agent.clone()),
         class: p.class.clone(),
         envelope,
+        client_reported,
     };
     let op =
         CasOp::Store { tenant: who.tenant().to_string(), key: p.keys.exact, row: Box::new(row), actor: who.actor() };
@@ -487,8 +512,18 @@ pub async fn store(
     if !d.writes_enabled() {
         return Err(AppError::new(ErrorCode::WritesDisabled, "the service is read-only; nothing is stored"));
     }
-    let (pt, ct, cost) = count_miss(d, who, &p, &response);
-    let key = store_answer(d, who, &p, &response, pt, ct, cost).await?;
+    // The usage is the client's word: its cost is kept apart from spend.
+    let (pt, ct, cost, has_usage) = price(d, &p.model, response.get("usage"));
+    let reported = Cost {
+        requests: 1,
+        misses: 1,
+        client_reported_spend_usd: cost,
+        usage_missing: u64::from(!has_usage),
+        ..Cost::default()
+    };
+    add_cost(d, who, &p.model, &p.agent, &reported);
+    let usage = Usage { prompt_tokens: pt, completion_tokens: ct, cost_usd: cost, client_reported: true };
+    let key = store_answer(d, who, &p, &response, usage).await?;
     let expires = d.clock.now().saturating_add(ttl_micros(&d.config, who.tenant()));
     Ok(StoreResult { key, expires_at: rfc3339(expires) })
 }

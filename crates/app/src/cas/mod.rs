@@ -30,9 +30,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 pub const CAS: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("cas");
-const ROW_FORMAT: u8 = 1;
+/// Row format 2 adds `client_reported`; rows of format 1 are read too ([`CasRow::decode`]).
+pub(crate) const ROW_FORMAT: u8 = 2;
 
-/// A cache entry as stored.
+/// A cache entry as stored (postcard).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CasRow {
     pub format: u8,
@@ -51,6 +52,57 @@ pub struct CasRow {
     pub class: Option<String>,
     /// The upstream's response JSON, sealed in the tenant's envelope.
     pub envelope: Vec<u8>,
+    /// The usage (and so `cost_usd`) is what a client reported with a cache-aside store,
+    /// not what an upstream answered through Daena.
+    pub client_reported: bool,
+}
+
+/// A cache entry as format 1 stored it.
+#[derive(Deserialize)]
+struct CasRowV1 {
+    format: u8,
+    model: String,
+    scope: u64,
+    simhash: u64,
+    guard: u64,
+    prompt_hash: [u8; 32],
+    created_at: i64,
+    expires_at: i64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_usd: f64,
+    agent: Option<String>,
+    class: Option<String>,
+    envelope: Vec<u8>,
+}
+
+impl CasRow {
+    /// A stored row of any format this version reads.
+    pub(crate) fn decode(bytes: &[u8]) -> AppResult<CasRow> {
+        let bad = |e: postcard::Error| AppError::internal(format!("cas row: {e}"));
+        if bytes.first() != Some(&1) {
+            return postcard::from_bytes(bytes).map_err(bad);
+        }
+        let v1: CasRowV1 = postcard::from_bytes(bytes).map_err(bad)?;
+        debug_assert_eq!(v1.format, 1);
+        Ok(CasRow {
+            format: ROW_FORMAT,
+            model: v1.model,
+            scope: v1.scope,
+            simhash: v1.simhash,
+            guard: v1.guard,
+            prompt_hash: v1.prompt_hash,
+            created_at: v1.created_at,
+            expires_at: v1.expires_at,
+            prompt_tokens: v1.prompt_tokens,
+            completion_tokens: v1.completion_tokens,
+            cost_usd: v1.cost_usd,
+            agent: v1.agent,
+            class: v1.class,
+            envelope: v1.envelope,
+            client_reported: false,
+        })
+    }
 }
 
 /// An entry's metadata, kept in memory.
@@ -68,6 +120,8 @@ pub struct CasMeta {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cost_usd: f64,
+    /// The usage figures are a client's word (cache-aside store).
+    pub client_reported: bool,
     pub bytes: u64,
     pub slot: u32,
     /// Unique to this entry in this process: the key of its decrypted answer in the hot
@@ -180,9 +234,8 @@ impl CasShared {
                     else {
                         continue;
                     };
-                    let row: CasRow =
-                        postcard::from_bytes(v.value()).map_err(|e| AppError::internal(format!("cas row: {e}")))?;
-                    if row.format == ROW_FORMAT && row.expires_at > now {
+                    let row = CasRow::decode(v.value())?;
+                    if row.expires_at > now {
                         shared.insert_meta(tenant, key, &row);
                     }
                 }
@@ -213,6 +266,7 @@ impl CasShared {
             prompt_tokens: row.prompt_tokens,
             completion_tokens: row.completion_tokens,
             cost_usd: row.cost_usd,
+            client_reported: row.client_reported,
             bytes: row.envelope.len() as u64,
             slot,
             serial: self.serials.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -303,10 +357,7 @@ impl CasShared {
                 let txn = self.kv.db().begin_read().map_err(AppError::storage)?;
                 match txn.open_table(CAS) {
                     Ok(t) => match t.get(tk.as_slice()).map_err(AppError::storage)? {
-                        Some(v) => Some(Arc::new(
-                            postcard::from_bytes::<CasRow>(v.value())
-                                .map_err(|e| AppError::internal(format!("cas row: {e}")))?,
-                        )),
+                        Some(v) => Some(Arc::new(CasRow::decode(v.value())?)),
                         None => None,
                     },
                     Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -451,7 +502,7 @@ impl CasState {
                     "simhash": format!("{:016x}", row.simhash), "guard": format!("{:016x}", row.guard),
                     "prompt_hash": hex::encode(row.prompt_hash), "created_at": row.created_at, "expires_at": row.expires_at,
                     "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens, "cost_usd": row.cost_usd,
-                    "agent": row.agent, "class": row.class,
+                    "agent": row.agent, "class": row.class, "client_reported": row.client_reported,
                 });
                 entries.push(
                     NewEntry::new(tenant.as_str(), actor.as_str(), "llm.cache_store", Self::ref_of(key))
@@ -563,6 +614,7 @@ impl CasState {
                     agent: text("agent"),
                     class: text("class"),
                     envelope: e.body.clone(),
+                    client_reported: e.attrs.get("client_reported").and_then(Value::as_bool).unwrap_or(false),
                 };
                 self.apply_one(Staged::Store { tenant: e.tenant.clone(), key, row: Arc::new(row) });
             }

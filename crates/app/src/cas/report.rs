@@ -110,6 +110,15 @@ pub struct CostView {
     pub hits: u64,
     pub misses: u64,
     pub usage_missing: u64,
+    /// Figures clients reported with cache-aside stores: their spend by their own word, and
+    /// the savings of hits on their entries. Neither is in `spend_usd` or `saved_usd`.
+    pub client_reported: ClientReported,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClientReported {
+    pub spend_usd: f64,
+    pub saved_usd: f64,
 }
 
 fn view(c: &Cost) -> CostView {
@@ -126,6 +135,10 @@ fn view(c: &Cost) -> CostView {
         hits: c.hits,
         misses: c.misses,
         usage_missing: c.usage_missing,
+        client_reported: ClientReported {
+            spend_usd: round(c.client_reported_spend_usd),
+            saved_usd: round(c.client_reported_saved_usd),
+        },
     }
 }
 
@@ -146,11 +159,9 @@ pub fn costs(d: &Daena) -> CostReport {
     let mut total = Cost::default();
     let mut by: [BTreeMap<String, Cost>; 4] = Default::default();
     for (k, c) in &s.costs {
-        let parts: Vec<&str> = k.splitn(4, '|').collect();
-        let [day, tenant, model, agent] = parts[..] else { continue };
         total.add(c);
-        for (i, name) in [model, tenant, agent, day].into_iter().enumerate() {
-            by[i].entry(name.to_owned()).or_default().add(c);
+        for (i, name) in [&k.model, &k.tenant, &k.agent, &k.day].into_iter().enumerate() {
+            by[i].entry(name.clone()).or_default().add(c);
         }
     }
     let unpriced_models = by[0].keys().filter(|m| !d.config.llm.prices.contains_key(*m)).cloned().collect();

@@ -2,7 +2,13 @@
 //!
 //! Spend is what upstream calls cost (their `usage` priced with `llm.prices`); savings are
 //! what hits would have cost had they gone upstream (the cached answer's usage, same prices),
-//! and are never added to spend.
+//! and are never added to spend. Usage a client reports with a cache-aside store is nobody's
+//! measurement: its cost, and the savings of hits on such entries, are kept apart as
+//! `client_reported_*`. Counts saturate instead of overflowing.
+//!
+//! Costs are kept per (day, tenant, model, agent), stored as a list of rows with those
+//! fields. Per tenant, agents besides the 6x8 fleet and models without a price are kept up
+//! to a bound; more are counted as `(other)`.
 
 use crate::error::AppResult;
 use daena_store::kv::{DocTable, DocWrite, Kv, doc_table, encode_doc};
@@ -40,20 +46,93 @@ pub struct Cost {
     pub tokens_saved: u64,
     /// Upstream answers that carried no usage (their cost is unknown, counted as 0).
     pub usage_missing: u64,
+    /// What clients said their own upstream calls cost (cache-aside stores), priced the
+    /// same way; not part of spend.
+    pub client_reported_spend_usd: f64,
+    /// What hits on such entries would have cost, by the clients' word; not part of savings.
+    pub client_reported_saved_usd: f64,
 }
 
 impl Cost {
     pub fn add(&mut self, o: &Cost) {
-        self.requests += o.requests;
-        self.hits += o.hits;
-        self.misses += o.misses;
-        self.spend_usd += o.spend_usd;
-        self.saved_usd += o.saved_usd;
-        self.prompt_tokens += o.prompt_tokens;
-        self.completion_tokens += o.completion_tokens;
-        self.tokens_saved += o.tokens_saved;
-        self.usage_missing += o.usage_missing;
+        let usd = |a: &mut f64, b: f64| *a = (*a + b).clamp(0.0, f64::MAX);
+        self.requests = self.requests.saturating_add(o.requests);
+        self.hits = self.hits.saturating_add(o.hits);
+        self.misses = self.misses.saturating_add(o.misses);
+        usd(&mut self.spend_usd, o.spend_usd);
+        usd(&mut self.saved_usd, o.saved_usd);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(o.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(o.completion_tokens);
+        self.tokens_saved = self.tokens_saved.saturating_add(o.tokens_saved);
+        self.usage_missing = self.usage_missing.saturating_add(o.usage_missing);
+        usd(&mut self.client_reported_spend_usd, o.client_reported_spend_usd);
+        usd(&mut self.client_reported_saved_usd, o.client_reported_saved_usd);
     }
+}
+
+/// What a cost is kept under.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CostKey {
+    pub day: String,
+    pub tenant: String,
+    pub model: String,
+    pub agent: String,
+}
+
+/// One stored cost row: its key and its figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CostRow {
+    #[serde(flatten)]
+    key: CostKey,
+    #[serde(flatten)]
+    cost: Cost,
+}
+
+/// Costs as a list of rows; a map keyed `day|tenant|model|agent`, as written before, is read
+/// too (a `|` inside a model name made that key ambiguous; such a row is kept under the
+/// first split).
+mod cost_rows {
+    use super::{Cost, CostKey, CostRow};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(costs: &BTreeMap<CostKey, Cost>, s: S) -> Result<S::Ok, S::Error> {
+        let rows: Vec<CostRow> = costs.iter().map(|(k, c)| CostRow { key: k.clone(), cost: c.clone() }).collect();
+        rows.serialize(s)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Rows(Vec<CostRow>),
+        Joined(BTreeMap<String, Cost>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<CostKey, Cost>, D::Error> {
+        Ok(match Stored::deserialize(d)? {
+            Stored::Rows(rows) => rows.into_iter().map(|r| (r.key, r.cost)).collect(),
+            Stored::Joined(map) => map
+                .into_iter()
+                .filter_map(|(k, c)| {
+                    let mut parts = k.splitn(4, '|').map(str::to_owned);
+                    let key = CostKey {
+                        day: parts.next()?,
+                        tenant: parts.next()?,
+                        model: parts.next()?,
+                        agent: parts.next()?,
+                    };
+                    Some((key, c))
+                })
+                .collect(),
+        })
+    }
+}
+
+/// How many agents (besides the fleet) and unpriced models cost tracking keeps per tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct CostBounds {
+    pub agents: usize,
+    pub models: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -63,10 +142,13 @@ pub struct CasStats {
     pub by_tenant: BTreeMap<String, Counters>,
     /// Near hits by Hamming distance.
     pub near_distances: BTreeMap<u32, u64>,
-    /// Keyed `day|tenant|model|agent`.
-    pub costs: BTreeMap<String, Cost>,
+    #[serde(with = "cost_rows")]
+    pub costs: BTreeMap<CostKey, Cost>,
     #[serde(skip)]
     dirty: bool,
+    /// Per tenant, the agents besides the fleet and the unpriced models costs are kept for.
+    #[serde(skip)]
+    admitted: std::collections::HashMap<String, (std::collections::HashSet<String>, std::collections::HashSet<String>)>,
 }
 
 /// What a request did, for the counters.
@@ -138,8 +220,36 @@ impl CasStats {
         self.dirty = true;
     }
 
-    pub fn cost(&mut self, day: &str, tenant: &str, model: &str, agent: &str, add: &Cost) {
-        self.costs.entry(format!("{day}|{tenant}|{model}|{agent}")).or_default().add(add);
+    /// Adds `add` to the costs of `key`, its agent and model bounded per tenant (`priced`
+    /// models are always kept).
+    pub fn cost(&mut self, mut key: CostKey, priced: bool, add: &Cost, bounds: CostBounds) {
+        let costs = &self.costs;
+        let tenant = key.tenant.as_str();
+        let (agents, models) = self.admitted.entry(key.tenant.clone()).or_insert_with(|| {
+            let mine = costs.keys().filter(|k| k.tenant == tenant);
+            let agents = mine
+                .clone()
+                .filter(|k| daena_core::agents::department_of(&k.agent).is_none())
+                .map(|k| k.agent.clone())
+                .collect();
+            (agents, mine.map(|k| k.model.clone()).collect())
+        });
+        let other = crate::analytics::OTHER;
+        if daena_core::agents::department_of(&key.agent).is_none() && !agents.contains(&key.agent) {
+            if agents.len() < bounds.agents {
+                agents.insert(key.agent.clone());
+            } else {
+                key.agent = other.to_owned();
+            }
+        }
+        if !priced && !models.contains(&key.model) {
+            if models.len() < bounds.models {
+                models.insert(key.model.clone());
+            } else {
+                key.model = other.to_owned();
+            }
+        }
+        self.costs.entry(key).or_default().add(add);
         self.dirty = true;
     }
 }

@@ -94,11 +94,21 @@ pub struct AgentsConfig {
     pub heartbeat_window_secs: u64,
     /// The tenant whose fleet `/health` counts against the expected 48.
     pub fleet_tenant: TenantId,
+    /// Agent ids besides the 6x8 fleet that analytics and cost tracking keep per tenant;
+    /// any more are counted together as `(other)`, so invented ids cannot grow memory.
+    pub max_tracked_per_tenant: usize,
+    /// Agent pairs the communication matrix keeps per tenant; more are `(other)->(other)`.
+    pub max_pairs_per_tenant: usize,
 }
 
 impl Default for AgentsConfig {
     fn default() -> Self {
-        AgentsConfig { heartbeat_window_secs: 300, fleet_tenant: TenantId::default_tenant() }
+        AgentsConfig {
+            heartbeat_window_secs: 300,
+            fleet_tenant: TenantId::default_tenant(),
+            max_tracked_per_tenant: 256,
+            max_pairs_per_tenant: 2048,
+        }
     }
 }
 
