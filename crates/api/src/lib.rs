@@ -109,6 +109,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ledger::consistency))
         .routes(routes!(ledger::checkpoint))
         .routes(routes!(ledger::manifest))
+        .routes(routes!(ledger::last_verification, ledger::verify_now))
         .routes(routes!(ledger::import_legacy).layer(DefaultBodyLimit::max(ledger::LEGACY_BODY_LIMIT)))
 }
 

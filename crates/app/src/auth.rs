@@ -125,12 +125,21 @@ impl Principal {
         }
     }
 
-    /// The same caller acting for another tenant; only the fleet-wide roles may.
+    /// Whether this key may act for any tenant: ops keys, and auditor keys granted it.
+    pub fn all_tenants(&self) -> bool {
+        self.role == Role::Ops || (self.role == Role::Auditor && self.attributes.all_tenants)
+    }
+
+    /// The same caller acting for another tenant; only ops keys, and auditor keys granted
+    /// every tenant, may.
     pub fn for_tenant(&self, tenant: &TenantId) -> AppResult<Principal> {
-        if self.role == Role::Agent && tenant != &self.tenant {
+        if tenant != &self.tenant && !self.all_tenants() {
+            let role = self.role.as_str();
+            let hint =
+                if self.role == Role::Auditor { " (create it with --all-tenants to grant every tenant)" } else { "" };
             return Err(AppError::forbidden(format!(
-                "agent key {} is bound to tenant {} and cannot act for {}",
-                self.key_name, self.tenant, tenant
+                "{role} key {} is bound to tenant {} and cannot act for {tenant}{hint}",
+                self.key_name, self.tenant
             )));
         }
         Ok(Principal { tenant: tenant.clone(), ..self.clone() })
@@ -151,6 +160,9 @@ pub struct KeyView {
     /// The one agent the key acts as, when bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// An auditor key granted every tenant.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub all_tenants: bool,
     pub created_at: String,
     pub revoked_at: Option<String>,
     pub active: bool,
@@ -166,6 +178,7 @@ impl From<&ApiKeyRecord> for KeyView {
             roles: r.attributes.roles.clone(),
             department: r.attributes.department.clone(),
             agent: r.attributes.agent.clone(),
+            all_tenants: r.attributes.all_tenants,
             created_at: crate::clock::rfc3339(r.created_at),
             revoked_at: r.revoked_at.map(crate::clock::rfc3339),
             active: r.revoked_at.is_none(),
@@ -313,6 +326,9 @@ impl KeyRing {
             if role.is_empty() || role.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(AppError::invalid(format!("invalid attribute role {role:?}")));
             }
+        }
+        if new.attributes.all_tenants && new.role != Role::Auditor {
+            return Err(AppError::invalid("only auditor keys are granted every tenant (ops keys have it anyway)"));
         }
         if let Some(agent) = &new.attributes.agent {
             if new.role != Role::Agent {
@@ -472,9 +488,22 @@ mod tests {
         assert_eq!(e.message, "role agent may not call this route (needs ops or auditor)");
         assert!(ring.authenticate(Some(&agent), None, Access::Read).is_err(), "agent cannot read monitoring");
         assert!(ring.authenticate(Some(&auditor), None, Access::Data).is_err(), "auditor has no data plane");
-        assert!(ring.authenticate(Some(&auditor), Some("other"), Access::Read).is_ok());
+        let e = ring.authenticate(Some(&auditor), Some("other"), Access::Read).expect_err("an auditor is one tenant's");
+        assert_eq!(e.code, crate::error::ErrorCode::Forbidden);
+        let granted = NewKey {
+            attributes: KeyAttributes { all_tenants: true, ..KeyAttributes::default() },
+            ..new_key("aud-all", Role::Auditor, "default")
+        };
+        let granted = create(&ring, granted);
+        assert!(ring.authenticate(Some(&granted), Some("other"), Access::Read).is_ok(), "granted every tenant");
+        let e = ring.mint(NewKey {
+            attributes: KeyAttributes { all_tenants: true, ..KeyAttributes::default() },
+            ..new_key("x", Role::Agent, "acme")
+        });
+        assert!(e.is_err(), "only auditors are granted every tenant");
         let e = ring.authenticate(Some(&agent), Some("other"), Access::Data).expect_err("agent widening");
         assert_eq!(e.message, "agent key bot is bound to tenant acme and cannot act for other");
+        assert!(ring.authenticate(Some(&agent), Some("acme"), Access::Data).is_ok());
         assert!(ring.authenticate(Some(&agent), Some("acme"), Access::Data).is_ok());
         let e = ring.authenticate(Some(&agent), Some("Not A Tenant"), Access::Data).expect_err("bad header");
         assert_eq!(e.code, crate::error::ErrorCode::InvalidRequest);

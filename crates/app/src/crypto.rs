@@ -229,6 +229,17 @@ struct TenantKeyDoc {
 struct TenantKeys {
     current: u32,
     ciphers: BTreeMap<u32, Arc<Aes256Gcm>>,
+    /// Per version, the key of the content MACs the ledger carries ([`Keyring::content_mac`]).
+    macs: BTreeMap<u32, Arc<Zeroizing<[u8; 32]>>>,
+}
+
+/// The content-MAC key of a data key: a keyed hash of a record's payload, in the ledger in
+/// place of a bare SHA-256, says nothing once the data key is shredded.
+fn mac_key(raw: &[u8]) -> Arc<Zeroizing<[u8; 32]>> {
+    use sha2::Digest;
+    let digest: [u8; 32] =
+        sha2::Sha256::new().chain_update(b"daena-content-mac-v1\0").chain_update(raw).finalize().into();
+    Arc::new(Zeroizing::new(digest))
 }
 
 /// The keyring: the master key and every tenant's unwrapped data keys.
@@ -368,6 +379,7 @@ fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResul
     let mut tenants = HashMap::new();
     for (tenant, doc) in docs {
         let mut ciphers = BTreeMap::new();
+        let mut macs = BTreeMap::new();
         for k in &doc.keys {
             if k.master_key_id != master.id {
                 return Err(AppError::unavailable(format!(
@@ -380,8 +392,9 @@ fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResul
             let cipher =
                 Aes256Gcm::new_from_slice(&key).map_err(|_| AppError::internal("data key has the wrong length"))?;
             ciphers.insert(k.version, Arc::new(cipher));
+            macs.insert(k.version, mac_key(&key));
         }
-        tenants.insert(tenant, TenantKeys { current: doc.current, ciphers });
+        tenants.insert(tenant, TenantKeys { current: doc.current, ciphers, macs });
     }
     Ok(tenants)
 }
@@ -463,6 +476,7 @@ impl Keyring {
         let mut tenants = self.tenants.write();
         if let Some(t) = tenants.get_mut(tenant) {
             t.ciphers.retain(|v, _| *v > through);
+            t.macs.retain(|v, _| *v > through);
             match t.ciphers.keys().max() {
                 Some(&top) => t.current = top,
                 None => {
@@ -505,13 +519,18 @@ impl Keyring {
             doc.current = version;
             let cipher =
                 Arc::new(Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| AppError::internal("bad key length"))?);
-            fresh.push((tenant.clone(), version, cipher));
+            fresh.push((tenant.clone(), version, cipher, mac_key(key.as_slice())));
         }
         self.kv.put_docs(DATA_KEYS, &docs)?;
         let mut tenants = self.tenants.write();
-        for (tenant, version, cipher) in fresh {
-            let t = tenants.entry(tenant).or_insert_with(|| TenantKeys { current: version, ciphers: BTreeMap::new() });
+        for (tenant, version, cipher, mac) in fresh {
+            let t = tenants.entry(tenant).or_insert_with(|| TenantKeys {
+                current: version,
+                ciphers: BTreeMap::new(),
+                macs: BTreeMap::new(),
+            });
             t.ciphers.insert(version, cipher);
+            t.macs.insert(version, mac);
             t.current = version;
         }
         Ok(docs.len())
@@ -593,9 +612,28 @@ impl Keyring {
             Arc::new(Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| AppError::internal("bad key length"))?);
         self.tenants.write().insert(
             tenant.to_owned(),
-            TenantKeys { current: version, ciphers: BTreeMap::from([(version, cipher.clone())]) },
+            TenantKeys {
+                current: version,
+                ciphers: BTreeMap::from([(version, cipher.clone())]),
+                macs: BTreeMap::from([(version, mac_key(key.as_slice()))]),
+            },
         );
         Ok((version, cipher))
+    }
+
+    /// HMAC-SHA256 of `message` under the content-MAC key of `tenant`'s current data key, and
+    /// that key's version. After a shred no one can recompute it, so it confirms no guess.
+    pub fn content_mac(&self, tenant: &TenantId, message: &[u8]) -> AppResult<(u32, [u8; 32])> {
+        use hmac::{KeyInit, Mac};
+        let (version, _) = self.current(tenant.as_str())?;
+        let key =
+            self.tenants.read().get(tenant.as_str()).and_then(|t| t.macs.get(&version).cloned()).ok_or_else(|| {
+                AppError::internal(format!("no content-MAC key for tenant {tenant} version {version}"))
+            })?;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_slice())
+            .map_err(|_| AppError::internal("content-MAC key length"))?;
+        mac.update(message);
+        Ok((version, mac.finalize().into_bytes().into()))
     }
 
     /// Seals `plaintext` for `aad_address` of `tenant`.

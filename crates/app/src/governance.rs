@@ -215,7 +215,7 @@ pub fn persisted_writes(kv: &Kv) -> AppResult<Option<bool>> {
 
 fn key_attrs(v: &KeyView) -> Value {
     json!({"id": v.id, "name": v.name, "role": v.role.as_str(), "tenant": v.tenant.as_str(),
-           "roles": v.roles, "department": v.department, "agent": v.agent})
+           "roles": v.roles, "department": v.department, "agent": v.agent, "all_tenants": v.all_tenants})
 }
 
 /// The state the governance entries change, applied on the commit thread.
@@ -433,6 +433,7 @@ fn replayed_key(e: &Entry) -> Option<ApiKeyRecord> {
                 .unwrap_or_default(),
             department: text("department").map(str::to_owned),
             agent: text("agent").map(str::to_owned),
+            all_tenants: e.attrs.get("all_tenants").and_then(Value::as_bool).unwrap_or(false),
         },
         digest: hex::encode(&e.body),
         created_at: e.ts,

@@ -196,8 +196,8 @@ impl LedgerService {
         if limit == 0 || limit > 1000 {
             return Err(AppError::invalid("limit must be 1..=1000"));
         }
-        let scope: Option<String> = match (who.role(), tenant) {
-            (Role::Ops, t) => t.map(str::to_owned),
+        let scope: Option<String> = match (who.all_tenants(), tenant) {
+            (true, t) => t.map(str::to_owned),
             (_, Some(t)) if t != who.tenant().as_str() => {
                 return Err(AppError::forbidden(format!("this key may only read tenant {}'s entries", who.tenant())));
             }
@@ -206,6 +206,33 @@ impl LedgerService {
         let (entries, next) =
             self.reader.entries(from.max(1), limit, 100_000, |e| scope.as_deref().is_none_or(|t| e.tenant == t))?;
         Ok(EntriesPage { entries: entries.iter().map(|e| EntryView::new(e, with_body)).collect(), next })
+    }
+
+    /// An inclusion proof for `who`. Ops and auditor keys get any entry in any tree size. An
+    /// agent key gets its own tenant's entries only, in the tree of the newest signed
+    /// checkpoint, so the proof tells it no more of other tenants than that checkpoint does.
+    pub fn inclusion_for(&self, who: &Principal, seq: u64, size: Option<u64>) -> AppResult<InclusionView> {
+        if who.role() != Role::Agent {
+            return self.inclusion(seq, size);
+        }
+        let cp = self.reader.checkpoint().map_or(0, |c| c.size);
+        if size.is_some_and(|s| s != cp) {
+            return Err(AppError::forbidden(format!(
+                "an agent key gets proofs against the newest signed checkpoint (size {cp}) only"
+            )));
+        }
+        let (found, _) = self.reader.entries(seq.max(1), 1, 1, |_| true)?;
+        match found.first() {
+            Some(e) if e.seq == seq && e.tenant == who.tenant().as_str() => {}
+            _ => return Err(AppError::not_found(format!("no entry {seq} of tenant {}", who.tenant()))),
+        }
+        if seq > cp {
+            return Err(AppError::invalid(format!(
+                "entry {seq} is not yet covered by a signed checkpoint (the newest covers {cp}); \
+                 one is signed at least every ledger.checkpoint_every_secs"
+            )));
+        }
+        self.inclusion(seq, Some(cp))
     }
 
     pub fn inclusion(&self, seq: u64, size: Option<u64>) -> AppResult<InclusionView> {

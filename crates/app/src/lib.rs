@@ -9,6 +9,7 @@ pub mod archive;
 pub mod auth;
 pub mod backup_trust;
 pub mod cas;
+pub mod checks;
 pub mod clock;
 pub mod commit;
 pub mod config;
@@ -97,6 +98,8 @@ pub struct Daena {
     pub operations: Arc<operations::Operations>,
     metrics_freshness: metrics_view::Freshness,
     health_cache: health::Cache,
+    /// The background checks' results (full ledger verification, upstream probe).
+    pub background: checks::Background,
     writes_enabled: Arc<AtomicBool>,
     started: Instant,
 }
@@ -192,6 +195,7 @@ impl Daena {
             operations: opts.operations.unwrap_or_default(),
             metrics_freshness: metrics_view::Freshness::default(),
             health_cache: health::Cache::default(),
+            background: checks::Background::default(),
             started: Instant::now(),
         }))
     }
@@ -215,11 +219,13 @@ impl Daena {
                     CheckStatus::Pass,
                     true,
                     format!(
-                        "{} entries; chain verified at open up to the head, newest signed checkpoint covers {cp}",
-                        head.size
+                        "{} entries; at open the last segment's {} entries were verified and the tree matched the \
+                         newest signed checkpoint ({cp} entries); the full verification is ledger_verified",
+                        head.size, head.verified_at_open
                     ),
                 )
-                .observed(serde_json::json!({"size": head.size, "head_hash": head.head_hash, "checkpoint_size": cp}))
+                .observed(serde_json::json!({"size": head.size, "head_hash": head.head_hash, "checkpoint_size": cp,
+                    "verified_at_open": head.verified_at_open}))
             }
             Ok(_) => {
                 Check::new(CheckStatus::Fail, true, "the commit thread has stopped: writes cannot be made durable")
@@ -227,6 +233,8 @@ impl Daena {
             Err(e) => Check::new(CheckStatus::Fail, true, e.message),
         };
         checks.push(("ledger".to_owned(), ledger));
+        checks.push(("ledger_verified".to_owned(), checks::verification_check(self)));
+        checks.push(("upstream".to_owned(), checks::upstream_check(self)));
         checks
     }
 

@@ -32,6 +32,33 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
             growth.failed_auth.sweep();
         }
     }));
+    let verify = d.clone();
+    tasks.push(tokio::spawn(async move {
+        let every = verify.config.ledger.verify_every_hours;
+        if every == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let mut tick = tokio::time::interval(Duration::from_secs(every.saturating_mul(3600)));
+        loop {
+            tick.tick().await;
+            match crate::checks::verify_ledger(&verify).await {
+                Ok(v) if v.ok => {
+                    tracing::info!(entries = v.entries, seconds = v.seconds, "full ledger verification passed")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e.message, "full ledger verification could not run"),
+            }
+        }
+    }));
+    let probe = d.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            crate::checks::probe_upstream(&probe).await;
+        }
+    }));
     let sweep = d.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(300));

@@ -48,6 +48,10 @@ pub struct KeyAttributes {
     /// writes, confirms and sends heartbeats only as that agent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// An `auditor` key granted every tenant (`--all-tenants`); without it, an auditor reads
+    /// its own tenant only.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub all_tenants: bool,
 }
 
 /// A stored API key. `digest` is hex SHA-256 of the key text.

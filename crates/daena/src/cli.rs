@@ -456,6 +456,10 @@ pub struct CreateKeyArgs {
     /// and sends heartbeats only as that agent
     #[arg(long)]
     pub agent: Option<String>,
+    /// Grant an auditor key every tenant (X-Tenant-ID); without it an auditor reads its own
+    /// tenant only
+    #[arg(long)]
+    pub all_tenants: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -66,6 +66,15 @@ async fn runbook_daily_judges_the_servers_figures() {
     assert_eq!(code, Some(1));
     assert_eq!(status_of(&r, "ledger"), "PASS", "{r}");
     assert_eq!(status_of(&r, "backups"), "FAIL");
+    // The performance review judges the reports: legal_synth fails one task in five, no
+    // LLM request was made, and legal_executor is the only one receiving.
+    assert_eq!(status_of(&r, "agent efficiency"), "WARN", "{r}");
+    let detail = |name: &str| {
+        r["checks"].as_array().and_then(|l| l.iter().find(|c| c["name"] == name)).map(|c| c["detail"].to_string())
+    };
+    assert!(detail("agent efficiency").is_some_and(|d| d.contains("legal_synth")), "{r}");
+    assert_eq!(status_of(&r, "cost tracking"), "WARN", "{r}");
+    assert!(["PASS", "WARN"].contains(&status_of(&r, "communication patterns")), "{r}");
     let o = run(daena(&server.dir).env("DAENA_API_KEY", OPS).args(["snapshot", "create"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let (_, r) = runbook(&server, "weekly");
@@ -79,6 +88,7 @@ async fn runbook_daily_judges_the_servers_figures() {
     let (code, r) = runbook(&server, "monthly");
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(status_of(&r, "key rotation"), "PASS", "a young key: {r}");
+    assert_eq!(status_of(&r, "key validation"), "PASS", "{r}");
 
     // Governance artifacts: every file, no nulls in the summary, no key material anywhere.
     let o = run(daena(&server.dir).env("DAENA_API_KEY", OPS).args(["governance", "artifacts", "--out-dir", "ga"]));

@@ -30,6 +30,9 @@ pub struct CreateKeyRequest {
     /// Binds an `agent` key to one agent id: it then writes, confirms and sends heartbeats
     /// only as that agent.
     pub agent: Option<String>,
+    /// Grants an `auditor` key every tenant (else it reads its own tenant only).
+    #[serde(default)]
+    pub all_tenants: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -55,7 +58,12 @@ pub async fn create_key(
         name: req.name,
         role,
         tenant,
-        attributes: KeyAttributes { roles: req.roles, department: req.department, agent: req.agent },
+        attributes: KeyAttributes {
+            roles: req.roles,
+            department: req.department,
+            agent: req.agent,
+            all_tenants: req.all_tenants,
+        },
     };
     let created = admin::create_key(&state, &who, new).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))

@@ -11,10 +11,11 @@ use daena_app::ledger::{
 use daena_core::auth::Role;
 use serde::Deserialize;
 
-/// The ledger's size, head hash, Merkle root and newest signed checkpoint.
+/// The ledger's size, head hash, Merkle root and newest signed checkpoint: every tenant's
+/// activity, so for ops and auditor keys (agents read their tenant's entries).
 #[utoipa::path(get, path = "/api/v1/ledger/head", tag = "ledger",
     responses((status = 200, body = HeadView), AuthErrors), security(("api_key" = [])))]
-pub async fn head(State(state): State<AppState>, _auth: Auth<AnyKey>) -> ApiResult<axum::Json<HeadView>> {
+pub async fn head(State(state): State<AppState>, _auth: Auth<ReadAccess>) -> ApiResult<axum::Json<HeadView>> {
     Ok(axum::Json(state.ledger.head()?))
 }
 
@@ -62,15 +63,16 @@ pub struct InclusionQuery {
     pub size: Option<u64>,
 }
 
-/// An RFC 6962 inclusion proof of entry `seq` in the tree of `size` entries.
+/// An RFC 6962 inclusion proof of entry `seq` in the tree of `size` entries. An agent key
+/// gets proofs of its own tenant's entries only, against the newest signed checkpoint.
 #[utoipa::path(get, path = "/api/v1/ledger/proof/inclusion", tag = "ledger", params(InclusionQuery),
     responses((status = 200, body = InclusionView), AuthErrors), security(("api_key" = [])))]
 pub async fn inclusion(
     State(state): State<AppState>,
-    _auth: Auth<AnyKey>,
+    Auth(who, _): Auth<AnyKey>,
     Query(q): Query<InclusionQuery>,
 ) -> ApiResult<axum::Json<InclusionView>> {
-    Ok(axum::Json(state.ledger.inclusion(q.seq, q.size)?))
+    Ok(axum::Json(state.ledger.inclusion_for(&who, q.seq, q.size)?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -87,7 +89,7 @@ pub struct ConsistencyQuery {
     responses((status = 200, body = ConsistencyView), AuthErrors), security(("api_key" = [])))]
 pub async fn consistency(
     State(state): State<AppState>,
-    _auth: Auth<AnyKey>,
+    _auth: Auth<ReadAccess>,
     Query(q): Query<ConsistencyQuery>,
 ) -> ApiResult<axum::Json<ConsistencyView>> {
     Ok(axum::Json(state.ledger.consistency(q.from, q.to)?))
@@ -113,6 +115,28 @@ pub async fn checkpoint(
         return Err(ApiError::new(ErrorCode::Forbidden, "only ops keys may sign a fresh checkpoint"));
     }
     Ok(axum::Json(ledger::checkpoint(&state, fresh).await?))
+}
+
+/// The last full verification of the ledger (`null` before the first), which runs in the
+/// background every `ledger.verify_every_hours`.
+#[utoipa::path(get, path = "/api/v1/ledger/verification", tag = "ledger",
+    responses((status = 200, body = Option<daena_app::checks::Verification>), AuthErrors), security(("api_key" = [])))]
+pub async fn last_verification(
+    State(state): State<AppState>,
+    _auth: Auth<ReadAccess>,
+) -> axum::Json<Option<daena_app::checks::Verification>> {
+    axum::Json(state.background.verification(&state))
+}
+
+/// Verifies the whole ledger now (every entry hash, the chain, every signed checkpoint's
+/// root) and answers with the outcome; it is also what `/health` shows from then on.
+#[utoipa::path(post, path = "/api/v1/ledger/verification", tag = "ledger",
+    responses((status = 200, body = daena_app::checks::Verification), AuthErrors), security(("api_key" = [])))]
+pub async fn verify_now(
+    State(state): State<AppState>,
+    _auth: Auth<OpsOnly>,
+) -> ApiResult<axum::Json<daena_app::checks::Verification>> {
+    Ok(axum::Json(daena_app::checks::verify_ledger(&state).await?))
 }
 
 /// A manifest of the ledger (entries, root, first and last hash, checkpoint).

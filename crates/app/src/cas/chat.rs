@@ -285,7 +285,9 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
     let content_type =
         resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_owned();
     if !(200..300).contains(&code) {
-        let bytes = resp.bytes().await.unwrap_or_default();
+        // An error answer is passed through, cut at ERROR_BODY_LIMIT: a failing upstream
+        // must not make the service buffer an unbounded body.
+        let bytes = read_capped(resp, ERROR_BODY_LIMIT).await;
         d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
         return Ok(ChatResponse { status, key: None, body: Body::Raw { status: code, content_type, bytes } });
     }
@@ -318,6 +320,23 @@ fn without_url(e: reqwest::Error) -> String {
         "request failed"
     };
     format!("{kind} ({})", e.without_url())
+}
+
+/// The most of an upstream error answer passed on.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// The first `max` bytes of a body (less if it ends or fails first).
+async fn read_capped(resp: reqwest::Response, max: usize) -> Bytes {
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = max - out.len();
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= max {
+            break;
+        }
+    }
+    Bytes::from(out)
 }
 
 async fn read_limited(resp: reqwest::Response, max: usize) -> AppResult<Bytes> {
@@ -406,7 +425,9 @@ async fn store_answer(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, 
         scope: p.keys.scope,
         simhash: p.keys.simhash(),
         guard: p.keys.guard(),
-        prompt_hash: p.keys.prompt_hash(),
+        // Keyed, like a record's content hash in the ledger: it tells repeated prompts apart
+        // for diagnostics without confirming a guessed prompt.
+        prompt_hash: d.keyring.content_mac(who.tenant(), p.keys.text.as_bytes())?.1,
         created_at: now,
         expires_at: now + ttl_micros(&d.config, who.tenant()),
         prompt_tokens: pt,

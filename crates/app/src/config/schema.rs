@@ -121,11 +121,19 @@ pub struct LedgerConfig {
     pub checkpoint_every_secs: u64,
     /// Segment files roll over at this size.
     pub segment_bytes: u64,
+    /// A full verification of the ledger runs in the background this often (and a minute
+    /// after start); 0 turns it off.
+    pub verify_every_hours: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { checkpoint_every_entries: 10_000, checkpoint_every_secs: 60, segment_bytes: 64 * 1024 * 1024 }
+        LedgerConfig {
+            checkpoint_every_entries: 10_000,
+            checkpoint_every_secs: 60,
+            segment_bytes: 64 * 1024 * 1024,
+            verify_every_hours: 24,
+        }
     }
 }
 

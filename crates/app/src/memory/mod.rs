@@ -697,7 +697,11 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
     let class_cfg = d.config.memory.class(&addr.class);
     let level = class_cfg.zstd_level.unwrap_or(d.config.memory.zstd_level);
     let quarantine = d.config.memory.trust.require_quarantine.contains(&addr.class);
-    let content_sha256: [u8; 32] = Sha256::digest(daena_core::canonical::to_string(&req.payload).as_bytes()).into();
+    let canonical = daena_core::canonical::to_string(&req.payload);
+    let content_sha256: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
+    // The ledger carries a keyed hash of the payload, not its SHA-256 (crypto::content_mac).
+    let (mac_version, mac) = d.keyring.content_mac(&addr.tenant, canonical.as_bytes())?;
+    let content_mac = format!("{mac_version}:{}", hex::encode(mac));
     let plain = Plain { payload: Arc::from(payload_text.as_str()), meta: Arc::from(meta_text.as_str()) };
     // Small records are sealed on the request's thread (tens of microseconds); large ones on
     // the blocking pool so they do not stall other requests.
@@ -766,6 +770,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             raw_len,
             level: i8::try_from(level).unwrap_or(i8::MAX),
             content_sha256,
+            content_mac: content_mac.clone(),
             payload_bytes: payload_text.len(),
             if_match: req.if_match,
             observed: current.as_ref().map(|(v, _)| *v),

@@ -99,6 +99,8 @@ pub struct Put {
     pub raw_len: u32,
     pub level: i8,
     pub content_sha256: [u8; 32],
+    /// `<data key version>:<HMAC-SHA256 hex>` of the canonical payload, for the ledger.
+    pub content_mac: String,
     pub payload_bytes: usize,
     pub if_match: Option<u64>,
     /// The version the caller's divergence was computed against (None: no record).
@@ -350,7 +352,7 @@ impl MemoryState {
         };
         let attrs = json!({
             "class": addr.class, "key": addr.key, "version": version, "tier": tier.as_str(),
-            "created_at": row.created_at, "updated_at": now, "content_sha256": hex::encode(put.content_sha256),
+            "created_at": row.created_at, "updated_at": now, "content_mac": put.content_mac,
             "raw_len": put.raw_len, "level": put.level, "payload_bytes": put.payload_bytes, "writer": put.writer, "writer_key": put.writer_key,
             "divergence": put.divergence.map(|d| (d * 10_000.0).round() / 10_000.0), "intended_revision": put.intended,
         });
@@ -417,6 +419,16 @@ impl MemoryState {
         outcome
     }
 
+    /// The SHA-256 of the canonical payload sealed in `envelope`; zeros when it cannot be
+    /// opened (a shredded tenant's: nobody reads it anyway).
+    fn payload_sha256(&self, addr: &Addr, envelope: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        super::codec::open(&self.shared, &addr.tenant, addr.class.as_str(), addr.key.as_str(), envelope)
+            .ok()
+            .and_then(|plain| serde_json::from_str::<Value>(&plain.payload).ok())
+            .map_or([0; 32], |v| sha2::Sha256::digest(daena_core::canonical::to_string(&v).as_bytes()).into())
+    }
+
     fn replay_memory(&mut self, e: &Entry) -> AppResult<Option<(Addr, Change)>> {
         let addr = || -> AppResult<Addr> {
             let s = |k: &str| e.attrs.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -433,11 +445,15 @@ impl MemoryState {
                 let addr = addr()?;
                 let tier =
                     if e.attrs.get("tier").and_then(Value::as_str) == Some("L2Q") { Tier::L2Q } else { Tier::L2 };
+                // Entries carry a keyed hash of the payload; the row's SHA-256 is taken from
+                // the sealed payload itself (older entries carry it in the clear).
                 let mut sha = [0u8; 32];
-                let _ = hex::decode_to_slice(
-                    e.attrs.get("content_sha256").and_then(Value::as_str).unwrap_or_default(),
-                    &mut sha,
-                );
+                match e.attrs.get("content_sha256").and_then(Value::as_str) {
+                    Some(text) => {
+                        let _ = hex::decode_to_slice(text, &mut sha);
+                    }
+                    None => sha = self.payload_sha256(&addr, &e.body),
+                }
                 let row = RecordRow {
                     format: records::ROW_FORMAT,
                     tier,

@@ -77,10 +77,6 @@ impl Keys {
     pub fn guard(&self) -> u64 {
         guard_fingerprint(&self.text)
     }
-    /// SHA-256 of the normalized conversation (for diagnostics: repeated prompts).
-    pub fn prompt_hash(&self) -> [u8; 32] {
-        Sha256::digest(self.text.as_bytes()).into()
-    }
 }
 
 /// The parts of a chat request that matter for caching, normalized.

@@ -25,7 +25,11 @@ struct DrillReport {
     finished_at: String,
     snapshot_seconds: f64,
     rto_seconds: f64,
+    /// The age of the newest restorable point (the drill's snapshot) when the drill ended.
     rpo_seconds: f64,
+    /// What a disaster just before the drill would have lost: the age of the newest snapshot
+    /// there was then (none: everything).
+    rpo_before_drill_seconds: Option<f64>,
     rpo_entries: u64,
     ledger_position: u64,
     records: u64,
@@ -123,6 +127,15 @@ pub async fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
     let started_at = now_rfc3339();
     let started = Instant::now();
     let mut checks = Vec::new();
+    let snapshots_dir = load_config(global, Vec::new())?.config.data_dir.join("snapshots");
+    let age = |created_at: &str| {
+        use daena_app::clock::{Clock, SystemClock};
+        daena_app::clock::parse_rfc3339(created_at).map(|t| (SystemClock.now().days_since(t) * 86_400.0).max(0.0))
+    };
+    let rpo_before_drill_seconds = snapshot::list(&snapshots_dir)
+        .ok()
+        .and_then(|l| l.last().map(|(_, m)| m.created_at.clone()))
+        .and_then(|at| age(&at));
     let source = target(global, "drill");
     let snap: anyhow::Result<Manifest> = match &source {
         Ok(Target::Remote(r)) => r.post("/api/v1/admin/snapshots", &serde_json::json!({})).await,
@@ -176,7 +189,9 @@ pub async fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
     }
     .unwrap_or(position);
     let rpo_entries = head_now.saturating_sub(position);
-    let rpo_seconds = started.elapsed().as_secs_f64();
+    // The newest restorable point is the drill's own snapshot: its age now.
+    let rpo_seconds =
+        snap.as_ref().ok().and_then(|m| age(&m.created_at)).unwrap_or_else(|| started.elapsed().as_secs_f64());
     let passed = checks.iter().all(|c| c.status != Status::Fail);
     if !args.keep_scratch && args.scratch.is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
@@ -189,6 +204,7 @@ pub async fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
         snapshot_seconds: round(snapshot_seconds),
         rto_seconds: round(rto_seconds),
         rpo_seconds: round(rpo_seconds),
+        rpo_before_drill_seconds: rpo_before_drill_seconds.map(round),
         rpo_entries,
         ledger_position: position,
         records,

@@ -35,15 +35,18 @@ pub async fn artifacts(global: &Global, out_dir: Option<PathBuf>) -> anyhow::Res
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (policy, _) = super::policy::inspect(global, None)?;
     let policy = serde_json::to_value(&policy)?;
-    let (manifest, drill, keys, memory) = match target(global, "governance artifacts")? {
+    // The ledger is verified in full now, not taken on trust.
+    let (manifest, drill, keys, memory, verification) = match target(global, "governance artifacts")? {
         Target::Remote(r) => (
             r.get::<Value>("/api/v1/ledger/manifest").await?,
             r.get::<Value>("/api/v1/admin/drills/last").await?,
             r.get::<Value>("/api/v1/admin/key-status").await?,
             r.get::<Value>("/monitoring/memory").await?,
+            r.post::<_, Value>("/api/v1/ledger/verification", &json!({})).await?,
         ),
         Target::Offline(d) => {
-            let got = (|| -> anyhow::Result<(Value, Value, Value, Value)> {
+            let verification = daena_app::checks::verify_ledger(&d).await.map_err(|e| anyhow!(e.message));
+            let got = (|| -> anyhow::Result<(Value, Value, Value, Value, Value)> {
                 Ok((
                     serde_json::to_value(daena_app::ledger::manifest(&d).map_err(|e| anyhow!(e.message))?)?,
                     serde_json::to_value(daena_app::snapshot::last_drill(&d).map_err(|e| anyhow!(e.message))?)?,
@@ -52,6 +55,7 @@ pub async fn artifacts(global: &Global, out_dir: Option<PathBuf>) -> anyhow::Res
                         &d,
                         &daena_app::auth::Principal::local_operator(daena_core::ids::TenantId::default_tenant()),
                     ))?,
+                    serde_json::to_value(verification?)?,
                 ))
             })();
             d.shutdown().await.map_err(|e| anyhow!(e.message))?;
@@ -77,13 +81,14 @@ pub async fn artifacts(global: &Global, out_dir: Option<PathBuf>) -> anyhow::Res
         }
         k
     };
-    let ledger_ok = manifest["entries"].as_u64().is_some();
+    let ledger_ok = verification["ok"] == true;
     let summary = json!({
         "generated_at": generated,
         "ledger": {
             "entries": manifest["entries"],
             "merkle_root": text(&manifest["merkle_root"]),
             "newest_checkpoint_size": manifest["checkpoint"]["size"].as_u64().map_or(json!("no checkpoint yet"), |s| json!(s)),
+            "verified": verification,
         },
         "policy": {
             "classes_with_rules": policy["classes"].as_array().map_or(0, Vec::len),
@@ -113,10 +118,16 @@ pub async fn artifacts(global: &Global, out_dir: Option<PathBuf>) -> anyhow::Res
     md.push_str(&format!("# Daena compliance report\n\nGenerated {generated}.\n\n"));
     md.push_str("## Ledger\n\n");
     md.push_str(&format!(
-        "- Entries: {}\n- Merkle root: `{}`\n- Newest signed checkpoint covers: {}\n- Verify independently: `daena ledger verify --checkpoint <a checkpoint kept elsewhere>`\n\n",
+        "- Entries: {}\n- Merkle root: `{}`\n- Newest signed checkpoint covers: {}\n- Full verification at {}: {}\n- Verify independently: `daena ledger verify --checkpoint <a checkpoint kept elsewhere>`\n\n",
         text(&manifest["entries"]),
         text(&manifest["merkle_root"]),
-        text(&summary["ledger"]["newest_checkpoint_size"])
+        text(&summary["ledger"]["newest_checkpoint_size"]),
+        text(&verification["at"]),
+        if ledger_ok {
+            format!("every entry, the chain and {} signed checkpoint(s) verified", text(&verification["checkpoints_verified"]))
+        } else {
+            format!("FAILED: {}", text(&verification["failure"]))
+        }
     ));
     md.push_str("## Access policy\n\n| class | allow roles | deny roles |\n|---|---|---|\n");
     for c in policy["classes"].as_array().cloned().unwrap_or_default() {
@@ -169,11 +180,13 @@ pub async fn artifacts(global: &Global, out_dir: Option<PathBuf>) -> anyhow::Res
     files.push(report);
     if global.json {
         crate::output::json(&json!({"out_dir": dir, "files": files, "ledger_ok": ledger_ok}))?;
+    } else if !ledger_ok {
+        eprintln!("the ledger does not verify: {}", text(&verification["failure"]));
     } else {
         println!("wrote {} artifacts to {}:", files.len(), dir.display());
         for f in &files {
             println!("  {}", f.display());
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if ledger_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

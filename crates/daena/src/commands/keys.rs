@@ -26,6 +26,8 @@ struct RemoteKey {
     department: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     agent: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    all_tenants: bool,
     created_at: String,
     revoked_at: Option<String>,
     active: bool,
@@ -41,6 +43,7 @@ impl From<KeyView> for RemoteKey {
             roles: v.roles,
             department: v.department,
             agent: v.agent,
+            all_tenants: v.all_tenants,
             created_at: v.created_at,
             revoked_at: v.revoked_at,
             active: v.active,
@@ -121,6 +124,7 @@ async fn create(global: &Global, target: Target, args: CreateKeyArgs) -> anyhow:
             let body = serde_json::json!({
                 "name": args.name, "role": args.role, "tenant": args.tenant,
                 "roles": roles, "department": args.department, "agent": args.agent,
+                "all_tenants": args.all_tenants,
             });
             r.post("/api/v1/admin/keys", &body).await?
         }
@@ -131,7 +135,12 @@ async fn create(global: &Global, target: Target, args: CreateKeyArgs) -> anyhow:
                 name: args.name,
                 role,
                 tenant,
-                attributes: KeyAttributes { roles, department: args.department, agent: args.agent },
+                attributes: KeyAttributes {
+                    roles,
+                    department: args.department,
+                    agent: args.agent,
+                    all_tenants: args.all_tenants,
+                },
             };
             let who = Principal::local_operator(TenantId::default_tenant());
             let created = admin::create_key(d, &who, new).await.map_err(|e| anyhow::anyhow!(e.message))?;

@@ -192,35 +192,32 @@ async fn weekly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
         )),
         Err(e) => checks.push(check("policy", Status::Fail, format!("{e:#}"))),
     }
-    if let Some(h) = fetch(r, "/health", checks, "ledger").await {
-        let l = &h["checks"]["ledger"];
-        checks.push(check(
+    // The ledger is verified now, in full, by the server.
+    match r.post::<_, Value>("/api/v1/ledger/verification", &serde_json::json!({})).await {
+        Ok(v) if v["ok"] == true => checks.push(check(
             "ledger",
-            if l["status"] == "pass" { Status::Pass } else { Status::Fail },
+            Status::Pass,
             format!(
-                "{}; run `daena ledger verify` on the server's host for a full re-verification",
-                l["detail"].as_str().unwrap_or("no ledger check in /health")
+                "{} entries, the chain and {} signed checkpoint(s) verified in {} s",
+                v["entries"], v["checkpoints_verified"], v["seconds"]
             ),
-        ));
+        )),
+        Ok(v) => checks.push(check("ledger", Status::Fail, v["failure"].as_str().unwrap_or("failed").to_owned())),
+        Err(e) => checks.push(check("ledger", Status::Fail, format!("{e:#}"))),
     }
-    // Wednesday: performance review.
+    // Wednesday: performance review, each report judged against the service's objectives.
+    let max_error_rate = fetch(r, "/api/v1/analytics/summary", checks, "efficiency")
+        .await
+        .and_then(|s| s["max_error_rate"].as_f64())
+        .unwrap_or(0.001);
     if let Some(e) = fetch(r, "/api/v1/analytics/agents/efficiency", checks, "efficiency").await {
-        let agents = e["agents"].as_array().map_or(0, Vec::len);
-        checks.push(check("agent efficiency", Status::Pass, format!("{agents} agents reported")));
+        checks.push(efficiency(&e, max_error_rate));
     }
     if let Some(c) = fetch(r, "/monitoring/memory/cost-tracking", checks, "cost tracking").await {
-        checks.push(check(
-            "cost tracking",
-            Status::Pass,
-            format!("spent ${:.4}, saved ${:.4} by the cache", num(&c, "spend_usd"), num(&c, "saved_usd")),
-        ));
+        checks.push(costs(&c));
     }
     if let Some(p) = fetch(r, "/api/v1/analytics/communication-patterns", checks, "communication").await {
-        checks.push(check(
-            "communication patterns",
-            Status::Pass,
-            format!("{} messages, honeycomb neighbour share {}", p["total_messages"], p["neighbour_share"]),
-        ));
+        checks.push(communication(&p));
     }
     // Friday: disaster recovery.
     if let Some(list) = fetch(r, "/api/v1/admin/snapshots", checks, "backups").await {
@@ -257,6 +254,93 @@ async fn weekly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
     }
 }
 
+/// Agents that did at least this many tasks are judged on their error rate.
+const MIN_TASKS_JUDGED: u64 = 20;
+
+/// Agents whose tasks fail more often than the error objective.
+fn efficiency(e: &Value, max_error_rate: f64) -> Check {
+    let agents = e["agents"].as_array().cloned().unwrap_or_default();
+    let busy: Vec<&Value> = agents.iter().filter(|a| a["tasks"].as_u64().unwrap_or(0) >= MIN_TASKS_JUDGED).collect();
+    if busy.is_empty() {
+        return check("agent efficiency", Status::Warn, format!("no agent reported {MIN_TASKS_JUDGED} tasks or more"));
+    }
+    let failing: Vec<String> = busy
+        .iter()
+        .filter(|a| 1.0 - a["success_rate"].as_f64().unwrap_or(1.0) > max_error_rate)
+        .map(|a| {
+            format!(
+                "{} ({:.1}% failed)",
+                a["agent_id"].as_str().unwrap_or("?"),
+                100.0 * (1.0 - a["success_rate"].as_f64().unwrap_or(1.0))
+            )
+        })
+        .collect();
+    if failing.is_empty() {
+        check(
+            "agent efficiency",
+            Status::Pass,
+            format!("{} agents within the error objective ({})", busy.len(), pct(max_error_rate)),
+        )
+    } else {
+        check(
+            "agent efficiency",
+            Status::Warn,
+            format!(
+                "{} of {} agents above the error objective ({}): {}",
+                failing.len(),
+                busy.len(),
+                pct(max_error_rate),
+                failing.join(", ")
+            ),
+        )
+    }
+}
+
+/// Whether the spend figures are complete: every model priced, every answer with usage.
+fn costs(c: &Value) -> Check {
+    let unpriced: Vec<&str> =
+        c["unpriced_models"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let missing = c["usage_missing"].as_u64().unwrap_or(0);
+    let detail = format!(
+        "spent ${:.4}, saved ${:.4} by the cache ({}% of would-be spend); client-reported ${:.4}",
+        num(c, "spend_usd"),
+        num(c, "saved_usd"),
+        c["savings_pct"],
+        c["client_reported"]["spend_usd"].as_f64().unwrap_or(0.0)
+    );
+    if c["requests"].as_u64().unwrap_or(0) == 0 {
+        check("cost tracking", Status::Warn, "no LLM requests yet")
+    } else if !unpriced.is_empty() || missing > 0 {
+        check(
+            "cost tracking",
+            Status::Warn,
+            format!(
+                "{detail}; incomplete: models without a price in llm.prices: [{}], answers without usage: {missing}",
+                unpriced.join(", ")
+            ),
+        )
+    } else {
+        check("cost tracking", Status::Pass, detail)
+    }
+}
+
+/// Bottlenecks the communication report names.
+fn communication(p: &Value) -> Check {
+    let total = p["total_messages"].as_u64().unwrap_or(0);
+    let bottlenecks: Vec<&str> = p["bottlenecks"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|b| b["agent_id"].as_str()).collect())
+        .unwrap_or_default();
+    let detail = format!("{total} messages, honeycomb neighbour share {}", p["neighbour_share"]);
+    match (total, bottlenecks.is_empty()) {
+        (0, _) => check("communication patterns", Status::Warn, "no interactions reported"),
+        (_, true) => check("communication patterns", Status::Pass, format!("{detail}; no bottleneck")),
+        (_, false) => {
+            check("communication patterns", Status::Warn, format!("{detail}; bottlenecks: {}", bottlenecks.join(", ")))
+        }
+    }
+}
+
 /// A number at the top level of a report, also where it is nested under `totals`.
 fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().or_else(|| v["totals"][key].as_f64()).unwrap_or(0.0)
@@ -276,6 +360,22 @@ async fn monthly(global: &Global, r: &Remote, checks: &mut Vec<Check>) {
             if age > ROTATION_DAYS { "; run `daena key rotate`" } else { "" }
         );
         checks.push(check("key rotation", if age > ROTATION_DAYS { Status::Fail } else { Status::Pass }, detail));
+    }
+    // Validate the rotation: the signed chain, every data key under the current master key,
+    // every record readable.
+    match r.post::<_, Value>("/api/v1/admin/key-validation", &serde_json::json!({})).await {
+        Ok(v) => {
+            let detail = format!(
+                "{} records read; {} unreadable, {} under an older data key, stale tenants {}{}",
+                v["records"],
+                v["unreadable_count"],
+                v["records_under_old_data_keys"],
+                v["stale_tenants"],
+                v["chain_problem"].as_str().map(|p| format!("; rotation chain: {p}")).unwrap_or_default()
+            );
+            checks.push(check("key validation", if v["ok"] == true { Status::Pass } else { Status::Fail }, detail));
+        }
+        Err(e) => checks.push(check("key validation", Status::Fail, format!("{e:#}"))),
     }
     match super::policy::inspect(global, None) {
         Ok((p, _)) => checks.push(check(
