@@ -3,11 +3,11 @@
 //! note file lengths.
 //!
 //! Consistency: on the commit thread (the only writer of the ledger, the records and L3),
-//! between batches, the overlay is settled into redb, a redb read transaction is begun and
-//! the lengths of the ledger and L3 segment files are noted. Ledger and L3 files only grow,
-//! so their first `length` bytes are that moment's content; the read transaction sees redb as
-//! it was then (the rows and their `applied` mark together). Writes continue while the files
-//! are copied.
+//! between batches, the overlay is settled into the state store, a consistent view of it is
+//! taken and the lengths of the ledger and L3 segment files are noted. Ledger and L3 files
+//! only grow, so their first `length` bytes are that moment's content; the view sees the
+//! store as it was then (the rows and their `applied` mark together). Writes continue while
+//! the files are copied.
 //!
 //! Key material stays out: no master key and no ledger signing key is archived. The manifest
 //! names the master key id the state was sealed with, and a restore refuses an archive whose
@@ -16,7 +16,6 @@
 use crate::Daena;
 use crate::clock::rfc3339;
 use crate::error::{AppError, AppResult};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -61,10 +60,6 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> AppError {
     AppError::internal(format!("{what}: {e}"))
 }
 
-fn store(e: impl std::fmt::Display) -> AppError {
-    AppError::internal(format!("state store: {e}"))
-}
-
 /// Segment files of `dir` with the given prefix, and their current lengths.
 fn lengths(dir: &Path, prefix: &str) -> AppResult<Vec<(String, u64)>> {
     let mut out = Vec::new();
@@ -83,59 +78,6 @@ fn lengths(dir: &Path, prefix: &str) -> AppResult<Vec<(String, u64)>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Copies every table of `txn` into a new database at `path`; returns the tables and the
-/// number of records.
-fn copy_state(txn: &redb::ReadTransaction, path: &Path) -> AppResult<(Vec<String>, u64)> {
-    let out = redb::Database::create(path).map_err(store)?;
-    let w = out.begin_write().map_err(store)?;
-    let mut names = Vec::new();
-    let mut records = 0u64;
-    for handle in txn.list_tables().map_err(store)? {
-        let name = handle.name().to_owned();
-        let n = name.as_str();
-        match name.as_str() {
-            "records" | "cas" | "memory_dicts" => {
-                let src = txn.open_table(TableDefinition::<&[u8], &[u8]>::new(n)).map_err(store)?;
-                let mut dst = w.open_table(TableDefinition::<&[u8], &[u8]>::new(n)).map_err(store)?;
-                for item in src.iter().map_err(store)? {
-                    let (k, v) = item.map_err(store)?;
-                    dst.insert(k.value(), v.value()).map_err(store)?;
-                    records += u64::from(name == "records");
-                }
-            }
-            "access" => {
-                let src = txn.open_table(TableDefinition::<&[u8], (i64, u64)>::new(n)).map_err(store)?;
-                let mut dst = w.open_table(TableDefinition::<&[u8], (i64, u64)>::new(n)).map_err(store)?;
-                for item in src.iter().map_err(store)? {
-                    let (k, v) = item.map_err(store)?;
-                    dst.insert(k.value(), v.value()).map_err(store)?;
-                }
-            }
-            "memory_meta" => {
-                let src = txn.open_table(TableDefinition::<&str, u64>::new(n)).map_err(store)?;
-                let mut dst = w.open_table(TableDefinition::<&str, u64>::new(n)).map_err(store)?;
-                for item in src.iter().map_err(store)? {
-                    let (k, v) = item.map_err(store)?;
-                    dst.insert(k.value(), v.value()).map_err(store)?;
-                }
-            }
-            _ => {
-                let src = txn
-                    .open_table(TableDefinition::<&str, &[u8]>::new(n))
-                    .map_err(|e| AppError::internal(format!("table {name} has an unknown layout: {e}")))?;
-                let mut dst = w.open_table(TableDefinition::<&str, &[u8]>::new(n)).map_err(store)?;
-                for item in src.iter().map_err(store)? {
-                    let (k, v) = item.map_err(store)?;
-                    dst.insert(k.value(), v.value()).map_err(store)?;
-                }
-            }
-        }
-        names.push(name);
-    }
-    w.commit().map_err(store)?;
-    Ok((names, records))
 }
 
 /// Appends the first `len` bytes of `src` to the archive as `path`, hashing them.
@@ -173,16 +115,16 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
     let (ledger_dir, l3_dir) = (d.data.ledger_dir(), d.data.l3_dir());
     let kv = d.kv.clone();
     let reader = d.ledger.reader.clone();
-    let (txn, head, ledger_files, l3_files) = d
+    let (view, head, ledger_files, l3_files) = d
         .commit
         .exclusive(move |sm| -> AppResult<_> {
             sm.settle()?;
-            let txn = kv.db().begin_read().map_err(store)?;
+            let view = kv.view()?;
             let head = reader.head();
             let mut ledger_files = lengths(&ledger_dir, "seg-")?;
             ledger_files.extend(lengths(&ledger_dir, "checkpoints")?);
             ledger_files.extend(lengths(&ledger_dir, "signing_key")?);
-            Ok((txn, head, ledger_files, lengths(&l3_dir, "cold-")?))
+            Ok((view, head, ledger_files, lengths(&l3_dir, "cold-")?))
         })
         .await??;
     let root = d
@@ -206,8 +148,8 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
         std::fs::create_dir_all(&staging).map_err(|e| io(staging.display(), e))?;
         let result = (|| {
             let state = staging.join(STATE);
-            let (tables, records) = copy_state(&txn, &state)?;
-            drop(txn);
+            let (tables, records) = view.copy_to(&state)?;
+            drop(view);
             let part = target.join(format!("{name2}.tar.zst.part"));
             let mut open = std::fs::OpenOptions::new();
             open.write(true).create(true).truncate(true);
@@ -535,17 +477,7 @@ pub fn last_drill(d: &Daena) -> AppResult<Option<LastDrill>> {
 /// after the commit thread has settled what it holds in memory into the store.
 pub async fn record_keys(d: &Daena) -> AppResult<Vec<Vec<u8>>> {
     d.commit.settle().await?;
-    let txn = d.kv.db().begin_read().map_err(store)?;
-    let table = match txn.open_table(daena_store::records::RECORDS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(store(e)),
-    };
-    let mut keys = Vec::new();
-    for item in table.iter().map_err(store)? {
-        keys.push(item.map_err(store)?.0.value().to_vec());
-    }
-    Ok(keys)
+    Ok(d.kv.view()?.record_keys()?)
 }
 
 /// Takes the lock of a stopped data directory whose state `holder` is about to replace.

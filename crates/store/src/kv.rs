@@ -1,42 +1,38 @@
-//! The embedded key-value store (redb) and the small tables kept as JSON documents.
+//! The state store handle the use cases hold, and the small tables kept as JSON documents.
 //!
-//! Hot tables (records, cache entries) have their own modules with binary layouts; the
-//! registry-like tables here (API keys, settings, overrides) are few, small and rarely
-//! written, so they are JSON documents committed with immediate durability.
+//! [`Kv`] wraps one [`StateStore`] trait object: the single place a backend is chosen
+//! ([`Kv::open`]: the embedded redb file). Documents (API keys, settings, overrides,
+//! registries) are few, small and rarely written, so they are JSON committed with immediate
+//! durability; the typed helpers here encode and decode them.
 
 use crate::StoreError;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use crate::records::RecordRow;
+pub use crate::state::{DocTable, DocWrite, StateBatch, StateStore, StateView, WriterHold};
 use serde::{Serialize, de::DeserializeOwned};
 use std::path::Path;
 use std::sync::Arc;
 
-/// A table of JSON documents keyed by string.
-pub type DocTable = TableDefinition<'static, &'static str, &'static [u8]>;
-
-/// A document to write inside a caller's transaction: (table, key, encoded document).
-pub type DocWrite = (DocTable, &'static str, Vec<u8>);
-
-/// A document as every table here stores it (JSON); [`Kv::get_doc`] reads it back.
+/// A document as every table stores it (JSON); [`Kv::get_doc`] reads it back.
 pub fn encode_doc<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Db(e.to_string()))
 }
 
 /// A document table named `name`.
 pub const fn doc_table(name: &'static str) -> DocTable {
-    TableDefinition::new(name)
+    DocTable(name)
 }
 
 /// API keys by key id.
-pub const API_KEYS: DocTable = TableDefinition::new("api_keys");
+pub const API_KEYS: DocTable = DocTable("api_keys");
 /// Small settings documents (schema version, runtime switches).
-pub const SETTINGS: DocTable = TableDefinition::new("settings");
+pub const SETTINGS: DocTable = DocTable("settings");
 
-/// The on-disk schema version of `state.redb`; bumped on incompatible layout changes.
+/// The on-disk schema version of the state store; bumped on incompatible layout changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Clone)]
 pub struct Kv {
-    db: Arc<Database>,
+    store: Arc<dyn StateStore>,
 }
 
 impl std::fmt::Debug for Kv {
@@ -46,132 +42,136 @@ impl std::fmt::Debug for Kv {
 }
 
 impl Kv {
-    /// Opens (or creates) the database and checks its schema version.
+    /// Opens (or creates) the embedded store at `path` and checks its schema version.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Kv, StoreError> {
-        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
-        let kv = Kv { db: Arc::new(db) };
-        match kv.get_doc::<u32>(SETTINGS, "schema_version")? {
-            None => kv.put_doc(SETTINGS, "schema_version", &SCHEMA_VERSION)?,
-            Some(SCHEMA_VERSION) => {}
-            Some(other) => {
-                return Err(StoreError::Corrupt {
-                    what: path.display().to_string(),
-                    detail: format!("schema version {other}, this build reads {SCHEMA_VERSION}"),
-                });
-            }
-        }
+        let kv = Kv::over(Arc::new(crate::embedded::Embedded::open(path, cache_bytes)?));
+        kv.check_schema(&path.display().to_string())?;
         Ok(kv)
     }
 
-    pub fn db(&self) -> &Database {
-        &self.db
+    /// A handle over `store`.
+    pub fn over(store: Arc<dyn StateStore>) -> Kv {
+        Kv { store }
+    }
+
+    fn check_schema(&self, what: &str) -> Result<(), StoreError> {
+        match self.get_doc::<u32>(SETTINGS, "schema_version")? {
+            None => self.put_doc(SETTINGS, "schema_version", &SCHEMA_VERSION),
+            Some(SCHEMA_VERSION) => Ok(()),
+            Some(other) => Err(StoreError::Corrupt {
+                what: what.to_owned(),
+                detail: format!("schema version {other}, this build reads {SCHEMA_VERSION}"),
+            }),
+        }
+    }
+
+    /// The backend, for what the helpers here do not cover.
+    pub fn store(&self) -> &dyn StateStore {
+        self.store.as_ref()
     }
 
     pub fn get_doc<T: DeserializeOwned>(&self, table: DocTable, key: &str) -> Result<Option<T>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = match txn.open_table(table) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match t.get(key)? {
-            Some(v) => decode(table, key, v.value()).map(Some),
-            None => Ok(None),
-        }
+        self.store.get_doc(table, key)?.map(|bytes| decode(table, key, &bytes)).transpose()
     }
 
     pub fn put_doc<T: Serialize>(&self, table: DocTable, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = encode_doc(value)?;
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(table)?;
-            t.insert(key, bytes.as_slice())?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.store.put_docs(table, &[(key, bytes.as_slice())])
     }
 
     /// Writes several documents in one transaction: all or none.
     pub fn put_docs<T: Serialize>(&self, table: DocTable, items: &[(String, T)]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(table)?;
-            for (key, value) in items {
-                let bytes = encode_doc(value)?;
-                t.insert(key.as_str(), bytes.as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+        let encoded =
+            items.iter().map(|(k, v)| Ok((k.as_str(), encode_doc(v)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        let refs: Vec<(&str, &[u8])> = encoded.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        self.store.put_docs(table, &refs)
     }
 
     pub fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        let existed = {
-            let mut t = txn.open_table(table)?;
-            t.remove(key)?.is_some()
-        };
-        txn.commit()?;
-        Ok(existed)
+        self.store.delete_doc(table, key)
     }
 
     /// Every document of `table`, in key order.
     pub fn scan_docs<T: DeserializeOwned>(&self, table: DocTable) -> Result<Vec<(String, T)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = match txn.open_table(table) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_owned(), decode(table, k.value(), v.value())?));
-        }
-        Ok(out)
+        self.store.scan_docs(table)?.into_iter().map(|(k, v)| Ok((k.clone(), decode(table, &k, &v)?))).collect()
     }
 
-    /// Proves the database answers a read transaction.
+    /// One record row.
+    pub fn record(&self, addr: &[u8]) -> Result<Option<RecordRow>, StoreError> {
+        self.store.record(addr)
+    }
+
+    /// A record's access statistics: (last access µs, reads).
+    pub fn access(&self, addr: &[u8]) -> Result<Option<(i64, u64)>, StoreError> {
+        self.store.access(addr)
+    }
+
+    /// Calls `f` for rows whose address starts with `prefix`, from `after` (exclusive) on,
+    /// until it returns false.
+    pub fn scan_records(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        mut f: impl FnMut(&[u8], RecordRow) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.store.scan_records(prefix, after, &mut f)
+    }
+
+    /// The highest ledger sequence number applied to the records (0 when none).
+    pub fn applied_seq(&self) -> Result<u64, StoreError> {
+        self.store.applied_seq()
+    }
+
+    pub fn cache_row(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.cache_row(key)
+    }
+
+    pub fn scan_cache(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.store.scan_cache(&mut f)
+    }
+
+    pub fn scan_dicts(&self, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.store.scan_dicts(&mut f)
+    }
+
+    pub fn put_dict(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.store.put_dict(key, value)
+    }
+
+    /// Writes a batch: all or none.
+    pub fn write(&self, batch: &StateBatch<'_>) -> Result<(), StoreError> {
+        self.store.write(batch)
+    }
+
+    /// A consistent read of everything as it is now.
+    pub fn view(&self) -> Result<Box<dyn StateView>, StoreError> {
+        self.store.view()
+    }
+
+    /// Proves the store answers a read.
     pub fn probe(&self) -> Result<(), StoreError> {
-        self.get_doc::<u32>(SETTINGS, "schema_version").map(|_| ())
+        self.store.probe()
+    }
+
+    /// Holds the single writer until the guard is dropped (tests).
+    pub fn hold_writer(&self) -> Result<Box<dyn WriterHold>, StoreError> {
+        self.store.hold_writer()
     }
 }
 
-/// Reads every document of `table` from the database at `path` without writing to it (the
-/// writable open may update the file). `None` when there is no database yet, or when it
-/// needs the repair a crash leaves behind.
+/// Reads every document of `table` from the embedded store file at `path` without writing
+/// to it. `None` when there is no file yet, or when it needs the repair a crash leaves.
 pub fn read_docs_untouched<T: DeserializeOwned>(
     path: &Path,
     table: DocTable,
 ) -> Result<Option<Vec<(String, T)>>, StoreError> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let db = match Database::builder().open_read_only(path) {
-        Ok(db) => db,
-        // A crash leaves the file needing a repair that only a writable open performs.
-        Err(redb::DatabaseError::RepairAborted) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let txn = db.begin_read()?;
-    let t = match txn.open_table(table) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Some(Vec::new())),
-        Err(e) => return Err(e.into()),
-    };
-    let mut out = Vec::new();
-    for row in t.iter()? {
-        let (k, v) = row?;
-        out.push((k.value().to_owned(), decode(table, k.value(), v.value())?));
-    }
-    Ok(Some(out))
+    let Some(rows) = crate::embedded::read_docs_untouched(path, table)? else { return Ok(None) };
+    rows.into_iter().map(|(k, v)| Ok((k.clone(), decode(table, &k, &v)?))).collect::<Result<Vec<_>, _>>().map(Some)
 }
 
 fn decode<T: DeserializeOwned>(table: DocTable, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        what: format!("table {} key {key}", redb::TableHandle::name(&table)),
-        detail: e.to_string(),
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt { what: format!("table {} key {key}", table.name()), detail: e.to_string() })
 }
 
 #[cfg(test)]

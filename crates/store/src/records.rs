@@ -1,19 +1,13 @@
-//! Memory records in the embedded store: the `records` table (one row per address, holding
-//! the system fields and either the encrypted body or a pointer into the cold tier), the
-//! `access` table (last access and read count, written in batches) and the applied point.
+//! Memory records: one row per address, holding the system fields and either the encrypted
+//! body or a pointer into the cold tier (stored by [`crate::state::StateStore`], with each
+//! record's access statistics and the applied point).
 //!
 //! Keys are `tenant 0x00 class 0x00 key`: neither tenants nor classes may contain 0x00, and
 //! keys have no control characters, so the order groups a tenant's records by class and a
 //! prefix scan lists them. Rows are postcard-encoded [`RecordRow`]s, format 1.
 
 use crate::StoreError;
-use redb::TableDefinition;
 use serde::{Deserialize, Serialize};
-
-pub const RECORDS: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("records");
-pub const ACCESS: TableDefinition<'static, &'static [u8], (i64, u64)> = TableDefinition::new("access");
-pub const MEMORY_META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("memory_meta");
-pub const APPLIED_SEQ: &str = "applied_seq";
 
 pub const ROW_FORMAT: u8 = 1;
 
@@ -120,79 +114,6 @@ pub fn split_key(k: &[u8]) -> Option<(&str, &str, &str)> {
     let class = std::str::from_utf8(parts.next()?).ok()?;
     let key = std::str::from_utf8(parts.next()?).ok()?;
     Some((tenant, class, key))
-}
-
-/// Reads one row.
-pub fn get_row(db: &redb::Database, addr: &[u8]) -> Result<Option<RecordRow>, StoreError> {
-    use redb::ReadableDatabase;
-    let txn = db.begin_read()?;
-    let table = match txn.open_table(RECORDS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    match table.get(addr)? {
-        Some(v) => RecordRow::decode(v.value()).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// Reads the access statistics of one record.
-pub fn get_access(db: &redb::Database, addr: &[u8]) -> Result<Option<(i64, u64)>, StoreError> {
-    use redb::ReadableDatabase;
-    let txn = db.begin_read()?;
-    let table = match txn.open_table(ACCESS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(table.get(addr)?.map(|v| v.value()))
-}
-
-/// Calls `f` for rows whose key starts with `prefix`, from `after` (exclusive) on, until it
-/// returns false.
-pub fn scan(
-    db: &redb::Database,
-    prefix: &[u8],
-    after: Option<&[u8]>,
-    mut f: impl FnMut(&[u8], RecordRow) -> Result<bool, StoreError>,
-) -> Result<(), StoreError> {
-    use redb::ReadableDatabase;
-    let txn = db.begin_read()?;
-    let table = match txn.open_table(RECORDS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let start: &[u8] = match after {
-        Some(a) if a >= prefix => a,
-        _ => prefix,
-    };
-    for item in table.range(start..)? {
-        let (k, v) = item?;
-        let k = k.value();
-        if !k.starts_with(prefix) {
-            break;
-        }
-        if after.is_some_and(|a| k <= a) {
-            continue;
-        }
-        if !f(k, RecordRow::decode(v.value())?)? {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// The highest ledger sequence number applied to the records (0 when none).
-pub fn applied_seq(db: &redb::Database) -> Result<u64, StoreError> {
-    use redb::ReadableDatabase;
-    let txn = db.begin_read()?;
-    match txn.open_table(MEMORY_META) {
-        Ok(t) => Ok(t.get(APPLIED_SEQ)?.map_or(0, |v| v.value())),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

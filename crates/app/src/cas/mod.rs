@@ -1,7 +1,7 @@
 //! The LLM response cache: content-addressed entries with SimHash near-duplicate matching,
 //! in front of an OpenAI-compatible upstream.
 //!
-//! Entries live in the `cas` table of `state.redb` (response encrypted in the tenant's
+//! Entries live in the state store's cache rows (response encrypted in the tenant's
 //! envelope), their metadata and the near-duplicate index in memory. Stores and evictions go
 //! through the commit thread like every mutation: a `llm.cache_store` entry carries the
 //! encrypted response as its body, so replay rebuilds the cache after a crash.
@@ -22,14 +22,12 @@ use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_core::time::Micros;
 use daena_store::kv::Kv;
 use parking_lot::{Mutex, RwLock};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-pub const CAS: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("cas");
 /// Row format 2 adds `client_reported`; rows of format 1 are read too ([`CasRow::decode`]).
 pub(crate) const ROW_FORMAT: u8 = 2;
 
@@ -223,25 +221,20 @@ impl CasShared {
             day: Mutex::new((-1, String::new())),
         };
         let now = shared.clock.now().0;
-        let txn = shared.kv.db().begin_read().map_err(AppError::storage)?;
-        match txn.open_table(CAS) {
-            Ok(table) => {
-                for item in table.iter().map_err(AppError::storage)? {
-                    let (k, v) = item.map_err(AppError::storage)?;
-                    let k = k.value();
-                    let Some(sep) = k.iter().position(|b| *b == 0) else { continue };
-                    let (Ok(tenant), Ok(key)) = (std::str::from_utf8(&k[..sep]), <[u8; 32]>::try_from(&k[sep + 1..]))
-                    else {
-                        continue;
-                    };
-                    let row = CasRow::decode(v.value())?;
-                    if row.expires_at > now {
-                        shared.insert_meta(tenant, key, &row);
-                    }
-                }
+        let mut rows = Vec::new();
+        shared.kv.scan_cache(|k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        for (k, v) in rows {
+            let Some(sep) = k.iter().position(|b| *b == 0) else { continue };
+            let (Ok(tenant), Ok(key)) = (std::str::from_utf8(&k[..sep]), <[u8; 32]>::try_from(&k[sep + 1..])) else {
+                continue;
+            };
+            let row = CasRow::decode(&v)?;
+            if row.expires_at > now {
+                shared.insert_meta(tenant, key, &row);
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(AppError::internal(format!("cas table: {e}"))),
         }
         Ok(Arc::new(shared))
     }
@@ -353,17 +346,7 @@ impl CasShared {
         let row = match self.pending.get(&tk) {
             Some(Some(row)) => Some(row.clone()),
             Some(None) => None,
-            None => {
-                let txn = self.kv.db().begin_read().map_err(AppError::storage)?;
-                match txn.open_table(CAS) {
-                    Ok(t) => match t.get(tk.as_slice()).map_err(AppError::storage)? {
-                        Some(v) => Some(Arc::new(CasRow::decode(v.value())?)),
-                        None => None,
-                    },
-                    Err(redb::TableError::TableDoesNotExist(_)) => None,
-                    Err(e) => return Err(AppError::internal(format!("cas table: {e}"))),
-                }
-            }
+            None => self.kv.cache_row(&tk)?.map(|bytes| CasRow::decode(&bytes).map(Arc::new)).transpose()?,
         };
         let row = row.ok_or_else(|| AppError::not_found("the cache entry is gone"))?;
         let tenant = TenantId::new(&meta.tenant)?;

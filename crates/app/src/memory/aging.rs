@@ -72,11 +72,11 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
     let mut report = AgingReport { dry_run, ..AgingReport::default() };
     d.commit.settle().await?;
     let mut candidates = Vec::new();
-    let db = d.memory.kv.db();
-    records::scan(db, &[], None, |k, row| {
+    let kv = &d.memory.kv;
+    kv.scan_records(&[], None, |k, row| {
         report.scanned += 1;
         let Some((t, c, key)) = records::split_key(k) else { return Ok(true) };
-        let last_access = records::get_access(db, k)?.map_or(0, |(last, _)| last);
+        let last_access = kv.access(k)?.map_or(0, |(last, _)| last);
         let last = row.updated_at.max(last_access);
         let idle_days = now.days_since(Micros(last));
         let place = match row.tier {
@@ -205,8 +205,7 @@ pub async fn stale_records(d: &Daena) -> AppResult<(u64, Vec<(Addr, u64)>)> {
     d.commit.settle().await?;
     let mut scanned = 0u64;
     let mut stale: Vec<(Addr, u64)> = Vec::new();
-    let db = d.memory.kv.db();
-    records::scan(db, &[], None, |k, row| {
+    d.memory.kv.scan_records(&[], None, |k, row| {
         scanned += 1;
         let Some((t, c, key)) = records::split_key(k) else { return Ok(true) };
         let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key)) else {

@@ -24,14 +24,13 @@ use crate::crypto::{Codec, Keyring};
 use crate::error::{AppError, AppResult};
 use daena_core::ids::TenantId;
 use parking_lot::{Mutex, RwLock};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 use zstd::zstd_safe::{CCtx, CDict, DCtx, DDict};
 
-/// tenant ‖ 0 ‖ class ‖ 0 ‖ dictionary id (u32 BE) → created_at µs (i64 BE) ‖ sealed dictionary.
-pub const DICTS: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("memory_dicts");
+// Dictionary rows: tenant ‖ 0 ‖ class ‖ 0 ‖ dictionary id (u32 BE) → created_at µs (i64 BE)
+// ‖ sealed dictionary.
 
 /// Records larger than this are compressed without a dictionary and not sampled.
 pub const MAX_SAMPLE: usize = 4096;
@@ -127,22 +126,15 @@ impl Dictionaries {
     /// Loads every stored dictionary the keyring can open (a shredded tenant's cannot).
     pub fn load(kv: &daena_store::kv::Kv, keyring: &Keyring) -> AppResult<Dictionaries> {
         let dicts = Dictionaries::default();
-        let txn = kv.db().begin_read().map_err(AppError::storage)?;
-        let table = match txn.open_table(DICTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(dicts),
-            Err(e) => return Err(AppError::storage(e)),
-        };
-        for item in table.iter().map_err(AppError::storage)? {
-            let (k, v) = item.map_err(AppError::storage)?;
-            let mut parts = k.value().splitn(3, |b| *b == 0);
-            let (Some(t), Some(c)) = (parts.next(), parts.next()) else { continue };
-            let (Ok(tenant), Ok(class)) = (std::str::from_utf8(t), std::str::from_utf8(c)) else { continue };
-            match dicts.register_sealed(keyring, tenant, class, v.value()) {
-                Ok(_) => {}
-                Err(e) => tracing::debug!(tenant, class, error = %e.message, "a dictionary does not open"),
+        kv.scan_dicts(|k, v| {
+            let mut parts = k.splitn(3, |b| *b == 0);
+            let (Some(t), Some(c)) = (parts.next(), parts.next()) else { return Ok(()) };
+            let (Ok(tenant), Ok(class)) = (std::str::from_utf8(t), std::str::from_utf8(c)) else { return Ok(()) };
+            if let Err(e) = dicts.register_sealed(keyring, tenant, class, v) {
+                tracing::debug!(tenant, class, error = %e.message, "a dictionary does not open");
             }
-        }
+            Ok(())
+        })?;
         Ok(dicts)
     }
 
@@ -224,12 +216,7 @@ impl Dictionaries {
     ) -> AppResult<()> {
         let mut value = created_at.to_be_bytes().to_vec();
         value.extend_from_slice(sealed);
-        let txn = kv.db().begin_write().map_err(AppError::storage)?;
-        {
-            let mut t = txn.open_table(DICTS).map_err(AppError::storage)?;
-            t.insert(table_key(tenant, class, id).as_slice(), value.as_slice()).map_err(AppError::storage)?;
-        }
-        txn.commit().map_err(AppError::storage)
+        Ok(kv.put_dict(&table_key(tenant, class, id), &value)?)
     }
 
     /// Forgets a shredded tenant's dictionaries and samples (their rows stay, sealed).

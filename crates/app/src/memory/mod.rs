@@ -297,7 +297,7 @@ impl MemoryShared {
         let dicts = dict::Dictionaries::load(&kv, &keyring)?;
         let counters = Counters::restore(&kv)?;
         let mut stats = Stats::default();
-        records::scan(kv.db(), &[], None, |k, row| {
+        kv.scan_records(&[], None, |k, row| {
             if let Some((t, c, key)) = records::split_key(k)
                 && let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key))
             {
@@ -330,7 +330,7 @@ impl MemoryShared {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.as_deref().cloned());
         }
-        Ok(records::get_row(self.kv.db(), key)?)
+        Ok(self.kv.record(key)?)
     }
 
     /// The generation of `key`'s stripe; load it before reading the record.
@@ -590,7 +590,7 @@ pub fn get(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<(Rec
                 let plain = codec::open(m, &addr.tenant, class, key, &envelope)?;
                 let (last, count) = match m.pending_access.lock().get(&k).copied() {
                     Some(v) => v,
-                    None => records::get_access(m.kv.db(), &k)?.unwrap_or((0, 0)),
+                    None => m.kv.access(&k)?.unwrap_or((0, 0)),
                 };
                 // Reads from before this record was created were of an earlier record at this
                 // address, deleted since; its statistics may not be cleared yet.
@@ -1006,7 +1006,7 @@ pub async fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPag
     let mut items = Vec::new();
     let mut next = None;
     let mut allowed: HashMap<String, bool> = HashMap::new();
-    records::scan(d.memory.kv.db(), &prefix, after.as_deref(), |k, row| {
+    d.memory.kv.scan_records(&prefix, after.as_deref(), |k, row| {
         let Some((_, c, key)) = records::split_key(k) else { return Ok(true) };
         let ok = *allowed.entry(c.to_owned()).or_insert_with(|| {
             ClassName::new(c).map(|cn| d.policy.decide(who, &cn, Action::List).allowed).unwrap_or(false)

@@ -1,22 +1,21 @@
-//! The settler: writes frozen overlay layers to redb on its own thread, so the commit thread
-//! never stalls behind a redb transaction (a 4096-row write takes 10–20 ms here, a durable
+//! The settler: writes frozen overlay layers to the state store on its own thread, so the
+//! commit thread never stalls behind a store transaction (a 4096-row write takes 10–20 ms here, a durable
 //! one with its fsyncs 15–30 ms). One layer is in flight at a time. While it is, the next
 //! hand-off is put off and the active layer keeps growing; the commit thread waits for redb
 //! only when the active layer reaches its hard limit, or when a caller needs redb to hold
 //! everything (scans, shutdown).
 
 use super::MemoryShared;
-use crate::cas::{CAS, CasRow, CasShared};
+use crate::cas::{CasRow, CasShared};
 use crate::error::{AppError, AppResult};
 use crate::overlay::Layer;
-use daena_store::kv::DocWrite;
-use daena_store::records::{ACCESS, APPLIED_SEQ, MEMORY_META, RECORDS, RecordRow, RowBody, Tier};
-use redb::ReadableTable;
+use daena_store::kv::{DocWrite, StateBatch};
+use daena_store::records::{RecordRow, RowBody, Tier};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-/// One redb transaction's worth of state.
+/// One state store batch's worth of state.
 pub(super) struct Job {
     pub rows: Arc<Layer<RecordRow>>,
     pub cas: Arc<Layer<CasRow>>,
@@ -130,70 +129,46 @@ fn in_key_order<V>(map: &HashMap<Vec<u8>, V>) -> Vec<(&Vec<u8>, &V)> {
     entries
 }
 
-/// Writes a job in one redb transaction. Rows that moved to L3 with their body still inline
-/// get their bytes appended to a cold segment first.
+/// Writes a job as one batch of the state store. Rows that moved to L3 with their body
+/// still inline get their bytes appended to a cold segment first; a durable batch syncs the
+/// cold segments before it, so no row points at bytes that are not durable.
 pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
-    let db = shared.kv.db();
-    let mut txn = db.begin_write().map_err(AppError::storage)?;
-    if !job.durable {
-        txn.set_durability(redb::Durability::None).map_err(|e| AppError::internal(format!("redb durability: {e}")))?;
+    let mut records = Vec::with_capacity(job.rows.len());
+    for (key, row) in in_key_order(&job.rows) {
+        let bytes = match row {
+            Some(row) => Some(match (&row.tier, &row.body) {
+                (Tier::L3, RowBody::Inline(inline)) => {
+                    let (segment, offset, len) = shared.cold.append(inline)?;
+                    RecordRow { body: RowBody::Cold { segment, offset, len }, ..(**row).clone() }.encode()?
+                }
+                _ => row.encode()?,
+            }),
+            None => None,
+        };
+        records.push((key.as_slice(), bytes));
     }
-    {
-        let mut table = txn.open_table(RECORDS).map_err(AppError::storage)?;
-        let mut access = txn.open_table(ACCESS).map_err(AppError::storage)?;
-        for (key, row) in in_key_order(&job.rows) {
-            match row {
-                Some(row) => {
-                    let bytes = match (&row.tier, &row.body) {
-                        (Tier::L3, RowBody::Inline(inline)) => {
-                            let (segment, offset, len) = shared.cold.append(inline)?;
-                            RecordRow { body: RowBody::Cold { segment, offset, len }, ..(**row).clone() }.encode()?
-                        }
-                        _ => row.encode()?,
-                    };
-                    table.insert(key.as_slice(), bytes.as_slice()).map_err(AppError::storage)?;
-                }
-                None => {
-                    table.remove(key.as_slice()).map_err(AppError::storage)?;
-                    access.remove(key.as_slice()).map_err(AppError::storage)?;
-                }
+    let mut cache = Vec::with_capacity(job.cas.len());
+    for (key, row) in job.cas.iter() {
+        let bytes = match row {
+            Some(row) => {
+                Some(postcard::to_allocvec(&**row).map_err(|e| AppError::internal(format!("encode cas row: {e}")))?)
             }
-        }
-        for (key, (last, count)) in in_key_order(&job.access) {
-            // Only records that still exist keep statistics.
-            if table.get(key.as_slice()).map_err(AppError::storage)?.is_some() {
-                access.insert(key.as_slice(), (*last, *count)).map_err(AppError::storage)?;
-            }
-        }
-        if !job.cas.is_empty() {
-            let mut table = txn.open_table(CAS).map_err(AppError::storage)?;
-            for (key, row) in job.cas.iter() {
-                match row {
-                    Some(row) => {
-                        let bytes = postcard::to_allocvec(&**row)
-                            .map_err(|e| AppError::internal(format!("encode cas row: {e}")))?;
-                        table.insert(key.as_slice(), bytes.as_slice()).map_err(AppError::storage)?;
-                    }
-                    None => {
-                        table.remove(key.as_slice()).map_err(AppError::storage)?;
-                    }
-                }
-            }
-        }
-        for (name, key, json) in &job.docs {
-            txn.open_table(*name)
-                .map_err(AppError::storage)?
-                .insert(*key, json.as_slice())
-                .map_err(AppError::storage)?;
-        }
-        let mut meta = txn.open_table(MEMORY_META).map_err(AppError::storage)?;
-        meta.insert(APPLIED_SEQ, job.applied).map_err(AppError::storage)?;
+            None => None,
+        };
+        cache.push((key.as_slice(), bytes));
     }
     if job.durable {
-        // Rows pointing into L3 must not become durable before the bytes they point at.
         shared.cold.sync()?;
     }
-    txn.commit().map_err(AppError::storage)?;
+    let batch = StateBatch {
+        records,
+        access: in_key_order(&job.access).into_iter().map(|(k, stats)| (k.as_slice(), *stats)).collect(),
+        cache,
+        docs: &job.docs,
+        applied: job.applied,
+        durable: job.durable,
+    };
+    shared.kv.write(&batch)?;
     Ok(())
 }
 
@@ -244,11 +219,11 @@ pub(super) mod tests {
 
         let key = records::address_key("default", "chat", "settled");
         let row = row(7);
-        let db = d.memory.kv.db();
+        let kv = &d.memory.kv;
         let job = Job {
             rows: Arc::new(HashMap::from([(key.clone(), Some(Arc::new(row)))])),
             cas: Arc::new(HashMap::new()),
-            applied: records::applied_seq(db).expect("applied"),
+            applied: kv.applied_seq().expect("applied"),
             durable: false,
             access: HashMap::new(),
             docs: Vec::new(),
@@ -272,7 +247,7 @@ pub(super) mod tests {
             rx.recv_timeout(Duration::from_secs(30)).expect("wait returned the outcome busy had seen");
         assert_eq!(first, Ok(()));
         assert_eq!(second, Ok(()), "nothing is in flight after the wait");
-        let stored = records::get_row(db, &key).expect("read").expect("the job's row is in redb");
+        let stored = kv.record(&key).expect("read").expect("the job's row is stored");
         assert_eq!((stored.version, stored.content_sha256), (1, [7; 32]));
     }
 }

@@ -143,7 +143,7 @@ pub struct MemoryState {
 
 impl MemoryState {
     pub fn new(shared: Arc<MemoryShared>, cas: Arc<crate::cas::CasShared>) -> AppResult<MemoryState> {
-        let applied = records::applied_seq(shared.kv.db())?;
+        let applied = shared.kv.applied_seq()?;
         let counters_saved = shared.counters.durable();
         let settler = Settler::start(shared.clone(), cas.clone())?;
         Ok(MemoryState {
@@ -729,7 +729,7 @@ mod tests {
         let d = offline_daena(dir.path());
         let shared = d.memory.clone();
         let mut state = MemoryState::new(shared.clone(), d.cas.clone()).expect("state");
-        let blocker = shared.kv.db().begin_write().expect("write transaction");
+        let blocker = shared.kv.hold_writer().expect("the store's writer");
 
         // A layer in flight, which the settler cannot write while the test holds redb.
         let key = records::address_key("default", "chat", "held");
@@ -744,7 +744,7 @@ mod tests {
         let waited_before = shared.counters.settle_wait_micros.load(std::sync::atomic::Ordering::Relaxed);
         let release = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
-            blocker.abort().expect("abort");
+            drop(blocker);
         });
         assert!(state.flush_background().expect("saved"), "handed off once the limit passed");
         release.join().expect("release");
@@ -752,7 +752,7 @@ mod tests {
         let waited = shared.counters.settle_wait_micros.load(std::sync::atomic::Ordering::Relaxed) - waited_before;
         assert!(waited >= 100_000, "the wait for redb is counted: {waited} µs");
         state.flush().expect("flush");
-        let stored = records::get_row(shared.kv.db(), &key).expect("read");
+        let stored = shared.kv.record(&key).expect("read");
         assert!(stored.is_some(), "the held layer reached redb");
     }
 }

@@ -1,0 +1,323 @@
+//! The embedded state store: one redb database file (`state.redb`).
+//!
+//! Documents are JSON values in one table per [`DocTable`]; records, cache entries and
+//! dictionaries are byte rows keyed by address; access statistics are `(i64, u64)` values;
+//! the applied position is a `u64` in `memory_meta`. A batch is one redb transaction,
+//! committed with `Durability::None` when it need not be durable (a later durable commit
+//! makes it so).
+
+use crate::StoreError;
+use crate::records::RecordRow;
+use crate::state::{DocTable, RecordVisit, RowVisit, StateBatch, StateStore, StateView, WriterHold};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use std::path::Path;
+
+type Bytes = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+const RECORDS: Bytes = TableDefinition::new("records");
+const ACCESS: TableDefinition<'static, &'static [u8], (i64, u64)> = TableDefinition::new("access");
+const MEMORY_META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("memory_meta");
+const APPLIED_SEQ: &str = "applied_seq";
+const CACHE: Bytes = TableDefinition::new("cas");
+const DICTS: Bytes = TableDefinition::new("memory_dicts");
+
+fn docs(table: DocTable) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    TableDefinition::new(table.0)
+}
+
+/// The redb-backed [`StateStore`].
+pub struct Embedded {
+    db: Database,
+}
+
+impl Embedded {
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Embedded, StoreError> {
+        Ok(Embedded { db: Database::builder().set_cache_size(cache_bytes).create(path)? })
+    }
+}
+
+/// Opens `table` of a read transaction; `None` when it was never written.
+macro_rules! open_or_none {
+    ($txn:expr, $table:expr) => {
+        match $txn.open_table($table) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+}
+
+fn scan_bytes(db: &Database, table: Bytes, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
+    let txn = db.begin_read()?;
+    let Some(t) = open_or_none!(txn, table) else { return Ok(()) };
+    for item in t.iter()? {
+        let (k, v) = item?;
+        f(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+impl StateStore for Embedded {
+    fn get_doc(&self, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(t) = open_or_none!(txn, docs(table)) else { return Ok(None) };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put_docs(&self, table: DocTable, items: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(docs(table))?;
+            for (key, value) in items {
+                t.insert(*key, *value)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = txn.open_table(docs(table))?.remove(key)?.is_some();
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    fn scan_docs(&self, table: DocTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(t) = open_or_none!(txn, docs(table)) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn record(&self, addr: &[u8]) -> Result<Option<RecordRow>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(t) = open_or_none!(txn, RECORDS) else { return Ok(None) };
+        t.get(addr)?.map(|v| RecordRow::decode(v.value())).transpose()
+    }
+
+    fn access(&self, addr: &[u8]) -> Result<Option<(i64, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(t) = open_or_none!(txn, ACCESS) else { return Ok(None) };
+        Ok(t.get(addr)?.map(|v| v.value()))
+    }
+
+    fn scan_records(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut RecordVisit<'_>) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(t) = open_or_none!(txn, RECORDS) else { return Ok(()) };
+        let start: &[u8] = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        for item in t.range(start..)? {
+            let (k, v) = item?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|a| k <= a) {
+                continue;
+            }
+            if !f(k, RecordRow::decode(v.value())?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn applied_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(t) = open_or_none!(txn, MEMORY_META) else { return Ok(0) };
+        Ok(t.get(APPLIED_SEQ)?.map_or(0, |v| v.value()))
+    }
+
+    fn cache_row(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let Some(t) = open_or_none!(txn, CACHE) else { return Ok(None) };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    fn scan_cache(&self, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
+        scan_bytes(&self.db, CACHE, f)
+    }
+
+    fn scan_dicts(&self, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
+        scan_bytes(&self.db, DICTS, f)
+    }
+
+    fn put_dict(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(DICTS)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn write(&self, batch: &StateBatch<'_>) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        if !batch.durable {
+            txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Db(e.to_string()))?;
+        }
+        {
+            let mut records = txn.open_table(RECORDS)?;
+            let mut access = txn.open_table(ACCESS)?;
+            for (key, row) in &batch.records {
+                match row {
+                    Some(bytes) => {
+                        records.insert(*key, bytes.as_slice())?;
+                    }
+                    None => {
+                        records.remove(*key)?;
+                        access.remove(*key)?;
+                    }
+                }
+            }
+            for (key, stats) in &batch.access {
+                if records.get(*key)?.is_some() {
+                    access.insert(*key, *stats)?;
+                }
+            }
+            if !batch.cache.is_empty() {
+                let mut cache = txn.open_table(CACHE)?;
+                for (key, row) in &batch.cache {
+                    match row {
+                        Some(bytes) => {
+                            cache.insert(*key, bytes.as_slice())?;
+                        }
+                        None => {
+                            cache.remove(*key)?;
+                        }
+                    }
+                }
+            }
+            for (table, key, json) in batch.docs {
+                txn.open_table(docs(*table))?.insert(*key, json.as_slice())?;
+            }
+            txn.open_table(MEMORY_META)?.insert(APPLIED_SEQ, batch.applied)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn view(&self) -> Result<Box<dyn StateView>, StoreError> {
+        Ok(Box::new(View(self.db.begin_read()?)))
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        drop(open_or_none!(txn, docs(crate::kv::SETTINGS)));
+        Ok(())
+    }
+
+    fn hold_writer(&self) -> Result<Box<dyn WriterHold>, StoreError> {
+        Ok(Box::new(Hold(Some(self.db.begin_write()?))))
+    }
+}
+
+struct Hold(Option<redb::WriteTransaction>);
+
+impl WriterHold for Hold {}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(txn) = self.0.take() {
+            let _ = txn.abort();
+        }
+    }
+}
+
+struct View(redb::ReadTransaction);
+
+impl StateView for View {
+    fn copy_to(&self, path: &Path) -> Result<(Vec<String>, u64), StoreError> {
+        let out = Database::create(path)?;
+        let w = out.begin_write()?;
+        let mut names = Vec::new();
+        let mut records = 0u64;
+        for handle in self.0.list_tables()? {
+            let name = handle.name().to_owned();
+            let n = name.as_str();
+            match n {
+                "records" | "cas" | "memory_dicts" => {
+                    let def = TableDefinition::<&[u8], &[u8]>::new(n);
+                    let src = self.0.open_table(def)?;
+                    let mut dst = w.open_table(def)?;
+                    for item in src.iter()? {
+                        let (k, v) = item?;
+                        dst.insert(k.value(), v.value())?;
+                        records += u64::from(n == "records");
+                    }
+                }
+                "access" => {
+                    let src = self.0.open_table(ACCESS)?;
+                    let mut dst = w.open_table(ACCESS)?;
+                    for item in src.iter()? {
+                        let (k, v) = item?;
+                        dst.insert(k.value(), v.value())?;
+                    }
+                }
+                "memory_meta" => {
+                    let src = self.0.open_table(MEMORY_META)?;
+                    let mut dst = w.open_table(MEMORY_META)?;
+                    for item in src.iter()? {
+                        let (k, v) = item?;
+                        dst.insert(k.value(), v.value())?;
+                    }
+                }
+                _ => {
+                    let def = TableDefinition::<&str, &[u8]>::new(n);
+                    let src = self.0.open_table(def).map_err(|e| StoreError::Corrupt {
+                        what: format!("table {name}"),
+                        detail: format!("unknown layout: {e}"),
+                    })?;
+                    let mut dst = w.open_table(def)?;
+                    for item in src.iter()? {
+                        let (k, v) = item?;
+                        dst.insert(k.value(), v.value())?;
+                    }
+                }
+            }
+            names.push(name);
+        }
+        w.commit()?;
+        Ok((names, records))
+    }
+
+    fn record_keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let Some(t) = open_or_none!(self.0, RECORDS) else { return Ok(Vec::new()) };
+        let mut keys = Vec::new();
+        for item in t.iter()? {
+            keys.push(item?.0.value().to_vec());
+        }
+        Ok(keys)
+    }
+}
+
+/// Documents as stored: (key, JSON).
+pub type Documents = Vec<(String, Vec<u8>)>;
+
+/// Reads every document of `table` from the database file at `path` without writing to it
+/// (the writable open may update the file). `None` when there is no database yet, or when
+/// it needs the repair a crash leaves behind.
+pub fn read_docs_untouched(path: &Path, table: DocTable) -> Result<Option<Documents>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = match Database::builder().open_read_only(path) {
+        Ok(db) => db,
+        // A crash leaves the file needing a repair that only a writable open performs.
+        Err(redb::DatabaseError::RepairAborted) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let txn = db.begin_read()?;
+    let Some(t) = open_or_none!(txn, docs(table)) else { return Ok(Some(Vec::new())) };
+    let mut out = Vec::new();
+    for item in t.iter()? {
+        let (k, v) = item?;
+        out.push((k.value().to_owned(), v.value().to_vec()));
+    }
+    Ok(Some(out))
+}

@@ -1,0 +1,283 @@
+//! The state store conformance suite: the same scenarios against every backend, through the
+//! [`StateStore`] seam and the [`Kv`] handle only. A backend passes by giving [`Backend`] a
+//! way to make a fresh, empty store in a directory and to open it again there.
+//!
+//! Single-writer scenarios come first; the concurrent ones (writers racing, readers during
+//! writes) apart, so a backend can be worked on without hiding what it lacks. The ledger has
+//! one backend (segment files), covered by `tests/ledger.rs`.
+
+use daena_store::kv::{DocTable, Kv, SETTINGS, StateBatch};
+use daena_store::records::{self, RecordRow, RowBody, Tier};
+use std::path::Path;
+
+/// How a backend makes (and remakes) its store in a directory.
+struct Backend {
+    name: &'static str,
+    open: fn(&Path) -> Kv,
+}
+
+fn backends() -> Vec<Backend> {
+    vec![Backend { name: "embedded", open: |dir| Kv::open(&dir.join("state.redb"), 1 << 20).expect("open embedded") }]
+}
+
+/// Runs `case` on a fresh store of every backend.
+fn each(case: impl Fn(&Backend, &Path, Kv)) {
+    for b in backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = (b.open)(dir.path());
+        case(&b, dir.path(), kv);
+    }
+}
+
+const T: DocTable = DocTable("conformance_docs");
+
+fn row(version: u64, tier: Tier) -> RecordRow {
+    RecordRow {
+        format: records::ROW_FORMAT,
+        tier,
+        seq: version,
+        version,
+        created_at: 1,
+        updated_at: version as i64,
+        content_sha256: [version as u8; 32],
+        raw_len: 3,
+        level: 3,
+        trust: None,
+        body: RowBody::Inline(vec![version as u8; 3]),
+    }
+}
+
+fn put(kv: &Kv, rows: &[(&[u8], Option<RecordRow>)], applied: u64, durable: bool) {
+    let encoded: Vec<(&[u8], Option<Vec<u8>>)> =
+        rows.iter().map(|(k, r)| (*k, r.as_ref().map(|r| r.encode().expect("encode")))).collect();
+    let batch = StateBatch { records: encoded, applied, durable, ..StateBatch::default() };
+    kv.write(&batch).expect("write");
+}
+
+fn keys(kv: &Kv, prefix: &[u8], after: Option<&[u8]>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    kv.scan_records(prefix, after, |k, _| {
+        out.push(k.to_vec());
+        Ok(true)
+    })
+    .expect("scan");
+    out
+}
+
+#[test]
+fn documents_round_trip() {
+    each(|b, _, kv| {
+        assert_eq!(kv.get_doc::<String>(T, "a").expect("get"), None, "{}", b.name);
+        kv.put_doc(T, "b", &"two".to_owned()).expect("put");
+        kv.put_docs(T, &[("a".to_owned(), "one".to_owned()), ("c".to_owned(), "three".to_owned())]).expect("puts");
+        let all: Vec<(String, String)> = kv.scan_docs(T).expect("scan");
+        assert_eq!(all.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["a", "b", "c"], "{}: key order", b.name);
+        kv.put_doc(T, "b", &"deux".to_owned()).expect("overwrite");
+        assert_eq!(kv.get_doc::<String>(T, "b").expect("get").as_deref(), Some("deux"));
+        assert!(kv.delete_doc(T, "a").expect("delete"));
+        assert!(!kv.delete_doc(T, "a").expect("delete again"), "{}", b.name);
+        assert!(kv.get_doc::<u32>(T, "b").is_err(), "{}: a document of another type is an error", b.name);
+        assert!(kv.scan_docs::<String>(DocTable("never_written")).expect("scan").is_empty());
+        kv.probe().expect("probe");
+        assert_eq!(kv.get_doc::<u32>(SETTINGS, "schema_version").expect("schema"), Some(1));
+    });
+}
+
+#[test]
+fn records_versions_scans_and_removal() {
+    each(|b, _, kv| {
+        assert_eq!(kv.applied_seq().expect("applied"), 0);
+        let (a1, a2, b1) = (
+            records::address_key("acme", "chat", "k1"),
+            records::address_key("acme", "chat", "k2"),
+            records::address_key("acme", "legal", "k1"),
+        );
+        let g1 = records::address_key("globex", "chat", "k1");
+        put(
+            &kv,
+            &[
+                (&a1, Some(row(1, Tier::L2))),
+                (&a2, Some(row(1, Tier::L2))),
+                (&b1, Some(row(1, Tier::L2Q))),
+                (&g1, Some(row(1, Tier::L2))),
+            ],
+            4,
+            true,
+        );
+        put(&kv, &[(&a1, Some(row(2, Tier::L2)))], 5, false);
+        assert_eq!(kv.record(&a1).expect("get").map(|r| r.version), Some(2), "{}: the newer version", b.name);
+        assert_eq!(kv.applied_seq().expect("applied"), 5);
+        let acme = records::tenant_prefix("acme");
+        assert_eq!(keys(&kv, &acme, None), [a1.clone(), a2.clone(), b1.clone()], "{}: by tenant, in order", b.name);
+        let mut chat = acme.clone();
+        chat.extend_from_slice(b"chat\0");
+        assert_eq!(keys(&kv, &chat, None), [a1.clone(), a2.clone()], "{}: by tenant and class", b.name);
+        assert_eq!(keys(&kv, &acme, Some(&a1)), [a2.clone(), b1.clone()], "{}: after a cursor", b.name);
+        let mut first = Vec::new();
+        kv.scan_records(&acme, None, |k, _| {
+            first.push(k.to_vec());
+            Ok(false)
+        })
+        .expect("scan");
+        assert_eq!(first, std::slice::from_ref(&a1), "{}: a scan stops when asked", b.name);
+
+        // Statistics only for records that exist after the batch, and removed with them.
+        let stats = StateBatch {
+            access: vec![(a1.as_slice(), (10, 3)), (b"acme\0chat\0gone".as_slice(), (10, 1))],
+            applied: 6,
+            ..StateBatch::default()
+        };
+        kv.write(&stats).expect("write");
+        assert_eq!(kv.access(&a1).expect("access"), Some((10, 3)));
+        assert_eq!(kv.access(b"acme\0chat\0gone").expect("access"), None, "{}", b.name);
+        put(&kv, &[(&a1, None)], 7, true);
+        assert_eq!(kv.record(&a1).expect("get"), None);
+        assert_eq!(kv.access(&a1).expect("access"), None, "{}: a removed record's statistics go too", b.name);
+        assert_eq!(keys(&kv, &[], None), [a2, b1, g1]);
+    });
+}
+
+#[test]
+fn cache_rows_dictionaries_and_documents_in_batches() {
+    each(|b, _, kv| {
+        let docs = [(T, "counters", b"[1,2]".to_vec())];
+        let batch = StateBatch {
+            cache: vec![(b"acme\0k1".as_slice(), Some(vec![1])), (b"acme\0k2".as_slice(), Some(vec![2]))],
+            docs: &docs,
+            applied: 2,
+            durable: true,
+            ..StateBatch::default()
+        };
+        kv.write(&batch).expect("write");
+        assert_eq!(kv.cache_row(b"acme\0k1").expect("row"), Some(vec![1]));
+        assert_eq!(kv.get_doc::<Vec<u32>>(T, "counters").expect("doc"), Some(vec![1, 2]), "{}", b.name);
+        let remove = StateBatch { cache: vec![(b"acme\0k1".as_slice(), None)], applied: 3, ..StateBatch::default() };
+        kv.write(&remove).expect("write");
+        let mut rows = Vec::new();
+        kv.scan_cache(|k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .expect("scan");
+        assert_eq!(rows, [(b"acme\0k2".to_vec(), vec![2])], "{}", b.name);
+        kv.put_dict(b"acme\0chat\0\0\0\0\x07", b"sealed").expect("dict");
+        let mut dicts = Vec::new();
+        kv.scan_dicts(|k, v| {
+            dicts.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .expect("scan");
+        assert_eq!(dicts.len(), 1, "{}", b.name);
+    });
+}
+
+#[test]
+fn reopen_after_a_crash_keeps_what_a_durable_batch_made_durable() {
+    for b in backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = records::address_key("acme", "chat", "a");
+        let c = records::address_key("acme", "chat", "c");
+        {
+            let kv = (b.open)(dir.path());
+            put(&kv, &[(&a, Some(row(1, Tier::L2)))], 1, false);
+            put(&kv, &[(&c, Some(row(1, Tier::L3)))], 2, true);
+            kv.put_doc(T, "d", &7u32).expect("doc");
+            // Dropped without any shutdown: what was made durable must be there.
+        }
+        let kv = (b.open)(dir.path());
+        assert_eq!(kv.applied_seq().expect("applied"), 2, "{}", b.name);
+        assert!(kv.record(&a).expect("get").is_some(), "{}: a later durable batch makes earlier ones durable", b.name);
+        assert_eq!(kv.record(&c).expect("get").map(|r| r.tier), Some(Tier::L3));
+        assert_eq!(kv.get_doc::<u32>(T, "d").expect("doc"), Some(7));
+    }
+}
+
+#[test]
+fn a_view_is_consistent_and_its_copy_opens_with_the_same_state() {
+    each(|b, dir, kv| {
+        let a = records::address_key("acme", "chat", "a");
+        put(&kv, &[(&a, Some(row(1, Tier::L2)))], 1, true);
+        kv.put_doc(T, "d", &1u32).expect("doc");
+        let view = kv.view().expect("view");
+        // Writes after the view are not in it.
+        let z = records::address_key("acme", "chat", "z");
+        put(&kv, &[(&a, Some(row(2, Tier::L2))), (&z, Some(row(1, Tier::L2)))], 2, true);
+        kv.put_doc(T, "d", &2u32).expect("doc");
+        assert_eq!(view.record_keys().expect("keys"), std::slice::from_ref(&a), "{}", b.name);
+        let copy_dir = dir.join("copy");
+        std::fs::create_dir_all(&copy_dir).expect("dir");
+        let (tables, records) = view.copy_to(&copy_dir.join("state.redb")).expect("copy");
+        drop(view);
+        assert_eq!(records, 1, "{}", b.name);
+        assert!(tables.iter().any(|t| t == "conformance_docs"), "{tables:?}");
+        let copy = (b.open)(&copy_dir);
+        assert_eq!(copy.record(&a).expect("get").map(|r| r.version), Some(1), "{}: as it was at the view", b.name);
+        assert_eq!(copy.record(&z).expect("get"), None);
+        assert_eq!(copy.get_doc::<u32>(T, "d").expect("doc"), Some(1));
+        assert_eq!(copy.applied_seq().expect("applied"), 1);
+        assert_eq!(kv.get_doc::<u32>(T, "d").expect("doc"), Some(2), "{}: the original goes on", b.name);
+    });
+}
+
+// Concurrent scenarios.
+
+#[test]
+fn concurrent_writers_and_readers_lose_nothing() {
+    each(|b, _, kv| {
+        let writers: Vec<_> = (0..4u8)
+            .map(|w| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u8 {
+                        let key = records::address_key("acme", "chat", &format!("w{w}-{i}"));
+                        let encoded = row(1, Tier::L2).encode().expect("encode");
+                        let batch = StateBatch {
+                            records: vec![(key.as_slice(), Some(encoded))],
+                            applied: u64::from(w) * 100 + u64::from(i),
+                            durable: i % 10 == 0,
+                            ..StateBatch::default()
+                        };
+                        kv.write(&batch).expect("write");
+                        kv.put_doc(T, &format!("w{w}-{i}"), &u32::from(i)).expect("doc");
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                let mut last = 0;
+                for _ in 0..50 {
+                    let n = keys(&kv, &records::tenant_prefix("acme"), None).len();
+                    assert!(n >= last, "a reader never sees records disappear");
+                    last = n;
+                }
+            })
+        };
+        for w in writers {
+            w.join().expect("writer");
+        }
+        reader.join().expect("reader");
+        assert_eq!(keys(&kv, &[], None).len(), 200, "{}", b.name);
+        assert_eq!(kv.scan_docs::<u32>(T).expect("docs").len(), 200, "{}", b.name);
+    });
+}
+
+#[test]
+fn a_held_writer_makes_writes_wait() {
+    each(|b, _, kv| {
+        let hold = kv.hold_writer().expect("hold");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let kv = kv.clone();
+            std::thread::spawn(move || {
+                kv.put_doc(T, "late", &1u32).expect("doc");
+                let _ = tx.send(());
+            })
+        };
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "{}: the write waited", b.name);
+        drop(hold);
+        rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the write went through once released");
+        writer.join().expect("writer");
+    });
+}
