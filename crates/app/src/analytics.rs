@@ -35,9 +35,7 @@ const MIN_BASELINE: usize = 10;
 const MIN_CURRENT_EVENTS: u64 = 10;
 /// Most interactions one request may report.
 pub const MAX_BATCH: usize = 1000;
-/// Where agents, pairs and kinds past the bounds are counted: not a valid agent id, so no
-/// agent can be it.
-pub const OTHER: &str = "(other)";
+pub use daena_core::agents::OTHER;
 /// Kinds of interaction kept per agent pair; more are counted as [`OTHER`].
 const MAX_KINDS_PER_PAIR: usize = 16;
 /// Tokens and USD one reported interaction may carry.

@@ -14,8 +14,8 @@
 
 use crate::auth::{KeyRing, KeyView};
 use crate::commit::Op;
-use crate::crypto::Keyring;
 use crate::error::{AppError, AppResult};
+use crate::keyring::Keyring;
 use crate::memory::MemoryShared;
 use crate::ratelimit::{LimitView, RateLimiter};
 use crate::snapshot::{DrillRecord, LAST_DRILL, LastDrill};

@@ -6,7 +6,7 @@
 //! a time, with progress), while requests go on: old versions stay readable until then. With the master key in `keys/master.key`, the new key is
 //! written to `keys/master.key.next` first, the retired one is kept as
 //! `keys/retired/master-<id>.key` (so snapshots sealed under it can still be restored), and an
-//! interrupted rotation is completed or undone at the next start (`crypto::finish_rotation`).
+//! interrupted rotation is completed or undone at the next start (`keyring::finish_rotation`).
 //! With `DAENA_MEMORY_AES_KEY`, the new key comes from `DAENA_MEMORY_AES_KEY_NEW` and the
 //! operator switches the variable before the next start.
 //!
@@ -17,8 +17,8 @@
 use crate::Daena;
 use crate::auth::Principal;
 use crate::config::Secret;
-use crate::crypto::{self, MasterKey};
 use crate::error::{AppError, AppResult};
+use crate::keyring::{self, MasterKey};
 use crate::operations::Operation;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -119,11 +119,11 @@ pub async fn rotate(
                  new key in DAENA_MEMORY_AES_KEY_NEW, then start with DAENA_MEMORY_AES_KEY set to it",
             ));
         };
-        let raw = crypto::parse_master_key(secret.expose(), "DAENA_MEMORY_AES_KEY_NEW")?;
+        let raw = keyring::parse_master_key(secret.expose(), "DAENA_MEMORY_AES_KEY_NEW")?;
         (MasterKey::from_bytes(raw, "DAENA_MEMORY_AES_KEY"), None)
     } else {
         let raw: [u8; 32] = rand::random();
-        let path = keys.join(crypto::MASTER_KEY_FILE);
+        let path = keys.join(keyring::MASTER_KEY_FILE);
         (MasterKey::from_bytes(raw, &path.display().to_string()), Some(zeroize::Zeroizing::new(raw)))
     };
     if new.id == old_id {
@@ -147,11 +147,11 @@ pub async fn rotate(
         });
     }
     if let Some(raw) = &bytes {
-        crypto::write_next_master(&keys, raw)?;
+        keyring::write_next_master(&keys, raw)?;
     }
     let (tenants, data_keys) = d.keyring.rewrap(new, false)?;
     if bytes.is_some() {
-        crypto::finish_rotation_files(&keys, &old_id)?;
+        keyring::finish_rotation_files(&keys, &old_id)?;
     }
     // New data key versions for new records, then every record sealed again under them.
     let new_versions = d.keyring.new_data_key_versions()?;
@@ -330,7 +330,7 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
 }
 
 /// The key store's status with the rotation history (`GET /api/v1/admin/key-status`).
-pub fn status(d: &Daena) -> AppResult<crypto::KeyStatus> {
+pub fn status(d: &Daena) -> AppResult<keyring::KeyStatus> {
     let mut st = d.keyring.status()?;
     let (lines, _) = read_chain(&d.data.keys_dir(), None)?;
     if let Some(last) = lines.last() {

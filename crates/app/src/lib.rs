@@ -3,19 +3,11 @@
 //! binary call functions here; nothing here knows about HTTP.
 
 pub mod admin;
-pub mod agents;
 pub mod analytics;
 pub mod archive;
-pub mod auth;
-pub mod backup_trust;
 pub mod cas;
 pub mod checks;
-pub mod clock;
 pub mod commit;
-pub mod config;
-pub mod crypto;
-pub mod error;
-pub mod failed_auth;
 pub mod governance;
 pub mod health;
 pub mod keyrotate;
@@ -23,22 +15,23 @@ pub mod ledger;
 pub mod memory;
 pub mod metrics_view;
 pub mod operations;
-pub mod overlay;
-pub mod policy;
 pub mod ratelimit;
 pub mod scheduler;
 pub mod snapshot;
 pub mod state;
 pub mod telemetry;
 
+pub use daena_base::{clock, config, error};
+pub use daena_governance::{agents, auth, backup_trust, failed_auth, keyring, policy};
+
 use crate::agents::AgentRegistry;
 use crate::auth::KeyRing;
 use crate::clock::{Clock, SystemClock};
 use crate::commit::{CommitPolicy, Committer, StateMachine};
 use crate::config::{Config, LoadedConfig};
-use crate::crypto::Keyring;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::health::{Check, CheckStatus};
+use crate::keyring::Keyring;
 use crate::ledger::LedgerService;
 use crate::memory::MemoryShared;
 use crate::memory::state::MemoryState;
@@ -134,9 +127,9 @@ impl Daena {
             })?,
         };
         // The master key is checked against the stored data keys before anything is written.
-        crypto::finish_rotation(&data)?;
-        let master = crypto::load_master(&data, secrets.memory_aes_key.as_ref())?;
-        crypto::check_master(&data.state_db(), &master)?;
+        keyring::finish_rotation(&data)?;
+        let master = keyring::load_master(&data, secrets.memory_aes_key.as_ref())?;
+        keyring::check_master(&data.state_db(), &master)?;
         // `validate` checked that the size fits a usize.
         let cache = usize::try_from(config.memory.l2_cache_bytes).unwrap_or(usize::MAX);
         let kv = Kv::open(&data.state_db(), cache)?;

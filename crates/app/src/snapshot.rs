@@ -737,9 +737,9 @@ pub fn rebuild_in(
         // current state; the entries replayed at open need it.
         let current = root.join(STATE);
         if current.exists() {
-            crate::crypto::merge_missing_data_keys(&staging.join(STATE), &current)?;
-            let master = crate::crypto::load_master(data, loaded.secrets.memory_aes_key.as_ref())?;
-            crate::crypto::check_master(&staging.join(STATE), &master)?;
+            crate::keyring::merge_missing_data_keys(&staging.join(STATE), &current)?;
+            let master = crate::keyring::load_master(data, loaded.secrets.memory_aes_key.as_ref())?;
+            crate::keyring::check_master(&staging.join(STATE), &master)?;
         }
         let carried = crate::governance::facts_set_aside(&data.ledger_dir(), &staged_ledger)?;
         crate::governance::record_carried(&staging.join(STATE), &carried)?;
@@ -769,18 +769,18 @@ fn adopt_master(
     state: &Path,
     sealed_under: &str,
 ) -> AppResult<()> {
-    let master = crate::crypto::load_master(data, loaded.secrets.memory_aes_key.as_ref())?;
-    let Err(e) = crate::crypto::check_master(state, &master) else {
+    let master = crate::keyring::load_master(data, loaded.secrets.memory_aes_key.as_ref())?;
+    let Err(e) = crate::keyring::check_master(state, &master) else {
         return Ok(());
     };
-    let Some(old) = crate::crypto::retired_master(&data.keys_dir(), sealed_under) else {
+    let Some(old) = crate::keyring::retired_master(&data.keys_dir(), sealed_under) else {
         return Err(AppError::invalid(format!(
             "the current master key cannot open this snapshot's data keys (sealed under master key id \
              {sealed_under}, which is not in keys/retired/): {}; set DAENA_MEMORY_AES_KEY to that key",
             e.message
         )));
     };
-    crate::crypto::check_master(state, &old)?;
-    crate::crypto::rewrap_file(state, &old, &master)?;
-    crate::crypto::check_master(state, &master)
+    crate::keyring::check_master(state, &old)?;
+    crate::keyring::rewrap_file(state, &old, &master)?;
+    crate::keyring::check_master(state, &master)
 }

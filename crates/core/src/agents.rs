@@ -33,6 +33,9 @@ pub const EXPECTED_ROLES_PER_DEPARTMENT: usize = ROLES.len();
 pub const EXPECTED_AGENTS: usize = EXPECTED_DEPARTMENTS * EXPECTED_ROLES_PER_DEPARTMENT;
 
 /// Maximum honeycomb neighbours of a cell.
+/// Where agents, pairs and kinds past the analytics bounds are counted: not a valid agent id,
+/// so no agent can be it.
+pub const OTHER: &str = "(other)";
 pub const MAX_NEIGHBOURS: usize = 6;
 
 /// The golden angle in radians, π(3 − √5) ≈ 137.508°.

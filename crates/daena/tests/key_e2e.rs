@@ -142,7 +142,7 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_rotation_is_undone_or_completed_at_start() {
-    use daena_app::crypto::{self, MasterKey};
+    use daena_app::keyring::{self, MasterKey};
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = Server::start(tmp.path(), &[]);
     let (status, _) =
@@ -152,20 +152,20 @@ async fn an_interrupted_rotation_is_undone_or_completed_at_start() {
     server.stop();
     let keys = tmp.path().join("data/keys");
     let old_text = std::fs::read_to_string(keys.join("master.key")).expect("key");
-    let old = MasterKey::from_bytes(crypto::parse_master_key(&old_text, "old").expect("parse"), "old");
+    let old = MasterKey::from_bytes(keyring::parse_master_key(&old_text, "old").expect("parse"), "old");
     let new_raw = [7u8; 32];
     let new = MasterKey::from_bytes(new_raw, "new");
 
     // Crashed before the data keys were re-wrapped: the next key is dropped.
-    crypto::write_next_master(&keys, &new_raw).expect("next");
+    keyring::write_next_master(&keys, &new_raw).expect("next");
     let server = Server::start(tmp.path(), &[]);
     assert!(!keys.join("master.key.next").exists());
     assert_eq!(std::fs::read_to_string(keys.join("master.key")).expect("key"), old_text);
     server.stop();
 
     // Crashed after: the rotation is completed.
-    crypto::write_next_master(&keys, &new_raw).expect("next");
-    crypto::rewrap_file(&tmp.path().join("data/state.redb"), &old, &new).expect("rewrap");
+    keyring::write_next_master(&keys, &new_raw).expect("next");
+    keyring::rewrap_file(&tmp.path().join("data/state.redb"), &old, &new).expect("rewrap");
     let server = Server::start(tmp.path(), &[]);
     assert!(!keys.join("master.key.next").exists());
     assert!(keys.join(format!("retired/master-{}.key", old.id)).exists());

@@ -11,6 +11,7 @@ pub mod embedded;
 pub mod error;
 pub mod kv;
 pub mod ledger;
+pub mod overlay;
 pub mod records;
 pub mod state;
 

@@ -177,11 +177,11 @@ pub async fn last_drill(
 
 /// The key store without key material: master key id and source, data keys per tenant, ages.
 #[utoipa::path(get, path = "/api/v1/admin/key-status", tag = "admin",
-    responses((status = 200, body = daena_app::crypto::KeyStatus), AuthErrors), security(("api_key" = [])))]
+    responses((status = 200, body = daena_app::keyring::KeyStatus), AuthErrors), security(("api_key" = [])))]
 pub async fn key_status(
     State(state): State<AppState>,
     _auth: Auth<ReadAccess>,
-) -> ApiResult<axum::Json<daena_app::crypto::KeyStatus>> {
+) -> ApiResult<axum::Json<daena_app::keyring::KeyStatus>> {
     Ok(axum::Json(daena_app::keyrotate::status(&state)?))
 }
 

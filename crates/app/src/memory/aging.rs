@@ -213,13 +213,13 @@ pub async fn stale_records(d: &Daena) -> AppResult<(u64, Vec<(Addr, u64)>)> {
         };
         let Some(current) = d.memory.keyring.current_version(t) else { return Ok(true) };
         let version = match &row.body {
-            RowBody::Inline(b) => crate::crypto::parse_header(b).map(|(_, v)| v).ok(),
+            RowBody::Inline(b) => crate::keyring::parse_header(b).map(|(_, v)| v).ok(),
             RowBody::Cold { segment, offset, len } => d
                 .memory
                 .cold
                 .read(*segment, *offset, *len)
                 .ok()
-                .and_then(|b| crate::crypto::parse_header(&b).map(|(_, v)| v).ok()),
+                .and_then(|b| crate::keyring::parse_header(&b).map(|(_, v)| v).ok()),
         };
         // Records under a shredded version stay as they are: nothing can open them.
         if version.is_some_and(|v| v < current && d.memory.keyring.has_version(t, v)) {

@@ -5,8 +5,8 @@
 //! Plaintext layout: payload length (u32 BE) ‖ payload JSON ‖ meta JSON.
 
 use super::MemoryShared;
-use crate::crypto::{Codec, record_address};
 use crate::error::{AppError, AppResult};
+use crate::keyring::{Codec, record_address};
 use daena_core::ids::TenantId;
 use std::sync::Arc;
 

@@ -20,8 +20,8 @@
 //!
 //! Crypto-shredding a tenant makes its dictionaries unreadable with its records.
 
-use crate::crypto::{Codec, Keyring};
 use crate::error::{AppError, AppResult};
+use crate::keyring::{Codec, Keyring};
 use daena_core::ids::TenantId;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;

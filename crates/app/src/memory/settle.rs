@@ -8,8 +8,8 @@
 use super::MemoryShared;
 use crate::cas::{CasRow, CasShared};
 use crate::error::{AppError, AppResult};
-use crate::overlay::Layer;
 use daena_store::kv::{DocWrite, StateBatch};
+use daena_store::overlay::Layer;
 use daena_store::records::{RecordRow, RowBody, Tier};
 use std::collections::HashMap;
 use std::sync::Arc;

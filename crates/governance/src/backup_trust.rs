@@ -8,7 +8,7 @@
 //! expected, unless the operator says `--trust-unsigned`; an archive imported that way puts
 //! the records of quarantined classes into quarantine, whatever the archive says.
 
-use crate::error::{AppError, AppResult};
+use daena_base::error::{AppError, AppResult};
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 

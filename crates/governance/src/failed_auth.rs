@@ -11,8 +11,8 @@
 //! bounded: a full shard first drops addresses whose budget is whole again, then the one
 //! closest to being whole.
 
-use crate::clock::Clock;
-use crate::config::RateLimitConfig;
+use daena_base::clock::Clock;
+use daena_base::config::RateLimitConfig;
 use daena_core::gcra::{self, Decision, Limit};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -159,7 +159,7 @@ impl FailedAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use daena_base::clock::ManualClock;
     use daena_core::time::Micros;
 
     fn guard(per_minute: u32, burst: u32) -> (Arc<ManualClock>, FailedAuth) {

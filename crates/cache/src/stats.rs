@@ -10,7 +10,7 @@
 //! fields. Per tenant, agents besides the 6x8 fleet and models without a price are kept up
 //! to a bound; more are counted as `(other)`.
 
-use crate::error::AppResult;
+use daena_base::error::AppResult;
 use daena_store::kv::{DocTable, DocWrite, Kv, doc_table, encode_doc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -168,7 +168,7 @@ impl CasStats {
 
     /// The statistics as a document to save, when they changed since the last one; a failed
     /// save calls [`CasStats::mark_unsaved`].
-    pub(crate) fn unsaved_doc(&mut self) -> AppResult<Option<DocWrite>> {
+    pub fn unsaved_doc(&mut self) -> AppResult<Option<DocWrite>> {
         if !self.dirty {
             return Ok(None);
         }
@@ -177,7 +177,7 @@ impl CasStats {
         Ok(Some((STATS, "all", json)))
     }
 
-    pub(crate) fn mark_unsaved(&mut self) {
+    pub fn mark_unsaved(&mut self) {
         self.dirty = true;
     }
 
@@ -234,7 +234,7 @@ impl CasStats {
                 .collect();
             (agents, mine.map(|k| k.model.clone()).collect())
         });
-        let other = crate::analytics::OTHER;
+        let other = daena_core::agents::OTHER;
         if daena_core::agents::department_of(&key.agent).is_none() && !agents.contains(&key.agent) {
             if agents.len() < bounds.agents {
                 agents.insert(key.agent.clone());

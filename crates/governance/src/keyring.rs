@@ -14,11 +14,11 @@
 //! key) is stored with them so a wrong master key is refused at start before anything is
 //! written. Key material never reaches logs, errors, the ledger or output.
 
-use crate::config::Secret;
-use crate::error::{AppError, AppResult};
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use base64::Engine;
+use daena_base::config::Secret;
+use daena_base::error::{AppError, AppResult};
 use daena_core::ids::TenantId;
 use daena_core::time::Micros;
 use daena_store::datadir::{DataDir, write_atomic};
@@ -246,7 +246,7 @@ fn mac_key(raw: &[u8]) -> Arc<Zeroizing<[u8; 32]>> {
 pub struct Keyring {
     /// Swapped by a rotation, under `create`.
     master: RwLock<Arc<MasterKey>>,
-    clock: Arc<dyn crate::clock::Clock>,
+    clock: Arc<dyn daena_base::clock::Clock>,
     kv: Kv,
     tenants: RwLock<HashMap<String, TenantKeys>>,
     create: Mutex<()>,
@@ -401,7 +401,7 @@ fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResul
 
 impl Keyring {
     /// Unwraps every tenant data key; fails when they were wrapped by another master key.
-    pub fn load(kv: Kv, master: MasterKey, clock: Arc<dyn crate::clock::Clock>) -> AppResult<Keyring> {
+    pub fn load(kv: Kv, master: MasterKey, clock: Arc<dyn daena_base::clock::Clock>) -> AppResult<Keyring> {
         let tenants = unwrap_all(kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?, &master)?;
         Ok(Keyring {
             master: RwLock::new(Arc::new(master)),
@@ -571,7 +571,7 @@ impl Keyring {
             master_key_source: master.source.clone(),
             tenants_with_data_keys: docs.len(),
             data_keys: docs.iter().map(|(_, d)| d.keys.len()).sum(),
-            oldest_data_key_created_at: oldest.map(crate::clock::rfc3339),
+            oldest_data_key_created_at: oldest.map(daena_base::clock::rfc3339),
             oldest_data_key_age_days: oldest.map_or(0.0, |t| (now.days_since(t) * 10.0).round() / 10.0),
             rotations: 0,
             last_rotation_at: None,
@@ -701,8 +701,8 @@ pub fn record_address(tenant: &str, class: &str, key: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn clock() -> Arc<dyn crate::clock::Clock> {
-        crate::clock::ManualClock::new(Micros(1))
+    fn clock() -> Arc<dyn daena_base::clock::Clock> {
+        daena_base::clock::ManualClock::new(Micros(1))
     }
 
     fn ring(master: [u8; 32]) -> (tempfile::TempDir, Keyring) {

@@ -5,8 +5,8 @@
 //! periodically and at shutdown, so a restart does not make the whole fleet look dead.
 
 use crate::auth::Principal;
-use crate::clock::{Clock, rfc3339};
-use crate::error::{AppError, AppResult};
+use daena_base::clock::{Clock, rfc3339};
+use daena_base::error::{AppError, AppResult};
 use daena_core::agents::{self, AgentSpec, StructureValidation};
 use daena_core::ids::TenantId;
 use daena_core::time::Micros;

@@ -4,9 +4,9 @@
 //! takes a `&Principal` knows the caller was authenticated, its role allowed the route and
 //! its tenant was resolved (an `agent` key can never act for another tenant).
 
-use crate::clock::Clock;
-use crate::config::Secret;
-use crate::error::{AppError, AppResult};
+use daena_base::clock::Clock;
+use daena_base::config::Secret;
+use daena_base::error::{AppError, AppResult};
 use daena_core::auth::{ApiKeyRecord, KeyAttributes, Role, key_digest};
 use daena_core::ids::TenantId;
 use daena_core::time::Micros;
@@ -179,8 +179,8 @@ impl From<&ApiKeyRecord> for KeyView {
             department: r.attributes.department.clone(),
             agent: r.attributes.agent.clone(),
             all_tenants: r.attributes.all_tenants,
-            created_at: crate::clock::rfc3339(r.created_at),
-            revoked_at: r.revoked_at.map(crate::clock::rfc3339),
+            created_at: daena_base::clock::rfc3339(r.created_at),
+            revoked_at: r.revoked_at.map(daena_base::clock::rfc3339),
             active: r.revoked_at.is_none(),
         }
     }
@@ -261,7 +261,7 @@ impl KeyRing {
 
     /// A principal for the service's own fleet-wide reports (metrics): an ops view of the
     /// default tenant that no request can obtain.
-    pub(crate) fn authenticate_system(&self) -> Principal {
+    pub fn authenticate_system(&self) -> Principal {
         Principal {
             key_id: "system".into(),
             key_name: "system".into(),
@@ -313,7 +313,7 @@ impl KeyRing {
 
     /// A new key's text and record, checked against the keys there are. Nothing is stored
     /// here: the commit thread stores the record once its `key.create` entry is durable
-    /// ([`crate::governance`]).
+    /// (`daena_app::governance`).
     pub fn mint(&self, new: NewKey) -> AppResult<(String, ApiKeyRecord)> {
         let name = new.name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
@@ -358,7 +358,7 @@ impl KeyRing {
     }
 
     /// Stores a key record (its creation, or its replay), replacing one with the same id.
-    pub(crate) fn insert(&self, record: ApiKeyRecord) -> AppResult<()> {
+    pub fn insert(&self, record: ApiKeyRecord) -> AppResult<()> {
         let digest = parse_digest(&record.digest)
             .ok_or_else(|| AppError::internal(format!("key {} has a malformed digest", record.id)))?;
         self.kv.put_doc(API_KEYS, &record.id, &record)?;
@@ -382,7 +382,7 @@ impl KeyRing {
 
     /// Marks key `id` revoked at `at`, persisted; a key already revoked keeps its time.
     /// `None` when there is no such key.
-    pub(crate) fn set_revoked(&self, id: &str, at: Micros) -> AppResult<Option<KeyView>> {
+    pub fn set_revoked(&self, id: &str, at: Micros) -> AppResult<Option<KeyView>> {
         let mut map = self.by_digest.write();
         let Some(record) = map.values_mut().find(|r| r.id == id) else { return Ok(None) };
         if record.revoked_at.is_none() {
@@ -423,7 +423,7 @@ fn base64_url(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use daena_base::clock::ManualClock;
     use daena_core::time::Micros;
 
     fn ring() -> (tempfile::TempDir, KeyRing) {
@@ -462,11 +462,11 @@ mod tests {
         ring.set_revoked(&id, Micros(5)).expect("revoke");
         assert_eq!(
             ring.set_revoked(&id, Micros(9)).expect("again").and_then(|v| v.revoked_at),
-            Some(crate::clock::rfc3339(Micros(5)))
+            Some(daena_base::clock::rfc3339(Micros(5)))
         );
         assert!(ring.find("bot").is_err(), "a revoked key is found by id only");
         let e = ring.authenticate(Some(&key), None, Access::Data).expect_err("revoked");
-        assert_eq!(e.code, crate::error::ErrorCode::Unauthenticated);
+        assert_eq!(e.code, daena_base::error::ErrorCode::Unauthenticated);
         assert!(e.message.contains("revoked"));
     }
 
@@ -477,19 +477,19 @@ mod tests {
         let auditor = create(&ring, new_key("aud", Role::Auditor, "default"));
         assert_eq!(
             ring.authenticate(None, None, Access::Data).expect_err("missing").code,
-            crate::error::ErrorCode::Unauthenticated
+            daena_base::error::ErrorCode::Unauthenticated
         );
         assert_eq!(
             ring.authenticate(Some("nope"), None, Access::Data).expect_err("unknown").code,
-            crate::error::ErrorCode::Unauthenticated
+            daena_base::error::ErrorCode::Unauthenticated
         );
         let e = ring.authenticate(Some(&agent), None, Access::Read).expect_err("a known key without the right");
-        assert_eq!(e.code, crate::error::ErrorCode::Forbidden);
+        assert_eq!(e.code, daena_base::error::ErrorCode::Forbidden);
         assert_eq!(e.message, "role agent may not call this route (needs ops or auditor)");
         assert!(ring.authenticate(Some(&agent), None, Access::Read).is_err(), "agent cannot read monitoring");
         assert!(ring.authenticate(Some(&auditor), None, Access::Data).is_err(), "auditor has no data plane");
         let e = ring.authenticate(Some(&auditor), Some("other"), Access::Read).expect_err("an auditor is one tenant's");
-        assert_eq!(e.code, crate::error::ErrorCode::Forbidden);
+        assert_eq!(e.code, daena_base::error::ErrorCode::Forbidden);
         let granted = NewKey {
             attributes: KeyAttributes { all_tenants: true, ..KeyAttributes::default() },
             ..new_key("aud-all", Role::Auditor, "default")
@@ -506,7 +506,7 @@ mod tests {
         assert!(ring.authenticate(Some(&agent), Some("acme"), Access::Data).is_ok());
         assert!(ring.authenticate(Some(&agent), Some("acme"), Access::Data).is_ok());
         let e = ring.authenticate(Some(&agent), Some("Not A Tenant"), Access::Data).expect_err("bad header");
-        assert_eq!(e.code, crate::error::ErrorCode::InvalidRequest);
+        assert_eq!(e.code, daena_base::error::ErrorCode::InvalidRequest);
     }
 
     #[test]

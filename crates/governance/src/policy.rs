@@ -9,12 +9,12 @@
 //! the rule that denied. `ops` keys carry the ABAC role `admin` in addition to their own.
 
 use crate::auth::Principal;
-use crate::config::{ClassRule, PolicyConfig};
-use crate::error::{AppError, AppResult};
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, Policy, PolicyId, PolicySet, Request,
     RestrictedExpression,
 };
+use daena_base::config::{ClassRule, PolicyConfig};
+use daena_base::error::{AppError, AppResult};
 use daena_core::auth::Role;
 use daena_core::ids::ClassName;
 use parking_lot::RwLock;
