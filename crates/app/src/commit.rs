@@ -17,28 +17,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-/// An operation for the commit thread. Each capability adds its variants.
+/// An operation for the commit thread: plain entries, or an operation on the state machine's
+/// state, whose type (`S`) the commit thread does not need to know.
 #[derive(Debug)]
-pub enum Op {
-    /// Plain ledger entries: governance events with no state to change.
+pub enum Op<S> {
+    /// Plain ledger entries: events with no state to change.
     Append(Vec<NewEntry>),
     /// Entries that must be the very first of the ledger (a legacy genesis).
     Genesis(Vec<NewEntry>),
-    /// A memory mutation.
-    Memory(Box<crate::memory::state::MemoryOp>),
-    /// A cache store or eviction.
-    Cas(Box<crate::cas::CasOp>),
-    /// A governance change: keys, shreds, limits, the write switch, drills.
-    Gov(Box<crate::governance::GovOp>),
+    /// A change to the state ([`crate::state::StateOp`] for the service).
+    State(S),
 }
 
 /// What the commit thread needs from the state it maintains.
 pub trait StateMachine: Send + 'static {
+    /// The state's own operations.
+    type Op: Send + 'static;
     /// Validates `op` against current state plus the batch so far and returns its entries.
     /// An error rejects only this operation.
-    fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>>;
+    fn prepare(&mut self, op: &mut Op<Self::Op>) -> AppResult<Vec<NewEntry>>;
     /// The batch is durable: apply the accepted operations with their receipts.
-    fn apply(&mut self, batch: Vec<(Op, Vec<Receipt>)>) -> AppResult<()>;
+    fn apply(&mut self, batch: Vec<(Op<Self::Op>, Vec<Receipt>)>) -> AppResult<()>;
     /// The batch could not be written: forget what `prepare` staged.
     fn abort(&mut self);
     /// Re-applies an entry found in the ledger after `applied_seq` (crash recovery).
@@ -64,15 +63,14 @@ pub trait StateMachine: Send + 'static {
 pub struct NoState;
 
 impl StateMachine for NoState {
-    fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
+    type Op = std::convert::Infallible;
+    fn prepare(&mut self, op: &mut Op<Self::Op>) -> AppResult<Vec<NewEntry>> {
         match op {
             Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
-            Op::Memory(_) | Op::Cas(_) | Op::Gov(_) => {
-                Err(AppError::internal("a stateful operation reached a commit thread without state"))
-            }
+            Op::State(never) => match *never {},
         }
     }
-    fn apply(&mut self, _: Vec<(Op, Vec<Receipt>)>) -> AppResult<()> {
+    fn apply(&mut self, _: Vec<(Op<Self::Op>, Vec<Receipt>)>) -> AppResult<()> {
         Ok(())
     }
     fn abort(&mut self) {}
@@ -88,16 +86,19 @@ impl StateMachine for NoState {
 }
 
 /// Work run on the commit thread with the state machine.
-type ExclusiveJob = Box<dyn FnOnce(&mut dyn StateMachine) + Send>;
+type ExclusiveJob<S> = Box<dyn FnOnce(&mut dyn StateMachine<Op = S>) + Send>;
 
-enum Msg {
-    Job(Op, oneshot::Sender<AppResult<Vec<Receipt>>>),
+/// Where an operation's outcome goes: its receipts once durable, or why it was refused.
+type Reply = oneshot::Sender<AppResult<Vec<Receipt>>>;
+
+enum Msg<S> {
+    Job(Op<S>, Reply),
     /// Wake up for time-based work (checkpoints, state flushes).
     Tick,
     /// Checkpoint now and answer with it.
     Checkpoint(oneshot::Sender<AppResult<daena_core::ledger::Checkpoint>>),
     /// Run `f` with exclusive access to the state machine, between batches.
-    Exclusive(ExclusiveJob),
+    Exclusive(ExclusiveJob<S>),
     Shutdown(oneshot::Sender<AppResult<()>>),
 }
 
@@ -109,10 +110,9 @@ pub struct CommitPolicy {
     pub flush_every: Duration,
 }
 
-/// The handle to the commit thread.
-#[derive(Clone)]
-pub struct Committer {
-    tx: mpsc::Sender<Msg>,
+/// The handle to the commit thread of a state machine whose operations are `S`.
+pub struct Committer<S> {
+    tx: mpsc::Sender<Msg<S>>,
     thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
     alive: Arc<AtomicBool>,
     /// What the group commit has written, for metrics.
@@ -130,7 +130,18 @@ pub struct CommitStats {
     pub write_micros: AtomicU64,
 }
 
-impl std::fmt::Debug for Committer {
+impl<S> Clone for Committer<S> {
+    fn clone(&self) -> Self {
+        Committer {
+            tx: self.tx.clone(),
+            thread: self.thread.clone(),
+            alive: self.alive.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Committer<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Committer").field("alive", &self.alive.load(Ordering::Relaxed)).finish()
     }
@@ -139,17 +150,17 @@ impl std::fmt::Debug for Committer {
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 2048;
 
-impl Committer {
+impl<S: Send + 'static> Committer<S> {
     /// Starts the commit thread. `first` is committed before `start` returns, ahead of
     /// anything submitted later (facts a restore carried forward); its outcomes are logged.
     pub fn start(
         writer: LedgerWriter,
-        state: Box<dyn StateMachine>,
+        state: Box<dyn StateMachine<Op = S>>,
         key: SigningKey,
         clock: Arc<dyn Clock>,
         policy: CommitPolicy,
-        first: Vec<Op>,
-    ) -> Committer {
+        first: Vec<Op<S>>,
+    ) -> Committer<S> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(CommitStats::default());
@@ -215,7 +226,7 @@ impl Committer {
     }
 
     /// Submits an operation and waits until it is durable (or rejected).
-    pub async fn submit(&self, op: Op) -> AppResult<Vec<Receipt>> {
+    pub async fn submit(&self, op: Op<S>) -> AppResult<Vec<Receipt>> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Job(op, reply)).await.map_err(|_| Self::gone())?;
         rx.await.map_err(|_| Self::gone())?
@@ -245,10 +256,10 @@ impl Committer {
     /// Runs `f` on the commit thread with the state machine, between batches.
     pub async fn exclusive<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut dyn StateMachine) -> R + Send + 'static,
+        f: impl FnOnce(&mut dyn StateMachine<Op = S>) -> R + Send + 'static,
     ) -> AppResult<R> {
         let (reply, rx) = oneshot::channel();
-        let job: ExclusiveJob = Box::new(move |sm| {
+        let job: ExclusiveJob<S> = Box::new(move |sm| {
             let _ = reply.send(f(sm));
         });
         self.tx.send(Msg::Exclusive(job)).await.map_err(|_| Self::gone())?;
@@ -272,9 +283,9 @@ impl Committer {
     }
 }
 
-struct Worker {
+struct Worker<S> {
     writer: LedgerWriter,
-    state: Box<dyn StateMachine>,
+    state: Box<dyn StateMachine<Op = S>>,
     key: SigningKey,
     clock: Arc<dyn Clock>,
     policy: CommitPolicy,
@@ -284,8 +295,8 @@ struct Worker {
     stats: Arc<CommitStats>,
 }
 
-impl Worker {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+impl<S: Send + 'static> Worker<S> {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg<S>>) {
         while let Some(msg) = rx.blocking_recv() {
             let mut jobs = Vec::new();
             let mut pending = Some(msg);
@@ -321,7 +332,7 @@ impl Worker {
         }
     }
 
-    fn commit(&mut self, jobs: Vec<(Op, oneshot::Sender<AppResult<Vec<Receipt>>>)>) {
+    fn commit(&mut self, jobs: Vec<(Op<S>, Reply)>) {
         if jobs.is_empty() {
             return;
         }
@@ -413,7 +424,7 @@ impl Worker {
     }
 }
 
-impl Committer {
+impl<S: Send + 'static> Committer<S> {
     /// Waits until state the commit thread keeps in memory is in the store (before scans).
     pub async fn settle(&self) -> AppResult<()> {
         self.exclusive(|sm| sm.settle()).await?

@@ -13,7 +13,6 @@
 //! unknown one stops a replay with an error instead of being skipped.
 
 use crate::auth::{KeyRing, KeyView};
-use crate::commit::Op;
 use crate::error::{AppError, AppResult};
 use crate::keyring::Keyring;
 use crate::memory::MemoryShared;
@@ -203,9 +202,9 @@ pub fn record_carried(state_db: &std::path::Path, facts: &[CarriedFact]) -> AppR
 }
 
 /// The operations that apply the carried facts a state still holds.
-pub fn carried_ops(kv: &Kv) -> AppResult<Vec<Op>> {
+pub fn carried_ops(kv: &Kv) -> AppResult<Vec<GovOp>> {
     let facts: Vec<CarriedFact> = kv.get_doc(SETTINGS, CARRY_FORWARD)?.unwrap_or_default();
-    facts.iter().map(|f| Ok(Op::Gov(Box::new(f.op()?)))).collect()
+    facts.iter().map(CarriedFact::op).collect()
 }
 
 /// The persisted write switch (`None`: never set at runtime).
@@ -293,11 +292,10 @@ impl GovState {
         }
     }
 
-    /// The batch is durable: applies each governance operation with its receipt.
-    pub fn apply(&mut self, batch: &[(Op, Vec<Receipt>)]) {
+    /// The batch is durable: applies the batch's governance operations, each with its receipt.
+    pub fn apply(&mut self, ops: &[(&GovOp, &Receipt)]) {
         self.names.clear();
-        for (op, receipts) in batch {
-            let (Op::Gov(g), Some(r)) = (op, receipts.first()) else { continue };
+        for (g, r) in ops {
             if let Err(e) = self.apply_one(g, r.seq, r.ts) {
                 // The entry is durable; the next open replays it.
                 tracing::error!(error = %e.message, seq = r.seq, "applying a governance entry failed");
@@ -443,6 +441,6 @@ fn replayed_key(e: &Entry) -> Option<ApiKeyRecord> {
 
 /// Submits a governance operation and waits until it is durable and applied.
 pub async fn submit(d: &crate::Daena, op: GovOp) -> AppResult<u64> {
-    let receipts = d.commit.submit(Op::Gov(Box::new(op))).await?;
+    let receipts = d.commit.submit(op.into()).await?;
     Ok(receipts.first().map_or(0, |r| r.seq))
 }

@@ -372,7 +372,7 @@ pub async fn shred(
     let mut evicted = 0;
     for m in d.cas.all().into_iter().filter(|m| m.tenant == tenant.as_str()) {
         let op = crate::cas::CasOp::Evict { tenant: m.tenant.clone(), key: m.key, reason: "shred", actor: who.actor() };
-        if d.commit.submit(crate::commit::Op::Cas(Box::new(op))).await.is_ok() {
+        if d.commit.submit(crate::state::Op::from(op)).await.is_ok() {
             evicted += 1;
         }
     }

@@ -36,6 +36,7 @@ use crate::ledger::LedgerService;
 use crate::memory::MemoryShared;
 use crate::memory::state::MemoryState;
 use crate::policy::PolicyEngine;
+use crate::state::StateOp;
 use crate::telemetry::Metrics;
 use daena_store::cold::ColdStore;
 use daena_store::datadir::{DataDir, LockInfo};
@@ -76,7 +77,7 @@ pub struct Daena {
     pub keys: Arc<KeyRing>,
     pub agents: AgentRegistry,
     pub ledger: LedgerService,
-    pub commit: Committer,
+    pub commit: Committer<StateOp>,
     pub keyring: Arc<Keyring>,
     pub policy: PolicyEngine,
     pub memory: Arc<MemoryShared>,
@@ -161,7 +162,7 @@ impl Daena {
             memory.clone(),
         );
         let state = state::DaenaState::new(MemoryState::new(memory.clone(), cas.clone())?, gov);
-        let carried = governance::carried_ops(&kv)?;
+        let carried = governance::carried_ops(&kv)?.into_iter().map(state::Op::from).collect();
         let (ledger, commit) = open_ledger(&config, &data, clock.clone(), Box::new(state), carried)?;
         let metrics = Metrics::new();
         metrics.expected_agents.set(daena_core::agents::EXPECTED_AGENTS as i64);
@@ -263,9 +264,9 @@ fn open_ledger(
     config: &Config,
     data: &DataDir,
     clock: Arc<dyn Clock>,
-    mut state: Box<dyn StateMachine>,
-    first: Vec<commit::Op>,
-) -> AppResult<(LedgerService, Committer)> {
+    mut state: Box<dyn StateMachine<Op = StateOp>>,
+    first: Vec<state::Op>,
+) -> AppResult<(LedgerService, Committer<StateOp>)> {
     let (writer, reader, opened) = daena_store::ledger::open(&data.ledger_dir(), config.ledger.segment_bytes)
         .map_err(|e| AppError::internal(format!("opening the ledger: {e}")))?;
     if opened.repaired_bytes > 0 {
@@ -295,7 +296,7 @@ fn open_ledger(
 }
 
 /// Hands every entry after the state's applied point to the state machine.
-fn replay(reader: &daena_store::ledger::LedgerReader, state: &mut dyn StateMachine) -> AppResult<()> {
+fn replay(reader: &daena_store::ledger::LedgerReader, state: &mut dyn StateMachine<Op = StateOp>) -> AppResult<()> {
     let from = state.applied_seq() + 1;
     let size = reader.head().size;
     if from > size {

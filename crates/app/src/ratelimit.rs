@@ -303,7 +303,7 @@ pub async fn set_override(
         return Err(AppError::invalid("rpm and burst must be positive"));
     }
     let op = crate::governance::GovOp::RateLimit { tenant: tenant.clone(), limit, actor: who.actor() };
-    d.commit.submit(crate::commit::Op::Gov(Box::new(op))).await?;
+    d.commit.submit(crate::state::Op::from(op)).await?;
     Ok(status(d, tenant))
 }
 

@@ -3,12 +3,45 @@
 //! governance state ([`crate::governance`]); crash recovery, replay, rollback and restore all
 //! go through [`DaenaState::replay`], which refuses an action it does not know.
 
-use crate::commit::{Op, StateMachine};
+use crate::cas::CasOp;
+use crate::commit::StateMachine;
 use crate::error::{AppError, AppResult};
-use crate::governance::{GovState, NO_STATE};
-use crate::memory::state::MemoryState;
+use crate::governance::{GovOp, GovState, NO_STATE};
+use crate::memory::state::{MemoryOp, MemoryState};
 use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_store::ledger::Receipt;
+
+/// A change to the service's state, one variant per capability.
+#[derive(Debug)]
+pub enum StateOp {
+    /// A memory mutation.
+    Memory(Box<MemoryOp>),
+    /// A cache store or eviction.
+    Cas(Box<CasOp>),
+    /// A governance change: keys, shreds, limits, the write switch, drills.
+    Gov(Box<GovOp>),
+}
+
+/// An operation for the service's commit thread.
+pub type Op = crate::commit::Op<StateOp>;
+
+impl From<MemoryOp> for Op {
+    fn from(op: MemoryOp) -> Op {
+        Op::State(StateOp::Memory(Box::new(op)))
+    }
+}
+
+impl From<CasOp> for Op {
+    fn from(op: CasOp) -> Op {
+        Op::State(StateOp::Cas(Box::new(op)))
+    }
+}
+
+impl From<GovOp> for Op {
+    fn from(op: GovOp) -> Op {
+        Op::State(StateOp::Gov(Box::new(op)))
+    }
+}
 
 pub struct DaenaState {
     memory: MemoryState,
@@ -22,9 +55,13 @@ impl DaenaState {
 }
 
 impl StateMachine for DaenaState {
+    type Op = StateOp;
+
     fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
         match op {
-            Op::Gov(g) => self.gov.prepare(g).map(|e| vec![e]),
+            Op::State(StateOp::Gov(g)) => self.gov.prepare(g).map(|e| vec![e]),
+            Op::State(StateOp::Memory(m)) => self.memory.prepare(m).map(|e| vec![e]),
+            Op::State(StateOp::Cas(c)) => self.memory.prepare_cas(c),
             // Plain entries change no state, so they may only be events: a stateful action
             // appended this way would be in the ledger without its effect.
             Op::Append(entries) | Op::Genesis(entries) => {
@@ -34,15 +71,24 @@ impl StateMachine for DaenaState {
                         e.action
                     )));
                 }
-                self.memory.prepare(op)
+                Ok(std::mem::take(entries))
             }
-            other => self.memory.prepare(other),
         }
     }
 
     fn apply(&mut self, batch: Vec<(Op, Vec<Receipt>)>) -> AppResult<()> {
-        self.gov.apply(&batch);
-        self.memory.apply(&batch)
+        let mut gov = Vec::new();
+        let mut memory = Vec::new();
+        for (op, receipts) in &batch {
+            match (op, receipts.first()) {
+                (Op::State(StateOp::Gov(g)), Some(r)) => gov.push((&**g, r)),
+                (Op::State(StateOp::Memory(m)), Some(r)) => memory.push((&**m, r.seq)),
+                _ => {}
+            }
+        }
+        self.gov.apply(&gov);
+        let last_seq = batch.iter().flat_map(|(_, r)| r.iter().map(|r| r.seq)).max();
+        self.memory.apply(&memory, last_seq)
     }
 
     fn abort(&mut self) {

@@ -5,7 +5,7 @@
 //! - [`policy`]: the ABAC rules per data class, compiled to Cedar;
 //! - [`failed_auth`]: the per-address limit on failed authentication;
 //! - [`agents`]: the per-tenant agent registry and heartbeats;
-//! - [`keyring`]: the master key and the tenants' versioned data keys;
+//! - [`keyring`]: the master key (`master.rs`) and the tenants' versioned data keys;
 //! - [`backup_trust`]: the deployment's signing key for snapshots and archives.
 //!
 //! How governance changes reach the ledger and survive recovery is `daena_app::governance`:
@@ -16,4 +16,5 @@ pub mod auth;
 pub mod backup_trust;
 pub mod failed_auth;
 pub mod keyring;
+mod master;
 pub mod policy;

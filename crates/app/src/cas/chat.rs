@@ -10,8 +10,8 @@ use super::{CasMeta, CasOp, CasRow, sse, ttl_micros};
 use crate::Daena;
 use crate::auth::Principal;
 use crate::clock::rfc3339;
-use crate::commit::Op;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::state::Op;
 use bytes::Bytes;
 use daena_core::cas::{self, Keys};
 use daena_core::ids::ClassName;
@@ -440,7 +440,7 @@ async fn store_answer(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, 
     };
     let op =
         CasOp::Store { tenant: who.tenant().to_string(), key: p.keys.exact, row: Box::new(row), actor: who.actor() };
-    d.commit.submit(Op::Cas(Box::new(op))).await?;
+    d.commit.submit(Op::from(op)).await?;
     d.cas.stats.lock().stored(who.tenant().as_str());
     Ok(hex::encode(p.keys.exact))
 }
@@ -566,7 +566,7 @@ pub async fn feedback(d: &Daena, who: &Principal, key_hex: &str, reason: Option<
     }
     d.cas.stats.lock().false_positive(&tenant);
     let op = CasOp::Evict { tenant, key, reason: "feedback", actor: who.actor() };
-    d.commit.submit(Op::Cas(Box::new(op))).await?;
+    d.commit.submit(Op::from(op)).await?;
     if let Some(r) = reason {
         tracing::info!(reason = %r.chars().take(200).collect::<String>(), "cache entry reported wrong and evicted");
     }
@@ -580,7 +580,7 @@ pub async fn sweep_expired(d: &Daena) -> AppResult<usize> {
     let mut n = 0;
     for m in expired {
         let op = CasOp::Evict { tenant: m.tenant.clone(), key: m.key, reason: "ttl", actor: "system:cas".into() };
-        if d.commit.submit(Op::Cas(Box::new(op))).await.is_ok() {
+        if d.commit.submit(Op::from(op)).await.is_ok() {
             n += 1;
         }
     }

@@ -4,9 +4,9 @@
 use super::state::{AgeAction, MemoryOp};
 use super::{Addr, codec};
 use crate::Daena;
-use crate::commit::Op;
 use crate::config::AgingAction as ConfigAction;
 use crate::error::{AppError, AppResult, ErrorCode};
+use crate::state::Op;
 use daena_core::aging::{self, AgeKind, Decision, Place, Rule};
 use daena_core::ids::{ClassName, RecordKey, TenantId};
 use daena_core::time::Micros;
@@ -159,7 +159,7 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
             }
             _ => continue,
         };
-        match d.commit.submit(Op::Memory(Box::new(op))).await {
+        match d.commit.submit(Op::from(op)).await {
             Ok(_) => count(&mut report, c.decision),
             Err(e) if matches!(e.code, ErrorCode::VersionConflict | ErrorCode::NotFound) => report.skipped += 1,
             Err(e) => {
@@ -281,7 +281,7 @@ pub async fn reseal_stale(d: &Daena, actor: &str, mut progress: impl FnMut(u64, 
             level: row.level,
             expect_seq: seq,
         };
-        match d.commit.submit(Op::Memory(Box::new(op))).await {
+        match d.commit.submit(Op::from(op)).await {
             Ok(_) => report.resealed += 1,
             Err(e) if matches!(e.code, ErrorCode::VersionConflict | ErrorCode::NotFound) => report.skipped += 1,
             Err(e) => {

@@ -365,7 +365,7 @@ pub async fn train_due(d: &crate::Daena) -> AppResult<Vec<Trained>> {
                 "heldout_bytes_without": without, "heldout_bytes_with": with,
             }),
         };
-        d.commit.submit(crate::commit::Op::Memory(Box::new(op))).await?;
+        d.commit.submit(crate::state::Op::from(op)).await?;
         tracing::info!(%tenant, %class, id, without, with, "trained a compression dictionary");
         out.push(Trained { tenant, class, samples: n, without, with, kept: Some(id) });
     }

@@ -1,15 +1,18 @@
 //! The memory state machine run by the commit thread: validates memory operations against
 //! the current rows (and the batch so far), turns each into one ledger entry whose body is
-//! the record's envelope, applies durable batches to redb, L1 and the statistics, and replays
+//! the record's envelope, applies durable batches to the state store, L1 and the statistics, and replays
 //! ledger entries after a crash.
+
+mod ops;
+mod replay;
+
+pub use ops::*;
 
 use super::settle::{Job, Settler};
 use super::{Addr, Footprint, MemoryShared, RowMeta};
-use crate::commit::Op;
+use crate::cas::CasOp;
 use crate::error::{AppError, AppResult, ErrorCode};
-use daena_core::ids::{ClassName, RecordKey, TenantId};
-use daena_core::ledger::entry::{Entry, NewEntry};
-use daena_store::ledger::Receipt;
+use daena_core::ledger::entry::NewEntry;
 use daena_store::records::{self, RecordRow, RowBody, Tier, TrustRow};
 
 use serde_json::{Value, json};
@@ -24,97 +27,6 @@ const OVERLAY_HARD_LIMIT: usize = 4 * OVERLAY_LIMIT;
 /// How long the durable save may be put off while redb is busy. Past this the commit thread
 /// waits for redb, so access statistics and counters are saved even if redb never catches up.
 const DURABLE_PUT_OFF_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A memory mutation, prepared by a use case (payload already sealed) for the commit thread.
-#[derive(Debug)]
-pub enum MemoryOp {
-    Put(Box<Put>),
-    Delete {
-        addr: Addr,
-        actor: String,
-        if_match: Option<u64>,
-        action: &'static str,
-    },
-    /// A confirmation counts once per authenticated key (`by`), never per claimed agent.
-    Confirm {
-        addr: Addr,
-        actor: String,
-        agent: String,
-        by: String,
-        threshold: f32,
-    },
-    Promote {
-        addr: Addr,
-        actor: String,
-    },
-    /// Aging: re-compress in place (tighten) or move to L3 (archive), with the new envelope.
-    Age {
-        addr: Addr,
-        actor: String,
-        action: AgeAction,
-        envelope: Vec<u8>,
-        raw_len: u32,
-        level: i8,
-        expect_seq: u64,
-    },
-    /// Aging: delete by retention.
-    Expire {
-        addr: Addr,
-        actor: String,
-        expect_seq: u64,
-        idle_days: f64,
-    },
-    /// Back from L3 to L2 after enough reads.
-    Reheat {
-        addr: Addr,
-        expect_seq: u64,
-        reads: u32,
-    },
-    /// A trained compression dictionary (`dict`): id ‖ sealed dictionary, the entry's body.
-    Dict {
-        tenant: TenantId,
-        class: String,
-        sealed: Vec<u8>,
-        attrs: Value,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgeAction {
-    Tighten,
-    Archive,
-    /// Sealed again under the tenant's current data key (key rotation), in place.
-    Reseal,
-}
-
-#[derive(Debug)]
-pub struct Put {
-    pub addr: Addr,
-    pub actor: String,
-    /// The agent the write acts as (ledgered).
-    pub writer: String,
-    /// The authenticated key that wrote it: it may not confirm its own write.
-    pub writer_key: String,
-    pub envelope: Vec<u8>,
-    pub raw_len: u32,
-    pub level: i8,
-    pub content_sha256: [u8; 32],
-    /// `<data key version>:<HMAC-SHA256 hex>` of the canonical payload, for the ledger.
-    pub content_mac: String,
-    pub payload_bytes: usize,
-    pub if_match: Option<u64>,
-    /// The version the caller's divergence was computed against (None: no record).
-    pub observed: Option<u64>,
-    /// When the caller saw no record: the generation of the record's stripe it read before
-    /// looking ([`super::MemoryShared::generation`]). While it is unchanged the record is
-    /// still absent, and `prepare` need not look again.
-    pub absent_at: Option<u64>,
-    pub quarantine: bool,
-    pub divergence: Option<f64>,
-    pub intended: bool,
-    /// The row this write produces, reported back to the writer.
-    pub result: Arc<std::sync::OnceLock<super::RowMeta>>,
-}
 
 /// What an applied operation did to a row, for apply().
 enum Change {
@@ -428,114 +340,6 @@ impl MemoryState {
             .and_then(|plain| serde_json::from_str::<Value>(&plain.payload).ok())
             .map_or([0; 32], |v| sha2::Sha256::digest(daena_core::canonical::to_string(&v).as_bytes()).into())
     }
-
-    fn replay_memory(&mut self, e: &Entry) -> AppResult<Option<(Addr, Change)>> {
-        let addr = || -> AppResult<Addr> {
-            let s = |k: &str| e.attrs.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-            Ok(Addr {
-                tenant: TenantId::new(&e.tenant)?,
-                class: ClassName::new(&s("class"))?,
-                key: RecordKey::new(&s("key"))?,
-            })
-        };
-        let num = |k: &str| e.attrs.get(k).and_then(Value::as_i64).unwrap_or(0);
-        let current = |addr: &Addr| self.shared.row(&addr.table_key());
-        Ok(match e.action.as_str() {
-            "memory.put" => {
-                let addr = addr()?;
-                let tier =
-                    if e.attrs.get("tier").and_then(Value::as_str) == Some("L2Q") { Tier::L2Q } else { Tier::L2 };
-                // Entries carry a keyed hash of the payload; the row's SHA-256 is taken from
-                // the sealed payload itself (older entries carry it in the clear).
-                let mut sha = [0u8; 32];
-                match e.attrs.get("content_sha256").and_then(Value::as_str) {
-                    Some(text) => {
-                        let _ = hex::decode_to_slice(text, &mut sha);
-                    }
-                    None => sha = self.payload_sha256(&addr, &e.body),
-                }
-                let row = RecordRow {
-                    format: records::ROW_FORMAT,
-                    tier,
-                    seq: e.seq,
-                    version: num("version") as u64,
-                    created_at: num("created_at"),
-                    updated_at: num("updated_at"),
-                    content_sha256: sha,
-                    raw_len: num("raw_len") as u32,
-                    level: num("level") as i8,
-                    trust: (tier == Tier::L2Q).then(|| TrustRow {
-                        writer: e
-                            .attrs
-                            .get("writer_key")
-                            .or_else(|| e.attrs.get("writer"))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned(),
-                        confirmations: Vec::new(),
-                        score: 0.0,
-                    }),
-                    body: RowBody::Inline(e.body.clone()),
-                };
-                Some((addr, Change::Upsert(Box::new(row))))
-            }
-            "memory.delete" | "memory.reject" | "memory.expire" => Some((addr()?, Change::Remove)),
-            "memory.confirm" => {
-                let addr = addr()?;
-                match current(&addr)? {
-                    Some(mut row) => {
-                        let agent = e
-                            .attrs
-                            .get("by")
-                            .or_else(|| e.attrs.get("agent"))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned();
-                        let trust = row.trust.get_or_insert_with(|| TrustRow {
-                            writer: String::new(),
-                            confirmations: Vec::new(),
-                            score: 0.0,
-                        });
-                        if !trust.confirmations.contains(&agent) {
-                            trust.confirmations.push(agent);
-                        }
-                        trust.score = super::trust_score(trust.confirmations.len());
-                        if e.attrs.get("promoted").and_then(Value::as_bool) == Some(true) {
-                            row.tier = Tier::L2;
-                        }
-                        row.updated_at = num("updated_at");
-                        Some((addr, Change::Upsert(Box::new(row))))
-                    }
-                    None => None,
-                }
-            }
-            "memory.promote" => {
-                let addr = addr()?;
-                current(&addr)?.map(|mut row| {
-                    row.tier = Tier::L2;
-                    row.updated_at = num("updated_at");
-                    (addr, Change::Upsert(Box::new(row)))
-                })
-            }
-            "memory.age" | "memory.reheat" => {
-                let addr = addr()?;
-                current(&addr)?.map(|mut row| {
-                    row.tier = match e.attrs.get("to").and_then(Value::as_str) {
-                        Some("L3") => Tier::L3,
-                        Some("L2Q") => Tier::L2Q,
-                        _ => Tier::L2,
-                    };
-                    if e.action == "memory.age" {
-                        row.raw_len = num("raw_len") as u32;
-                        row.level = num("level") as i8;
-                    }
-                    row.body = RowBody::Inline(e.body.clone());
-                    (addr, Change::Upsert(Box::new(row)))
-                })
-            }
-            _ => None,
-        })
-    }
 }
 
 fn not_found(addr: &Addr) -> AppError {
@@ -557,30 +361,26 @@ fn entry(addr: &Addr, actor: &str, action: &str, attrs: Value) -> NewEntry {
 /// The memory and cache part of the commit thread's state machine ([`crate::state`] routes
 /// operations and ledger entries here).
 impl MemoryState {
-    pub(crate) fn prepare(&mut self, op: &mut Op) -> AppResult<Vec<NewEntry>> {
-        match op {
-            Op::Append(entries) | Op::Genesis(entries) => Ok(std::mem::take(entries)),
-            Op::Memory(m) => self.prepare_memory(m).map(|e| vec![e]),
-            Op::Cas(c) => self.cas.prepare(c),
-            Op::Gov(_) => Err(AppError::internal("a governance operation reached the memory state")),
-        }
+    pub(crate) fn prepare(&mut self, op: &MemoryOp) -> AppResult<NewEntry> {
+        self.prepare_memory(op)
     }
 
-    pub(crate) fn apply(&mut self, batch: &[(Op, Vec<Receipt>)]) -> AppResult<()> {
-        let last_seq = batch.iter().flat_map(|(_, r)| r.iter().map(|r| r.seq)).max().unwrap_or(self.applied);
+    pub(crate) fn prepare_cas(&mut self, op: &mut CasOp) -> AppResult<Vec<NewEntry>> {
+        self.cas.prepare(op)
+    }
+
+    /// The batch is durable. `ops`: its memory operations in order, each with the sequence
+    /// number of its entry; `last_seq`: the batch's last sequence number.
+    pub(crate) fn apply(&mut self, ops: &[(&MemoryOp, u64)], last_seq: Option<u64>) -> AppResult<()> {
+        let last_seq = last_seq.unwrap_or(self.applied);
         let staged = std::mem::take(&mut self.staged);
         self.pending.clear();
         // Staged changes follow the memory operations of the batch in order.
-        let seqs: Vec<u64> = batch
-            .iter()
-            .filter(|(op, _)| matches!(op, Op::Memory(m) if !matches!(**m, MemoryOp::Dict { .. })))
-            .map(|(_, r)| r.first().map_or(0, |r| r.seq))
-            .collect();
+        let seqs: Vec<u64> =
+            ops.iter().filter(|(m, _)| !matches!(m, MemoryOp::Dict { .. })).map(|(_, seq)| *seq).collect();
         // Dictionaries first: a record in this batch may already use one.
-        for (op, _) in batch {
-            if let Op::Memory(m) = op
-                && let MemoryOp::Dict { tenant, class, sealed, attrs } = &**m
-            {
+        for (m, _) in ops {
+            if let MemoryOp::Dict { tenant, class, sealed, attrs } = m {
                 let created_at = attrs.get("created_at").and_then(Value::as_i64).unwrap_or(0);
                 let shared = &self.shared;
                 shared.dicts.install(&shared.kv, &shared.keyring, tenant, class, created_at, sealed)?;
@@ -628,64 +428,9 @@ impl MemoryState {
         self.cas.abort();
     }
 
-    /// The actions [`MemoryState::replay`] applies.
-    pub(crate) fn replays(action: &str) -> bool {
-        matches!(
-            action,
-            "memory.put"
-                | "memory.delete"
-                | "memory.reject"
-                | "memory.expire"
-                | "memory.confirm"
-                | "memory.promote"
-                | "memory.age"
-                | "memory.reheat"
-                | "memory.dict"
-                | "llm.cache_store"
-                | "llm.cache_evict"
-        )
-    }
-
     /// Notes that entry `seq`, which changes no memory, is applied.
     pub(crate) fn mark_applied(&mut self, seq: u64) {
         self.applied = seq;
-    }
-
-    pub(crate) fn replay(&mut self, e: &Entry) -> AppResult<()> {
-        if e.action.starts_with("llm.cache_") {
-            self.cas.replay(e)?;
-        } else if e.action == "memory.dict" {
-            let class = e.attrs.get("class").and_then(Value::as_str).unwrap_or_default();
-            let created_at = e.attrs.get("created_at").and_then(Value::as_i64).unwrap_or(0);
-            let shared = &self.shared;
-            shared.dicts.install(
-                &shared.kv,
-                &shared.keyring,
-                &TenantId::new(&e.tenant)?,
-                class,
-                created_at,
-                &e.body,
-            )?;
-        } else if let Some((addr, change)) = self.replay_memory(e)? {
-            let key = addr.table_key();
-            let old = self.shared.row(&key)?;
-            let new = match change {
-                Change::Upsert(mut row) => {
-                    row.seq = e.seq;
-                    Some(Arc::new(*row))
-                }
-                Change::Remove => None,
-            };
-            let footprint = new.as_deref().map(Footprint::of);
-            self.shared.stats.lock().replace(&addr, old.as_ref().map(Footprint::of), footprint);
-            self.shared.overlay.insert(key.clone(), new);
-            self.shared.bump_generation(self.shared.stripe_of(&key));
-        }
-        self.applied = e.seq;
-        if self.shared.overlay.active_len() >= OVERLAY_LIMIT {
-            self.hand_off_unless_busy(false)?;
-        }
-        Ok(())
     }
 
     pub(crate) fn settle(&mut self) -> AppResult<()> {
