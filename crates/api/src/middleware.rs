@@ -205,7 +205,10 @@ async fn observe_agents(state: &AppState, matched: Option<&MatchedPath>, req: Re
     if let Some(who) = who {
         let kind = match kind {
             Observed::Llm { .. } => Observed::Llm {
-                hit: response.headers().get("x-daena-cache").is_some_and(|v| v == "hit" || v == "near"),
+                hit: response
+                    .extensions()
+                    .get::<daena_app::cas::chat::CacheStatus>()
+                    .is_some_and(|s| s.served_from_cache()),
             },
             k => k,
         };

@@ -375,3 +375,23 @@ async fn a_body_sent_again_is_looked_up_by_its_digest() {
     let r = app.send(raw(&big, "application/json")).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
 }
+
+#[tokio::test]
+async fn an_agents_cache_hits_are_observed_from_the_typed_outcome() {
+    let up = FakeUpstream::start().await;
+    let app = app_with(&up).await;
+    let agent = [("x-agent-id", "finance_synth")];
+    let first = ask(&app, OPS, chat(Q), &agent).await;
+    assert_eq!(cache(&first), "miss");
+    for _ in 0..3 {
+        assert_eq!(cache(&ask(&app, OPS, chat(Q), &agent).await), "hit");
+    }
+    // A bypassed call is an LLM call but not a hit.
+    let bypass = ask(&app, OPS, chat(Q), &[agent[0], ("cache-control", "no-cache")]).await;
+    assert_eq!(cache(&bypass), "bypass");
+    let e = app.call("GET", "/api/v1/analytics/agents/efficiency", Some(OPS), None).await.json();
+    let a = e["agents"].as_array().expect("agents").iter().find(|a| a["agent_id"] == "finance_synth").cloned();
+    let a = a.expect("the agent is observed");
+    assert_eq!(a["llm_calls"], 5, "{a}");
+    assert_eq!(a["cache_hit_rate"], 0.6, "{a}");
+}

@@ -81,8 +81,10 @@ pub async fn completions(
                 .into_response()
         }
     };
+    // The analytics middleware reads the outcome from here, typed.
+    resp.extensions_mut().insert(out.status);
     let h = resp.headers_mut();
-    h.insert("x-daena-cache", HeaderValue::from_static(out.status.header()));
+    h.insert("x-daena-cache", HeaderValue::from_static(out.status.as_str()));
     if let daena_app::cas::chat::CacheStatus::Near(d) = out.status
         && let Ok(v) = HeaderValue::from_str(&d.to_string())
     {

@@ -46,14 +46,19 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
-    /// The `X-Daena-Cache` value.
-    pub fn header(self) -> &'static str {
+    /// Its name: `hit`, `near`, `miss` or `bypass`.
+    pub fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "hit",
             CacheStatus::Near(_) => "near",
             CacheStatus::Miss => "miss",
             CacheStatus::Bypass => "bypass",
         }
+    }
+
+    /// Answered from the cache (exactly or as a near duplicate), not by the upstream.
+    pub fn served_from_cache(self) -> bool {
+        matches!(self, CacheStatus::Hit | CacheStatus::Near(_))
     }
 }
 
@@ -499,7 +504,7 @@ pub fn lookup(d: &Daena, who: &Principal, request: Value, opts: ChatOptions) -> 
             count_hit(d, who, &p.model, &p.agent, &meta, status);
             Ok(LookupResult {
                 hit: true,
-                status: status.header().to_owned(),
+                status: status.as_str().to_owned(),
                 distance: if let CacheStatus::Near(x) = status { Some(x) } else { Some(0) },
                 key: Some(hex::encode(meta.key)),
                 response: Some(response),

@@ -34,7 +34,7 @@ use daena_store::records::{Tier, TrustRow};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use state::{MemoryOp, Put};
+use state::{MemoryOp, Put, PutOutcome};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -215,8 +215,10 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             Ok(receipts) => {
                 d.memory.counters.writes.fetch_add(1, Ordering::Relaxed);
                 d.memory.latency.write.record(start.elapsed().as_secs_f64() * 1e3);
-                let mut meta =
-                    result.get().cloned().ok_or_else(|| AppError::internal("the commit did not report the row"))?;
+                let Some(PutOutcome::Written(meta)) = result.get() else {
+                    return Err(AppError::internal("the commit did not report the row"));
+                };
+                let mut meta = meta.clone();
                 meta.seq = receipts.first().map_or(0, |r| r.seq);
                 let threshold = d.config.memory.trust.promote_threshold;
                 let tier = meta.tier.as_str();
@@ -226,9 +228,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
                     record: system_fields(&addr, &meta, tier, 0, 0, threshold),
                 });
             }
-            Err(e) if e.details.as_ref().and_then(|v| v.get("retry")).and_then(Value::as_bool) == Some(true) => {
-                continue;
-            }
+            Err(_) if matches!(result.get(), Some(PutOutcome::Raced)) => continue,
             Err(e) => return Err(e),
         }
     }

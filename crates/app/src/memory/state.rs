@@ -239,8 +239,8 @@ impl MemoryState {
         }
         if put.observed != current_version {
             // Someone wrote in between: the caller recomputes divergence and retries.
-            return Err(AppError::new(ErrorCode::VersionConflict, "the record changed while the write was prepared")
-                .with_details(json!({"retry": true})));
+            let _ = put.result.set(PutOutcome::Raced);
+            return Err(AppError::new(ErrorCode::VersionConflict, "the record changed while the write was prepared"));
         }
         let now = self.now();
         let version = current_version.unwrap_or(0) + 1;
@@ -268,7 +268,7 @@ impl MemoryState {
             "raw_len": put.raw_len, "level": put.level, "payload_bytes": put.payload_bytes, "writer": put.writer, "writer_key": put.writer_key,
             "divergence": put.divergence.map(|d| (d * 10_000.0).round() / 10_000.0), "intended_revision": put.intended,
         });
-        let _ = put.result.set(RowMeta::of(&row));
+        let _ = put.result.set(PutOutcome::Written(RowMeta::of(&row)));
         self.stage(addr, current.as_ref().map(Footprint::of), Change::Upsert(Box::new(row)));
         Ok(entry(addr, &put.actor, "memory.put", attrs).body(put.envelope.clone()))
     }

@@ -5,6 +5,16 @@ use daena_core::ids::TenantId;
 use serde_json::Value;
 use std::sync::Arc;
 
+/// What the commit thread made of a [`Put`], beyond accepting or refusing it.
+#[derive(Debug, Clone)]
+pub enum PutOutcome {
+    /// Written: the row as stored (its `seq` is filled in from the receipt by the caller).
+    Written(crate::memory::RowMeta),
+    /// Refused because the record changed after the caller read it for divergence: the
+    /// caller reads again and retries.
+    Raced,
+}
+
 /// A memory mutation, prepared by a use case (payload already sealed) for the commit thread.
 #[derive(Debug)]
 pub enum MemoryOp {
@@ -92,6 +102,6 @@ pub struct Put {
     pub quarantine: bool,
     pub divergence: Option<f64>,
     pub intended: bool,
-    /// The row this write produces, reported back to the writer.
-    pub result: Arc<std::sync::OnceLock<super::RowMeta>>,
+    /// What became of this write, reported back to the writer.
+    pub result: Arc<std::sync::OnceLock<PutOutcome>>,
 }
