@@ -1,8 +1,9 @@
 //! Application errors as HTTP responses: `{"error": {"code", "message", "details"?}}`.
 //!
-//! The status comes from the one table in `daena_app::error::ErrorCode`. Internal errors are
-//! logged with their detail (inside the request's span, which carries the request id) and
-//! answered with a generic message.
+//! The status comes from [`status_of`], the one mapping of the public error codes
+//! (`daena_app::error::ErrorCode`) to HTTP. Internal errors are logged with their detail and
+//! the chain of causes (inside the request's span, which carries the request id) and answered
+//! with a generic message.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -45,9 +46,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let e = self.0;
-        let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = status_of(e.code);
         let message = if e.code == ErrorCode::Internal {
-            tracing::error!(detail = %e.message, "internal error");
+            let causes = causes(&e);
+            tracing::error!(detail = %e.message, causes = %causes, "internal error");
             "internal error; the server log has the detail under this request's x-request-id".to_owned()
         } else {
             e.message
@@ -64,6 +66,39 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The HTTP status of each public error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden | ErrorCode::PolicyDenied => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidRequest | ErrorCode::InvalidJson => StatusCode::BAD_REQUEST,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::VersionConflict => StatusCode::PRECONDITION_FAILED,
+        ErrorCode::DivergenceAbort | ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::WritesDisabled | ErrorCode::UpstreamNotConfigured | ErrorCode::Unavailable => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorCode::UpstreamError => StatusCode::BAD_GATEWAY,
+        ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The error's causes, outermost first, for the log (`-` when it has none).
+fn causes(e: &AppError) -> String {
+    let mut out = Vec::new();
+    let mut next = std::error::Error::source(e);
+    while let Some(c) = next {
+        out.push(c.to_string());
+        next = c.source();
+    }
+    if out.is_empty() { "-".to_owned() } else { out.join(": ") }
+}
 
 /// Error responses of a route that needs an API key.
 #[derive(utoipa::IntoResponses)]

@@ -1,11 +1,13 @@
 //! The application's error type and the one table of public error codes.
 //!
-//! Every error a client can see has a stable code, an HTTP status and a message written for
-//! the caller. Internal errors keep their detail for the log and show only a generic message.
+//! Every error a client can see has a stable code and a message written for the caller; `api`
+//! maps each code to its HTTP status. Internal errors keep their detail (and the error that
+//! caused them, as [`std::error::Error::source`]) for the log and show only a generic message.
 
 use serde::Serialize;
+use std::sync::Arc;
 
-/// Stable public error codes. The table in [`ErrorCode::status`] is the only mapping to HTTP.
+/// Stable public error codes. `daena_api::error::status_of` is the only mapping to HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -50,25 +52,6 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn status(self) -> u16 {
-        match self {
-            ErrorCode::Unauthenticated => 401,
-            ErrorCode::Forbidden | ErrorCode::PolicyDenied => 403,
-            ErrorCode::NotFound => 404,
-            ErrorCode::InvalidRequest | ErrorCode::InvalidJson => 400,
-            ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::VersionConflict => 412,
-            ErrorCode::DivergenceAbort | ErrorCode::Conflict => 409,
-            ErrorCode::RateLimited => 429,
-            ErrorCode::WritesDisabled | ErrorCode::UpstreamNotConfigured | ErrorCode::Unavailable => 503,
-            ErrorCode::UpstreamError => 502,
-            ErrorCode::Timeout => 408,
-            ErrorCode::Internal => 500,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Unauthenticated => "unauthenticated",
@@ -128,11 +111,19 @@ pub struct AppError {
     pub retry_after: Option<u64>,
     /// Structured details for the caller (e.g. which rule denied).
     pub details: Option<serde_json::Value>,
+    /// The error this one was made from, kept for the log (never shown to the caller).
+    #[source]
+    pub cause: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl AppError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        AppError { code, message: message.into(), retry_after: None, details: None }
+        AppError { code, message: message.into(), retry_after: None, details: None, cause: None }
+    }
+    /// Keeps `cause` as this error's source.
+    pub fn caused_by(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
     }
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);
@@ -164,13 +155,13 @@ impl AppError {
 
 impl From<daena_store::StoreError> for AppError {
     fn from(e: daena_store::StoreError) -> Self {
-        AppError::storage(e)
+        AppError::storage(&e).caused_by(e)
     }
 }
 
 impl From<daena_core::ids::IdError> for AppError {
     fn from(e: daena_core::ids::IdError) -> Self {
-        AppError::invalid(e.to_string())
+        AppError::invalid(e.to_string()).caused_by(e)
     }
 }
 
