@@ -54,7 +54,7 @@ impl IntoResponse for ApiError {
         } else {
             e.message
         };
-        let body = ErrorBody { error: ErrorDetail { code: e.code.as_str(), message, details: e.details } };
+        let body = ErrorBody { error: ErrorDetail { code: e.code.as_str(), message, details: e.details.map(|d| *d) } };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(secs) = e.retry_after
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())

@@ -109,8 +109,9 @@ pub struct AppError {
     pub message: String,
     /// Seconds to wait before retrying (rate limits).
     pub retry_after: Option<u64>,
-    /// Structured details for the caller (e.g. which rule denied).
-    pub details: Option<serde_json::Value>,
+    /// Structured details for the caller (e.g. which rule denied); boxed, as errors are
+    /// returned far more often than they carry details.
+    pub details: Option<Box<serde_json::Value>>,
     /// The error this one was made from, kept for the log (never shown to the caller).
     #[source]
     pub cause: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
@@ -126,7 +127,7 @@ impl AppError {
         self
     }
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
     pub fn unauthenticated(m: impl Into<String>) -> Self {
