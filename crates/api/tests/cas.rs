@@ -290,7 +290,7 @@ async fn concurrent_stores_past_the_cap_evict_each_victim_once() {
         assert_eq!(t.await.expect("store"), StatusCode::OK);
     }
     let (entries, _) =
-        app.daena.ledger.reader.entries(1, 10_000, 100_000, |e| e.action.starts_with("llm.cache_")).expect("ledger");
+        app.daena.ledger.reader.entries(1, 10_000, 100_000, &|e| e.action.starts_with("llm.cache_")).expect("ledger");
     let stored = entries.iter().filter(|e| e.action == "llm.cache_store").count() as u64;
     let evicted: Vec<&str> =
         entries.iter().filter(|e| e.action == "llm.cache_evict").filter_map(|e| e.attrs["key"].as_str()).collect();

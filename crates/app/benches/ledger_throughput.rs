@@ -55,8 +55,14 @@ async fn appends(concurrency: usize, secs: f64) -> (f64, Duration, Duration, u64
         checkpoint_every: Duration::from_secs(3600),
         flush_every: Duration::from_secs(3600),
     };
-    let commit =
-        Committer::start(writer, Box::new(NoState), SigningKey::from_bytes(&[1; 32]), clock, policy, Vec::new());
+    let commit = Committer::start(
+        Box::new(writer),
+        Box::new(NoState),
+        SigningKey::from_bytes(&[1; 32]),
+        clock,
+        policy,
+        Vec::new(),
+    );
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for w in 0..concurrency {

@@ -57,14 +57,11 @@ impl Background {
 /// Verifies the whole ledger on disk now (a blocking read of every segment) and records it.
 pub async fn verify_ledger(d: &std::sync::Arc<Daena>) -> AppResult<Verification> {
     let started = std::time::Instant::now();
-    let dir = d.data.ledger_dir();
+    let reader = d.ledger.reader.clone();
     let key = d.ledger.public_key.clone();
-    let (summary, _) = tokio::task::spawn_blocking(move || {
-        let checkpoints = daena_store::ledger::read_checkpoints(&dir)?;
-        daena_store::ledger::verify_path(&dir, checkpoints, Some(&key), |_| {})
-    })
-    .await
-    .map_err(|e| AppError::internal(format!("verification task: {e}")))??;
+    let summary = tokio::task::spawn_blocking(move || reader.verify_all(Some(&key)))
+        .await
+        .map_err(|e| AppError::internal(format!("verification task: {e}")))??;
     let v = Verification {
         at: rfc3339(d.clock.now()),
         ok: summary.failure.is_none(),

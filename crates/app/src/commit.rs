@@ -10,7 +10,7 @@
 use crate::clock::Clock;
 use crate::error::{AppError, AppResult};
 use daena_core::ledger::entry::{Entry, NewEntry};
-use daena_store::ledger::{LedgerWriter, Receipt};
+use daena_store::ledger::{LedgerAppend, Receipt};
 use ed25519_dalek::SigningKey;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -154,7 +154,7 @@ impl<S: Send + 'static> Committer<S> {
     /// Starts the commit thread. `first` is committed before `start` returns, ahead of
     /// anything submitted later (facts a restore carried forward); its outcomes are logged.
     pub fn start(
-        writer: LedgerWriter,
+        writer: Box<dyn LedgerAppend>,
         state: Box<dyn StateMachine<Op = S>>,
         key: SigningKey,
         clock: Arc<dyn Clock>,
@@ -284,7 +284,7 @@ impl<S: Send + 'static> Committer<S> {
 }
 
 struct Worker<S> {
-    writer: LedgerWriter,
+    writer: Box<dyn LedgerAppend>,
     state: Box<dyn StateMachine<Op = S>>,
     key: SigningKey,
     clock: Arc<dyn Clock>,

@@ -11,7 +11,7 @@ use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_core::ledger::{Checkpoint, legacy};
 use daena_core::merkle::{self, Hash};
 use daena_store::datadir::{DataDir, write_atomic};
-use daena_store::ledger::{Head, LedgerReader, OpenReport};
+use daena_store::ledger::{Head, LedgerRead, OpenReport};
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -41,7 +41,7 @@ pub fn signing_key(data: &DataDir) -> AppResult<SigningKey> {
 /// Read side of the ledger held by the service.
 #[derive(Debug)]
 pub struct LedgerService {
-    pub reader: LedgerReader,
+    pub reader: std::sync::Arc<dyn LedgerRead>,
     pub public_key: String,
     pub opened: OpenReport,
 }
@@ -204,7 +204,7 @@ impl LedgerService {
             _ => Some(who.tenant().to_string()),
         };
         let (entries, next) =
-            self.reader.entries(from.max(1), limit, 100_000, |e| scope.as_deref().is_none_or(|t| e.tenant == t))?;
+            self.reader.entries(from.max(1), limit, 100_000, &|e| scope.as_deref().is_none_or(|t| e.tenant == t))?;
         Ok(EntriesPage { entries: entries.iter().map(|e| EntryView::new(e, with_body)).collect(), next })
     }
 
@@ -221,7 +221,7 @@ impl LedgerService {
                 "an agent key gets proofs against the newest signed checkpoint (size {cp}) only"
             )));
         }
-        let (found, _) = self.reader.entries(seq.max(1), 1, 1, |_| true)?;
+        let (found, _) = self.reader.entries(seq.max(1), 1, 1, &|_| true)?;
         match found.first() {
             Some(e) if e.seq == seq && e.tenant == who.tenant().as_str() => {}
             _ => return Err(AppError::not_found(format!("no entry {seq} of tenant {}", who.tenant()))),
@@ -305,7 +305,7 @@ pub fn manifest(d: &Daena) -> AppResult<Manifest> {
         last_hash: (head.size > 0).then_some(head.head_hash),
         checkpoint: head.checkpoint,
         created_at: rfc3339(d.clock.now()),
-        ledger_dir: d.ledger.reader.dir().display().to_string(),
+        ledger_dir: d.ledger.reader.location(),
     })
 }
 

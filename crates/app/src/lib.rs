@@ -41,6 +41,7 @@ use crate::telemetry::Metrics;
 use daena_store::cold::ColdStore;
 use daena_store::datadir::{DataDir, LockInfo};
 use daena_store::kv::Kv;
+use daena_store::ledger::LedgerRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,7 +152,7 @@ impl Daena {
             pairs: config.agents.max_pairs_per_tenant,
         };
         let analytics = analytics::Analytics::load(kv.clone(), clock.clone(), bounds)?;
-        let cold = ColdStore::open(&data.l3_dir())?;
+        let cold = Box::new(ColdStore::open(&data.l3_dir())?);
         let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
         let cas = cas::CasShared::open(kv.clone(), keyring.clone(), clock.clone(), config.clone())?;
         let gov = governance::GovState::new(
@@ -285,8 +286,8 @@ fn open_ledger(
         flush_every: std::time::Duration::from_secs(1),
     };
     let repaired = opened.repaired_bytes;
-    let commit = Committer::start(writer, state, key, clock, policy, first);
-    let service = LedgerService { reader, public_key, opened };
+    let commit = Committer::start(Box::new(writer), state, key, clock, policy, first);
+    let service = LedgerService { reader: Arc::new(reader), public_key, opened };
     if repaired > 0 {
         let entry = daena_core::ledger::NewEntry::new("system", "system", "ledger.repair", "ledger")
             .attrs(serde_json::json!({"torn_bytes_removed": repaired}));
@@ -296,7 +297,7 @@ fn open_ledger(
 }
 
 /// Hands every entry after the state's applied point to the state machine.
-fn replay(reader: &daena_store::ledger::LedgerReader, state: &mut dyn StateMachine<Op = StateOp>) -> AppResult<()> {
+fn replay(reader: &dyn LedgerRead, state: &mut dyn StateMachine<Op = StateOp>) -> AppResult<()> {
     let from = state.applied_seq() + 1;
     let size = reader.head().size;
     if from > size {
@@ -304,7 +305,7 @@ fn replay(reader: &daena_store::ledger::LedgerReader, state: &mut dyn StateMachi
     }
     let mut result = Ok(());
     let mut count = 0u64;
-    reader.scan(from, |_, line| match daena_core::ledger::entry::parse_line(line) {
+    reader.scan(from, &mut |_, line| match daena_core::ledger::entry::parse_line(line) {
         Ok(entry) => match state.replay(&entry) {
             Ok(()) => {
                 count += 1;

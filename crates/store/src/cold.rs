@@ -14,6 +14,32 @@ use std::path::{Path, PathBuf};
 
 const SEGMENT_LIMIT: u64 = 256 * 1024 * 1024;
 
+/// Where cold records live: append-only segments addressed by (segment, offset, length).
+pub trait ColdSegments: Send + Sync + std::fmt::Debug {
+    /// Appends `bytes`; returns where they landed. Durable only after [`ColdSegments::sync`].
+    fn append(&self, bytes: &[u8]) -> Result<(u32, u64, u32), StoreError>;
+    /// Makes every append so far durable.
+    fn sync(&self) -> Result<(), StoreError>;
+    fn read(&self, segment: u32, offset: u64, len: u32) -> Result<Vec<u8>, StoreError>;
+    /// Bytes held, live and dead.
+    fn disk_bytes(&self) -> u64;
+}
+
+impl ColdSegments for ColdStore {
+    fn append(&self, bytes: &[u8]) -> Result<(u32, u64, u32), StoreError> {
+        ColdStore::append(self, bytes)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        ColdStore::sync(self)
+    }
+    fn read(&self, segment: u32, offset: u64, len: u32) -> Result<Vec<u8>, StoreError> {
+        ColdStore::read(self, segment, offset, len)
+    }
+    fn disk_bytes(&self) -> u64 {
+        ColdStore::disk_bytes(self)
+    }
+}
+
 #[derive(Debug)]
 pub struct ColdStore {
     dir: PathBuf,

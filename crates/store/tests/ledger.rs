@@ -4,7 +4,7 @@ use daena_core::ledger::entry::NewEntry;
 use daena_core::ledger::verify::ChainVerifier;
 use daena_core::merkle::{self, MemoryTree, SubtreeHashes};
 use daena_core::time::Micros;
-use daena_store::ledger::{self, read_checkpoints, stream_dir};
+use daena_store::ledger::{self, LedgerRead, read_checkpoints, stream_dir};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 use std::path::Path;
@@ -46,7 +46,7 @@ fn append_reopen_and_verify() {
     assert_eq!(report.checkpoint.as_ref().map(|c| c.size), Some(5));
     let receipts = w.append(&entries(6, 1), Micros(20)).expect("append");
     assert_eq!(receipts[0].seq, 6);
-    let (got, next) = r.entries(2, 3, 1000, |_| true).expect("entries");
+    let (got, next) = r.entries(2, 3, 1000, &|_| true).expect("entries");
     assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
     assert_eq!(next, Some(5));
     assert_eq!(got[0].reference, "r/2");
@@ -136,7 +136,7 @@ fn segments_roll_and_hashes_rebuild() {
     }
     let cp = r.consistency_proof(100, 600).expect("io").expect("proof");
     assert!(merkle::verify_consistency(100, 600, &cp, &mem.root(100), &mem.root(600)));
-    let (got, _) = r.entries(595, 10, 100, |_| true).expect("entries across segments");
+    let (got, _) = r.entries(595, 10, 100, &|_| true).expect("entries across segments");
     assert_eq!(got.len(), 6);
     assert!(verify_dir(&dir).ok());
 }

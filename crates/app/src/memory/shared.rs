@@ -9,7 +9,7 @@ use crate::error::AppResult;
 use crate::keyring::Keyring;
 use daena_core::ids::{ClassName, RecordKey, TenantId};
 use daena_core::time::Micros;
-use daena_store::cold::ColdStore;
+use daena_store::cold::ColdSegments;
 use daena_store::kv::Kv;
 use daena_store::overlay::Overlay;
 use daena_store::records::{self, RecordRow, Tier, TrustRow};
@@ -225,7 +225,7 @@ impl Stats {
 /// State shared by the readers and the commit thread.
 pub struct MemoryShared {
     pub kv: Kv,
-    pub cold: ColdStore,
+    pub cold: Box<dyn ColdSegments>,
     pub keyring: Arc<Keyring>,
     pub clock: Arc<dyn Clock>,
     pub config: Arc<Config>,
@@ -262,7 +262,7 @@ pub(super) const STRIPES: usize = 1024;
 impl MemoryShared {
     pub fn open(
         kv: Kv,
-        cold: ColdStore,
+        cold: Box<dyn ColdSegments>,
         keyring: Arc<Keyring>,
         clock: Arc<dyn Clock>,
         config: Arc<Config>,

@@ -27,14 +27,132 @@ pub use writer::LedgerWriter;
 
 use crate::StoreError;
 use daena_core::ledger::Checkpoint;
-use daena_core::ledger::entry::{self, GENESIS_PREV};
+use daena_core::ledger::entry::{self, Entry, GENESIS_PREV, NewEntry};
+use daena_core::ledger::verify::Summary;
 use daena_core::merkle::{Hash, SubtreeHashes};
 use daena_core::time::Micros;
 use parking_lot::RwLock;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The ledger's writing side. The commit thread holds the only one; an append returns only
+/// once its batch is durable.
+pub trait LedgerAppend: Send {
+    /// Entries in the ledger.
+    fn size(&self) -> u64;
+    /// Seals `entries` (sequence numbers, `prev` chaining, hashes) and makes them durable as
+    /// one batch; on error nothing of the batch is visible.
+    fn append(&mut self, entries: &[NewEntry], now: Micros) -> Result<Vec<Receipt>, StoreError>;
+    /// Signs and stores a checkpoint of the current size.
+    fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError>;
+    /// Publishes the checkpoint key's public half beside the ledger.
+    fn publish_public_key(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError>;
+}
+
+/// The ledger's reading side, shared by every reader: what is durable, by sequence number,
+/// with the Merkle roots and proofs over it.
+pub trait LedgerRead: Send + Sync + std::fmt::Debug {
+    /// Where the ledger lives, for messages (a directory for the embedded backend).
+    fn location(&self) -> String;
+    fn head(&self) -> Head;
+    /// The newest signed checkpoint.
+    fn checkpoint(&self) -> Option<Checkpoint>;
+    /// The Merkle root of the first `size` entries; `None` past the head.
+    fn root(&self, size: u64) -> Result<Option<Hash>, StoreError>;
+    /// The hash of entry `seq`; `None` past the head.
+    fn entry_hash(&self, seq: u64) -> Result<Option<Hash>, StoreError>;
+    fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Option<Vec<Hash>>, StoreError>;
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Option<Vec<Hash>>, StoreError>;
+    /// Calls `f` with each entry's line from `from` on, in order, until it breaks.
+    fn scan(&self, from: u64, f: &mut dyn FnMut(u64, &str) -> ControlFlow<()>) -> Result<(), StoreError>;
+    /// Verifies every entry and checkpoint from the start (hashes, chaining, signatures, and
+    /// the checkpoint key against `pinned_key` when given).
+    fn verify_all(&self, pinned_key: Option<&str>) -> Result<Summary, StoreError>;
+
+    /// Up to `limit` entries from `from` on that pass `keep`, scanning at most `max_scan`
+    /// lines; with the sequence number to continue from when it stopped early.
+    fn entries(
+        &self,
+        from: u64,
+        limit: usize,
+        max_scan: u64,
+        keep: &dyn Fn(&Entry) -> bool,
+    ) -> Result<(Vec<Entry>, Option<u64>), StoreError> {
+        let mut out = Vec::new();
+        let mut scanned = 0u64;
+        let mut next = None;
+        let mut error = None;
+        self.scan(from, &mut |seq, line| {
+            if out.len() >= limit || scanned >= max_scan {
+                next = Some(seq);
+                return ControlFlow::Break(());
+            }
+            scanned += 1;
+            match entry::parse_line(line) {
+                Ok(e) if keep(&e) => out.push(e),
+                Ok(_) => {}
+                Err(e) => {
+                    error = Some(StoreError::Corrupt { what: format!("ledger entry {seq}"), detail: e.to_string() });
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        match error {
+            Some(e) => Err(e),
+            None => Ok((out, next)),
+        }
+    }
+}
+
+impl LedgerAppend for LedgerWriter {
+    fn size(&self) -> u64 {
+        LedgerWriter::size(self)
+    }
+    fn append(&mut self, entries: &[NewEntry], now: Micros) -> Result<Vec<Receipt>, StoreError> {
+        LedgerWriter::append(self, entries, now)
+    }
+    fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError> {
+        LedgerWriter::checkpoint(self, key, now)
+    }
+    fn publish_public_key(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
+        LedgerWriter::publish_public_key(self, key)
+    }
+}
+
+impl LedgerRead for LedgerReader {
+    fn location(&self) -> String {
+        self.dir().display().to_string()
+    }
+    fn head(&self) -> Head {
+        LedgerReader::head(self)
+    }
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        LedgerReader::checkpoint(self)
+    }
+    fn root(&self, size: u64) -> Result<Option<Hash>, StoreError> {
+        LedgerReader::root(self, size)
+    }
+    fn entry_hash(&self, seq: u64) -> Result<Option<Hash>, StoreError> {
+        LedgerReader::entry_hash(self, seq)
+    }
+    fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Option<Vec<Hash>>, StoreError> {
+        LedgerReader::inclusion_proof(self, seq, size)
+    }
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Option<Vec<Hash>>, StoreError> {
+        LedgerReader::consistency_proof(self, old, new)
+    }
+    fn scan(&self, from: u64, f: &mut dyn FnMut(u64, &str) -> ControlFlow<()>) -> Result<(), StoreError> {
+        LedgerReader::scan(self, from, f)
+    }
+    fn verify_all(&self, pinned_key: Option<&str>) -> Result<Summary, StoreError> {
+        let checkpoints = read_checkpoints(self.dir())?;
+        verify_path(self.dir(), checkpoints, pinned_key, |_| {}).map(|(summary, _)| summary)
+    }
+}
 
 pub const HASHES_FILE: &str = "hashes.bin";
 pub const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";

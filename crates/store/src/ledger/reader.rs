@@ -4,7 +4,6 @@
 use super::{Head, Shared, io, list_segments};
 use crate::StoreError;
 use daena_core::ledger::Checkpoint;
-use daena_core::ledger::entry::{self, Entry};
 use daena_core::merkle::{Hash, SubtreeHashes};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -109,40 +108,6 @@ impl LedgerReader {
             }
         }
         Ok(())
-    }
-
-    /// Up to `limit` entries from `from` on that pass `keep`, scanning at most `max_scan` lines.
-    pub fn entries(
-        &self,
-        from: u64,
-        limit: usize,
-        max_scan: u64,
-        keep: impl Fn(&Entry) -> bool,
-    ) -> Result<(Vec<Entry>, Option<u64>), StoreError> {
-        let mut out = Vec::new();
-        let mut scanned = 0u64;
-        let mut next = None;
-        let mut error = None;
-        self.scan(from, |seq, line| {
-            if out.len() >= limit || scanned >= max_scan {
-                next = Some(seq);
-                return ControlFlow::Break(());
-            }
-            scanned += 1;
-            match entry::parse_line(line) {
-                Ok(e) if keep(&e) => out.push(e),
-                Ok(_) => {}
-                Err(e) => {
-                    error = Some(StoreError::Corrupt { what: format!("ledger entry {seq}"), detail: e.to_string() });
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        })?;
-        match error {
-            Some(e) => Err(e),
-            None => Ok((out, next)),
-        }
     }
 }
 
