@@ -69,10 +69,8 @@ fn read_chain(
     keys: &Path,
     signer: Option<&ed25519_dalek::VerifyingKey>,
 ) -> AppResult<(Vec<RotationLine>, Option<String>)> {
-    let text = match std::fs::read_to_string(keys.join(ROTATIONS_FILE)) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
-        Err(e) => return Err(AppError::internal(format!("reading {ROTATIONS_FILE}: {e}"))),
+    let Some(text) = daena_store::datadir::read_optional(&keys.join(ROTATIONS_FILE))? else {
+        return Ok((Vec::new(), None));
     };
     let mut lines = Vec::new();
     let mut prev = "0".repeat(64);

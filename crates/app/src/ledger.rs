@@ -21,20 +21,19 @@ pub const SIGNING_KEY_FILE: &str = "ledger_signing.key";
 /// The checkpoint signing key, created on first use (hex of 32 bytes, mode 0600).
 pub fn signing_key(data: &DataDir) -> AppResult<SigningKey> {
     let path = data.keys_dir().join(SIGNING_KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
+    match daena_store::datadir::read_optional(&path)? {
+        Some(text) => {
             let mut seed = [0u8; 32];
             hex::decode_to_slice(text.trim(), &mut seed)
                 .map_err(|_| AppError::internal(format!("{} is not 64 hex digits", path.display())))?;
             Ok(SigningKey::from_bytes(&seed))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             let seed: [u8; 32] = rand::random();
             write_atomic(&path, format!("{}\n", hex::encode(seed)).as_bytes(), true)?;
             tracing::info!(path = %path.display(), "created the ledger checkpoint signing key");
             Ok(SigningKey::from_bytes(&seed))
         }
-        Err(e) => Err(AppError::internal(format!("reading {}: {e}", path.display()))),
     }
 }
 

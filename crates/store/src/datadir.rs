@@ -144,6 +144,16 @@ fn set_private_dir(path: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(format!("chmod {}", path.display()), e))
 }
 
+/// The text of a small file (a key, a chain of rotation lines), or `None` when it does not
+/// exist.
+pub fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(format!("read {}", path.display()), e)),
+    }
+}
+
 /// Writes `bytes` to `path` atomically and durably: a temporary file in the same directory,
 /// fsync, rename, fsync of the directory. `private` makes the file mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8], private: bool) -> Result<(), StoreError> {

@@ -5,6 +5,7 @@
 //! Everything here moves bytes and keeps them durable; what the bytes mean is decided in
 //! `core` (formats, hashes) and `app` (use cases).
 
+pub mod backup;
 pub mod cold;
 pub mod datadir;
 pub mod embedded;

@@ -20,16 +20,11 @@ pub use rollback::*;
 use crate::Daena;
 use crate::clock::rfc3339;
 use crate::error::{AppError, AppResult};
+use daena_store::backup::{self, STATE_FILE as STATE};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: u32 = 1;
-const MANIFEST: &str = "manifest.json";
-/// The deployment's signature over `manifest.json` ([`crate::backup_trust`]).
-const MANIFEST_SIG: &str = "manifest.sig";
-const STATE: &str = "state.redb";
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileEntry {
@@ -64,71 +59,22 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> AppError {
     AppError::internal(format!("{what}: {e}"))
 }
 
-/// Segment files of `dir` with the given prefix, and their current lengths.
-fn lengths(dir: &Path, prefix: &str) -> AppResult<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io(dir.display(), e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| io(dir.display(), e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix) {
-            let len = entry.metadata().map_err(|e| io(&name, e))?.len();
-            out.push((name, len));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Appends the first `len` bytes of `src` to the archive as `path`, hashing them.
-fn add_file<W: Write>(tar: &mut tar::Builder<W>, src: &Path, path: &str, len: u64) -> AppResult<FileEntry> {
-    let file = std::fs::File::open(src).map_err(|e| io(src.display(), e))?;
-    let mut hasher = Sha256::new();
-    let reader = HashingReader { inner: file.take(len), hasher: &mut hasher };
-    let mut header = tar::Header::new_gnu();
-    header.set_size(len);
-    header.set_mode(0o600);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, path, reader).map_err(|e| io(path, e))?;
-    Ok(FileEntry { path: path.to_owned(), bytes: len, sha256: hex::encode(hasher.finalize()) })
-}
-
-struct HashingReader<'a, R> {
-    inner: R,
-    hasher: &'a mut Sha256,
-}
-
-impl<R: Read> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+impl From<backup::ArchivedFile> for FileEntry {
+    fn from(f: backup::ArchivedFile) -> FileEntry {
+        FileEntry { path: f.path, bytes: f.bytes, sha256: f.sha256 }
     }
 }
 
 /// Takes a snapshot into `<data>/snapshots/`; returns its manifest.
 pub async fn create(d: &Daena) -> AppResult<Manifest> {
     let started = std::time::Instant::now();
-    let dir = d.data.snapshots_dir();
-    std::fs::create_dir_all(&dir).map_err(|e| io(dir.display(), e))?;
-    let (ledger_dir, l3_dir) = (d.data.ledger_dir(), d.data.l3_dir());
-    let kv = d.kv.clone();
+    let (ledger_dir, l3_dir, kv) = (d.data.ledger_dir(), d.data.l3_dir(), d.kv.clone());
     let reader = d.ledger.reader.clone();
-    let (view, head, ledger_files, l3_files) = d
+    let (cut, head) = d
         .commit
         .exclusive(move |sm| -> AppResult<_> {
             sm.settle()?;
-            let view = kv.view()?;
-            let head = reader.head();
-            let mut ledger_files = lengths(&ledger_dir, "seg-")?;
-            ledger_files.extend(lengths(&ledger_dir, "checkpoints")?);
-            ledger_files.extend(lengths(&ledger_dir, "signing_key")?);
-            Ok((view, head, ledger_files, lengths(&l3_dir, "cold-")?))
+            Ok((backup::cut(&kv, ledger_dir, l3_dir)?, reader.head()))
         })
         .await??;
     let root = d
@@ -140,81 +86,44 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
         .unwrap_or_default();
     let now = d.clock.now();
     let name = format!("daena-snapshot-{}-{:08}", crate::clock::compact_stamp(now), head.size);
-    let (ledger_dir, l3_dir) = (d.data.ledger_dir(), d.data.l3_dir());
+    let dir = d.data.snapshots_dir();
+    let data_root = d.data.root().to_path_buf();
     let master_key_id = d.keyring.master_id().to_owned();
     let signing_key = crate::ledger::signing_key(&d.data)?;
-    let target = dir.clone();
     let name2 = name.clone();
     let created_at = rfc3339(now);
     let manifest = tokio::task::spawn_blocking(move || -> AppResult<Manifest> {
-        let staging = target.join(format!(".tmp-{name2}"));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(|e| io(staging.display(), e))?;
-        let result = (|| {
-            let state = staging.join(STATE);
-            let (tables, records) = view.copy_to(&state)?;
-            drop(view);
-            let part = target.join(format!("{name2}.tar.zst.part"));
-            let mut open = std::fs::OpenOptions::new();
-            open.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-            let file = open.open(&part).map_err(|e| io(part.display(), e))?;
-            let enc = zstd::Encoder::new(file, 1).map_err(|e| io("zstd", e))?;
-            let mut tar = tar::Builder::new(enc);
-            let mut files = Vec::new();
-            let state_len = std::fs::metadata(&state).map_err(|e| io(state.display(), e))?.len();
-            files.push(add_file(&mut tar, &state, STATE, state_len)?);
-            for (f, len) in &ledger_files {
-                files.push(add_file(&mut tar, &ledger_dir.join(f), &format!("ledger/{f}"), *len)?);
-            }
-            for (f, len) in &l3_files {
-                files.push(add_file(&mut tar, &l3_dir.join(f), &format!("l3/{f}"), *len)?);
-            }
-            let mut manifest = Manifest {
-                format: FORMAT,
-                name: name2.clone(),
-                created_at,
-                daena_version: env!("CARGO_PKG_VERSION").to_owned(),
-                ledger_size: head.size,
-                ledger_head_hash: hex::encode(head.hash),
-                ledger_root: root,
-                master_key_id,
-                records,
-                tables,
-                files,
-                archive_bytes: 0,
-                seconds: 0.0,
-            };
-            let text = serde_json::to_vec_pretty(&manifest).map_err(|e| io("manifest", e))?;
-            let mut header = tar::Header::new_gnu();
-            header.set_size(text.len() as u64);
-            header.set_mode(0o600);
-            header.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut header, MANIFEST, text.as_slice()).map_err(|e| io("manifest", e))?;
-            let sig = serde_json::to_vec(&crate::backup_trust::sign(&signing_key, "snapshot", &text))
-                .map_err(|e| io("manifest signature", e))?;
-            let mut header = tar::Header::new_gnu();
-            header.set_size(sig.len() as u64);
-            header.set_mode(0o600);
-            header.set_entry_type(tar::EntryType::Regular);
-            tar.append_data(&mut header, MANIFEST_SIG, sig.as_slice()).map_err(|e| io("manifest signature", e))?;
-            let enc = tar.into_inner().map_err(|e| io("archive", e))?;
-            let file = enc.finish().map_err(|e| io("zstd", e))?;
-            file.sync_all().map_err(|e| io(part.display(), e))?;
-            let archive = target.join(format!("{name2}.tar.zst"));
-            std::fs::rename(&part, &archive).map_err(|e| io(archive.display(), e))?;
-            manifest.archive_bytes = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
-            Ok(manifest)
-        })();
-        let _ = std::fs::remove_dir_all(&staging);
-        result
+        let scratch = backup::Staging::new(&data_root, "snapshot", &name2)?;
+        let mut archive = backup::ArchiveFile::create(&dir, &name2)?;
+        let written = cut.write_into(&mut archive.tar, scratch.path())?;
+        let mut manifest = Manifest {
+            format: FORMAT,
+            name: name2,
+            created_at,
+            daena_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ledger_size: head.size,
+            ledger_head_hash: hex::encode(head.hash),
+            ledger_root: root,
+            master_key_id,
+            records: written.records,
+            tables: written.tables,
+            files: written.files.into_iter().map(FileEntry::from).collect(),
+            archive_bytes: 0,
+            seconds: 0.0,
+        };
+        let text = serde_json::to_vec_pretty(&manifest).map_err(|e| io("manifest", e))?;
+        backup::append_bytes(&mut archive.tar, backup::MANIFEST, &text)?;
+        let sig = serde_json::to_vec(&crate::backup_trust::sign(&signing_key, "snapshot", &text))
+            .map_err(|e| io("manifest signature", e))?;
+        backup::append_bytes(&mut archive.tar, backup::MANIFEST_SIG, &sig)?;
+        manifest.archive_bytes = archive.finish()?.1;
+        Ok(manifest)
     })
     .await
     .map_err(|e| AppError::internal(format!("snapshot task: {e}")))??;
     let mut manifest = manifest;
     manifest.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-    let sidecar = dir.join(format!("{name}.manifest.json"));
+    let sidecar = d.data.snapshots_dir().join(format!("{name}.manifest.json"));
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| io("manifest", e))?;
     daena_store::datadir::write_atomic(&sidecar, &text, true).map_err(|e| io(sidecar.display(), e))?;
     // Ledgered after its position: the snapshot holds entries 1..=ledger_size.
@@ -233,23 +142,8 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
 /// The snapshots in `dir`, oldest first, from their sidecar manifests.
 pub fn list(dir: &Path) -> AppResult<Vec<(PathBuf, Manifest)>> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io(dir.display(), e)),
-    };
-    for entry in entries {
-        let path = entry.map_err(|e| io(dir.display(), e))?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".manifest.json"))
-        else {
-            continue;
-        };
-        let archive = dir.join(format!("{name}.tar.zst"));
-        if !archive.exists() {
-            continue;
-        }
-        let text = std::fs::read(&path).map_err(|e| io(path.display(), e))?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| io(path.display(), e))?;
+    for (archive, text) in backup::sidecars(dir)? {
+        let m: Manifest = serde_json::from_slice(&text).map_err(|e| io(archive.display(), e))?;
         out.push((archive, m));
     }
     out.sort_by(|a, b| a.1.name.cmp(&b.1.name));
@@ -264,68 +158,30 @@ pub fn unpack_verified(
     staging: &Path,
     trust: &crate::backup_trust::Trust,
 ) -> AppResult<(Manifest, crate::backup_trust::Provenance)> {
-    let file = std::fs::File::open(archive).map_err(|e| io(archive.display(), e))?;
-    let dec = zstd::Decoder::new(file).map_err(|e| io(archive.display(), e))?;
-    let mut tar = tar::Archive::new(dec);
-    let mut seen: std::collections::BTreeMap<String, (u64, String)> = Default::default();
-    let mut manifest: Option<Manifest> = None;
-    let (mut manifest_bytes, mut signature) = (Vec::new(), None);
-    std::fs::create_dir_all(staging).map_err(|e| io(staging.display(), e))?;
-    for entry in tar.entries().map_err(|e| io(archive.display(), e))? {
-        let mut entry = entry.map_err(|e| io(archive.display(), e))?;
-        let path = entry.path().map_err(|e| io(archive.display(), e))?.to_string_lossy().into_owned();
-        let safe = !path.is_empty()
-            && !path.starts_with('/')
-            && path.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-            && (path == MANIFEST
-                || path == MANIFEST_SIG
-                || path == STATE
-                || path.starts_with("ledger/")
-                || path.starts_with("l3/"));
-        if !safe || entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(AppError::invalid(format!("{}: unexpected entry {path:?}", archive.display())));
-        }
-        if path == MANIFEST {
-            let mut text = Vec::new();
-            entry.by_ref().take(1 << 24).read_to_end(&mut text).map_err(|e| io(archive.display(), e))?;
-            manifest = Some(
-                serde_json::from_slice(&text)
-                    .map_err(|e| AppError::invalid(format!("{}: manifest: {e}", archive.display())))?,
-            );
-            manifest_bytes = text;
-            continue;
-        }
-        if path == MANIFEST_SIG {
-            let mut text = Vec::new();
-            entry.by_ref().take(1 << 12).read_to_end(&mut text).map_err(|e| io(archive.display(), e))?;
-            signature = Some(
-                serde_json::from_slice::<crate::backup_trust::BackupSignature>(&text)
-                    .map_err(|e| AppError::invalid(format!("{}: manifest signature: {e}", archive.display())))?,
-            );
-            continue;
-        }
-        let dest = staging.join(&path);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io(parent.display(), e))?;
-        }
-        let mut out = std::fs::File::create(&dest).map_err(|e| io(dest.display(), e))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut n_total = 0u64;
-        loop {
-            let n = entry.read(&mut buf).map_err(|e| io(archive.display(), e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(|e| io(dest.display(), e))?;
-            n_total += n as u64;
-        }
-        out.sync_all().map_err(|e| io(dest.display(), e))?;
-        seen.insert(path, (n_total, hex::encode(hasher.finalize())));
-    }
-    let manifest =
+    let unpacked = backup::unpack(archive, staging).map_err(|e| match e {
+        backup::UnpackError::Invalid(m) => AppError::invalid(m),
+        backup::UnpackError::Store(e) => AppError::from(e),
+    })?;
+    let mut seen = unpacked.files;
+    let manifest_bytes = unpacked.manifest.unwrap_or_default();
+    let manifest: Option<Manifest> = if manifest_bytes.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_slice(&manifest_bytes)
+                .map_err(|e| AppError::invalid(format!("{}: manifest: {e}", archive.display())))?,
+        )
+    };
+    let signature = match unpacked.signature {
+        Some(text) => Some(
+            serde_json::from_slice::<crate::backup_trust::BackupSignature>(&text)
+                .map_err(|e| AppError::invalid(format!("{}: manifest signature: {e}", archive.display())))?,
+        ),
+        None => None,
+    };
+    let mut manifest =
         manifest.ok_or_else(|| AppError::invalid(format!("{}: no manifest.json inside", archive.display())))?;
+    manifest.archive_bytes = unpacked.archive_bytes;
     if manifest.format != FORMAT {
         return Err(AppError::invalid(format!(
             "snapshot format {} is not supported (this is {FORMAT})",
@@ -390,11 +246,10 @@ pub fn restore_in(
 ) -> AppResult<RestoreReport> {
     let root = data.root();
     let stamp = stamp_now();
-    let staging = root.join(format!(".restore-{stamp}"));
-    let _ = std::fs::remove_dir_all(&staging);
-    let result = (|| {
-        let (mut manifest, provenance) = unpack_verified(data, archive, &staging, trust)?;
-        manifest.archive_bytes = std::fs::metadata(archive).map_or(0, |m| m.len());
+    let staged = backup::Staging::new(root, "restore", &stamp)?;
+    let staging = staged.path();
+    {
+        let (manifest, provenance) = unpack_verified(data, archive, staging, trust)?;
         let ledger = staging.join("ledger");
         let checkpoints = daena_store::ledger::read_checkpoints(&ledger).map_err(|e| io("snapshot ledger", e))?;
         let (summary, _) = daena_store::ledger::verify_path(&ledger, checkpoints, None, |_| {})
@@ -411,7 +266,7 @@ pub fn restore_in(
         adopt_master(data, loaded, &staging.join(STATE), &manifest.master_key_id)?;
         let carried = crate::governance::facts_set_aside(&data.ledger_dir(), &ledger)?;
         crate::governance::record_carried(&staging.join(STATE), &carried)?;
-        let aside = swap_in(root, &staging, &stamp)?;
+        let aside = backup::swap_in(root, staging, &stamp)?;
         Ok(RestoreReport {
             archive: archive.display().to_string(),
             manifest,
@@ -420,9 +275,7 @@ pub fn restore_in(
             carried_forward: carried.len(),
             provenance,
         })
-    })();
-    let _ = std::fs::remove_dir_all(&staging);
-    result
+    }
 }
 
 /// The outcome of a DR drill, as it is ledgered (`ops.drill`).
@@ -494,39 +347,6 @@ fn lock_stopped(root: &Path, holder: &str) -> AppResult<daena_store::datadir::Da
         ),
         other => AppError::internal(other.to_string()),
     })
-}
-
-/// Moves the current state, ledger and L3 of `root` aside to `<root>/replaced/<stamp>/` and
-/// the staged ones into their place; returns where the old ones went.
-fn swap_in(root: &Path, staging: &Path, stamp: &str) -> AppResult<PathBuf> {
-    // Two operations within one second get two directories.
-    let mut aside = root.join("replaced").join(stamp);
-    for n in 2.. {
-        if !aside.exists() {
-            break;
-        }
-        aside = root.join("replaced").join(format!("{stamp}-{n}"));
-    }
-    std::fs::create_dir_all(&aside).map_err(|e| io(aside.display(), e))?;
-    for part in [STATE, "ledger", "l3"] {
-        let current = root.join(part);
-        if current.exists() {
-            std::fs::rename(&current, aside.join(part)).map_err(|e| io(current.display(), e))?;
-        }
-    }
-    // The signing key's public half stays with the key that signs from now on.
-    if let Ok(p) = std::fs::read(aside.join("ledger/signing_key.pub")) {
-        let _ = std::fs::write(staging.join("ledger/signing_key.pub"), p);
-    }
-    for part in [STATE, "ledger", "l3"] {
-        let staged = staging.join(part);
-        if staged.exists() {
-            std::fs::rename(&staged, root.join(part)).map_err(|e| io(staged.display(), e))?;
-        } else if part != STATE {
-            std::fs::create_dir_all(root.join(part)).map_err(|e| io(part, e))?;
-        }
-    }
-    Ok(aside)
 }
 
 fn stamp_now() -> String {

@@ -4,15 +4,7 @@
 use super::*;
 use crate::error::{AppError, AppResult};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
-
-#[derive(Debug, Deserialize)]
-struct LineHead {
-    seq: u64,
-    ts: i64,
-    hash: String,
-}
 
 /// The sequence number `to` names: a number, or the last entry at or before an RFC 3339 time.
 pub fn resolve_point(ledger: &Path, to: &str) -> AppResult<u64> {
@@ -21,69 +13,10 @@ pub fn resolve_point(ledger: &Path, to: &str) -> AppResult<u64> {
     }
     let t = crate::clock::parse_rfc3339(to)
         .ok_or_else(|| AppError::invalid(format!("--to {to:?} is neither a sequence number nor an RFC 3339 time")))?;
-    let mut last = 0u64;
-    let mut bad = None;
-    daena_store::ledger::stream_dir(ledger, |line| match serde_json::from_str::<LineHead>(line) {
-        Ok(h) if h.ts <= t.0 => last = h.seq,
-        Ok(_) => {}
-        Err(e) => bad = Some(e.to_string()),
+    daena_store::ledger::last_at_or_before(ledger, t.0).map_err(|e| match e {
+        daena_store::StoreError::Corrupt { .. } => AppError::invalid(format!("the ledger: {e}")),
+        other => AppError::from(other),
     })
-    .map_err(|e| io("ledger", e))?;
-    if let Some(e) = bad {
-        return Err(AppError::invalid(format!("the ledger has an unreadable entry: {e}")));
-    }
-    Ok(last)
-}
-
-/// Copies the first `upto` entries of the ledger in `src` (segments, the checkpoints that
-/// cover at most `upto`, the public key) to `dst`; returns the hash of entry `mark` if seen.
-fn copy_prefix(src: &Path, dst: &Path, upto: u64, mark: u64) -> AppResult<(u64, Option<String>)> {
-    use std::io::BufRead;
-    std::fs::create_dir_all(dst).map_err(|e| io(dst.display(), e))?;
-    let (mut copied, mut mark_hash) = (0u64, None);
-    for (first, path) in daena_store::ledger::list_segments(src).map_err(|e| io("ledger", e))? {
-        if first > upto {
-            continue;
-        }
-        let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
-        let mut out =
-            std::io::BufWriter::new(std::fs::File::create(dst.join(&name)).map_err(|e| io(dst.display(), e))?);
-        let reader = std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| io(path.display(), e))?);
-        for line in reader.split(b'\n') {
-            let line = line.map_err(|e| io(path.display(), e))?;
-            if line.is_empty() {
-                continue;
-            }
-            let head: LineHead = serde_json::from_slice(&line)
-                .map_err(|e| AppError::invalid(format!("{}: an unreadable entry: {e}", path.display())))?;
-            if head.seq > upto {
-                break;
-            }
-            if head.seq == mark {
-                mark_hash = Some(head.hash.clone());
-            }
-            out.write_all(&line).and_then(|_| out.write_all(b"\n")).map_err(|e| io(dst.display(), e))?;
-            copied += 1;
-        }
-        out.into_inner().map_err(|e| io(dst.display(), e))?.sync_all().map_err(|e| io(dst.display(), e))?;
-    }
-    if let Ok(text) = std::fs::read_to_string(src.join(daena_store::ledger::CHECKPOINTS_FILE)) {
-        let kept: String = text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["size"].as_u64())
-                    .is_some_and(|s| s <= upto)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(dst.join(daena_store::ledger::CHECKPOINTS_FILE), kept).map_err(|e| io(dst.display(), e))?;
-    }
-    if let Ok(p) = std::fs::read(src.join("signing_key.pub")) {
-        std::fs::write(dst.join("signing_key.pub"), p).map_err(|e| io(dst.display(), e))?;
-    }
-    Ok((copied, mark_hash))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,10 +114,10 @@ pub fn rebuild_in(
         }
     };
     let stamp = stamp_now();
-    let staging = root.join(format!(".{}-{stamp}", spec.holder));
-    let _ = std::fs::remove_dir_all(&staging);
-    let result = (|| {
-        let (chosen, provenance) = unpack_verified(data, &archive, &staging, &spec.trust)?;
+    let staged = backup::Staging::new(root, spec.holder, &stamp)?;
+    let staging = staged.path();
+    {
+        let (chosen, provenance) = unpack_verified(data, &archive, staging, &spec.trust)?;
         if chosen.ledger_size > to_seq {
             return Err(AppError::invalid(format!(
                 "snapshot {} is at entry {}, after the point {to_seq}",
@@ -192,8 +125,11 @@ pub fn rebuild_in(
             )));
         }
         let staged_ledger = staging.join("ledger");
-        std::fs::remove_dir_all(&staged_ledger).map_err(|e| io(staged_ledger.display(), e))?;
-        let (copied, mark) = copy_prefix(&ledger, &staged_ledger, to_seq, chosen.ledger_size)?;
+        let (copied, mark) = daena_store::ledger::copy_prefix(&ledger, &staged_ledger, to_seq, chosen.ledger_size)
+            .map_err(|e| match e {
+                daena_store::StoreError::Corrupt { .. } => AppError::invalid(format!("the ledger: {e}")),
+                other => AppError::from(other),
+            })?;
         if chosen.ledger_size > 0 && mark.as_deref() != Some(chosen.ledger_head_hash.as_str()) {
             return Err(AppError::invalid(format!(
                 "snapshot {} is not of this ledger: its entry {} differs",
@@ -220,7 +156,7 @@ pub fn rebuild_in(
         }
         let carried = crate::governance::facts_set_aside(&data.ledger_dir(), &staged_ledger)?;
         crate::governance::record_carried(&staging.join(STATE), &carried)?;
-        let aside = swap_in(root, &staging, &stamp)?;
+        let aside = backup::swap_in(root, staging, &stamp)?;
         Ok(RollbackReport {
             to_seq,
             previous_head: head,
@@ -232,9 +168,7 @@ pub fn rebuild_in(
             carried_forward: carried.len(),
             provenance,
         })
-    })();
-    let _ = std::fs::remove_dir_all(&staging);
-    result
+    }
 }
 
 /// Makes a snapshot's state openable with the current master key: as it is, or, when it was

@@ -15,11 +15,13 @@
 //! was told is durable survives a crash. At open, a torn last line (a crash mid-write) is
 //! cut off and reported; anything else that does not verify stops the open.
 
+mod prefix;
 mod reader;
 mod tree;
 mod verify;
 mod writer;
 
+pub use prefix::{copy_prefix, last_at_or_before};
 pub use reader::{LedgerReader, StreamEnd, stream_dir};
 pub use tree::ChunkTree;
 pub use verify::verify_path;
