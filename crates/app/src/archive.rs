@@ -73,7 +73,8 @@ enum Line {
     Trailer(Trailer),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ArchiveSummary {
     pub path: String,
     pub format: String,
@@ -88,7 +89,7 @@ pub struct ArchiveSummary {
     pub signature: Option<crate::backup_trust::BackupSignature>,
     /// The bytes the signature covers.
     #[serde(skip)]
-    #[schema(ignore)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub signed_manifest: Vec<u8>,
 }
 

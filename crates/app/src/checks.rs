@@ -15,7 +15,8 @@ use std::time::Duration;
 const LAST_VERIFICATION: &str = "last_ledger_verification";
 
 /// The outcome of a full ledger verification.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Verification {
     pub at: String,
     pub ok: bool,

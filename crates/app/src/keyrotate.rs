@@ -26,7 +26,8 @@ use std::path::Path;
 
 pub const ROTATIONS_FILE: &str = "rotations.jsonl";
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RotationReport {
     pub dry_run: bool,
     pub old_key_id: String,
@@ -262,7 +263,8 @@ pub async fn start(d: &std::sync::Arc<Daena>, who: Principal, dry_run: bool) -> 
     Ok(d.operations.get(&op.id).unwrap_or(op))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ValidationReport {
     pub ok: bool,
     pub master_key_id: String,
@@ -341,7 +343,8 @@ pub fn status(d: &Daena) -> AppResult<keyring::KeyStatus> {
     Ok(st)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShredReport {
     pub tenant: String,
     pub data_keys_destroyed: usize,

@@ -45,7 +45,8 @@ pub struct LedgerService {
     pub opened: OpenReport,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointView {
     pub size: u64,
     pub root: String,
@@ -82,7 +83,8 @@ impl CheckpointView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeadView {
     /// Entries in the ledger (sequence numbers 1..=size).
     pub size: u64,
@@ -98,7 +100,8 @@ pub struct HeadView {
     pub repaired_bytes_at_open: u64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntryView {
     pub seq: u64,
     pub time: String,
@@ -107,7 +110,7 @@ pub struct EntryView {
     pub action: String,
     #[serde(rename = "ref")]
     pub reference: String,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub attrs: serde_json::Value,
     pub body_sha256: String,
     /// The operation body (base64; encrypted for memory operations), when asked for.
@@ -135,14 +138,16 @@ impl EntryView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EntriesPage {
     pub entries: Vec<EntryView>,
     /// Where to continue (`from=`), when there may be more.
     pub next: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InclusionView {
     pub seq: u64,
     pub size: u64,
@@ -154,7 +159,8 @@ pub struct InclusionView {
     pub proof: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsistencyView {
     pub from: u64,
     pub to: u64,
@@ -282,7 +288,8 @@ pub async fn checkpoint(d: &Daena, fresh: bool) -> AppResult<CheckpointView> {
 }
 
 /// What `daena ledger export` writes: enough to pin the ledger's state elsewhere.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Manifest {
     pub format: String,
     pub entries: u64,
@@ -308,7 +315,8 @@ pub fn manifest(d: &Daena) -> AppResult<Manifest> {
     })
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LegacyImport {
     pub seq: u64,
     pub legacy_entries: usize,

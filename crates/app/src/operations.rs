@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 /// How many finished operation records are kept.
 const KEPT: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OpState {
     Running,
@@ -29,7 +30,8 @@ pub enum OpState {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operation {
     pub id: String,
     /// `key.rotate`, `restore`, `rollback` or `replay`.
@@ -46,7 +48,7 @@ pub struct Operation {
     /// Seconds the server did not serve requests (maintenance operations).
     pub downtime_seconds: Option<f64>,
     /// The operation's report once it succeeded.
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 use std::sync::Arc;
 
 /// Stable public error codes. `daena_api::error::status_of` is the only mapping to HTTP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// No API key was given, or the key is unknown or revoked.

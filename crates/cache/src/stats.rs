@@ -33,7 +33,8 @@ pub struct Counters {
 }
 
 /// Spend and savings of one (day, tenant, model, agent).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Cost {
     pub requests: u64,

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const HEARTBEATS: DocTable = doc_table("heartbeats");
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentView {
     pub id: String,
     pub name: String,
@@ -37,7 +38,8 @@ pub struct AgentView {
     pub last_heartbeat: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentList {
     pub tenant: String,
     pub total: usize,
@@ -46,14 +48,16 @@ pub struct AgentList {
     pub agents: Vec<AgentView>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Expected {
     pub departments: usize,
     pub agents: usize,
     pub roles_per_department: usize,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Validation {
     pub departments_valid: bool,
     pub agents_valid: bool,
@@ -63,7 +67,8 @@ pub struct Validation {
     pub all_active: bool,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DepartmentView {
     pub name: String,
     pub agents: usize,
@@ -71,7 +76,8 @@ pub struct DepartmentView {
     pub roles: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StructureView {
     pub tenant: String,
     pub departments: usize,
@@ -83,7 +89,8 @@ pub struct StructureView {
     pub department_breakdown: BTreeMap<String, DepartmentView>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatView {
     pub agent_id: String,
     pub tenant: String,

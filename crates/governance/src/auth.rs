@@ -147,13 +147,14 @@ impl Principal {
 }
 
 /// What `keys list` shows: never the key or its digest.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyView {
     pub id: String,
     pub name: String,
-    #[schema(value_type = String, example = "agent")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "agent"))]
     pub role: Role,
-    #[schema(value_type = String)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub tenant: TenantId,
     pub roles: Vec<String>,
     pub department: Option<String>,
@@ -196,7 +197,8 @@ pub struct NewKey {
 }
 
 /// A created key: the text is shown once and never stored.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedKey {
     pub key: String,
     #[serde(flatten)]

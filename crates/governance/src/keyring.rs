@@ -42,7 +42,8 @@ pub enum Codec {
 }
 
 /// The key store at a glance; ids and dates only.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyStatus {
     pub master_key_id: String,
     /// `DAENA_MEMORY_AES_KEY` or the key file's path.

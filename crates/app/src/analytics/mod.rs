@@ -243,7 +243,8 @@ pub enum Observed {
     Llm { hit: bool },
 }
 
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Interaction {
     /// The sending agent, e.g. `legal_synth`.
@@ -264,7 +265,8 @@ pub struct Interaction {
 }
 
 /// One interaction or a batch of up to 1000.
-#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Interactions {
     One(Interaction),
@@ -275,7 +277,8 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Recorded {
     pub recorded: bool,
     /// How many interactions were recorded.

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Anomaly {
     pub agent_id: String,
     pub department: Option<String>,
@@ -101,7 +102,8 @@ fn detect(data: &TenantData, now_minute: i64) -> Vec<Anomaly> {
     out
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AnomalyReport {
     pub tenant: String,
     pub anomalies: Vec<Anomaly>,
@@ -124,7 +126,8 @@ pub fn anomalies(d: &Daena, who: &Principal) -> AnomalyReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorRate {
     pub events: u64,
     pub errors: u64,
@@ -142,19 +145,22 @@ fn error_rate(data: &TenantData, now_minute: i64, minutes: i64) -> ErrorRate {
     ErrorRate { events, errors, rate: if events == 0 { 0.0 } else { round(errors as f64 / events as f64, 5) } }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopAgent {
     pub agent_id: String,
     pub events_last_hour: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Path {
     pub path: String,
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Summary {
     pub tenant: String,
     pub total_interactions: u64,
@@ -207,7 +213,8 @@ pub fn summary(d: &Daena, who: &Principal) -> Summary {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Efficiency {
     pub agent_id: String,
     pub department: Option<String>,
@@ -226,7 +233,8 @@ pub struct Efficiency {
     pub errors: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EfficiencyReport {
     pub tenant: String,
     pub agents: Vec<Efficiency>,
@@ -267,7 +275,8 @@ pub fn efficiency(d: &Daena, who: &Principal, department: Option<&str>) -> AppRe
     Ok(EfficiencyReport { tenant: who.tenant().to_string(), total_agents: list.len(), agents: list })
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PairView {
     pub from: String,
     pub to: String,
@@ -279,7 +288,8 @@ pub struct PairView {
     pub kinds: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bottleneck {
     pub agent_id: String,
     pub inbound: u64,
@@ -287,7 +297,8 @@ pub struct Bottleneck {
     pub inbound_failure_rate: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Patterns {
     pub tenant: String,
     pub total_messages: u64,

@@ -485,14 +485,15 @@ fn stream_through(
 }
 
 /// `POST /api/v1/cas/lookup`: a chat request without calling anything.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LookupResult {
     pub hit: bool,
     /// `hit`, `near` or `miss`.
     pub status: String,
     pub distance: Option<u32>,
     pub key: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub response: Option<Value>,
 }
 
@@ -517,7 +518,8 @@ pub fn lookup(d: &Daena, who: &Principal, request: Value, opts: ChatOptions) -> 
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoreResult {
     pub key: String,
     pub expires_at: String,
@@ -554,7 +556,8 @@ pub async fn store(
     Ok(StoreResult { key, expires_at: rfc3339(expires) })
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FeedbackResult {
     pub evicted: bool,
     pub key: String,

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rates {
     pub requests: u64,
     pub exact_hits: u64,
@@ -39,13 +40,15 @@ fn rates(c: &Counters) -> Rates {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Threshold {
     pub simhash_threshold: f64,
     pub max_hamming_distance: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CasReport {
     #[serde(flatten)]
     pub rates: Rates,
@@ -96,7 +99,8 @@ pub fn cas(d: &Daena) -> CasReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CostView {
     pub spend_usd: f64,
     /// What hits would have cost upstream; never part of spend.
@@ -115,7 +119,8 @@ pub struct CostView {
     pub client_reported: ClientReported,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClientReported {
     pub spend_usd: f64,
     pub saved_usd: f64,
@@ -142,7 +147,8 @@ fn view(c: &Cost) -> CostView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CostReport {
     #[serde(flatten)]
     pub total: CostView,
@@ -169,7 +175,8 @@ pub fn costs(d: &Daena) -> CostReport {
     CostReport { total: view(&total), by_model, by_tenant, by_agent, by_day, unpriced_models }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RepeatedPrompt {
     /// SHA-256 of the normalized prompt, first 16 hex digits: the text is never shown.
     pub prompt_hash: String,
@@ -178,7 +185,8 @@ pub struct RepeatedPrompt {
     pub hits: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Diagnostics {
     pub cas: CasReport,
     /// Near hits by Hamming distance.

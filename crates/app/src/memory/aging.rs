@@ -13,7 +13,8 @@ use daena_core::time::Micros;
 use daena_store::records::{self, RowBody, Tier};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgingItem {
     pub tenant: String,
     pub class: String,
@@ -22,7 +23,8 @@ pub struct AgingItem {
     pub idle_days: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgingReport {
     pub dry_run: bool,
     pub scanned: u64,
@@ -188,7 +190,8 @@ fn count(report: &mut AgingReport, d: Decision) {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResealReport {
     pub scanned: u64,
     /// Records sealed under an older data key version before the run.

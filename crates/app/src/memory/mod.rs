@@ -92,7 +92,8 @@ pub struct PutRequest {
     pub agent: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WriteResult {
     pub created: bool,
     /// Divergence from the previous version (overwrites only).
@@ -235,7 +236,8 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
     Err(AppError::new(ErrorCode::VersionConflict, "the record kept changing while this write was prepared; retry"))
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeleteResult {
     pub deleted: bool,
     pub class: String,
@@ -276,7 +278,8 @@ pub async fn delete(
     remove(d, who, class, key, if_match, "memory.delete", Action::Delete).await
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrustResult {
     pub class: String,
     pub key: String,

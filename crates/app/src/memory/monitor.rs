@@ -12,7 +12,8 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Latency {
     pub p50_ms: f64,
     pub p95_ms: f64,
@@ -34,7 +35,8 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TierView {
     pub records: u64,
     /// Bytes as stored (compressed and encrypted).
@@ -49,7 +51,8 @@ pub struct TierView {
     pub latency: Option<Latency>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct L1View {
     pub entries: u64,
     pub bytes: u64,
@@ -60,7 +63,8 @@ pub struct L1View {
     pub latency: Option<Latency>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CountView {
     pub records: u64,
     pub bytes: u64,
@@ -69,7 +73,8 @@ pub struct CountView {
     pub l3: u64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DivergenceView {
     /// Unintended divergence events ÷ overwrites; intended revisions do not count.
     pub rate: f64,
@@ -80,7 +85,8 @@ pub struct DivergenceView {
     pub max_rate: f64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GrowthView {
     pub records_per_hour: Option<f64>,
     pub bytes_per_hour: Option<f64>,
@@ -88,7 +94,8 @@ pub struct GrowthView {
     pub window_hours: f64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SloCheck {
     pub target: f64,
     pub observed: Option<f64>,
@@ -96,14 +103,16 @@ pub struct SloCheck {
     pub status: String,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LedgerBrief {
     pub size: u64,
     pub head_hash: String,
     pub checkpoint_size: u64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operations {
     pub reads: u64,
     pub misses: u64,
@@ -112,7 +121,8 @@ pub struct Operations {
     pub policy_denies: u64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemoryReport {
     pub l1: L1View,
     pub l2: TierView,

@@ -29,7 +29,8 @@ pub struct RecordView {
     pub access_count: u64,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrustView {
     pub quarantined: bool,
     pub score: f32,
@@ -38,7 +39,8 @@ pub struct TrustView {
 }
 
 /// System fields as JSON (everything but payload and meta).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SystemFields {
     pub tenant: String,
     pub class: String,
@@ -288,7 +290,8 @@ pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListItem {
     pub class: String,
     pub key: String,
@@ -299,7 +302,8 @@ pub struct ListItem {
     pub content_sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListPage {
     pub items: Vec<ListItem>,
     /// Pass as `cursor` for the next page; absent on the last page.

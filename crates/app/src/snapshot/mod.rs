@@ -26,14 +26,16 @@ use std::path::{Path, PathBuf};
 
 pub const FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileEntry {
     pub path: String,
     pub bytes: u64,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Manifest {
     pub format: u32,
     pub name: String,
@@ -279,7 +281,8 @@ pub fn restore_in(
 }
 
 /// The outcome of a DR drill, as it is ledgered (`ops.drill`).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DrillRecord {
     pub snapshot: String,
@@ -293,7 +296,8 @@ pub struct DrillRecord {
     pub failed_checks: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ledgered {
     pub seq: u64,
 }
@@ -318,7 +322,8 @@ pub async fn record_drill(d: &Daena, who: &crate::auth::Principal, r: &DrillReco
 pub(crate) const LAST_DRILL: &str = "last_drill";
 
 /// The newest drill's outcome, when and where it was ledgered.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LastDrill {
     #[serde(flatten)]
     pub record: DrillRecord,
