@@ -8,7 +8,7 @@
 use axum::body::Body;
 use axum::http::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
-use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::config::LoadedConfig;
 use daena_app::{Daena, OpenOptions};
 use http_body_util::BodyExt;
 use serde_json::json;
@@ -28,15 +28,9 @@ fn request(method: &str, path: &str, body: Option<String>) -> Request<Body> {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
-    config.memory.aging.interval_minutes = 0;
-    config.rate_limit.enabled = false;
-    let loaded = LoadedConfig {
-        config,
-        secrets: Secrets { ops_key: Some(Secret::new(KEY)), ..Secrets::default() },
-        files: Vec::new(),
-        config_dir: dir.path().join("config"),
-    };
+    let mut loaded = LoadedConfig::in_dir(dir.path(), Some(KEY));
+    loaded.config.memory.aging.interval_minutes = 0;
+    loaded.config.rate_limit.enabled = false;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let d = rt.block_on(async { Daena::open(loaded, OpenOptions::offline("bench")) }).expect("open");
     let router = daena_api::router(d.clone());

@@ -231,7 +231,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use axum::routing::{get, post};
-    use daena_app::config::{Config, LoadedConfig, Secrets};
+    use daena_app::config::LoadedConfig;
     use daena_app::{Daena, OpenOptions};
     use std::time::Duration;
     use tower::ServiceExt;
@@ -239,16 +239,10 @@ mod tests {
     /// The real middleware around a handler that takes `x-sleep-secs` seconds (virtual time),
     /// on the request-timeout route and on the chat-completions one.
     fn slow_app(dir: &tempfile::TempDir) -> Router {
-        let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
-        config.server.request_timeout_secs = 2;
-        config.llm.timeout_secs = 20;
-        config.rate_limit.enabled = false;
-        let loaded = LoadedConfig {
-            config,
-            secrets: Secrets::default(),
-            files: Vec::new(),
-            config_dir: dir.path().join("config"),
-        };
+        let mut loaded = LoadedConfig::in_dir(dir.path(), None);
+        loaded.config.server.request_timeout_secs = 2;
+        loaded.config.llm.timeout_secs = 20;
+        loaded.config.rate_limit.enabled = false;
         let state = Daena::open(loaded, OpenOptions::offline("test")).expect("open");
         let slow = |headers: axum::http::HeaderMap| async move {
             let secs = headers.get("x-sleep-secs").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);

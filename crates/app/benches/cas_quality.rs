@@ -9,19 +9,14 @@
 mod cas_workload;
 
 use daena_app::auth::Access;
-use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::config::LoadedConfig;
 use daena_app::{Daena, OpenOptions};
 
 fn main() {
     let mut args = std::env::args().skip_while(|a| a != "--bases");
     let n: usize = args.nth(1).and_then(|v| v.parse().ok()).unwrap_or(960);
     let dir = tempfile::tempdir().expect("tempdir");
-    let loaded = LoadedConfig {
-        config: Config { data_dir: dir.path().join("data"), ..Config::default() },
-        secrets: Secrets { ops_key: Some(Secret::new("k")), ..Secrets::default() },
-        files: Vec::new(),
-        config_dir: dir.path().join("config"),
-    };
+    let loaded = LoadedConfig::in_dir(dir.path(), Some("k"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let d = Daena::open(loaded, OpenOptions::offline("bench")).expect("open");

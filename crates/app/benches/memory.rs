@@ -5,7 +5,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use daena_app::auth::Access;
-use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::config::LoadedConfig;
 use daena_app::memory::{self, PutRequest, codec};
 use daena_app::policy::Action;
 use daena_app::{Daena, OpenOptions};
@@ -14,13 +14,7 @@ use std::hint::black_box;
 
 fn open() -> (tempfile::TempDir, std::sync::Arc<Daena>, tokio::runtime::Runtime) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config { data_dir: dir.path().join("data"), ..Config::default() };
-    let loaded = LoadedConfig {
-        config,
-        secrets: Secrets { ops_key: Some(Secret::new("k")), ..Secrets::default() },
-        files: Vec::new(),
-        config_dir: dir.path().join("config"),
-    };
+    let loaded = LoadedConfig::in_dir(dir.path(), Some("k"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let d = rt.block_on(async { Daena::open(loaded, OpenOptions::offline("bench")) }).expect("open");
     (dir, d, rt)

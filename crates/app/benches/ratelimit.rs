@@ -6,7 +6,7 @@
 //! Run: `cargo bench -p daena-app --bench ratelimit`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::config::LoadedConfig;
 use daena_app::{Daena, OpenOptions};
 use daena_core::gcra::{self, Limit};
 use std::hint::black_box;
@@ -22,12 +22,7 @@ fn rss_bytes() -> u64 {
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let loaded = LoadedConfig {
-        config: Config { data_dir: dir.path().join("data"), ..Config::default() },
-        secrets: Secrets { ops_key: Some(Secret::new("k")), ..Secrets::default() },
-        files: Vec::new(),
-        config_dir: dir.path().join("config"),
-    };
+    let loaded = LoadedConfig::in_dir(dir.path(), Some("k"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let d = rt.block_on(async { Daena::open(loaded, OpenOptions::offline("bench")) }).expect("open");
     let limiter = &d.limiter;

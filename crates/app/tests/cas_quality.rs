@@ -6,18 +6,13 @@
 mod cas_workload;
 
 use daena_app::auth::Access;
-use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::config::LoadedConfig;
 use daena_app::{Daena, OpenOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_duplicates_serve_benign_variants_and_refuse_different_questions() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let loaded = LoadedConfig {
-        config: Config { data_dir: dir.path().join("data"), ..Config::default() },
-        secrets: Secrets { ops_key: Some(Secret::new("k")), ..Secrets::default() },
-        files: Vec::new(),
-        config_dir: dir.path().join("config"),
-    };
+    let loaded = LoadedConfig::in_dir(dir.path(), Some("k"));
     let d = Daena::open(loaded, OpenOptions::offline("test")).expect("open");
     let who = d.keys.authenticate(Some("k"), None, Access::Data).expect("auth");
     let tallies = cas_workload::run(&d, &who, 192).await;

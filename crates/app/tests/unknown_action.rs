@@ -1,19 +1,14 @@
 //! An action the state machine does not know stops the replay with an error naming it and
 //! its sequence number: a future version's entry is never skipped silently.
 
-use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::config::LoadedConfig;
 use daena_app::{Daena, OpenOptions};
 use daena_core::ledger::NewEntry;
 use daena_core::ledger::entry::{parse_line, seal};
 use daena_core::time::Micros;
 
 fn loaded(dir: &std::path::Path) -> LoadedConfig {
-    LoadedConfig {
-        config: Config { data_dir: dir.join("data"), ..Config::default() },
-        secrets: Secrets { ops_key: Some(Secret::new("k")), ..Secrets::default() },
-        files: Vec::new(),
-        config_dir: dir.join("config"),
-    }
+    LoadedConfig::in_dir(dir, Some("k"))
 }
 
 #[tokio::test]

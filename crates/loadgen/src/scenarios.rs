@@ -5,7 +5,7 @@ use crate::Common;
 use crate::client::{self, MakeRequest};
 use bytes::Bytes;
 use daena_app::auth::Access;
-use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::config::{Config, LoadedConfig};
 use daena_app::memory::PutRequest;
 use daena_app::{Daena, OpenOptions};
 use std::sync::Arc;
@@ -26,12 +26,7 @@ pub async fn start(edit: impl FnOnce(&mut Config)) -> anyhow::Result<Running> {
     config.rate_limit.enabled = false;
     edit(&mut config);
     config.validate().map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?;
-    let loaded = LoadedConfig {
-        config,
-        secrets: Secrets { ops_key: Some(Secret::new(KEY)), ..Secrets::default() },
-        files: Vec::new(),
-        config_dir: dir.path().join("config"),
-    };
+    let loaded = LoadedConfig { config, ..LoadedConfig::in_dir(dir.path(), Some(KEY)) };
     let daena = Daena::open(loaded, OpenOptions::offline("loadgen")).map_err(|e| anyhow::anyhow!(e.message))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

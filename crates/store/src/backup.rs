@@ -17,6 +17,7 @@
 //! and the staged one into its place.
 
 use crate::StoreError;
+use crate::datadir::list_dir;
 use crate::kv::{Kv, StateView};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -63,13 +64,7 @@ impl std::fmt::Debug for Cut {
 /// Files of `dir` whose names start with `prefix`, with their current lengths.
 fn lengths(dir: &Path, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(StoreError::io(dir.display().to_string(), e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io(dir.display()))?;
+    for entry in list_dir(dir)? {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(prefix) {
             let len = entry.metadata().map_err(io(&name))?.len();
@@ -195,13 +190,8 @@ impl ArchiveFile {
 /// archive's path and the manifest's bytes, in name order.
 pub fn sidecars(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, StoreError> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(StoreError::io(dir.display().to_string(), e)),
-    };
-    for entry in entries {
-        let path = entry.map_err(io(dir.display()))?.path();
+    for entry in list_dir(dir)? {
+        let path = entry.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".manifest.json"))
         else {
             continue;

@@ -144,6 +144,16 @@ fn set_private_dir(path: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io(format!("chmod {}", path.display()), e))
 }
 
+/// The entries of `dir`; none when it does not exist.
+pub fn list_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>, StoreError> {
+    let list = |e| StoreError::io(format!("list {}", dir.display()), e);
+    match std::fs::read_dir(dir) {
+        Ok(read) => read.collect::<Result<Vec<_>, _>>().map_err(list),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(list(e)),
+    }
+}
+
 /// The text of a small file (a key, a chain of rotation lines), or `None` when it does not
 /// exist.
 pub fn read_optional(path: &Path) -> Result<Option<String>, StoreError> {

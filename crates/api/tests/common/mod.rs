@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use daena_app::clock::ManualClock;
-use daena_app::config::{Config, LoadedConfig, Secret, Secrets};
+use daena_app::config::{Config, LoadedConfig};
 use daena_app::{Daena, OpenOptions};
 use daena_core::time::Micros;
 use http_body_util::BodyExt;
@@ -59,12 +59,7 @@ impl TestApp {
     }
 
     fn loaded(dir: &tempfile::TempDir, config: Config) -> LoadedConfig {
-        LoadedConfig {
-            config,
-            secrets: Secrets { ops_key: Some(Secret::new(OPS)), ..Secrets::default() },
-            files: Vec::new(),
-            config_dir: dir.path().join("config"),
-        }
+        LoadedConfig { config, ..LoadedConfig::in_dir(dir.path(), Some(OPS)) }
     }
 
     /// Opens the service on `dir` with `config` and the ops key, on `clock`.

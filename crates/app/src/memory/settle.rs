@@ -175,17 +175,15 @@ pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::config::{Config, LoadedConfig, Secrets};
+    use crate::config::LoadedConfig;
     use crate::{Daena, OpenOptions};
     use daena_store::records;
     use std::time::{Duration, Instant};
 
     /// A service on a fresh data directory in `dir`, without a listener or schedules.
     pub(in crate::memory) fn offline_daena(dir: &std::path::Path) -> Arc<Daena> {
-        let mut config = Config { data_dir: dir.join("data"), ..Config::default() };
-        config.memory.aging.interval_minutes = 0;
-        let loaded =
-            LoadedConfig { config, secrets: Secrets::default(), files: Vec::new(), config_dir: dir.join("config") };
+        let mut loaded = LoadedConfig::in_dir(dir, None);
+        loaded.config.memory.aging.interval_minutes = 0;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async { Daena::open(loaded, OpenOptions::offline("test")) }).expect("open")
     }

@@ -165,15 +165,11 @@ pub fn unpack_verified(
         backup::UnpackError::Store(e) => AppError::from(e),
     })?;
     let mut seen = unpacked.files;
-    let manifest_bytes = unpacked.manifest.unwrap_or_default();
-    let manifest: Option<Manifest> = if manifest_bytes.is_empty() {
-        None
-    } else {
-        Some(
-            serde_json::from_slice(&manifest_bytes)
-                .map_err(|e| AppError::invalid(format!("{}: manifest: {e}", archive.display())))?,
-        )
-    };
+    let manifest_bytes = unpacked
+        .manifest
+        .ok_or_else(|| AppError::invalid(format!("{}: no manifest.json inside", archive.display())))?;
+    let mut manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| AppError::invalid(format!("{}: manifest: {e}", archive.display())))?;
     let signature = match unpacked.signature {
         Some(text) => Some(
             serde_json::from_slice::<crate::backup_trust::BackupSignature>(&text)
@@ -181,8 +177,6 @@ pub fn unpack_verified(
         ),
         None => None,
     };
-    let mut manifest =
-        manifest.ok_or_else(|| AppError::invalid(format!("{}: no manifest.json inside", archive.display())))?;
     manifest.archive_bytes = unpacked.archive_bytes;
     if manifest.format != FORMAT {
         return Err(AppError::invalid(format!(

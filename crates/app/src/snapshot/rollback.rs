@@ -6,6 +6,14 @@ use crate::error::{AppError, AppResult};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// A ledger that cannot be read is the caller's input problem; anything else is ours.
+fn ledger_error(e: daena_store::StoreError) -> AppError {
+    match e {
+        daena_store::StoreError::Corrupt { .. } => AppError::invalid(format!("the ledger: {e}")),
+        other => AppError::from(other),
+    }
+}
+
 /// The sequence number `to` names: a number, or the last entry at or before an RFC 3339 time.
 pub fn resolve_point(ledger: &Path, to: &str) -> AppResult<u64> {
     if let Ok(seq) = to.parse::<u64>() {
@@ -13,10 +21,7 @@ pub fn resolve_point(ledger: &Path, to: &str) -> AppResult<u64> {
     }
     let t = crate::clock::parse_rfc3339(to)
         .ok_or_else(|| AppError::invalid(format!("--to {to:?} is neither a sequence number nor an RFC 3339 time")))?;
-    daena_store::ledger::last_at_or_before(ledger, t.0).map_err(|e| match e {
-        daena_store::StoreError::Corrupt { .. } => AppError::invalid(format!("the ledger: {e}")),
-        other => AppError::from(other),
-    })
+    daena_store::ledger::last_at_or_before(ledger, t.0).map_err(ledger_error)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,10 +131,7 @@ pub fn rebuild_in(
         }
         let staged_ledger = staging.join("ledger");
         let (copied, mark) = daena_store::ledger::copy_prefix(&ledger, &staged_ledger, to_seq, chosen.ledger_size)
-            .map_err(|e| match e {
-                daena_store::StoreError::Corrupt { .. } => AppError::invalid(format!("the ledger: {e}")),
-                other => AppError::from(other),
-            })?;
+            .map_err(ledger_error)?;
         if chosen.ledger_size > 0 && mark.as_deref() != Some(chosen.ledger_head_hash.as_str()) {
             return Err(AppError::invalid(format!(
                 "snapshot {} is not of this ledger: its entry {} differs",

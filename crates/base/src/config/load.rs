@@ -58,6 +58,20 @@ pub struct LoadedConfig {
     pub config_dir: PathBuf,
 }
 
+impl LoadedConfig {
+    /// The defaults, with data in `<root>/data`, config files under `<root>/config` (none
+    /// read) and `ops_key` as the operator key: a self-contained service for tests,
+    /// benchmarks and the load generator.
+    pub fn in_dir(root: &Path, ops_key: Option<&str>) -> LoadedConfig {
+        LoadedConfig {
+            config: Config { data_dir: root.join("data"), ..Config::default() },
+            secrets: Secrets { ops_key: ops_key.map(Secret::new), ..Secrets::default() },
+            files: Vec::new(),
+            config_dir: root.join("config"),
+        }
+    }
+}
+
 /// Variables that configure the CLI or carry secrets rather than config keys.
 const NON_CONFIG_ENV: &[&str] = &["DAENA_URL", "DAENA_API_KEY", "DAENA_CONFIG_DIR", "DAENA_LOG"];
 const SECRET_ENV: &[&str] = &["DAENA_OPS_KEY", "DAENA_MEMORY_AES_KEY", "DAENA_LLM_API_KEY"];

@@ -212,13 +212,7 @@ pub fn segment_name(first_seq: u64) -> String {
 /// Segment files of `dir`, ascending by first sequence number.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut segs = Vec::new();
-    let read = match std::fs::read_dir(dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(segs),
-        Err(e) => return Err(StoreError::io(format!("list {}", dir.display()), e)),
-    };
-    for entry in read {
-        let entry = entry.map_err(|e| StoreError::io(format!("list {}", dir.display()), e))?;
+    for entry in crate::datadir::list_dir(dir)? {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(first) =
