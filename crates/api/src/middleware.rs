@@ -72,6 +72,14 @@ pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>,
             state.metrics.observe_http(parts.method.as_str(), route, response.status().as_u16(), 0.0);
             return response;
         }
+        // Replicas: first apply what the shared ledger holds, so this request sees every
+        // write (and every key, revocation and limit) another replica acknowledged before it.
+        if let Err(e) = state.commit.barrier().await {
+            let response = ApiError(e).into_response();
+            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+            state.metrics.observe_http(parts.method.as_str(), route, response.status().as_u16(), 0.0);
+            return response;
+        }
         match crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Any) {
             Ok(who) => {
                 parts.extensions.insert(crate::extract::Authenticated(who));

@@ -99,6 +99,8 @@ enum Msg<S> {
     Checkpoint(oneshot::Sender<AppResult<daena_core::ledger::Checkpoint>>),
     /// Run `f` with exclusive access to the state machine, between batches.
     Exclusive(ExclusiveJob<S>),
+    /// Answer once the state holds every entry the shared ledger held when this arrived.
+    Barrier(oneshot::Sender<AppResult<()>>),
     Shutdown(oneshot::Sender<AppResult<()>>),
 }
 
@@ -115,6 +117,8 @@ pub struct Committer<S> {
     tx: mpsc::Sender<Msg<S>>,
     thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
     alive: Arc<AtomicBool>,
+    /// Whether other replicas extend the same ledger (reads then wait for a barrier).
+    shared: bool,
     /// What the group commit has written, for metrics.
     pub stats: Arc<CommitStats>,
 }
@@ -136,6 +140,7 @@ impl<S> Clone for Committer<S> {
             tx: self.tx.clone(),
             thread: self.thread.clone(),
             alive: self.alive.clone(),
+            shared: self.shared,
             stats: self.stats.clone(),
         }
     }
@@ -164,7 +169,10 @@ impl<S: Send + 'static> Committer<S> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(CommitStats::default());
+        let shared = writer.shared();
         let mut worker = Worker {
+            stalled: None,
+            last_catch_up: Instant::now(),
             writer,
             state,
             key,
@@ -214,7 +222,7 @@ impl<S: Send + 'static> Committer<S> {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, stats }
+        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, shared, stats }
     }
 
     pub fn is_alive(&self) -> bool {
@@ -244,6 +252,23 @@ impl<S: Send + 'static> Committer<S> {
     /// Appends plain entries durably.
     pub async fn append(&self, entries: Vec<NewEntry>) -> AppResult<Vec<Receipt>> {
         self.submit(Op::Append(entries)).await
+    }
+
+    /// Whether other replicas extend the same ledger.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Returns once the state holds every entry the shared ledger held when called (a read
+    /// barrier: what any replica acknowledged before is visible here after). Barriers that
+    /// wait together share one read of the ledger. Immediate when the ledger is not shared.
+    pub async fn barrier(&self) -> AppResult<()> {
+        if !self.shared {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Barrier(reply)).await.map_err(|_| Self::gone())?;
+        rx.await.map_err(|_| Self::gone())?
     }
 
     /// Signs a checkpoint of the current size now.
@@ -293,12 +318,17 @@ struct Worker<S> {
     last_checkpoint: Instant,
     last_flush: Instant,
     stats: Arc<CommitStats>,
+    /// Why the state stopped following the shared ledger (an entry it could not apply):
+    /// every operation is refused from then on.
+    stalled: Option<AppError>,
+    last_catch_up: Instant,
 }
 
 impl<S: Send + 'static> Worker<S> {
     fn run(mut self, mut rx: mpsc::Receiver<Msg<S>>) {
         while let Some(msg) = rx.blocking_recv() {
             let mut jobs = Vec::new();
+            let mut barriers = Vec::new();
             let mut pending = Some(msg);
             while let Some(msg) = pending.take() {
                 match msg {
@@ -312,6 +342,7 @@ impl<S: Send + 'static> Worker<S> {
                         self.commit(std::mem::take(&mut jobs));
                         f(self.state.as_mut());
                     }
+                    Msg::Barrier(reply) => barriers.push(reply),
                     Msg::Shutdown(reply) => {
                         self.commit(std::mem::take(&mut jobs));
                         let result = self.checkpoint().map(|_| ()).and_then(|()| self.state.flush());
@@ -324,6 +355,12 @@ impl<S: Send + 'static> Worker<S> {
                 }
             }
             self.commit(jobs);
+            if !barriers.is_empty() {
+                let outcome = self.catch_up();
+                for reply in barriers {
+                    let _ = reply.send(outcome.clone());
+                }
+            }
             self.timed_work();
         }
         // Every sender is gone: flush what we have.
@@ -332,9 +369,54 @@ impl<S: Send + 'static> Worker<S> {
         }
     }
 
+    /// Applies lines other replicas appended (already in the local ledger) to the state.
+    fn replay_foreign(&mut self, lines: Vec<String>) -> AppResult<()> {
+        if let Some(e) = &self.stalled {
+            return Err(e.clone());
+        }
+        for line in &lines {
+            let applied = daena_core::ledger::entry::parse_line(line)
+                .map_err(|e| AppError::internal(format!("an entry of the shared ledger: {e}")))
+                .and_then(|entry| self.state.replay(&entry));
+            if let Err(e) = applied {
+                tracing::error!(error = %e.message, "this replica cannot apply the shared ledger; it refuses operations until restarted with a version that can");
+                self.stalled = Some(e.clone());
+                return Err(e);
+            }
+        }
+        self.since_checkpoint += lines.len() as u64;
+        Ok(())
+    }
+
+    /// Brings the state up to the shared ledger's head (nothing to do when not shared).
+    fn catch_up(&mut self) -> AppResult<()> {
+        if !self.writer.shared() {
+            return Ok(());
+        }
+        let lines = self
+            .writer
+            .catch_up()
+            .map_err(|e| AppError::unavailable(format!("the shared ledger cannot be read: {e}")))?;
+        self.replay_foreign(lines)
+    }
+
     fn commit(&mut self, jobs: Vec<(Op<S>, Reply)>) {
         if jobs.is_empty() {
             return;
+        }
+        if self.writer.shared() {
+            let taken = self
+                .writer
+                .begin()
+                .map_err(|e| AppError::unavailable(format!("the shared ledger cannot be written: {e}")))
+                .and_then(|lines| self.replay_foreign(lines));
+            if let Err(e) = taken {
+                self.writer.release();
+                for (_, reply) in jobs {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
         }
         let mut entries = Vec::new();
         let mut accepted = Vec::with_capacity(jobs.len());
@@ -357,6 +439,7 @@ impl<S: Send + 'static> Worker<S> {
         }
         if accepted.is_empty() {
             self.state.abort();
+            self.writer.release();
             return;
         }
         let started = Instant::now();
@@ -398,6 +481,13 @@ impl<S: Send + 'static> Worker<S> {
     }
 
     fn timed_work(&mut self) {
+        // Replicas follow each other's writes between reads too (L1 and governance stay fresh).
+        if self.writer.shared() && self.last_catch_up.elapsed() >= Duration::from_millis(500) {
+            self.last_catch_up = Instant::now();
+            if let Err(e) = self.catch_up() {
+                tracing::warn!(error = %e.message, "catching up with the shared ledger failed");
+            }
+        }
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed() >= self.policy.checkpoint_every
             && let Err(e) = self.checkpoint()

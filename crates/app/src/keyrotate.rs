@@ -231,6 +231,7 @@ pub async fn reseal(
 
 /// Starts [`reseal`] through the server as a background operation (`key.reseal`).
 pub fn start_reseal(d: &std::sync::Arc<Daena>, who: Principal) -> AppResult<Operation> {
+    crate::replicas::single_node_only(&d.config, "re-sealing records")?;
     let op = d.operations.begin("key.reseal", &who.actor())?;
     let progress = d.operations.progress(&op.id, "re-encrypting records under the current data key versions");
     let (task_d, id) = (d.clone(), op.id.clone());
@@ -245,6 +246,7 @@ pub fn start_reseal(d: &std::sync::Arc<Daena>, who: Principal) -> AppResult<Oper
 /// the answer comes at once, with the operation's record; its progress counts the records
 /// sealed again. A dry run is counted before the answer.
 pub async fn start(d: &std::sync::Arc<Daena>, who: Principal, dry_run: bool) -> AppResult<Operation> {
+    crate::replicas::single_node_only(&d.config, "key rotation")?;
     let op = d.operations.begin("key.rotate", &who.actor())?;
     if dry_run {
         d.operations.finish_report(&op.id, rotate(d, &who, None, true, |_, _| {}).await);

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod metrics_view;
 pub mod operations;
 pub mod ratelimit;
+pub mod replicas;
 pub mod scheduler;
 pub mod snapshot;
 pub mod state;
@@ -97,6 +98,8 @@ pub struct Daena {
     pub background: checks::Background,
     writes_enabled: Arc<AtomicBool>,
     started: Instant,
+    /// Set when replicas share the deployment through PostgreSQL.
+    replicas: Option<Arc<replicas::Replicas>>,
 }
 
 impl std::fmt::Debug for Daena {
@@ -128,6 +131,7 @@ impl Daena {
                 other => AppError::internal(other.to_string()),
             })?,
         };
+        let replicas = replicas::Replicas::open(&config, &data, secrets.memory_aes_key.is_some())?.map(Arc::new);
         // The master key is checked against the stored data keys before anything is written.
         keyring::finish_rotation(&data)?;
         let master = keyring::load_master(&data, secrets.memory_aes_key.as_ref())?;
@@ -135,14 +139,22 @@ impl Daena {
         // `validate` checked that the size fits a usize.
         let cache = usize::try_from(config.memory.l2_cache_bytes).unwrap_or(usize::MAX);
         let kv = Kv::open(&data.state_db(), cache)?;
-        let keyring = Arc::new(Keyring::load(kv.clone(), master, clock.clone())?);
+        // Replicas share the tenants' data keys through PostgreSQL.
+        let key_docs = match &replicas {
+            Some(r) => kv.with_docs(r.docs.clone()),
+            None => kv.clone(),
+        };
+        let keyring = Arc::new(Keyring::load(key_docs, master, clock.clone())?);
         let keys = Arc::new(KeyRing::load(kv.clone(), clock.clone())?);
         if let Some(ops) = &secrets.ops_key {
             keys.provision_env_ops(ops)?;
         }
         let agents = AgentRegistry::load(kv.clone(), clock.clone(), config.agents.heartbeat_window_secs)?;
         let policy = PolicyEngine::compile(&config.policy, &config_dir)?;
-        let limiter = Arc::new(ratelimit::RateLimiter::load(&config.rate_limit, kv.clone(), clock.clone())?);
+        let limiter = Arc::new(
+            ratelimit::RateLimiter::load(&config.rate_limit, kv.clone(), clock.clone())?
+                .shared_by(replicas.as_ref().and_then(|r| r.limits.clone())),
+        );
         // Off at start when the configuration says so, or when it was switched off at runtime.
         let writes = config.server.writes_enabled && governance::persisted_writes(&kv)?.unwrap_or(true);
         let writes_enabled = Arc::new(AtomicBool::new(writes));
@@ -152,7 +164,12 @@ impl Daena {
             pairs: config.agents.max_pairs_per_tenant,
         };
         let analytics = analytics::Analytics::load(kv.clone(), clock.clone(), bounds)?;
-        let cold = Box::new(ColdStore::open(&data.l3_dir())?);
+        let cold_dir = match (&replicas, &config.storage.l3_path) {
+            (Some(r), _) => r.cold_dir(&config, &data),
+            (None, Some(path)) => path.clone(),
+            (None, None) => data.l3_dir(),
+        };
+        let cold = Box::new(ColdStore::open(&cold_dir)?);
         let memory = MemoryShared::open(kv.clone(), cold, keyring.clone(), clock.clone(), config.clone())?;
         let cas = cas::CasShared::open(kv.clone(), keyring.clone(), clock.clone(), config.clone())?;
         let gov = governance::GovState::new(
@@ -164,7 +181,8 @@ impl Daena {
         );
         let state = state::DaenaState::new(MemoryState::new(memory.clone(), cas.clone())?, gov);
         let carried = governance::carried_ops(&kv)?.into_iter().map(state::Op::from).collect();
-        let (ledger, commit) = open_ledger(&config, &data, clock.clone(), Box::new(state), carried)?;
+        let (ledger, commit) =
+            open_ledger(&config, &data, replicas.as_deref(), clock.clone(), Box::new(state), carried)?;
         let metrics = Metrics::new();
         metrics.expected_agents.set(daena_core::agents::EXPECTED_AGENTS as i64);
         Ok(Arc::new(Daena {
@@ -192,7 +210,19 @@ impl Daena {
             health_cache: health::Cache::default(),
             background: checks::Background::default(),
             started: Instant::now(),
+            replicas,
         }))
+    }
+
+    /// The shared deployment this replica serves (`storage.backend = "postgres"`).
+    pub fn replicas(&self) -> Option<&replicas::Replicas> {
+        self.replicas.as_deref()
+    }
+
+    /// Whether this process runs the schedulers now: always alone, else when it holds the
+    /// replicas' lease.
+    pub fn leads(&self) -> bool {
+        self.replicas.as_ref().is_none_or(|r| r.leads())
     }
 
     /// Time since the service opened.
@@ -228,6 +258,9 @@ impl Daena {
             Err(e) => Check::new(CheckStatus::Fail, true, e.message),
         };
         checks.push(("ledger".to_owned(), ledger));
+        if let Some(r) = &self.replicas {
+            checks.extend(replicas::health_checks(r, &self.limiter));
+        }
         checks.push(("ledger_verified".to_owned(), checks::verification_check(self)));
         checks.push(("upstream".to_owned(), checks::upstream_check(self)));
         checks
@@ -264,6 +297,7 @@ impl Daena {
 fn open_ledger(
     config: &Config,
     data: &DataDir,
+    replicas: Option<&replicas::Replicas>,
     clock: Arc<dyn Clock>,
     mut state: Box<dyn StateMachine<Op = StateOp>>,
     first: Vec<state::Op>,
@@ -279,6 +313,20 @@ fn open_ledger(
     let key = ledger::signing_key(data)?;
     writer.publish_public_key(&key.verifying_key())?;
     let public_key = hex::encode(key.verifying_key().to_bytes());
+    let writer: Box<dyn daena_store::ledger::LedgerAppend> = match replicas {
+        Some(r) => {
+            // Copy what the shared chain holds past the local copy; the replay below applies it.
+            let mut shared = daena_store::pg::PgLedger::open(&r.url, writer)
+                .map_err(|e| AppError::unavailable(format!("opening the shared ledger: {e}")))?;
+            let copied = daena_store::ledger::LedgerAppend::catch_up(&mut shared)
+                .map_err(|e| AppError::unavailable(format!("reading the shared ledger: {e}")))?;
+            if !copied.is_empty() {
+                tracing::info!(entries = copied.len(), "copied the shared ledger's new entries");
+            }
+            Box::new(shared)
+        }
+        None => Box::new(writer),
+    };
     replay(&reader, state.as_mut())?;
     let policy = CommitPolicy {
         checkpoint_every_entries: config.ledger.checkpoint_every_entries,
@@ -286,7 +334,7 @@ fn open_ledger(
         flush_every: std::time::Duration::from_secs(1),
     };
     let repaired = opened.repaired_bytes;
-    let commit = Committer::start(Box::new(writer), state, key, clock, policy, first);
+    let commit = Committer::start(writer, state, key, clock, policy, first);
     let service = LedgerService { reader: Arc::new(reader), public_key, opened };
     if repaired > 0 {
         let entry = daena_core::ledger::NewEntry::new("system", "system", "ledger.repair", "ledger")

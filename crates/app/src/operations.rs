@@ -220,6 +220,7 @@ pub fn request_maintenance(d: &Daena, requested_by: &str, op: Maintenance) -> Ap
             op.kind()
         )));
     };
+    crate::replicas::single_node_only(&d.config, &format!("a {}", op.kind()))?;
     check(d, &op)?;
     let record = d.operations.begin(op.kind(), requested_by)?;
     d.operations.phase(&record.id, "waiting for requests in flight to finish");

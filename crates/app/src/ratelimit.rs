@@ -17,6 +17,7 @@ use daena_core::gcra::{self, Decision, Limit};
 use daena_core::ids::TenantId;
 use daena_core::ledger::NewEntry;
 use daena_store::kv::{DocTable, Kv, doc_table};
+use daena_store::redis_limits::{SharedDecision, SharedLimits};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -93,6 +94,8 @@ pub struct RateLimiter {
     overrides: RwLock<HashMap<String, Limit>>,
     clock: Arc<dyn Clock>,
     kv: Kv,
+    /// The fleet's limits in Redis (replicas); this process's own while it is unreachable.
+    shared: Option<Arc<SharedLimits>>,
     pub allowed: AtomicU64,
     pub rejected: AtomicU64,
 }
@@ -119,9 +122,26 @@ impl RateLimiter {
             overrides: RwLock::new(overrides),
             clock,
             kv,
+            shared: None,
             allowed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         })
+    }
+
+    /// This limiter with its decisions made in Redis for the whole fleet, when given.
+    pub fn shared_by(mut self, shared: Option<Arc<SharedLimits>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// Why the fleet-wide limits are not in use right now (Redis configured but failing).
+    pub fn shared_down(&self) -> Option<String> {
+        self.shared.as_ref().and_then(|s| s.is_down())
+    }
+
+    /// Proves the fleet-wide limits answer; `None` when there are none.
+    pub fn probe_shared(&self) -> Option<Result<(), String>> {
+        self.shared.as_ref().map(|s| s.probe().map_err(|e| e.to_string()))
     }
 
     pub fn enabled(&self) -> bool {
@@ -146,6 +166,21 @@ impl RateLimiter {
     /// Decides one request of `tenant` now.
     pub fn check(&self, tenant: &str) -> Verdict {
         let limit = self.limit_of(tenant);
+        if let Some(shared) = &self.shared
+            && let Ok(d) = shared.decide(tenant, limit.interval(), limit.burst)
+        {
+            let decision = match d {
+                SharedDecision::Allow { remaining, reset } => {
+                    self.allowed.fetch_add(1, Ordering::Relaxed);
+                    Decision::Allow { remaining, reset }
+                }
+                SharedDecision::Deny { retry_after, reset } => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    Decision::Deny { retry_after, reset }
+                }
+            };
+            return Verdict { decision, limit };
+        }
         let now = self.clock.now().0;
         let (key, shard) = self.slot(tenant);
         let mut shard = shard.lock();
@@ -198,6 +233,11 @@ impl RateLimiter {
     /// the old limit's emission intervals: kept, a debt of 5 requests at 1 per minute would
     /// read as 5 minutes of debt under 6000 per minute too.
     fn start_afresh(&self, tenant: &str) {
+        if let Some(shared) = &self.shared
+            && let Err(e) = shared.reset(tenant)
+        {
+            tracing::warn!(error = %e, tenant, "the fleet-wide limit could not start afresh");
+        }
         let (key, shard) = self.slot(tenant);
         if let Some(slot) = shard.lock().get_mut(&key) {
             slot.state.tat = None;

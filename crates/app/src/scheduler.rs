@@ -1,5 +1,6 @@
 //! Background work of a running service: aging on its interval, growth samples, heartbeat
-//! flushes. Each task logs its failures and tries again on its next tick.
+//! flushes. Each task logs its failures and tries again on its next tick. Of replicas sharing
+//! a deployment, only the lease holder ages, sweeps and trains ([`Daena::leads`]).
 
 use crate::Daena;
 use std::sync::Arc;
@@ -65,7 +66,7 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if !sweep.writes_enabled() {
+            if !sweep.writes_enabled() || !sweep.leads() {
                 continue;
             }
             match crate::cas::chat::sweep_expired(&sweep).await {
@@ -81,7 +82,7 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if !train.writes_enabled() {
+            if !train.writes_enabled() || !train.leads() {
                 continue;
             }
             if let Err(e) = crate::memory::dict::train_due(&train).await {
@@ -97,7 +98,7 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if !aging.writes_enabled() {
+                if !aging.writes_enabled() || !aging.leads() {
                     continue;
                 }
                 if let Err(e) = crate::memory::aging::run(&aging, "system:aging", false).await {

@@ -228,6 +228,10 @@ pub fn merge_missing_data_keys(into: &std::path::Path, from: &std::path::Path) -
     Ok(added)
 }
 
+fn decode_doc(bytes: &[u8]) -> AppResult<TenantKeyDoc> {
+    serde_json::from_slice(bytes).map_err(|e| AppError::internal(format!("a stored data key document: {e}")))
+}
+
 fn unwrap_all(docs: Vec<(String, TenantKeyDoc)>, master: &MasterKey) -> AppResult<HashMap<String, TenantKeys>> {
     let mut tenants = HashMap::new();
     for (tenant, doc) in docs {
@@ -445,33 +449,78 @@ impl Keyring {
         {
             return Ok((t.current, c.clone()));
         }
-        let key = Zeroizing::new(rand::random::<[u8; 32]>());
-        // After a shred the stored doc keeps the highest version destroyed: never reuse it.
-        let shredded_through = self.kv.get_doc::<TenantKeyDoc>(DATA_KEYS, tenant)?.map_or(0, |d| d.shredded_through);
-        let version = shredded_through + 1;
-        let master = self.master.read().clone();
-        let doc = TenantKeyDoc {
-            current: version,
-            keys: vec![WrappedKey {
-                version,
-                master_key_id: master.id.clone(),
-                wrapped: wrap_one(&master, tenant, version, key.as_slice())?,
-                created_at: self.clock.now(),
-            }],
-            shredded_through,
-        };
-        self.kv.put_doc(DATA_KEYS, tenant, &doc)?;
-        let cipher =
-            Arc::new(Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| AppError::internal("bad key length"))?);
-        self.tenants.write().insert(
-            tenant.to_owned(),
-            TenantKeys {
+        loop {
+            // Replicas sharing the documents may have made this tenant's key since this
+            // process loaded them: use theirs. A new key is stored only if the document is
+            // still as read, so two replicas never seal with different keys.
+            let stored = self.kv.get_doc_bytes(DATA_KEYS, tenant)?;
+            let doc = stored.as_deref().map(decode_doc).transpose()?;
+            if let Some(doc) = &doc
+                && doc.keys.iter().any(|k| k.version == doc.current)
+            {
+                return self.adopt(tenant, doc);
+            }
+            // After a shred the stored doc keeps the highest version destroyed: never reuse it.
+            let shredded_through = doc.map_or(0, |d| d.shredded_through);
+            let version = shredded_through + 1;
+            let key = Zeroizing::new(rand::random::<[u8; 32]>());
+            let master = self.master.read().clone();
+            let doc = TenantKeyDoc {
                 current: version,
-                ciphers: BTreeMap::from([(version, cipher.clone())]),
-                macs: BTreeMap::from([(version, mac_key(key.as_slice()))]),
-            },
-        );
-        Ok((version, cipher))
+                keys: vec![WrappedKey {
+                    version,
+                    master_key_id: master.id.clone(),
+                    wrapped: wrap_one(&master, tenant, version, key.as_slice())?,
+                    created_at: self.clock.now(),
+                }],
+                shredded_through,
+            };
+            if !self.kv.swap_doc(DATA_KEYS, tenant, stored.as_deref(), &doc)? {
+                continue;
+            }
+            let cipher =
+                Arc::new(Aes256Gcm::new_from_slice(key.as_slice()).map_err(|_| AppError::internal("bad key length"))?);
+            self.tenants.write().insert(
+                tenant.to_owned(),
+                TenantKeys {
+                    current: version,
+                    ciphers: BTreeMap::from([(version, cipher.clone())]),
+                    macs: BTreeMap::from([(version, mac_key(key.as_slice()))]),
+                },
+            );
+            return Ok((version, cipher));
+        }
+    }
+
+    /// Takes `tenant`'s keys as stored (made by another replica) and returns the current one.
+    fn adopt(&self, tenant: &str, doc: &TenantKeyDoc) -> AppResult<(u32, Arc<Aes256Gcm>)> {
+        let master = self.master.read().clone();
+        let mut unwrapped = unwrap_all(vec![(tenant.to_owned(), doc.clone())], &master)?;
+        let keys = unwrapped.remove(tenant).ok_or_else(|| AppError::internal("adopted no keys"))?;
+        let current = keys.ciphers.get(&keys.current).cloned().map(|c| (keys.current, c));
+        self.tenants.write().insert(tenant.to_owned(), keys);
+        current.ok_or_else(|| AppError::internal(format!("tenant {tenant} has no current data key")))
+    }
+
+    /// The cipher of `tenant`'s data key `version`, reading the stored keys again when this
+    /// process does not hold it (another replica made it).
+    fn cipher(&self, tenant: &TenantId, version: u32) -> AppResult<Arc<Aes256Gcm>> {
+        let held =
+            |ring: &Keyring| ring.tenants.read().get(tenant.as_str()).and_then(|t| t.ciphers.get(&version).cloned());
+        if let Some(c) = held(self) {
+            return Ok(c);
+        }
+        {
+            let _guard = self.create.lock();
+            if let Some(doc) = self.kv.get_doc::<TenantKeyDoc>(DATA_KEYS, tenant.as_str())?
+                && doc.keys.iter().any(|k| k.version == version)
+            {
+                self.adopt(tenant.as_str(), &doc)?;
+            }
+        }
+        held(self).ok_or_else(|| {
+            AppError::unavailable(format!("no data key version {version} for tenant {tenant} (shredded or missing)"))
+        })
     }
 
     /// HMAC-SHA256 of `message` under the content-MAC key of `tenant`'s current data key, and
@@ -512,13 +561,7 @@ impl Keyring {
     /// Opens an envelope sealed for `address` of `tenant`: (codec, plaintext).
     pub fn open(&self, tenant: &TenantId, address: &[u8], envelope: &[u8]) -> AppResult<(Codec, Vec<u8>)> {
         let (codec, version) = parse_header(envelope)?;
-        let cipher = {
-            let tenants = self.tenants.read();
-            tenants.get(tenant.as_str()).and_then(|t| t.ciphers.get(&version).cloned())
-        }
-        .ok_or_else(|| {
-            AppError::unavailable(format!("no data key version {version} for tenant {tenant} (shredded or missing)"))
-        })?;
+        let cipher = self.cipher(tenant, version)?;
         let mut aad = Vec::with_capacity(HEADER + address.len());
         aad.extend_from_slice(&envelope[..HEADER]);
         aad.extend_from_slice(address);

@@ -8,7 +8,7 @@
 
 use crate::StoreError;
 use crate::records::RecordRow;
-use crate::state::{DocTable, RecordVisit, RowVisit, StateBatch, StateStore, StateView, WriterHold};
+use crate::state::{DocStore, DocTable, RecordVisit, RowVisit, StateBatch, StateStore, StateView, WriterHold};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use std::path::Path;
 
@@ -57,7 +57,7 @@ fn scan_bytes(db: &Database, table: Bytes, f: &mut RowVisit<'_>) -> Result<(), S
     Ok(())
 }
 
-impl StateStore for Embedded {
+impl DocStore for Embedded {
     fn get_doc(&self, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let Some(t) = open_or_none!(txn, docs(table)) else { return Ok(None) };
@@ -94,6 +94,22 @@ impl StateStore for Embedded {
         Ok(out)
     }
 
+    fn swap_doc(&self, table: DocTable, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let swapped = {
+            let mut t = txn.open_table(docs(table))?;
+            let same = t.get(key)?.map(|v| v.value().to_vec()).as_deref() == expected;
+            if same {
+                t.insert(key, new)?;
+            }
+            same
+        };
+        txn.commit()?;
+        Ok(swapped)
+    }
+}
+
+impl StateStore for Embedded {
     fn record(&self, addr: &[u8]) -> Result<Option<RecordRow>, StoreError> {
         let txn = self.db.begin_read()?;
         let Some(t) = open_or_none!(txn, RECORDS) else { return Ok(None) };

@@ -14,6 +14,8 @@ pub enum StoreError {
     },
     #[error("embedded database: {0}")]
     Db(String),
+    #[error("PostgreSQL, {context}: {detail}")]
+    Postgres { context: String, detail: String },
     #[error("corrupt data in {what}: {detail}")]
     Corrupt { what: String, detail: String },
 }

@@ -7,7 +7,7 @@
 
 use crate::StoreError;
 use crate::records::RecordRow;
-pub use crate::state::{DocTable, DocWrite, StateBatch, StateStore, StateView, WriterHold};
+pub use crate::state::{DocStore, DocTable, DocWrite, StateBatch, StateStore, StateView, WriterHold};
 use serde::{Serialize, de::DeserializeOwned};
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +33,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Clone)]
 pub struct Kv {
     store: Arc<dyn StateStore>,
+    /// Where the documents are: the store itself, unless [`Kv::with_docs`] put them elsewhere.
+    docs: Arc<dyn DocStore>,
 }
 
 impl std::fmt::Debug for Kv {
@@ -51,7 +53,14 @@ impl Kv {
 
     /// A handle over `store`.
     pub fn over(store: Arc<dyn StateStore>) -> Kv {
-        Kv { store }
+        let docs: Arc<dyn DocStore> = store.clone();
+        Kv { store, docs }
+    }
+
+    /// This handle with its documents kept in `docs` (shared by the replicas of a deployment)
+    /// and everything else where it was.
+    pub fn with_docs(&self, docs: Arc<dyn DocStore>) -> Kv {
+        Kv { store: self.store.clone(), docs }
     }
 
     fn check_schema(&self, what: &str) -> Result<(), StoreError> {
@@ -71,12 +80,29 @@ impl Kv {
     }
 
     pub fn get_doc<T: DeserializeOwned>(&self, table: DocTable, key: &str) -> Result<Option<T>, StoreError> {
-        self.store.get_doc(table, key)?.map(|bytes| decode(table, key, &bytes)).transpose()
+        self.docs.get_doc(table, key)?.map(|bytes| decode(table, key, &bytes)).transpose()
     }
 
     pub fn put_doc<T: Serialize>(&self, table: DocTable, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = encode_doc(value)?;
-        self.store.put_docs(table, &[(key, bytes.as_slice())])
+        self.docs.put_docs(table, &[(key, bytes.as_slice())])
+    }
+
+    /// Writes `new` only if the document's stored bytes still are `expected` (`None`:
+    /// absent), even against other processes sharing the documents; whether it did.
+    pub fn swap_doc<T: Serialize>(
+        &self,
+        table: DocTable,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &T,
+    ) -> Result<bool, StoreError> {
+        self.docs.swap_doc(table, key, expected, &encode_doc(new)?)
+    }
+
+    /// A document's stored bytes, for [`Kv::swap_doc`].
+    pub fn get_doc_bytes(&self, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.docs.get_doc(table, key)
     }
 
     /// Writes several documents in one transaction: all or none.
@@ -84,16 +110,16 @@ impl Kv {
         let encoded =
             items.iter().map(|(k, v)| Ok((k.as_str(), encode_doc(v)?))).collect::<Result<Vec<_>, StoreError>>()?;
         let refs: Vec<(&str, &[u8])> = encoded.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-        self.store.put_docs(table, &refs)
+        self.docs.put_docs(table, &refs)
     }
 
     pub fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError> {
-        self.store.delete_doc(table, key)
+        self.docs.delete_doc(table, key)
     }
 
     /// Every document of `table`, in key order.
     pub fn scan_docs<T: DeserializeOwned>(&self, table: DocTable) -> Result<Vec<(String, T)>, StoreError> {
-        self.store.scan_docs(table)?.into_iter().map(|(k, v)| Ok((k.clone(), decode(table, &k, &v)?))).collect()
+        self.docs.scan_docs(table)?.into_iter().map(|(k, v)| Ok((k.clone(), decode(table, &k, &v)?))).collect()
     }
 
     /// One record row.

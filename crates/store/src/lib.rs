@@ -13,7 +13,9 @@ pub mod error;
 pub mod kv;
 pub mod ledger;
 pub mod overlay;
+pub mod pg;
 pub mod records;
+pub mod redis_limits;
 pub mod state;
 
 pub use error::StoreError;

@@ -66,7 +66,9 @@ pub type RecordVisit<'a> = dyn FnMut(&[u8], RecordRow) -> Result<bool, StoreErro
 /// Calls back for each (key, value) of an opaque table.
 pub type RowVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
 
-pub trait StateStore: Send + Sync + 'static {
+/// Documents by table and key: the part of the state a replicated deployment may keep apart
+/// from the rest (the tenants' wrapped data keys live in PostgreSQL, shared by the replicas).
+pub trait DocStore: Send + Sync + 'static {
     fn get_doc(&self, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes documents of one table: all or none, durable when it returns.
     fn put_docs(&self, table: DocTable, items: &[(&str, &[u8])]) -> Result<(), StoreError>;
@@ -74,7 +76,12 @@ pub trait StateStore: Send + Sync + 'static {
     fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError>;
     /// Every document of `table`, in key order.
     fn scan_docs(&self, table: DocTable) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Writes `new` only if the document still is `expected` (`None`: absent), atomically
+    /// even against other processes sharing the store; whether it did. Durable when it returns.
+    fn swap_doc(&self, table: DocTable, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError>;
+}
 
+pub trait StateStore: DocStore {
     fn record(&self, addr: &[u8]) -> Result<Option<RecordRow>, StoreError>;
     fn access(&self, addr: &[u8]) -> Result<Option<(i64, u64)>, StoreError>;
     /// Records whose address starts with `prefix`, after `after` (exclusive), in order.

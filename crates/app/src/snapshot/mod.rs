@@ -69,6 +69,7 @@ impl From<backup::ArchivedFile> for FileEntry {
 
 /// Takes a snapshot into `<data>/snapshots/`; returns its manifest.
 pub async fn create(d: &Daena) -> AppResult<Manifest> {
+    crate::replicas::single_node_only(&d.config, "a snapshot")?;
     let started = std::time::Instant::now();
     let (ledger_dir, l3_dir, kv) = (d.data.ledger_dir(), d.data.l3_dir(), d.kv.clone());
     let reader = d.ledger.reader.clone();
@@ -240,6 +241,7 @@ pub fn restore_in(
     archive: &Path,
     trust: &crate::backup_trust::Trust,
 ) -> AppResult<RestoreReport> {
+    crate::replicas::single_node_only(&loaded.config, "a snapshot restore")?;
     let root = data.root();
     let stamp = stamp_now();
     let staged = backup::Staging::new(root, "restore", &stamp)?;

@@ -85,6 +85,7 @@ pub fn rebuild_in(
     loaded: &crate::config::LoadedConfig,
     spec: Rebuild<'_>,
 ) -> AppResult<RollbackReport> {
+    crate::replicas::single_node_only(&loaded.config, "a rollback or replay")?;
     let root = data.root();
     let ledger = spec.ledger.map_or_else(|| data.ledger_dir(), Path::to_path_buf);
     if !ledger.is_dir() {

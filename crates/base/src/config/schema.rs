@@ -23,6 +23,7 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// `config/policy_config.yaml`.
     pub policy: PolicyConfig,
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -36,8 +37,36 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             memory: MemoryConfig::default(),
             policy: PolicyConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
+}
+
+/// Where the durable state lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageBackend {
+    /// Everything in the data directory (redb and files): one process.
+    #[default]
+    Embedded,
+    /// The ledger and the shared documents in PostgreSQL, so several replicas serve one
+    /// deployment; each keeps a disposable copy of the state in its data directory.
+    Postgres,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `embedded` or `postgres` (`DAENA_STORAGE_BACKEND`).
+    pub backend: StorageBackend,
+    /// `postgres://user@host:5432/db` (`DAENA_STORAGE_POSTGRES_URL`); needed by `postgres`.
+    pub postgres_url: Option<String>,
+    /// `redis://host:6379/` (`DAENA_STORAGE_REDIS_URL`): tenant rate limits shared by the
+    /// replicas. Without it (or while it is down) each replica limits on its own.
+    pub redis_url: Option<String>,
+    /// Cold segments on a path the replicas share (`DAENA_STORAGE_L3_PATH`); default
+    /// `<data_dir>/l3`.
+    pub l3_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +482,24 @@ impl Config {
     /// Checks what the types cannot. Returns `(key, message)` for the first problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, msg: String| Err((key.to_owned(), msg));
+        let st = &self.storage;
+        if st.backend == StorageBackend::Postgres && st.postgres_url.as_deref().is_none_or(str::is_empty) {
+            return fail(
+                "storage.postgres_url",
+                "is needed by storage.backend = \"postgres\", e.g. postgres://daena@db:5432/daena".to_owned(),
+            );
+        }
+        for (key, url, schemes) in [
+            ("storage.postgres_url", &st.postgres_url, &["postgres://", "postgresql://"][..]),
+            ("storage.redis_url", &st.redis_url, &["redis://", "rediss://"][..]),
+        ] {
+            if let Some(url) = url
+                && !url.is_empty()
+                && !schemes.iter().any(|s| url.starts_with(s))
+            {
+                return fail(key, format!("must start with {}", schemes.join(" or ")));
+            }
+        }
         let m = &self.memory;
         if !(m.simhash_threshold > 0.0 && m.simhash_threshold <= 1.0) {
             return fail("memory.simhash_threshold", format!("must be in (0, 1], got {}", m.simhash_threshold));

@@ -36,6 +36,11 @@ pub fn run(global: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
             }
         }
         ConfigCommand::Show => {
+            // Connection strings may carry passwords: show them masked.
+            let mut config = loaded.config.clone();
+            for url in [&mut config.storage.postgres_url, &mut config.storage.redis_url].into_iter().flatten() {
+                *url = daena_store::pg::redact_url(url);
+            }
             let shown = serde_json::json!({
                 "config_dir": loaded.config_dir.display().to_string(),
                 "files": files,
@@ -44,7 +49,7 @@ pub fn run(global: &Global, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
                     "DAENA_MEMORY_AES_KEY": loaded.secrets.memory_aes_key.is_some().then_some("<set, redacted>"),
                     "DAENA_LLM_API_KEY": loaded.secrets.llm_api_key.is_some().then_some("<set, redacted>"),
                 },
-                "config": loaded.config,
+                "config": config,
             });
             if global.json {
                 crate::output::json(&shown)?;

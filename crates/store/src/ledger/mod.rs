@@ -25,7 +25,7 @@ pub use prefix::{copy_prefix, last_at_or_before};
 pub use reader::{LedgerReader, StreamEnd, stream_dir};
 pub use tree::ChunkTree;
 pub use verify::verify_path;
-pub use writer::LedgerWriter;
+pub use writer::{LedgerWriter, Sealed};
 
 use crate::StoreError;
 use daena_core::ledger::Checkpoint;
@@ -52,6 +52,25 @@ pub trait LedgerAppend: Send {
     fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError>;
     /// Publishes the checkpoint key's public half beside the ledger.
     fn publish_public_key(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError>;
+
+    /// Whether other processes append to the same chain (replicas on PostgreSQL). The commit
+    /// thread then calls [`LedgerAppend::begin`] before each batch and
+    /// [`LedgerAppend::catch_up`] before answering a read barrier.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Takes the chain for one batch, until [`LedgerAppend::append`] or
+    /// [`LedgerAppend::release`], and returns the lines others appended since, already added
+    /// to this writer's copy of the chain (the state has yet to apply them).
+    fn begin(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Gives the chain back without appending.
+    fn release(&mut self) {}
+    /// Like [`LedgerAppend::begin`] without taking the chain.
+    fn catch_up(&mut self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// The ledger's reading side, shared by every reader: what is durable, by sequence number,

@@ -11,6 +11,15 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::Arc;
 
+/// A batch sealed after the head, not written yet.
+#[derive(Debug)]
+pub struct Sealed {
+    pub first_seq: u64,
+    /// The entries' lines, each with its newline.
+    pub lines: String,
+    pub receipts: Vec<Receipt>,
+}
+
 #[derive(Debug)]
 pub struct LedgerWriter {
     shared: Arc<Shared>,
@@ -46,23 +55,81 @@ impl LedgerWriter {
         self.next_seq - 1
     }
 
+    /// The hash of the newest entry (`None` when the ledger is empty).
+    pub fn head_line_hash(&self) -> Option<Hash> {
+        (self.size() > 0).then_some(self.prev)
+    }
+
     /// Appends `entries` as one durable batch. On error nothing of the batch is published
     /// and the segment is cut back to where it was.
     pub fn append(&mut self, entries: &[NewEntry], now: Micros) -> Result<Vec<Receipt>, StoreError> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
+        let sealed = self.seal(entries, now);
+        self.write_sealed(&sealed)?;
+        Ok(sealed.receipts)
+    }
+
+    /// Seals `entries` after the current head (sequence numbers, `prev` chaining, hashes)
+    /// without writing them: [`LedgerWriter::write_sealed`] does, once they are accepted.
+    pub fn seal(&self, entries: &[NewEntry], now: Micros) -> Sealed {
         let ts = if now > self.last_ts { now } else { self.last_ts };
-        let mut buf = String::new();
+        let mut lines = String::new();
         let mut receipts = Vec::with_capacity(entries.len());
         let mut prev = self.prev;
         for (i, e) in entries.iter().enumerate() {
             let seq = self.next_seq + i as u64;
             let (line, hash) = entry::seal(e, seq, ts, &prev);
-            buf.push_str(&line);
+            lines.push_str(&line);
             receipts.push(Receipt { seq, hash, ts });
             prev = hash;
         }
+        Sealed { first_seq: self.next_seq, lines, receipts }
+    }
+
+    /// Writes a batch [`LedgerWriter::seal`] made (nothing else may have been written since)
+    /// with one `fdatasync`, and publishes it to readers.
+    pub fn write_sealed(&mut self, sealed: &Sealed) -> Result<(), StoreError> {
+        if sealed.receipts.is_empty() {
+            return Ok(());
+        }
+        if sealed.first_seq != self.next_seq {
+            return Err(StoreError::Corrupt {
+                what: "ledger batch".into(),
+                detail: format!("sealed at {}, the ledger is at {}", sealed.first_seq, self.next_seq),
+            });
+        }
+        self.write_lines(&sealed.lines, &sealed.receipts)
+    }
+
+    /// Appends lines sealed elsewhere (another replica's entries, read from the shared
+    /// ledger) after checking each continues this chain: sequence, `prev`, hash and body.
+    pub fn mirror(&mut self, lines: &[String]) -> Result<(), StoreError> {
+        let mut buf = String::new();
+        let mut receipts = Vec::with_capacity(lines.len());
+        let mut scratch = Vec::new();
+        let mut prev = self.prev;
+        for (i, line) in lines.iter().enumerate() {
+            let seq = self.next_seq + i as u64;
+            let text = line.strip_suffix('\n').unwrap_or(line);
+            let facts = entry::check_line(text, &mut scratch).map_err(|e| StoreError::Corrupt {
+                what: format!("shared ledger entry {seq}"),
+                detail: e.to_string(),
+            })?;
+            if facts.seq != seq || facts.prev != prev {
+                return Err(StoreError::Corrupt {
+                    what: format!("shared ledger entry {seq}"),
+                    detail: format!("it does not continue this chain (it states sequence {})", facts.seq),
+                });
+            }
+            buf.push_str(text);
+            buf.push('\n');
+            receipts.push(Receipt { seq, hash: facts.hash, ts: facts.ts });
+            prev = facts.hash;
+        }
+        self.write_lines(&buf, &receipts)
+    }
+
+    fn write_lines(&mut self, buf: &str, receipts: &[Receipt]) -> Result<(), StoreError> {
+        let Some(last) = receipts.last() else { return Ok(()) };
         if self.seg_len > 0 && self.seg_len + buf.len() as u64 > self.segment_bytes {
             self.roll(self.next_seq)?;
         }
@@ -72,9 +139,9 @@ impl LedgerWriter {
             return Err(StoreError::io("append to the ledger", e));
         }
         self.seg_len += buf.len() as u64;
-        self.next_seq += entries.len() as u64;
-        self.prev = prev;
-        self.last_ts = ts;
+        self.next_seq += receipts.len() as u64;
+        self.prev = last.hash;
+        self.last_ts = self.last_ts.max(last.ts);
 
         let mut hash_bytes = Vec::with_capacity(receipts.len() * 32);
         receipts.iter().for_each(|r| hash_bytes.extend_from_slice(&r.hash));
@@ -85,11 +152,11 @@ impl LedgerWriter {
             self.hashes_broken = true;
         }
         let mut state = self.shared.state.write();
-        for r in &receipts {
+        for r in receipts {
             state.tree.push_entry(&r.hash);
         }
-        state.head = Head { size: self.size(), hash: self.prev, ts };
-        Ok(receipts)
+        state.head = Head { size: self.size(), hash: self.prev, ts: self.last_ts };
+        Ok(())
     }
 
     fn roll(&mut self, first_seq: u64) -> Result<(), StoreError> {

@@ -164,8 +164,13 @@ impl MemoryState {
             };
             let footprint = new.as_deref().map(Footprint::of);
             self.shared.stats.lock().replace(&addr, old.as_ref().map(Footprint::of), footprint);
+            // Entries another replica wrote replace what this one's L1 holds, under the
+            // stripe so a reader filling L1 cannot put the older version back.
+            let stripe = self.shared.stripe_of(&key);
+            let _guard = self.shared.stripes[stripe].write();
+            self.shared.l1.remove(&key);
             self.shared.overlay.insert(key.clone(), new);
-            self.shared.bump_generation(self.shared.stripe_of(&key));
+            self.shared.bump_generation(stripe);
         }
         self.applied = e.seq;
         if self.shared.overlay.active_len() >= OVERLAY_LIMIT {

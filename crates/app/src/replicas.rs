@@ -1,0 +1,171 @@
+//! Several replicas serving one deployment (`storage.backend = "postgres"`).
+//!
+//! The ledger is the replicated log: PostgreSQL holds the one chain every replica extends
+//! (under a lock, after applying what the others appended), and each replica keeps a copy of
+//! the chain and of the state derived from it in its own data directory. That copy is
+//! disposable: a replica started on an empty directory rebuilds it from PostgreSQL. Reads
+//! wait for a barrier (the replica applies what the chain held when the read arrived), so a
+//! write acknowledged by one replica is visible through every other, and no L1 serves a
+//! value another replica has replaced.
+//!
+//! What must be identical on every replica is shared through PostgreSQL: the generated
+//! master key (unless `DAENA_MEMORY_AES_KEY` is set), the checkpoint signing key and the
+//! tenants' wrapped data keys. Redis, when configured, keeps the tenant rate limits for the
+//! whole fleet. One replica at a time (the lease holder) runs the schedulers.
+
+use crate::config::{Config, StorageBackend};
+use crate::error::{AppError, AppResult};
+use crate::health::{Check, CheckStatus};
+use daena_store::datadir::{DataDir, read_optional, write_atomic};
+use daena_store::pg::{self, Lease, PgDocs};
+use daena_store::redis_limits::SharedLimits;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct Replicas {
+    pub url: String,
+    /// This deployment's id (shared by its replicas; names its Redis keys).
+    pub deployment: String,
+    /// This replica's id (names its cold segment directory under `storage.l3_path`).
+    pub replica: String,
+    pub docs: Arc<PgDocs>,
+    pub lease: Lease,
+    pub limits: Option<Arc<SharedLimits>>,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas").field("deployment", &self.deployment).field("replica", &self.replica).finish()
+    }
+}
+
+fn shared_err(what: &str) -> impl FnOnce(daena_store::StoreError) -> AppError + '_ {
+    move |e| AppError::unavailable(format!("{what}: {e}"))
+}
+
+impl Replicas {
+    /// Connects to PostgreSQL (and Redis), migrates the schema and puts the shared secrets
+    /// into `data`; `None` for the embedded backend.
+    pub fn open(config: &Config, data: &DataDir, master_from_env: bool) -> AppResult<Option<Replicas>> {
+        if config.storage.backend != StorageBackend::Postgres {
+            return Ok(None);
+        }
+        let url = config.storage.postgres_url.clone().unwrap_or_default();
+        pg::migrate(&url).map_err(shared_err("preparing the PostgreSQL schema"))?;
+        if !master_from_env {
+            let name = crate::keyring::MASTER_KEY_FILE;
+            adopt(data, &url, name, || {
+                use base64::Engine;
+                let key: [u8; 32] = rand::random();
+                format!("{}\n", base64::engine::general_purpose::STANDARD.encode(key)).into_bytes()
+            })?;
+        }
+        adopt(data, &url, crate::ledger::SIGNING_KEY_FILE, || {
+            format!("{}\n", hex::encode(rand::random::<[u8; 32]>())).into_bytes()
+        })?;
+        let deployment = pg::shared_file(&url, "deployment.id", || hex::encode(rand::random::<[u8; 8]>()).into_bytes())
+            .map_err(shared_err("reading the deployment id"))?;
+        let deployment = String::from_utf8_lossy(&deployment).trim().to_owned();
+        let replica_path = data.root().join("replica.id");
+        let replica = match read_optional(&replica_path)? {
+            Some(id) => id.trim().to_owned(),
+            None => {
+                let id = hex::encode(rand::random::<[u8; 6]>());
+                write_atomic(&replica_path, format!("{id}\n").as_bytes(), false)?;
+                id
+            }
+        };
+        let docs = Arc::new(PgDocs::open(&url).map_err(shared_err("opening the shared documents"))?);
+        let limits = match config.storage.redis_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(redis) => Some(Arc::new(
+                SharedLimits::new(redis, &format!("daena:{deployment}"))
+                    .map_err(|e| AppError::invalid(e.to_string()))?,
+            )),
+            None => None,
+        };
+        tracing::info!(
+            postgres = %pg::redact_url(&url),
+            deployment = %deployment,
+            replica = %replica,
+            redis = limits.is_some(),
+            "replica of a shared deployment"
+        );
+        Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits }))
+    }
+
+    /// Where this replica keeps its cold segments.
+    pub fn cold_dir(&self, config: &Config, data: &DataDir) -> PathBuf {
+        match &config.storage.l3_path {
+            Some(path) => path.join(format!("replica-{}", self.replica)),
+            None => data.l3_dir(),
+        }
+    }
+
+    /// Whether this replica runs the schedulers now.
+    pub fn leads(&self) -> bool {
+        self.lease.hold()
+    }
+}
+
+/// Puts the deployment's shared `keys/<name>` into this data directory: the stored one, or
+/// `make()` stored by the first replica. Refuses a directory holding another deployment's.
+fn adopt(data: &DataDir, url: &str, name: &str, make: impl FnOnce() -> Vec<u8> + Send) -> AppResult<()> {
+    let shared = pg::shared_file(url, &format!("keys/{name}"), make).map_err(shared_err("reading a shared key"))?;
+    let path = data.keys_dir().join(name);
+    match read_optional(&path)? {
+        Some(local) if local.as_bytes() == shared.as_slice() => Ok(()),
+        Some(_) => Err(AppError::unavailable(format!(
+            "{} differs from the deployment's in PostgreSQL: this data directory belongs to another deployment \
+             (start the replica on an empty data directory)",
+            path.display()
+        ))),
+        None => Ok(write_atomic(&path, &shared, true)?),
+    }
+}
+
+/// Refuses an operation that works on one data directory only when replicas share the
+/// deployment, naming what to use instead.
+pub fn single_node_only(config: &Config, what: &str) -> AppResult<()> {
+    if config.storage.backend == StorageBackend::Postgres {
+        return Err(AppError::invalid(format!(
+            "{what} works on the embedded backend only; with storage.backend = \"postgres\" back up and restore \
+             PostgreSQL itself (pg_dump / pg_restore, or point-in-time recovery), from which every replica \
+             rebuilds its data directory"
+        )));
+    }
+    Ok(())
+}
+
+/// `/health` checks of a replica: PostgreSQL (critical: nothing can be acknowledged without
+/// it) and Redis (degraded: the limits fall back to this replica's own).
+pub fn health_checks(r: &Replicas, limiter: &crate::ratelimit::RateLimiter) -> Vec<(String, Check)> {
+    let postgres = match r.docs.probe() {
+        Ok(()) => Check::new(
+            CheckStatus::Pass,
+            true,
+            format!(
+                "the shared ledger and keys answer at {} (deployment {}, replica {})",
+                pg::redact_url(&r.url),
+                r.deployment,
+                r.replica
+            ),
+        ),
+        Err(e) => Check::new(CheckStatus::Fail, true, format!("PostgreSQL does not answer: {e}; writes are refused")),
+    };
+    let redis = match limiter.probe_shared() {
+        None => Check::new(
+            CheckStatus::Warn,
+            false,
+            "no storage.redis_url: each replica applies the tenant rate limits on its own",
+        ),
+        Some(Ok(())) => {
+            Check::new(CheckStatus::Pass, false, "tenant rate limits are shared by the replicas through Redis")
+        }
+        Some(Err(e)) => Check::new(
+            CheckStatus::Fail,
+            false,
+            format!("Redis does not answer ({e}): each replica limits on its own until it is back"),
+        ),
+    };
+    vec![("postgres".to_owned(), postgres), ("redis".to_owned(), redis)]
+}

@@ -1,0 +1,215 @@
+//! The ledger chain in PostgreSQL, extended by every replica.
+//!
+//! A batch: `begin` opens a transaction, takes the chain lock and copies what other replicas
+//! appended since into the local ledger (the commit thread replays those into its state
+//! before preparing its own operations); `append` seals the batch after that head, inserts
+//! it and commits, then writes it to the local ledger. The local ledger is a copy: after a
+//! crash, whatever PostgreSQL holds beyond it is copied again at the next `begin` or
+//! `catch_up`.
+
+use super::{CHAIN_LOCK, Conn, pg};
+use crate::StoreError;
+use crate::ledger::{LedgerAppend, LedgerWriter, Receipt};
+use daena_core::ledger::Checkpoint;
+use daena_core::ledger::entry::NewEntry;
+use daena_core::time::Micros;
+
+/// Lines read per query while catching up.
+const PAGE: i64 = 4096;
+
+pub struct PgLedger {
+    local: LedgerWriter,
+    conn: Conn,
+    in_txn: bool,
+    /// Set when a batch reached PostgreSQL but not the local copy: appends stop until a
+    /// restart copies it again.
+    broken: Option<String>,
+}
+
+impl std::fmt::Debug for PgLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLedger").field("size", &self.local.size()).finish()
+    }
+}
+
+impl PgLedger {
+    /// The shared chain at `url` over the local copy `local`. Refuses a local ledger that is
+    /// not a prefix of the shared one (a data directory of another deployment).
+    pub fn open(url: &str, local: LedgerWriter) -> Result<PgLedger, StoreError> {
+        let mut ledger = PgLedger { local, conn: Conn::new(url), in_txn: false, broken: None };
+        let size = ledger.local.size();
+        if size > 0 {
+            let head = super::off_runtime(|| -> Result<Option<String>, StoreError> {
+                let client = ledger.conn.get()?;
+                let row = client
+                    .query_opt("select line from daena_ledger where seq = $1", &[&(size as i64)])
+                    .map_err(pg("reading the shared ledger"))?;
+                Ok(row.map(|r| r.get(0)))
+            })?;
+            let ours = ledger.local.head_line_hash();
+            let theirs = head.as_deref().and_then(stated_hash);
+            if theirs.is_none() || theirs != ours {
+                return Err(StoreError::Corrupt {
+                    what: "the local ledger".into(),
+                    detail: format!(
+                        "its {size} entries are not a prefix of the shared ledger in PostgreSQL; this data \
+                         directory belongs to another deployment (start the replica on an empty data directory)"
+                    ),
+                });
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// Copies what the shared chain holds past the local copy into it; returns those lines.
+    fn pull(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut all = Vec::new();
+        loop {
+            let after = self.local.size() as i64;
+            let client = self.conn.get()?;
+            let lines: Vec<String> = client
+                .query("select line from daena_ledger where seq > $1 order by seq limit $2", &[&after, &PAGE])
+                .map_err(pg("reading the shared ledger"))?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            if lines.is_empty() {
+                return Ok(all);
+            }
+            self.local.mirror(&lines)?;
+            let full = lines.len() as i64 == PAGE;
+            all.extend(lines);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    fn rollback(&mut self) {
+        if self.in_txn {
+            self.in_txn = false;
+            if let Ok(c) = self.conn.get()
+                && let Err(e) = c.batch_execute("rollback")
+            {
+                tracing::warn!(error = %e, "rolling back a ledger transaction failed");
+            }
+        }
+    }
+
+    fn insert_and_commit(&mut self, seqs: &[i64], lines: &[&str]) -> Result<(), StoreError> {
+        let client = self.conn.get()?;
+        client
+            .execute(
+                "insert into daena_ledger (seq, line) select * from unnest($1::int8[], $2::text[])",
+                &[&seqs, &lines],
+            )
+            .map_err(pg("appending to the shared ledger"))?;
+        client.batch_execute("commit").map_err(pg("committing to the shared ledger"))
+    }
+}
+
+/// The hash a line states (its last field).
+fn stated_hash(line: &str) -> Option<[u8; 32]> {
+    let text = line.trim_end().strip_suffix("\"}")?;
+    let hex_text = text.get(text.len().checked_sub(64)?..)?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_text, &mut out).ok()?;
+    Some(out)
+}
+
+impl LedgerAppend for PgLedger {
+    fn size(&self) -> u64 {
+        self.local.size()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn begin(&mut self) -> Result<Vec<String>, StoreError> {
+        super::off_runtime(|| self.begin_now())
+    }
+
+    fn release(&mut self) {
+        super::off_runtime(|| self.rollback());
+    }
+
+    fn catch_up(&mut self) -> Result<Vec<String>, StoreError> {
+        if self.in_txn {
+            return Ok(Vec::new());
+        }
+        super::off_runtime(|| self.pull())
+    }
+
+    fn append(&mut self, entries: &[NewEntry], now: Micros) -> Result<Vec<Receipt>, StoreError> {
+        super::off_runtime(|| self.append_now(entries, now))
+    }
+
+    fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError> {
+        self.local.checkpoint(key, now)
+    }
+
+    fn publish_public_key(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
+        self.local.publish_public_key(key)
+    }
+}
+
+impl PgLedger {
+    fn begin_now(&mut self) -> Result<Vec<String>, StoreError> {
+        if let Some(why) = &self.broken {
+            return Err(StoreError::Corrupt { what: "the local ledger".into(), detail: why.clone() });
+        }
+        self.rollback();
+        let client = self.conn.get()?;
+        client.batch_execute("begin").map_err(pg("starting a ledger transaction"))?;
+        self.in_txn = true;
+        let locked = self.conn.get().and_then(|c| {
+            c.execute("select pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).map_err(pg("taking the chain lock"))
+        });
+        if let Err(e) = locked {
+            self.rollback();
+            return Err(e);
+        }
+        match self.pull() {
+            Ok(lines) => Ok(lines),
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    fn append_now(&mut self, entries: &[NewEntry], now: Micros) -> Result<Vec<Receipt>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.in_txn {
+            let foreign = self.begin_now()?;
+            if !foreign.is_empty() {
+                self.rollback();
+                return Err(StoreError::Corrupt {
+                    what: "the shared ledger".into(),
+                    detail: "other replicas appended since this batch was prepared; it was not written".into(),
+                });
+            }
+        }
+        let sealed = self.local.seal(entries, now);
+        let seqs: Vec<i64> = sealed.receipts.iter().map(|r| r.seq as i64).collect();
+        let lines: Vec<&str> = sealed.lines.lines().collect();
+        let committed = self.insert_and_commit(&seqs, &lines);
+        self.in_txn = false;
+        if let Err(e) = committed {
+            if let Ok(c) = self.conn.get() {
+                let _ = c.batch_execute("rollback");
+            }
+            return Err(e);
+        }
+        if let Err(e) = self.local.write_sealed(&sealed) {
+            let why = format!("a batch is in PostgreSQL but could not be copied here ({e}); restart the replica");
+            tracing::error!("{why}");
+            self.broken = Some(why);
+            return Err(e);
+        }
+        Ok(sealed.receipts)
+    }
+}

@@ -1,0 +1,299 @@
+//! PostgreSQL, for replicas that share one deployment: the ledger chain ([`PgLedger`]), the
+//! documents every replica must read alike ([`PgDocs`]: the tenants' wrapped data keys) and
+//! a few shared files ([`shared_file`]: the generated master key, the checkpoint key).
+//!
+//! Each replica keeps a local copy of the chain and of the state derived from it in its own
+//! data directory; PostgreSQL holds the one chain they all extend. Appends are serialised by
+//! a transaction-scoped advisory lock, and `seq` is the primary key, so the chain has no gap
+//! and no fork whatever the replicas do.
+//!
+//! The `postgres` client runs its own runtime and must not block inside another: every call
+//! made where a tokio runtime may be running goes through [`off_runtime`].
+
+mod ledger;
+
+pub use ledger::PgLedger;
+
+use crate::StoreError;
+use crate::state::{DocStore, DocTable};
+use parking_lot::Mutex;
+
+/// The schema this build reads and writes; a database with a newer one is refused.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Migrations by version, applied in order inside one transaction each.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "create table daena_ledger (seq bigint primary key, line text not null);
+     create table daena_docs (tbl text not null, key text not null, doc bytea not null, primary key (tbl, key));
+     create table daena_files (name text primary key, content bytea not null);",
+)];
+
+/// Session-scoped advisory lock held while migrating.
+const MIGRATE_LOCK: i64 = 0x6461_656e_6101;
+/// Transaction-scoped advisory lock held by the replica appending to the chain.
+pub(crate) const CHAIN_LOCK: i64 = 0x6461_656e_6102;
+
+fn pg(context: impl Into<String>) -> impl FnOnce(postgres::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Postgres { context, detail: error_detail(&source) }
+}
+
+/// The server's message when there is one (`postgres::Error`'s display says only "db error").
+fn error_detail(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// Runs `f` where the `postgres` client may block: on this thread outside a tokio runtime,
+/// else on a short-lived thread of its own.
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// A connection that reconnects when it finds itself closed.
+pub(crate) struct Conn {
+    url: String,
+    client: Option<postgres::Client>,
+}
+
+impl Conn {
+    pub(crate) fn new(url: &str) -> Conn {
+        Conn { url: url.to_owned(), client: None }
+    }
+
+    pub(crate) fn get(&mut self) -> Result<&mut postgres::Client, StoreError> {
+        if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+            self.client = Some(
+                postgres::Client::connect(&self.url, postgres::NoTls)
+                    .map_err(pg(format!("connecting to {}", redact_url(&self.url))))?,
+            );
+        }
+        self.client.as_mut().ok_or_else(|| StoreError::Db("no PostgreSQL connection".into()))
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            let slash = if rest.contains('/') { "/" } else { "" };
+            format!("{scheme}://{masked}@{host}{slash}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Connects to `url`, applies the migrations this build knows and refuses a database whose
+/// schema is newer. Safe to run from several replicas at once.
+pub fn migrate(url: &str) -> Result<(), StoreError> {
+    off_runtime(|| {
+        let mut conn = Conn::new(url);
+        let client = conn.get()?;
+        client.execute("select pg_advisory_lock($1)", &[&MIGRATE_LOCK]).map_err(pg("taking the migration lock"))?;
+        let result = apply_migrations(client);
+        let _ = client.execute("select pg_advisory_unlock($1)", &[&MIGRATE_LOCK]);
+        result
+    })
+}
+
+fn apply_migrations(client: &mut postgres::Client) -> Result<(), StoreError> {
+    client
+        .batch_execute("create table if not exists daena_schema (version int not null)")
+        .map_err(pg("creating daena_schema"))?;
+    let current: i32 = client
+        .query_one("select coalesce(max(version), 0) from daena_schema", &[])
+        .map_err(pg("reading the schema version"))?
+        .get(0);
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt {
+            what: "the PostgreSQL database".into(),
+            detail: format!(
+                "its schema is version {current}, newer than this build's {SCHEMA_VERSION}; run a Daena at least as new as the one that migrated it"
+            ),
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let mut txn = client.transaction().map_err(pg("starting a migration"))?;
+        txn.batch_execute(sql).map_err(pg(format!("applying schema migration {version}")))?;
+        txn.execute("insert into daena_schema (version) values ($1)", &[version])
+            .map_err(pg(format!("recording schema migration {version}")))?;
+        txn.commit().map_err(pg(format!("committing schema migration {version}")))?;
+        tracing::info!(version, "applied a PostgreSQL schema migration");
+    }
+    Ok(())
+}
+
+/// The shared file `name`: as stored, else `make()` stored by whichever replica gets there
+/// first (every replica gets the same bytes).
+pub fn shared_file(url: &str, name: &str, make: impl FnOnce() -> Vec<u8> + Send) -> Result<Vec<u8>, StoreError> {
+    off_runtime(|| {
+        let mut conn = Conn::new(url);
+        let client = conn.get()?;
+        client
+            .execute(
+                "insert into daena_files (name, content) values ($1, $2) on conflict (name) do nothing",
+                &[&name, &make()],
+            )
+            .map_err(pg(format!("storing the shared file {name}")))?;
+        let row = client
+            .query_one("select content from daena_files where name = $1", &[&name])
+            .map_err(pg(format!("reading the shared file {name}")))?;
+        Ok(row.get(0))
+    })
+}
+
+/// Documents in PostgreSQL, read and written by every replica alike.
+pub struct PgDocs {
+    conn: Mutex<Conn>,
+}
+
+impl PgDocs {
+    pub fn open(url: &str) -> Result<PgDocs, StoreError> {
+        let docs = PgDocs { conn: Mutex::new(Conn::new(url)) };
+        docs.with(|c| c.execute("select 1", &[]).map_err(pg("probing PostgreSQL")).map(|_| ()))?;
+        Ok(docs)
+    }
+
+    fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| {
+            let mut conn = self.conn.lock();
+            f(conn.get()?)
+        })
+    }
+}
+
+impl PgDocs {
+    /// Proves PostgreSQL answers (for `/health`).
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.with(|c| c.execute("select 1", &[]).map_err(pg("probing PostgreSQL")).map(|_| ()))
+    }
+}
+
+impl DocStore for PgDocs {
+    fn get_doc(&self, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            let row = c
+                .query_opt("select doc from daena_docs where tbl = $1 and key = $2", &[&table.name(), &key])
+                .map_err(pg(format!("reading {}/{key}", table.name())))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn put_docs(&self, table: DocTable, items: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let mut txn = c.transaction().map_err(pg("starting a document write"))?;
+            for (key, doc) in items {
+                txn.execute(
+                    "insert into daena_docs (tbl, key, doc) values ($1, $2, $3)
+                     on conflict (tbl, key) do update set doc = excluded.doc",
+                    &[&table.name(), key, doc],
+                )
+                .map_err(pg(format!("writing {}/{key}", table.name())))?;
+            }
+            txn.commit().map_err(pg("committing a document write"))
+        })
+    }
+
+    fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute("delete from daena_docs where tbl = $1 and key = $2", &[&table.name(), &key])
+                .map(|n| n > 0)
+                .map_err(pg(format!("deleting {}/{key}", table.name())))
+        })
+    }
+
+    fn scan_docs(&self, table: DocTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with(|c| {
+            let rows = c
+                .query("select key, doc from daena_docs where tbl = $1 order by key", &[&table.name()])
+                .map_err(pg(format!("scanning {}", table.name())))?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn swap_doc(&self, table: DocTable, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let n = match expected {
+                None => c.execute(
+                    "insert into daena_docs (tbl, key, doc) values ($1, $2, $3) on conflict (tbl, key) do nothing",
+                    &[&table.name(), &key, &new],
+                ),
+                Some(old) => c.execute(
+                    "update daena_docs set doc = $4 where tbl = $1 and key = $2 and doc = $3",
+                    &[&table.name(), &key, &old, &new],
+                ),
+            }
+            .map_err(pg(format!("swapping {}/{key}", table.name())))?;
+            Ok(n == 1)
+        })
+    }
+}
+
+/// Held by at most one replica at a time (the schedulers' lease): a session advisory lock on
+/// a connection of its own, which PostgreSQL frees when the holder's connection ends, a
+/// crash included.
+pub struct Lease {
+    conn: Mutex<(Conn, bool)>,
+}
+
+/// The schedulers' lease.
+pub const SCHEDULER_LEASE: i64 = 0x6461_656e_6103;
+
+impl Lease {
+    pub fn new(url: &str) -> Lease {
+        Lease { conn: Mutex::new((Conn::new(url), false)) }
+    }
+
+    /// Whether this replica holds the lease now, taking it when it is free.
+    pub fn hold(&self) -> bool {
+        off_runtime(|| {
+            let mut guard = self.conn.lock();
+            let (conn, held) = &mut *guard;
+            let alive = conn.client.as_mut().is_some_and(|c| !c.is_closed() && c.execute("select 1", &[]).is_ok());
+            if *held && alive {
+                return true;
+            }
+            // A lost connection took the lock with it.
+            *held = false;
+            let taken = conn.get().and_then(|c| {
+                c.query_one("select pg_try_advisory_lock($1)", &[&SCHEDULER_LEASE])
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(pg("taking the scheduler lease"))
+            });
+            match taken {
+                Ok(t) => *held = t,
+                Err(e) => tracing::warn!(error = %e, "the scheduler lease could not be checked"),
+            }
+            *held
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact_url("postgres://u:secret@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(redact_url("postgres://db"), "postgres://db");
+        assert_eq!(redact_url("redis://:pw@h:6379/"), "redis://:***@h:6379/");
+    }
+}
