@@ -58,6 +58,18 @@ pub async fn run(
     seconds: f64,
     make: MakeRequest,
 ) -> anyhow::Result<Report> {
+    run_spread(&[addr], concurrency, warmup, seconds, make).await
+}
+
+/// [`run`] with the connections spread over `addrs` (replicas behind a load balancer).
+pub async fn run_spread(
+    addrs: &[std::net::SocketAddr],
+    concurrency: usize,
+    warmup: f64,
+    seconds: f64,
+    make: MakeRequest,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(!addrs.is_empty(), "no address to send requests to");
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(seconds);
@@ -66,6 +78,7 @@ pub async fn run(
     for worker in 0..concurrency {
         let make = make.clone();
         let errors = errors.clone();
+        let addr = addrs[worker % addrs.len()];
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(1 << 16);
             let mut stream = tokio::net::TcpStream::connect(addr).await?;

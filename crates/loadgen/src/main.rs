@@ -7,6 +7,7 @@
 //!   cargo run --release -p daena-loadgen -- memory-put --concurrency 64 --seconds 10
 
 mod client;
+mod replicas;
 mod scenarios;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,15 @@ enum Scenario {
         #[command(flatten)]
         common: Common,
     },
+    /// One embedded replica against one and two on PostgreSQL + Redis (PUT, GET, exact hits)
+    Replicas {
+        #[command(flatten)]
+        common: Common,
+        /// Redis shared by the replicas on PostgreSQL (PostgreSQL: DAENA_TEST_POSTGRES_URL,
+        /// default the local server; each set of replicas gets a throwaway database)
+        #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+        redis: String,
+    },
     /// POST /v1/chat/completions exact cache hits, beside a Redis GET loop of the same size
     CasHit {
         #[command(flatten)]
@@ -78,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::MemoryPut { common } => scenarios::memory_put(&common).await,
             Scenario::CasHit { common, redis } => scenarios::cas_hit(&common, &redis).await,
+            Scenario::Replicas { common, redis } => replicas::run(&common, &redis).await,
         }
     })
 }

@@ -292,6 +292,7 @@ use daena_core::ledger::entry::NewEntry;
 use daena_core::merkle;
 use daena_core::time::Micros;
 use daena_store::ledger::{LedgerAppend, LedgerRead};
+use daena_store::pg::{PgDocs, PgLedger, TestDatabase};
 use std::sync::Arc;
 
 type LedgerPair = (Box<dyn LedgerAppend>, Arc<dyn LedgerRead>);
@@ -299,17 +300,44 @@ type LedgerPair = (Box<dyn LedgerAppend>, Arc<dyn LedgerRead>);
 /// How a ledger backend makes (and remakes) its ledger in a directory.
 struct LedgerBackend {
     name: &'static str,
-    open: fn(&Path) -> LedgerPair,
+    open: Box<dyn Fn(&Path) -> LedgerPair>,
+    /// The backend's own database, dropped with it.
+    _db: Option<TestDatabase>,
+}
+
+fn open_local(dir: &Path) -> (daena_store::ledger::LedgerWriter, daena_store::ledger::LedgerReader) {
+    let (w, r, _) = daena_store::ledger::open(&dir.join("ledger"), 1 << 12).expect("open the local ledger");
+    (w, r)
+}
+
+/// A replica's ledger on PostgreSQL: the shared chain at `url` over a local copy in `dir`.
+fn open_shared(url: &str, dir: &Path) -> (PgLedger, Arc<dyn LedgerRead>) {
+    daena_store::pg::migrate(url).expect("migrate");
+    let (w, r) = open_local(dir);
+    (PgLedger::open(url, w).expect("open the shared ledger"), Arc::new(r))
 }
 
 fn ledger_backends() -> Vec<LedgerBackend> {
-    vec![LedgerBackend {
-        name: "embedded",
-        open: |dir| {
-            let (w, r, _) = daena_store::ledger::open(&dir.join("ledger"), 1 << 12).expect("open embedded ledger");
-            (Box::new(w), Arc::new(r))
+    let db = TestDatabase::create();
+    let url = db.url.clone();
+    vec![
+        LedgerBackend {
+            name: "embedded",
+            open: Box::new(|dir| {
+                let (w, r) = open_local(dir);
+                (Box::new(w), Arc::new(r))
+            }),
+            _db: None,
         },
-    }]
+        LedgerBackend {
+            name: "postgres",
+            open: Box::new(move |dir| {
+                let (w, r) = open_shared(&url, dir);
+                (Box::new(w), r)
+            }),
+            _db: Some(db),
+        },
+    ]
 }
 
 fn batch(from: u64, n: u64) -> Vec<NewEntry> {
@@ -401,4 +429,87 @@ fn ledger_checkpoints_are_signed_and_a_reopened_ledger_continues_the_chain() {
         let summary = r.verify_all(Some(&other)).expect("verify");
         assert!(summary.failure.is_some(), "{}: a checkpoint under another key is refused", b.name);
     }
+}
+
+#[test]
+fn replicas_extend_one_shared_chain_without_gap_or_fork() {
+    let db = TestDatabase::create();
+    let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+    let replicas: Vec<_> = dirs.iter().map(|d| open_shared(&db.url, d.path())).collect();
+    let done: Vec<(PgLedger, usize)> = std::thread::scope(|s| {
+        let running: Vec<_> = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(n, (mut w, _))| {
+                s.spawn(move || {
+                    let mut seen_foreign = 0;
+                    for i in 0..20u64 {
+                        // What the commit thread does: take the chain (copying what the other
+                        // replica appended), then append after that head.
+                        seen_foreign += w.begin().expect("begin").len();
+                        let entries = batch(1000 * n as u64 + i * 5, 5);
+                        let receipts = w.append(&entries, Micros(1 + i as i64)).expect("append");
+                        assert_eq!(receipts.len(), 5);
+                        assert_eq!(receipts[0].seq + 4, receipts[4].seq, "a batch is contiguous");
+                    }
+                    (w, seen_foreign)
+                })
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().expect("replica")).collect()
+    });
+    for (n, (mut w, seen)) in done.into_iter().enumerate() {
+        let seen = seen + w.catch_up().expect("catch up").len();
+        assert_eq!(seen, 100, "replica {n} copied every entry of the other");
+        assert_eq!(w.size(), 200, "replica {n}");
+    }
+    let heads: Vec<_> = dirs
+        .iter()
+        .map(|d| {
+            let (_, r) = open_shared(&db.url, d.path());
+            let summary = r.verify_all(None).expect("verify");
+            assert_eq!((summary.entries, summary.failure), (200, None), "each copy verifies");
+            r.head()
+        })
+        .collect();
+    assert_eq!(heads[0], heads[1], "both replicas hold the same chain");
+    // A local ledger from elsewhere is refused rather than forked.
+    let stray = tempfile::tempdir().expect("tempdir");
+    let (mut w, _) = open_local(stray.path());
+    w.append(&batch(1, 1), Micros(1)).expect("append");
+    drop(w);
+    let (w, _) = open_local(stray.path());
+    let err = PgLedger::open(&db.url, w).expect_err("a foreign local ledger");
+    assert!(err.to_string().contains("another deployment"), "{err}");
+}
+
+#[test]
+fn documents_swap_only_from_what_was_read_even_across_processes() {
+    let db = TestDatabase::create();
+    daena_store::pg::migrate(&db.url).expect("migrate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let embedded = Kv::open(&dir.path().join("state.redb"), 1 << 20).expect("open");
+    let shared = embedded.with_docs(Arc::new(PgDocs::open(&db.url).expect("docs")));
+    for (name, kv) in [("embedded", &embedded), ("postgres", &shared)] {
+        assert!(kv.swap_doc(T, "k", None, &"one".to_owned()).expect("create"), "{name}");
+        assert!(!kv.swap_doc(T, "k", None, &"two".to_owned()).expect("create again"), "{name}: exists");
+        let bytes = kv.get_doc_bytes(T, "k").expect("get").expect("stored");
+        assert!(!kv.swap_doc(T, "k", Some(b"\"zzz\""), &"two".to_owned()).expect("stale"), "{name}");
+        assert!(kv.swap_doc(T, "k", Some(&bytes), &"two".to_owned()).expect("swap"), "{name}");
+        assert_eq!(kv.get_doc::<String>(T, "k").expect("get").as_deref(), Some("two"), "{name}");
+        assert!(kv.delete_doc(T, "k").expect("delete"), "{name}");
+    }
+    // Two handles (two replicas) racing to create one document: exactly one wins.
+    let other = embedded.with_docs(Arc::new(PgDocs::open(&db.url).expect("docs")));
+    for round in 0..20 {
+        let key = format!("race{round}");
+        let wins: usize = std::thread::scope(|s| {
+            let a = s.spawn(|| shared.swap_doc(T, &key, None, &"a".to_owned()).expect("a"));
+            let b = s.spawn(|| other.swap_doc(T, &key, None, &"b".to_owned()).expect("b"));
+            [a.join().expect("a"), b.join().expect("b")].iter().filter(|w| **w).count()
+        });
+        assert_eq!(wins, 1, "round {round}");
+    }
+    // Documents live in PostgreSQL, not in the local store.
+    assert_eq!(embedded.get_doc::<String>(T, "race0").expect("get"), None);
 }

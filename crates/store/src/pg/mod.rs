@@ -11,8 +11,10 @@
 //! made where a tokio runtime may be running goes through [`off_runtime`].
 
 mod ledger;
+mod test_db;
 
 pub use ledger::PgLedger;
+pub use test_db::TestDatabase;
 
 use crate::StoreError;
 use crate::state::{DocStore, DocTable};

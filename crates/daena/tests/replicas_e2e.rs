@@ -1,0 +1,165 @@
+//! Two real `daena serve` replicas on one PostgreSQL (and Redis) behave as one service:
+//! read-your-write across replicas, no stale L1 after another replica's delete or overwrite,
+//! keys and revocations in effect everywhere, a tenant limit that holds for the fleet, one
+//! ledger that verifies, and no acknowledged write lost when a replica is killed mid-burst.
+
+mod common;
+
+use common::{OPS, Server, call, client};
+use daena_store::pg::TestDatabase;
+use reqwest::Method;
+use serde_json::json;
+use std::path::Path;
+
+const REDIS: &str = "redis://127.0.0.1:6379/";
+
+fn replica(dir: &Path, db: &TestDatabase, shared: &Path, redis: bool) -> Server {
+    let l3 = shared.join("l3").display().to_string();
+    let mut env = vec![
+        ("DAENA_STORAGE_BACKEND", "postgres"),
+        ("DAENA_STORAGE_POSTGRES_URL", db.url.as_str()),
+        ("DAENA_STORAGE_L3_PATH", l3.as_str()),
+        ("DAENA_RATE_LIMIT_ENABLED", "true"),
+    ];
+    if redis {
+        env.push(("DAENA_STORAGE_REDIS_URL", REDIS));
+    }
+    Server::start(dir, &env)
+}
+
+async fn put(url: &str, key: &str, v: &str) -> u16 {
+    let body = json!({"payload": {"v": v}});
+    call(Method::PUT, &format!("{url}/api/v1/memory/chat/{key}"), Some("acme"), Some(&body)).await.0
+}
+
+async fn get(url: &str, key: &str) -> (u16, serde_json::Value) {
+    call(Method::GET, &format!("{url}/api/v1/memory/chat/{key}"), Some("acme"), None).await
+}
+
+async fn with_key(method: Method, url: &str, key: &str) -> u16 {
+    client().request(method, url).header("X-API-Key", key).send().await.expect("request").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_behave_as_one_service() {
+    let db = TestDatabase::create();
+    let (shared, da, db_dir) =
+        (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
+    let a = replica(da.path(), &db, shared.path(), true);
+    let b = replica(db_dir.path(), &db, shared.path(), true);
+
+    // A write through A reads through B; a delete or an overwrite through B is never served
+    // from A's L1, with no pause between them.
+    assert_eq!(put(&a.url, "r1", "from-a").await, 201);
+    assert_eq!(get(&a.url, "r1").await.1["payload"]["v"], "from-a", "A reads its write (and caches it)");
+    assert_eq!(get(&b.url, "r1").await.1["payload"]["v"], "from-a", "B reads A's write");
+    assert_eq!(put(&b.url, "r1", "from-b").await, 200);
+    assert_eq!(get(&a.url, "r1").await.1["payload"]["v"], "from-b", "A serves B's overwrite, not its L1");
+    assert_eq!(call(Method::DELETE, &format!("{}/api/v1/memory/chat/r1", b.url), Some("acme"), None).await.0, 200);
+    assert_eq!(get(&a.url, "r1").await.0, 404, "A serves B's delete, not its L1");
+
+    // A key made through A works through B; revoked through B, A refuses it at once.
+    let made = client()
+        .post(format!("{}/api/v1/admin/keys", a.url))
+        .header("X-API-Key", OPS)
+        .json(&json!({"name": "tiny-bot", "role": "agent", "tenant": "tiny"}))
+        .send()
+        .await
+        .expect("create key");
+    assert_eq!(made.status().as_u16(), 201);
+    let made: serde_json::Value = made.json().await.expect("json");
+    let (token, id) = (made["key"].as_str().expect("key").to_owned(), made["id"].as_str().expect("id").to_owned());
+    let beat = |url: &str| format!("{url}/api/v1/agents/sales_synth/heartbeat");
+    assert_eq!(with_key(Method::POST, &beat(&b.url), &token).await, 200, "B knows A's new key");
+
+    // A tenant's limit holds for the sum of both replicas (within one burst of refill).
+    let body = json!({"rpm": 60, "burst": 10});
+    let set = call(Method::PUT, &format!("{}/api/v1/tenant-rate-limit/tiny", b.url), None, Some(&body)).await;
+    assert_eq!(set.0, 200, "{}", set.1);
+    let mut allowed = 0;
+    for _ in 0..15 {
+        for url in [&a.url, &b.url] {
+            if with_key(Method::POST, &beat(url), &token).await == 200 {
+                allowed += 1;
+            }
+        }
+    }
+    assert!((10..=12).contains(&allowed), "burst 10 across two replicas let {allowed} of 30 through");
+
+    let revoked = call(Method::DELETE, &format!("{}/api/v1/admin/keys/{id}", b.url), None, None).await;
+    assert_eq!(revoked.0, 200, "{}", revoked.1);
+    assert_eq!(with_key(Method::POST, &beat(&a.url), &token).await, 401, "A refuses the key B revoked");
+
+    // One ledger: the same head through both, and it verifies on each.
+    let head = |url: String| async move { call(Method::GET, &format!("{url}/api/v1/ledger/head"), None, None).await.1 };
+    let (ha, hb) = (head(a.url.clone()).await, head(b.url.clone()).await);
+    assert_eq!(ha["head_hash"], hb["head_hash"], "{ha} / {hb}");
+    for url in [&a.url, &b.url] {
+        let (status, v) = call(Method::POST, &format!("{url}/api/v1/ledger/verification"), None, None).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["ok"], true, "{v}");
+    }
+
+    // Kill A with SIGKILL in the middle of a burst of writes: every write it acknowledged
+    // reads back through B, and A restarted on its directory catches up.
+    let roomy = json!({"rpm": 1_000_000, "burst": 100_000});
+    let set = call(Method::PUT, &format!("{}/api/v1/tenant-rate-limit/acme", a.url), None, Some(&roomy)).await;
+    assert_eq!(set.0, 200, "{}", set.1);
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let url = a.url.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..400 {
+                    let key = format!("burst-{w}-{i}");
+                    let body = json!({"payload": {"v": key}});
+                    let sent = client()
+                        .put(format!("{url}/api/v1/memory/chat/{key}"))
+                        .header("X-API-Key", OPS)
+                        .header("X-Tenant-ID", "acme")
+                        .json(&body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().as_u16() == 201 => acked.push(key),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    a.kill9();
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.expect("writer"));
+    }
+    assert!(!acked.is_empty(), "some writes were acknowledged before the kill");
+    eprintln!("{} of 3200 writes acknowledged before SIGKILL", acked.len());
+    for key in &acked {
+        let (status, v) = get(&b.url, key).await;
+        assert_eq!((status, v["payload"]["v"].as_str()), (200, Some(key.as_str())), "acknowledged {key} lost");
+    }
+    let a = replica(da.path(), &db, shared.path(), true);
+    let (ha, hb) = (head(a.url.clone()).await, head(b.url.clone()).await);
+    assert_eq!(ha["head_hash"], hb["head_hash"], "the restarted replica caught up: {ha} / {hb}");
+    assert_eq!(get(&a.url, &acked[acked.len() - 1]).await.0, 200);
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_limits_are_per_replica_and_health_says_so() {
+    let db = TestDatabase::create();
+    let (shared, dir) = (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
+    let a = replica(dir.path(), &db, shared.path(), false);
+    let (status, health) = call(Method::GET, &format!("{}/health", a.url), None, None).await;
+    assert_eq!(status, 200, "{health}");
+    let text = health.to_string();
+    assert!(text.contains("each replica applies the tenant rate limits on its own"), "{text}");
+    // Operations that work on one data directory refuse, naming what to use instead.
+    let (status, v) = call(Method::POST, &format!("{}/api/v1/admin/snapshots", a.url), None, None).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("pg_dump"), "{v}");
+}
