@@ -37,14 +37,6 @@ fn put_requests(tag: &'static str) -> MakeRequest {
     })
 }
 
-fn seed_requests() -> MakeRequest {
-    Arc::new(|worker, n| {
-        let i = worker as u64 + n * 64;
-        let body = serde_json::json!({"payload": payload(i)}).to_string();
-        client::request("PUT", &format!("/api/v1/memory/chat/k{}", i % RECORDS), KEY, Some(Bytes::from(body)))
-    })
-}
-
 fn get_requests() -> MakeRequest {
     Arc::new(|worker, n| {
         let x = (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -66,8 +58,8 @@ async fn measure(label: &str, set: &[Running], c: &Common) -> anyhow::Result<[f6
     let addrs: Vec<_> = set.iter().map(|r| r.addr).collect();
     let put = client::run_spread(&addrs, c.concurrency, c.warmup, c.seconds, put_requests("w")).await?;
     println!("{}", put.line(&format!("{label}: PUT, new records")));
-    // Seed the GET key space (through every replica), then read it at random.
-    client::run_spread(&addrs, 64, 0.0, 3.0, seed_requests()).await?;
+    // Seed the GET key space through the first replica, then read it at random through all.
+    crate::scenarios::seed(&set[0].daena, RECORDS).await?;
     let get = client::run_spread(&addrs, c.concurrency, c.warmup, c.seconds, get_requests()).await?;
     println!("{}", get.line(&format!("{label}: GET, {RECORDS} records")));
     let (request, answer) = chat();

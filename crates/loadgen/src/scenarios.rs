@@ -45,7 +45,7 @@ pub fn payload(i: u64) -> serde_json::Value {
     })
 }
 
-async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
+pub async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
     let who = d.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
     let start = Instant::now();
     let workers = 64u64;

@@ -97,11 +97,24 @@ impl LedgerWriter {
                 detail: format!("sealed at {}, the ledger is at {}", sealed.first_seq, self.next_seq),
             });
         }
-        self.write_lines(&sealed.lines, &sealed.receipts)
+        self.write_lines(&sealed.lines, &sealed.receipts, true)
+    }
+
+    /// [`LedgerWriter::write_sealed`] without `fdatasync`: for a copy of a ledger kept
+    /// durably elsewhere, which is copied again after a crash.
+    pub fn write_sealed_unsynced(&mut self, sealed: &Sealed) -> Result<(), StoreError> {
+        if sealed.first_seq != self.next_seq {
+            return Err(StoreError::Corrupt {
+                what: "ledger batch".into(),
+                detail: format!("sealed at {}, the ledger is at {}", sealed.first_seq, self.next_seq),
+            });
+        }
+        self.write_lines(&sealed.lines, &sealed.receipts, false)
     }
 
     /// Appends lines sealed elsewhere (another replica's entries, read from the shared
     /// ledger) after checking each continues this chain: sequence, `prev`, hash and body.
+    /// Not synced: the shared ledger keeps them durably.
     pub fn mirror(&mut self, lines: &[String]) -> Result<(), StoreError> {
         let mut buf = String::new();
         let mut receipts = Vec::with_capacity(lines.len());
@@ -125,15 +138,17 @@ impl LedgerWriter {
             receipts.push(Receipt { seq, hash: facts.hash, ts: facts.ts });
             prev = facts.hash;
         }
-        self.write_lines(&buf, &receipts)
+        self.write_lines(&buf, &receipts, false)
     }
 
-    fn write_lines(&mut self, buf: &str, receipts: &[Receipt]) -> Result<(), StoreError> {
+    fn write_lines(&mut self, buf: &str, receipts: &[Receipt], sync: bool) -> Result<(), StoreError> {
         let Some(last) = receipts.last() else { return Ok(()) };
         if self.seg_len > 0 && self.seg_len + buf.len() as u64 > self.segment_bytes {
             self.roll(self.next_seq)?;
         }
-        if let Err(e) = self.seg.write_all(buf.as_bytes()).and_then(|_| self.seg.sync_data()) {
+        let written =
+            self.seg.write_all(buf.as_bytes()).and_then(|()| if sync { self.seg.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
             // Cut back a partial write so the next batch continues a clean file.
             let _ = self.seg.set_len(self.seg_len);
             return Err(StoreError::io("append to the ledger", e));
@@ -176,6 +191,8 @@ impl LedgerWriter {
 
     /// Signs and stores a checkpoint of the current size, unless the newest already covers it.
     pub fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError> {
+        // A checkpoint never covers entries that are not on disk (a copy's are written unsynced).
+        self.seg.sync_data().map_err(|e| StoreError::io("sync the ledger before a checkpoint", e))?;
         let size = self.size();
         if let Some(cp) = self.shared.state.read().checkpoint.clone()
             && cp.size == size

@@ -66,9 +66,10 @@ impl PgLedger {
         let mut all = Vec::new();
         loop {
             let after = self.local.size() as i64;
-            let client = self.conn.get()?;
+            let (client, pull) =
+                self.conn.prepared("select line from daena_ledger where seq > $1 order by seq limit $2")?;
             let lines: Vec<String> = client
-                .query("select line from daena_ledger where seq > $1 order by seq limit $2", &[&after, &PAGE])
+                .query(&pull, &[&after, &PAGE])
                 .map_err(pg("reading the shared ledger"))?
                 .into_iter()
                 .map(|r| r.get(0))
@@ -97,13 +98,9 @@ impl PgLedger {
     }
 
     fn insert_and_commit(&mut self, seqs: &[i64], lines: &[&str]) -> Result<(), StoreError> {
-        let client = self.conn.get()?;
-        client
-            .execute(
-                "insert into daena_ledger (seq, line) select * from unnest($1::int8[], $2::text[])",
-                &[&seqs, &lines],
-            )
-            .map_err(pg("appending to the shared ledger"))?;
+        let (client, insert) =
+            self.conn.prepared("insert into daena_ledger (seq, line) select * from unnest($1::int8[], $2::text[])")?;
+        client.execute(&insert, &[&seqs, &lines]).map_err(pg("appending to the shared ledger"))?;
         client.batch_execute("commit").map_err(pg("committing to the shared ledger"))
     }
 }
@@ -160,15 +157,12 @@ impl PgLedger {
             return Err(StoreError::Corrupt { what: "the local ledger".into(), detail: why.clone() });
         }
         self.rollback();
+        // One round trip: the transaction and the chain lock.
         let client = self.conn.get()?;
-        client.batch_execute("begin").map_err(pg("starting a ledger transaction"))?;
         self.in_txn = true;
-        let locked = self.conn.get().and_then(|c| {
-            c.execute("select pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).map_err(pg("taking the chain lock"))
-        });
-        if let Err(e) = locked {
+        if let Err(e) = client.batch_execute(&format!("begin; select pg_advisory_xact_lock({CHAIN_LOCK})")) {
             self.rollback();
-            return Err(e);
+            return Err(pg("taking the chain lock")(e));
         }
         match self.pull() {
             Ok(lines) => Ok(lines),
@@ -204,7 +198,9 @@ impl PgLedger {
             }
             return Err(e);
         }
-        if let Err(e) = self.local.write_sealed(&sealed) {
+        // The local copy is not synced: PostgreSQL holds the batch durably, and whatever a
+        // crash takes off the copy is copied again at the next start.
+        if let Err(e) = self.local.write_sealed_unsynced(&sealed) {
             let why = format!("a batch is in PostgreSQL but could not be copied here ({e}); restart the replica");
             tracing::error!("{why}");
             self.broken = Some(why);

@@ -61,19 +61,40 @@ pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// A connection that reconnects when it finds itself closed.
+/// A connection that reconnects when it finds itself closed, with the statements prepared on
+/// it (a prepared statement saves a round trip per query).
 pub(crate) struct Conn {
     url: String,
     client: Option<postgres::Client>,
+    prepared: std::collections::HashMap<&'static str, postgres::Statement>,
 }
 
 impl Conn {
     pub(crate) fn new(url: &str) -> Conn {
-        Conn { url: url.to_owned(), client: None }
+        Conn { url: url.to_owned(), client: None, prepared: std::collections::HashMap::new() }
+    }
+
+    /// The client and `sql` prepared on it.
+    pub(crate) fn prepared(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<(&mut postgres::Client, postgres::Statement), StoreError> {
+        self.get()?;
+        let client = self.client.as_mut().ok_or_else(|| StoreError::Db("no PostgreSQL connection".into()))?;
+        let stmt = match self.prepared.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = client.prepare(sql).map_err(pg("preparing a statement"))?;
+                self.prepared.insert(sql, s.clone());
+                s
+            }
+        };
+        Ok((client, stmt))
     }
 
     pub(crate) fn get(&mut self) -> Result<&mut postgres::Client, StoreError> {
         if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+            self.prepared.clear();
             self.client = Some(
                 postgres::Client::connect(&self.url, postgres::NoTls)
                     .map_err(pg(format!("connecting to {}", redact_url(&self.url))))?,
