@@ -356,3 +356,27 @@ pub(crate) fn override_entry(tenant: &TenantId, actor: &str, limit: Option<Limit
         serde_json::json!({"rpm": limit.map(|l| l.rpm), "burst": limit.map(|l| l.burst), "removed": limit.is_none()}),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// Redis configured but not answering: each replica limits on its own (the same GCRA),
+    /// and says why.
+    #[test]
+    fn with_redis_down_limits_fall_back_to_this_replica() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = Kv::open(&dir.path().join("state.redb"), 1 << 20).expect("kv");
+        let cfg = RateLimitConfig { rpm: 60, burst: 3, ..RateLimitConfig::default() };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dead = format!("redis://{}/", listener.local_addr().expect("addr"));
+        drop(listener);
+        let shared = Arc::new(SharedLimits::new(&dead, "daena:test").expect("client"));
+        let clock: Arc<dyn Clock> = ManualClock::new(daena_core::time::Micros(1_000_000));
+        let limiter = RateLimiter::load(&cfg, kv, clock).expect("load").shared_by(Some(shared));
+        let allowed = (0..5).filter(|_| matches!(limiter.check("acme").decision, Decision::Allow { .. })).count();
+        assert_eq!(allowed, 3, "the local burst applies");
+        assert!(limiter.shared_down().is_some(), "and the limiter says Redis is down");
+    }
+}

@@ -1,0 +1,96 @@
+//! The shared services replicas lean on, against the real PostgreSQL and Redis: fleet-wide
+//! GCRA in Redis, the schedulers' lease, and schema migrations.
+
+use daena_store::pg::{self, Lease, TestDatabase};
+use daena_store::redis_limits::{SharedDecision, SharedLimits};
+
+const REDIS: &str = "redis://127.0.0.1:6379/";
+
+fn prefix() -> String {
+    format!("daena-test:{}:{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    h.finish()
+}
+
+/// One request per minute, bursts of `burst`: nothing refills during a test.
+const MINUTE: i64 = 60_000_000;
+
+fn allowed(limits: &SharedLimits, tenant: &str, burst: u32, n: usize) -> usize {
+    (0..n)
+        .filter(|_| {
+            matches!(limits.decide(tenant, MINUTE, burst).expect("redis answers"), SharedDecision::Allow { .. })
+        })
+        .count()
+}
+
+#[test]
+fn a_burst_holds_across_replicas_and_tenants_stay_apart() {
+    let p = prefix();
+    let (a, b) = (SharedLimits::new(REDIS, &p).expect("a"), SharedLimits::new(REDIS, &p).expect("b"));
+    let granted = allowed(&a, "acme", 10, 6) + allowed(&b, "acme", 10, 6) + allowed(&a, "acme", 10, 6);
+    assert_eq!(granted, 10, "two replicas share one burst of 10");
+    match b.decide("acme", MINUTE, 10).expect("decide") {
+        SharedDecision::Deny { retry_after, .. } => {
+            assert!(retry_after > 0 && retry_after <= MINUTE, "retry after {retry_after} µs")
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    assert_eq!(allowed(&a, "globex", 3, 5), 3, "another tenant has its own burst");
+    let other_deployment = SharedLimits::new(REDIS, &prefix()).expect("c");
+    assert_eq!(allowed(&other_deployment, "acme", 2, 3), 2, "another deployment's keys are apart");
+    a.reset("acme").expect("reset");
+    assert_eq!(allowed(&b, "acme", 10, 12), 10, "a changed limit starts from its whole burst");
+}
+
+#[test]
+fn redis_down_fails_fast_and_says_so() {
+    // A port nothing listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let limits = SharedLimits::new(&format!("redis://127.0.0.1:{port}/"), &prefix()).expect("client");
+    let started = std::time::Instant::now();
+    assert!(limits.decide("acme", MINUTE, 10).is_err());
+    assert!(limits.decide("acme", MINUTE, 10).is_err(), "and the next call does not wait for it again");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(limits.is_down().is_some(), "it reports being down");
+    assert!(limits.probe().is_err());
+}
+
+#[test]
+fn one_replica_holds_the_lease_and_a_gone_holder_frees_it() {
+    let db = TestDatabase::create();
+    let (a, b) = (Lease::new(&db.url), Lease::new(&db.url));
+    assert!(a.hold(), "a free lease is taken");
+    assert!(a.hold(), "and kept");
+    assert!(!b.hold(), "while another replica holds it");
+    drop(a);
+    // PostgreSQL frees a session lock when its connection ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !b.hold() {
+        assert!(std::time::Instant::now() < deadline, "the lease was not freed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn migrations_apply_once_and_a_newer_schema_is_refused() {
+    let db = TestDatabase::create();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3).map(|_| s.spawn(|| pg::migrate(&db.url))).collect();
+        for r in runs {
+            r.join().expect("thread").expect("replicas migrating at once all succeed");
+        }
+    });
+    let mut c = postgres::Client::connect(&db.url, postgres::NoTls).expect("connect");
+    let versions: i64 = c.query_one("select count(*) from daena_schema", &[]).expect("count").get(0);
+    assert_eq!(versions, i64::from(pg::SCHEMA_VERSION), "each migration applied once");
+    c.execute("insert into daena_schema (version) values ($1)", &[&(pg::SCHEMA_VERSION + 1)]).expect("bump");
+    let err = pg::migrate(&db.url).expect_err("a newer schema");
+    assert!(err.to_string().contains("newer than this build"), "{err}");
+}
