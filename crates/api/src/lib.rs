@@ -56,7 +56,7 @@ impl Modify for ApiKeyScheme {
 
 /// The routes and the OpenAPI document they describe.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{admin, agents, analytics, cas, ledger, memory, monitoring, ratelimit, system};
+    use routes::{admin, agents, analytics, cas, dashboard, ledger, memory, monitoring, ratelimit, system};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
@@ -88,6 +88,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(memory::promote))
         .routes(routes!(memory::reject))
         .routes(routes!(monitoring::memory))
+        .routes(routes!(dashboard::series))
         .routes(routes!(cas::completions))
         .routes(routes!(cas::lookup))
         .routes(routes!(cas::store))
@@ -139,6 +140,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::Extension(doc))
         .layer(DefaultBodyLimit::max(body_limit));
     routes
+        .route("/dashboard", axum::routing::get(routes::dashboard::page))
+        .route("/dashboard/app.js", axum::routing::get(routes::dashboard::script))
+        .route("/dashboard/app.css", axum::routing::get(routes::dashboard::style))
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(stack)

@@ -143,7 +143,8 @@ async fn dashboard_and_alerts_query_only_emitted_metrics() {
     app.call("GET", "/health", Some(OPS), None).await;
     let emitted = names(&samples(&app.call("GET", "/metrics", Some(OPS), None).await.text()));
 
-    let dashboard: Value = serde_json::from_str(&repo_file("deploy/grafana/daena.json")).expect("dashboard is JSON");
+    let dashboard: Value =
+        serde_json::from_str(&repo_file("deploy/grafana/dashboards/daena.json")).expect("dashboard is JSON");
     let panels = dashboard["panels"].as_array().expect("panels");
     assert!(panels.len() >= 7);
     let mut queried = BTreeSet::new();

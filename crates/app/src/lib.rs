@@ -8,6 +8,7 @@ pub mod archive;
 pub mod cas;
 pub mod checks;
 pub mod commit;
+pub mod dashboard;
 pub mod governance;
 pub mod health;
 pub mod keyrotate;
@@ -100,6 +101,8 @@ pub struct Daena {
     started: Instant,
     /// Set when replicas share the deployment through PostgreSQL.
     replicas: Option<Arc<replicas::Replicas>>,
+    /// The dashboard's last 24 hours.
+    pub series: dashboard::Series,
 }
 
 impl std::fmt::Debug for Daena {
@@ -211,6 +214,7 @@ impl Daena {
             background: checks::Background::default(),
             started: Instant::now(),
             replicas,
+            series: dashboard::Series::default(),
         }))
     }
 

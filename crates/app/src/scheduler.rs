@@ -23,6 +23,17 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     }));
+    let series = d.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(crate::dashboard::INTERVAL_SECS));
+        loop {
+            tick.tick().await;
+            let d = series.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || d.series.record(&d)).await {
+                tracing::warn!(error = %e, "dashboard sample task failed");
+            }
+        }
+    }));
     let growth = d.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));

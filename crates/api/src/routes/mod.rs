@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agents;
 pub mod analytics;
 pub mod cas;
+pub mod dashboard;
 pub mod ledger;
 pub mod memory;
 pub mod monitoring;

@@ -31,6 +31,12 @@ fn latency(w: &LatencyWindow) -> Option<Latency> {
     })
 }
 
+/// p95 read latency of L1, L2 and L3 over their windows (ms), for the dashboard's history.
+pub fn tier_p95(d: &Daena) -> [Option<f64>; 3] {
+    let l = &d.memory.latency;
+    [&l.l1, &l.l2, &l.l3].map(|w| latency(w).map(|l| l.p95_ms))
+}
+
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
