@@ -55,7 +55,10 @@ pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>,
     if parts.headers.contains_key(crate::extract::API_KEY_HEADER)
         || parts.headers.contains_key(axum::http::header::AUTHORIZATION)
     {
-        let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| client_address(c.0.ip(), &parts.headers, &state.config.server.trusted_proxies));
         if let Some(ip) = peer
             && let Err(throttled) = state.failed_auth.check(ip)
         {
@@ -93,6 +96,41 @@ pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>,
         }
     }
     track(&state, matched.as_ref(), Request::from_parts(parts, body), next).await
+}
+
+/// The address a request comes from: the peer, unless the peer is a trusted proxy; then the
+/// nearest address of `X-Forwarded-For` (read from the right) that is not itself trusted.
+/// An entry that is not an address stops the walk at the last trusted hop, so nothing a
+/// client writes further left is believed.
+pub fn client_address(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[daena_app::config::TrustedProxy],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|t| t.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let parsed = hop
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+            .map(|ip| ip.to_canonical());
+        let Ok(ip) = parsed else { return client };
+        client = ip;
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    client
 }
 
 /// Counts the request and observes its latency under the matched route template, so the
@@ -298,5 +336,37 @@ mod tests {
         let a = request_uuid(rand::random());
         assert_eq!(a.len(), 36);
         assert_ne!(a, request_uuid(rand::random()));
+    }
+}
+
+#[cfg(test)]
+mod forwarded {
+    use super::client_address;
+    use axum::http::HeaderMap;
+
+    fn resolve(peer: &str, xff: &[&str], trusted: &[&str]) -> String {
+        let mut headers = HeaderMap::new();
+        for v in xff {
+            headers.append("x-forwarded-for", v.parse().expect("header"));
+        }
+        let trusted: Vec<_> = trusted.iter().map(|t| t.parse().expect("proxy")).collect();
+        client_address(peer.parse().expect("peer"), &headers, &trusted).to_string()
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_trusted_proxies() {
+        // Not from a trusted proxy: the header is the client's own claim and is ignored.
+        assert_eq!(resolve("203.0.113.5", &["198.51.100.1"], &["10.0.0.0/8"]), "203.0.113.5");
+        // From the load balancer: the address it appended.
+        assert_eq!(resolve("10.0.0.2", &["198.51.100.1"], &["10.0.0.0/8"]), "198.51.100.1");
+        // A client cannot hide behind a forged entry: the nearest untrusted hop wins.
+        assert_eq!(resolve("10.0.0.2", &["1.1.1.1, 198.51.100.1"], &["10.0.0.0/8"]), "198.51.100.1");
+        // Two proxies in a row, in one header or several, with ports and IPv6.
+        assert_eq!(resolve("10.0.0.2", &["198.51.100.1, 10.0.0.9"], &["10.0.0.0/8"]), "198.51.100.1");
+        assert_eq!(resolve("10.0.0.2", &["198.51.100.1:4711", "10.0.0.9"], &["10.0.0.0/8"]), "198.51.100.1");
+        assert_eq!(resolve("10.0.0.2", &["2001:db8::7"], &["10.0.0.2"]), "2001:db8::7");
+        // Garbage stops the walk at the last trusted hop; no header leaves the peer.
+        assert_eq!(resolve("10.0.0.2", &["nonsense, 10.0.0.9"], &["10.0.0.0/8"]), "10.0.0.9");
+        assert_eq!(resolve("10.0.0.2", &[], &["10.0.0.0/8"]), "10.0.0.2");
     }
 }

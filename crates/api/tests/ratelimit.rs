@@ -221,3 +221,53 @@ async fn failed_authentication_is_limited_per_address() {
     assert!(metrics.contains("daena_auth_failures 6"), "{metrics}");
     assert!(metrics.contains("daena_auth_throttled 4"), "{metrics}");
 }
+
+/// Behind a load balancer every request comes from its address: the failed-authentication
+/// limit then counts the client that `X-Forwarded-For` names, when (and only when) the peer
+/// is a configured trusted proxy.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_limited_not_the_proxy() {
+    let app = TestApp::with_config(|c| {
+        c.rate_limit.failed_auth_burst = 2;
+        c.rate_limit.failed_auth_per_minute = 6;
+        c.server.trusted_proxies = vec!["10.0.0.0/8".parse().expect("cidr")];
+    });
+    let send = |peer: &'static str, xff: &'static str, key: &'static str| {
+        let addr: std::net::SocketAddr = peer.parse().expect("address");
+        let req = axum::http::Request::builder()
+            .uri("/api/v1/agents")
+            .extension(axum::extract::ConnectInfo(addr))
+            .header("x-forwarded-for", xff)
+            .header("x-api-key", key)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        app.send(req)
+    };
+    let lb = "10.0.0.2:5000";
+    for _ in 0..2 {
+        assert_eq!(send(lb, "198.51.100.7", "dk_guess").await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        send(lb, "198.51.100.7", "dk_guess").await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the guesser is limited"
+    );
+    assert_eq!(
+        send(lb, "198.51.100.8", OPS).await.status,
+        StatusCode::OK,
+        "another client behind the same proxy is not"
+    );
+    // A forged entry left of the proxy's own does not help the guesser.
+    assert_eq!(send(lb, "203.0.113.1, 198.51.100.7", OPS).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // From an untrusted peer the header is ignored: the peer itself is limited.
+    let direct = "192.0.2.50:1";
+    for (i, claimed) in ["198.51.100.20", "198.51.100.21"].iter().enumerate() {
+        let status = send(direct, claimed, "dk_guess").await.status;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    assert_eq!(
+        send(direct, "198.51.100.22", OPS).await.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a new claimed address does not reset it"
+    );
+}

@@ -98,6 +98,46 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// A connection that has not sent a request's headers whole within this time is closed.
     pub header_read_timeout_secs: u64,
+    /// Load balancers and ingress proxies in front of Daena (addresses or CIDR ranges,
+    /// `DAENA_SERVER_TRUSTED_PROXIES=10.0.0.0/8,192.168.1.7`). A request from one of them is
+    /// attributed to the address its `X-Forwarded-For` names (the nearest one not itself
+    /// trusted) for the per-address limit on failed authentication; from anyone else the
+    /// header is ignored, so it cannot be used to dodge that limit.
+    pub trusted_proxies: Vec<TrustedProxy>,
+}
+
+/// An address or CIDR range of a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy(pub ipnet::IpNet);
+
+impl TrustedProxy {
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl std::str::FromStr for TrustedProxy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(TrustedProxy)
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8 or 192.168.1.7)"))
+    }
+}
+
+impl Serialize for TrustedProxy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedProxy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for ServerConfig {
@@ -112,6 +152,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             shutdown_grace_secs: 10,
             header_read_timeout_secs: 10,
+            trusted_proxies: Vec::new(),
         }
     }
 }
