@@ -88,6 +88,16 @@ impl LedgerWriter {
     /// Writes a batch [`LedgerWriter::seal`] made (nothing else may have been written since)
     /// with one `fdatasync`, and publishes it to readers.
     pub fn write_sealed(&mut self, sealed: &Sealed) -> Result<(), StoreError> {
+        self.write_batch(sealed, true)
+    }
+
+    /// [`LedgerWriter::write_sealed`] without `fdatasync`: for a copy of a ledger kept
+    /// durably elsewhere, which is copied again after a crash.
+    pub fn write_sealed_unsynced(&mut self, sealed: &Sealed) -> Result<(), StoreError> {
+        self.write_batch(sealed, false)
+    }
+
+    fn write_batch(&mut self, sealed: &Sealed, sync: bool) -> Result<(), StoreError> {
         if sealed.receipts.is_empty() {
             return Ok(());
         }
@@ -97,19 +107,7 @@ impl LedgerWriter {
                 detail: format!("sealed at {}, the ledger is at {}", sealed.first_seq, self.next_seq),
             });
         }
-        self.write_lines(&sealed.lines, &sealed.receipts, true)
-    }
-
-    /// [`LedgerWriter::write_sealed`] without `fdatasync`: for a copy of a ledger kept
-    /// durably elsewhere, which is copied again after a crash.
-    pub fn write_sealed_unsynced(&mut self, sealed: &Sealed) -> Result<(), StoreError> {
-        if sealed.first_seq != self.next_seq {
-            return Err(StoreError::Corrupt {
-                what: "ledger batch".into(),
-                detail: format!("sealed at {}, the ledger is at {}", sealed.first_seq, self.next_seq),
-            });
-        }
-        self.write_lines(&sealed.lines, &sealed.receipts, false)
+        self.write_lines(&sealed.lines, &sealed.receipts, sync)
     }
 
     /// Appends lines sealed elsewhere (another replica's entries, read from the shared
