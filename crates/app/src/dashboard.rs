@@ -1,20 +1,28 @@
 //! The operator dashboard's history: every minute, one sample of the figures its charts
 //! draw (health, cache hit rates, tier latencies, error rate, spend and savings, ledger size),
-//! the last 24 hours kept in memory. The live panels read the service's own endpoints; this
-//! is only what they cannot: the past.
+//! the last 24 hours kept in memory and saved every few minutes (and at shutdown), so a
+//! restart keeps the history. The live panels read the service's own endpoints; this is only
+//! what they cannot: the past.
 
+use crate::error::AppResult;
 use crate::health::HealthStatus;
 use crate::{Daena, analytics, cas};
+use daena_store::kv::{DocTable, Kv, doc_table};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+const SERIES: DocTable = doc_table("dashboard_series");
+/// How often the samples are saved (and at shutdown).
+const SAVE_EVERY: Duration = Duration::from_secs(300);
 
 /// Samples kept: 24 hours at one a minute.
 pub const KEEP: usize = 24 * 60;
 /// Seconds between samples.
 pub const INTERVAL_SECS: u64 = 60;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sample {
     /// Milliseconds since 1970-01-01 UTC.
@@ -47,15 +55,40 @@ pub struct SeriesView {
     pub samples: Vec<Sample>,
 }
 
-/// The kept samples.
-#[derive(Debug, Default)]
-pub struct Series(Mutex<VecDeque<Sample>>);
+/// The kept samples, and when they were last saved.
+#[derive(Debug)]
+pub struct Series {
+    samples: Mutex<VecDeque<Sample>>,
+    saved: Mutex<Option<Instant>>,
+    kv: Kv,
+}
 
 impl Series {
+    /// The samples saved by the last run, if any.
+    pub fn load(kv: Kv) -> AppResult<Series> {
+        let mut samples: VecDeque<Sample> = kv.get_doc::<VecDeque<Sample>>(SERIES, "samples")?.unwrap_or_default();
+        while samples.len() > KEEP {
+            samples.pop_front();
+        }
+        Ok(Series { samples: Mutex::new(samples), saved: Mutex::new(None), kv })
+    }
+
+    /// Saves the samples when the last save is older than [`SAVE_EVERY`], or now with `force`.
+    pub fn save(&self, force: bool) -> AppResult<()> {
+        let mut saved = self.saved.lock();
+        if !force && saved.is_some_and(|t| t.elapsed() < SAVE_EVERY) {
+            return Ok(());
+        }
+        let samples = self.samples.lock().clone();
+        self.kv.put_doc(SERIES, "samples", &samples)?;
+        *saved = Some(Instant::now());
+        Ok(())
+    }
+
     /// Takes a sample now and keeps it, dropping what is older than [`KEEP`] samples.
     pub fn record(&self, d: &Daena) {
         let s = sample(d);
-        let mut q = self.0.lock();
+        let mut q = self.samples.lock();
         if q.len() >= KEEP {
             q.pop_front();
         }
@@ -64,7 +97,7 @@ impl Series {
 
     /// The kept samples and one taken now.
     pub fn view(&self, d: &Daena) -> SeriesView {
-        let mut samples: Vec<Sample> = self.0.lock().iter().cloned().collect();
+        let mut samples: Vec<Sample> = self.samples.lock().iter().cloned().collect();
         samples.push(sample(d));
         SeriesView { interval_secs: INTERVAL_SECS, samples }
     }

@@ -186,6 +186,7 @@ impl Daena {
         let carried = governance::carried_ops(&kv)?.into_iter().map(state::Op::from).collect();
         let (ledger, commit) =
             open_ledger(&config, &data, replicas.as_deref(), clock.clone(), Box::new(state), carried)?;
+        let series = dashboard::Series::load(kv.clone())?;
         let metrics = Metrics::new();
         metrics.expected_agents.set(daena_core::agents::EXPECTED_AGENTS as i64);
         Ok(Arc::new(Daena {
@@ -214,7 +215,7 @@ impl Daena {
             background: checks::Background::default(),
             started: Instant::now(),
             replicas,
-            series: dashboard::Series::default(),
+            series,
         }))
     }
 
@@ -278,6 +279,7 @@ impl Daena {
     /// Periodic housekeeping: flushes heartbeats and analytics. Called by the scheduler and at shutdown.
     pub fn flush(&self) -> AppResult<()> {
         self.agents.flush()?;
+        self.series.save(false)?;
         self.analytics.flush()
     }
 
@@ -285,6 +287,7 @@ impl Daena {
     /// stops the commit thread.
     pub async fn shutdown(&self) -> AppResult<()> {
         self.flush()?;
+        self.series.save(true)?;
         self.commit.shutdown().await
     }
 

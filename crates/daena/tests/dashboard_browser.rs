@@ -221,3 +221,36 @@ async fn the_dashboard_signs_in_and_renders_every_panel_with_live_numbers() {
     c.close().await.expect("close the browser");
     drop(server);
 }
+
+/// The dashboard's history survives a restart: samples taken before a clean stop are served
+/// again after the next start, oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_history_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let series = |url: String| async move {
+        let (status, v) = call(Method::GET, &format!("{url}/api/v1/dashboard/series"), None, None).await;
+        assert_eq!(status, 200, "{v}");
+        v["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .map(|s| s["at_ms"].as_i64().expect("at_ms"))
+            .collect::<Vec<_>>()
+    };
+    let server = Server::start(dir.path(), &[]);
+    // The first sample is taken as the service starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let s = series(server.url.clone()).await;
+        if s.len() >= 2 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no sample was kept: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(server.stop().success());
+    let server = Server::start(dir.path(), &[]);
+    let after = series(server.url.clone()).await;
+    assert!(after.contains(&before[0]), "the sample from before the restart is kept: {before:?} / {after:?}");
+    assert!(after.windows(2).all(|w| w[0] <= w[1]), "oldest first: {after:?}");
+}
