@@ -9,7 +9,9 @@
 //!   acknowledged delete stays deleted, a stored cache answer is served, a created key works
 //!   and a revoked one is refused, a changed limit is in effect;
 //! - nothing unacknowledged is half visible: a payload is always one that was sent whole;
-//! - the ledger verifies from the first entry.
+//! - the ledger verifies from the first entry;
+//! - at the end, the state rebuilt offline from the ledger (`daena replay` from a snapshot
+//!   taken before the first write) shows exactly the same.
 //!
 //! It reports rounds, acknowledged operations, losses (target 0) and the recovery time after
 //! each kill (spawn to serving), and exits 1 on any loss.

@@ -31,6 +31,9 @@ impl Rng {
 }
 
 pub struct Report {
+    /// Whether the state rebuilt from the ledger (`daena replay` from the snapshot taken
+    /// before the first write) was checked against everything acknowledged.
+    pub replayed: bool,
     pub rounds: u32,
     pub acked: u64,
     pub losses: Vec<String>,
@@ -45,13 +48,14 @@ impl Report {
         r.sort_by(f64::total_cmp);
         let pct = |p: f64| r.get(((r.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0.0);
         let mut out = format!(
-            "crash rounds: {} · acknowledged operations: {} · losses: {} · ledger entries: {} · recovery after SIGKILL: median {:.0} ms, max {:.0} ms",
+            "crash rounds: {} · acknowledged operations: {} · losses: {} · ledger entries: {} · recovery after SIGKILL: median {:.0} ms, max {:.0} ms · state rebuilt from the ledger {}",
             self.rounds,
             self.acked,
             self.losses.len(),
             self.entries,
             pct(0.5),
-            r.last().copied().unwrap_or(0.0)
+            r.last().copied().unwrap_or(0.0),
+            if self.replayed { "matches" } else { "not checked" }
         );
         for l in self.losses.iter().take(20) {
             out.push_str(&format!("\n  LOSS: {l}"));
@@ -73,6 +77,44 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Stops the server with SIGTERM (an orderly shutdown) and waits for it.
+fn stop(mut server: Server) -> anyhow::Result<()> {
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().context("kill -TERM")?;
+    let status = server.child.wait()?;
+    if !status.success() {
+        bail!("daena serve exited with {status} on SIGTERM");
+    }
+    Ok(())
+}
+
+/// Rebuilds the state from `snapshot` plus a copy of the ledger (`daena replay`), offline.
+fn replay(bin: &Path, dir: &Path, snapshot: &Path) -> anyhow::Result<()> {
+    let copy = dir.join("ledger-copy");
+    std::fs::create_dir_all(&copy)?;
+    for entry in std::fs::read_dir(dir.join("data/ledger"))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), copy.join(entry.file_name()))?;
+        }
+    }
+    let out = Command::new(bin)
+        .args(["replay", "--ledger"])
+        .arg(&copy)
+        .arg("--from-snapshot")
+        .arg(snapshot)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DAENA_DATA_DIR", dir.join("data"))
+        .env("DAENA_CONFIG_DIR", dir.join("config"))
+        .output()
+        .context("running daena replay")?;
+    if !out.status.success() {
+        bail!("daena replay failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -343,8 +385,16 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let model = Arc::new(Mutex::new(Model::default()));
     let mut rng = Rng(args.seed);
-    let mut report =
-        Report { rounds: 0, acked: 0, losses: Vec::new(), recovery_ms: Vec::new(), entries: 0, data_dir: None };
+    let mut snapshot = None;
+    let mut report = Report {
+        replayed: false,
+        rounds: 0,
+        acked: 0,
+        losses: Vec::new(),
+        recovery_ms: Vec::new(),
+        entries: 0,
+        data_dir: None,
+    };
     for round in 0..=args.rounds {
         let (mut server, ms) = start(&bin, scratch.path(), &http).await?;
         if round > 0 {
@@ -359,11 +409,32 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         for l in losses {
             report.losses.push(format!("after round {round}: {l}"));
         }
+        if round == 0 {
+            // The starting point of the replay check at the end: the state before any write.
+            let url = format!("{}/api/v1/admin/snapshots", server.url);
+            let (status, v) = send(&http, reqwest::Method::POST, url, OPS, Some(json!({})))
+                .await
+                .map_err(|()| anyhow::anyhow!("the server stopped answering"))?;
+            let name = v["name"].as_str().filter(|_| status == 200 || status == 201);
+            let name = name.with_context(|| format!("taking the first snapshot: HTTP {status} {v}"))?;
+            snapshot = Some(scratch.path().join("data/snapshots").join(format!("{name}.tar.zst")));
+        }
         if round == args.rounds {
             let (_, head) = send(&http, reqwest::Method::GET, format!("{}/api/v1/ledger/head", server.url), OPS, None)
                 .await
                 .map_err(|()| anyhow::anyhow!("the server stopped answering"))?;
             report.entries = head["size"].as_u64().unwrap_or(0);
+            // The state rebuilt from the ledger must equal the state the rounds left.
+            if let Some(snapshot) = &snapshot {
+                stop(server)?;
+                replay(&bin, scratch.path(), snapshot)?;
+                let (server, _) = start(&bin, scratch.path(), &http).await?;
+                let mut m = model.lock().map_err(|_| anyhow::anyhow!("model lock poisoned"))?.clone_for_check();
+                for l in check(&http, &server.url, &mut m).await? {
+                    report.losses.push(format!("after the replay: {l}"));
+                }
+                report.replayed = true;
+            }
             break;
         }
         let mut tasks = Vec::new();
