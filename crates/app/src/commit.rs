@@ -254,11 +254,6 @@ impl<S: Send + 'static> Committer<S> {
         self.submit(Op::Append(entries)).await
     }
 
-    /// Whether other replicas extend the same ledger.
-    pub fn is_shared(&self) -> bool {
-        self.shared
-    }
-
     /// Returns once the state holds every entry the shared ledger held when called (a read
     /// barrier: what any replica acknowledged before is visible here after). Barriers that
     /// wait together share one read of the ledger. Immediate when the ledger is not shared.
@@ -369,22 +364,19 @@ impl<S: Send + 'static> Worker<S> {
         }
     }
 
-    /// Applies lines other replicas appended (already in the local ledger) to the state.
-    fn replay_foreign(&mut self, lines: Vec<String>) -> AppResult<()> {
+    /// Applies entries other replicas appended (already in the local ledger) to the state.
+    fn replay_foreign(&mut self, entries: Vec<Entry>) -> AppResult<()> {
         if let Some(e) = &self.stalled {
             return Err(e.clone());
         }
-        for line in &lines {
-            let applied = daena_core::ledger::entry::parse_line(line)
-                .map_err(|e| AppError::internal(format!("an entry of the shared ledger: {e}")))
-                .and_then(|entry| self.state.replay(&entry));
-            if let Err(e) = applied {
+        for entry in &entries {
+            if let Err(e) = self.state.replay(entry) {
                 tracing::error!(error = %e.message, "this replica cannot apply the shared ledger; it refuses operations until restarted with a version that can");
                 self.stalled = Some(e.clone());
                 return Err(e);
             }
         }
-        self.since_checkpoint += lines.len() as u64;
+        self.since_checkpoint += entries.len() as u64;
         Ok(())
     }
 
@@ -393,11 +385,11 @@ impl<S: Send + 'static> Worker<S> {
         if !self.writer.shared() {
             return Ok(());
         }
-        let lines = self
+        let entries = self
             .writer
             .catch_up()
             .map_err(|e| AppError::unavailable(format!("the shared ledger cannot be read: {e}")))?;
-        self.replay_foreign(lines)
+        self.replay_foreign(entries)
     }
 
     fn commit(&mut self, jobs: Vec<(Op<S>, Reply)>) {
@@ -409,7 +401,7 @@ impl<S: Send + 'static> Worker<S> {
                 .writer
                 .begin()
                 .map_err(|e| AppError::unavailable(format!("the shared ledger cannot be written: {e}")))
-                .and_then(|lines| self.replay_foreign(lines));
+                .and_then(|entries| self.replay_foreign(entries));
             if let Err(e) = taken {
                 self.writer.release();
                 for (_, reply) in jobs {

@@ -320,21 +320,23 @@ fn open_ledger(
     let key = ledger::signing_key(data)?;
     writer.publish_public_key(&key.verifying_key())?;
     let public_key = hex::encode(key.verifying_key().to_bytes());
+    replay(&reader, state.as_mut())?;
     let writer: Box<dyn daena_store::ledger::LedgerAppend> = match replicas {
         Some(r) => {
-            // Copy what the shared chain holds past the local copy; the replay below applies it.
+            // Copy what the shared chain holds past the local copy, and apply it.
             let mut shared = daena_store::pg::PgLedger::open(&r.url, writer)
                 .map_err(|e| AppError::unavailable(format!("opening the shared ledger: {e}")))?;
             let copied = daena_store::ledger::LedgerAppend::catch_up(&mut shared)
                 .map_err(|e| AppError::unavailable(format!("reading the shared ledger: {e}")))?;
             if !copied.is_empty() {
-                tracing::info!(entries = copied.len(), "copied the shared ledger's new entries");
+                copied.iter().try_for_each(|e| state.replay(e))?;
+                state.flush()?;
+                tracing::info!(entries = copied.len(), "copied and applied the shared ledger's new entries");
             }
             Box::new(shared)
         }
         None => Box::new(writer),
     };
-    replay(&reader, state.as_mut())?;
     let policy = CommitPolicy {
         checkpoint_every_entries: config.ledger.checkpoint_every_entries,
         checkpoint_every: std::time::Duration::from_secs(config.ledger.checkpoint_every_secs),

@@ -60,15 +60,15 @@ pub trait LedgerAppend: Send {
         false
     }
     /// Takes the chain for one batch, until [`LedgerAppend::append`] or
-    /// [`LedgerAppend::release`], and returns the lines others appended since, already added
-    /// to this writer's copy of the chain (the state has yet to apply them).
-    fn begin(&mut self) -> Result<Vec<String>, StoreError> {
+    /// [`LedgerAppend::release`], and returns the entries others appended since, already
+    /// added to this writer's copy of the chain (the state has yet to apply them).
+    fn begin(&mut self) -> Result<Vec<Entry>, StoreError> {
         Ok(Vec::new())
     }
     /// Gives the chain back without appending.
     fn release(&mut self) {}
     /// Like [`LedgerAppend::begin`] without taking the chain.
-    fn catch_up(&mut self) -> Result<Vec<String>, StoreError> {
+    fn catch_up(&mut self) -> Result<Vec<Entry>, StoreError> {
         Ok(Vec::new())
     }
 }
@@ -258,7 +258,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// The hash field of a sealed line, without verifying it.
-fn stated_hash(line: &[u8]) -> Option<Hash> {
+pub(crate) fn stated_hash(line: &[u8]) -> Option<Hash> {
     let tail = line.strip_suffix(b"\"}")?;
     let hex_part = tail.get(tail.len().checked_sub(64)?..)?;
     let mut h = [0u8; 32];

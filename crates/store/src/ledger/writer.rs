@@ -112,31 +112,34 @@ impl LedgerWriter {
 
     /// Appends lines sealed elsewhere (another replica's entries, read from the shared
     /// ledger) after checking each continues this chain: sequence, `prev`, hash and body.
-    /// Not synced: the shared ledger keeps them durably.
-    pub fn mirror(&mut self, lines: &[String]) -> Result<(), StoreError> {
+    /// Not synced: the shared ledger keeps them durably. Returns the entries, parsed once
+    /// (parsing checks the line), for the state to apply.
+    pub fn mirror(&mut self, lines: &[String]) -> Result<Vec<entry::Entry>, StoreError> {
         let mut buf = String::new();
         let mut receipts = Vec::with_capacity(lines.len());
-        let mut scratch = Vec::new();
+        let mut entries = Vec::with_capacity(lines.len());
         let mut prev = self.prev;
         for (i, line) in lines.iter().enumerate() {
             let seq = self.next_seq + i as u64;
             let text = line.strip_suffix('\n').unwrap_or(line);
-            let facts = entry::check_line(text, &mut scratch).map_err(|e| StoreError::Corrupt {
+            let e = entry::parse_line(text).map_err(|e| StoreError::Corrupt {
                 what: format!("shared ledger entry {seq}"),
                 detail: e.to_string(),
             })?;
-            if facts.seq != seq || facts.prev != prev {
+            if e.seq != seq || e.prev != prev {
                 return Err(StoreError::Corrupt {
                     what: format!("shared ledger entry {seq}"),
-                    detail: format!("it does not continue this chain (it states sequence {})", facts.seq),
+                    detail: format!("it does not continue this chain (it states sequence {})", e.seq),
                 });
             }
             buf.push_str(text);
             buf.push('\n');
-            receipts.push(Receipt { seq, hash: facts.hash, ts: facts.ts });
-            prev = facts.hash;
+            receipts.push(Receipt { seq, hash: e.hash, ts: e.ts });
+            prev = e.hash;
+            entries.push(e);
         }
-        self.write_lines(&buf, &receipts, false)
+        self.write_lines(&buf, &receipts, false)?;
+        Ok(entries)
     }
 
     fn write_lines(&mut self, buf: &str, receipts: &[Receipt], sync: bool) -> Result<(), StoreError> {

@@ -9,9 +9,9 @@
 
 use super::{CHAIN_LOCK, Conn, pg};
 use crate::StoreError;
-use crate::ledger::{LedgerAppend, LedgerWriter, Receipt};
+use crate::ledger::{LedgerAppend, LedgerWriter, Receipt, stated_hash};
 use daena_core::ledger::Checkpoint;
-use daena_core::ledger::entry::NewEntry;
+use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_core::time::Micros;
 
 /// Lines read per query while catching up.
@@ -47,7 +47,7 @@ impl PgLedger {
                 Ok(row.map(|r| r.get(0)))
             })?;
             let ours = ledger.local.head_line_hash();
-            let theirs = head.as_deref().and_then(stated_hash);
+            let theirs = head.as_deref().and_then(|line| stated_hash(line.trim_end().as_bytes()));
             if theirs.is_none() || theirs != ours {
                 return Err(StoreError::Corrupt {
                     what: "the local ledger".into(),
@@ -61,8 +61,8 @@ impl PgLedger {
         Ok(ledger)
     }
 
-    /// Copies what the shared chain holds past the local copy into it; returns those lines.
-    fn pull(&mut self) -> Result<Vec<String>, StoreError> {
+    /// Copies what the shared chain holds past the local copy into it; returns those entries.
+    fn pull(&mut self) -> Result<Vec<Entry>, StoreError> {
         let mut all = Vec::new();
         loop {
             let after = self.local.size() as i64;
@@ -77,9 +77,8 @@ impl PgLedger {
             if lines.is_empty() {
                 return Ok(all);
             }
-            self.local.mirror(&lines)?;
             let full = lines.len() as i64 == PAGE;
-            all.extend(lines);
+            all.extend(self.local.mirror(&lines)?);
             if !full {
                 return Ok(all);
             }
@@ -105,15 +104,6 @@ impl PgLedger {
     }
 }
 
-/// The hash a line states (its last field).
-fn stated_hash(line: &str) -> Option<[u8; 32]> {
-    let text = line.trim_end().strip_suffix("\"}")?;
-    let hex_text = text.get(text.len().checked_sub(64)?..)?;
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_text, &mut out).ok()?;
-    Some(out)
-}
-
 impl LedgerAppend for PgLedger {
     fn size(&self) -> u64 {
         self.local.size()
@@ -123,7 +113,7 @@ impl LedgerAppend for PgLedger {
         true
     }
 
-    fn begin(&mut self) -> Result<Vec<String>, StoreError> {
+    fn begin(&mut self) -> Result<Vec<Entry>, StoreError> {
         super::off_runtime(|| self.begin_now())
     }
 
@@ -131,7 +121,7 @@ impl LedgerAppend for PgLedger {
         super::off_runtime(|| self.rollback());
     }
 
-    fn catch_up(&mut self) -> Result<Vec<String>, StoreError> {
+    fn catch_up(&mut self) -> Result<Vec<Entry>, StoreError> {
         if self.in_txn {
             return Ok(Vec::new());
         }
@@ -152,7 +142,7 @@ impl LedgerAppend for PgLedger {
 }
 
 impl PgLedger {
-    fn begin_now(&mut self) -> Result<Vec<String>, StoreError> {
+    fn begin_now(&mut self) -> Result<Vec<Entry>, StoreError> {
         if let Some(why) = &self.broken {
             return Err(StoreError::Corrupt { what: "the local ledger".into(), detail: why.clone() });
         }
@@ -190,14 +180,11 @@ impl PgLedger {
         let sealed = self.local.seal(entries, now);
         let seqs: Vec<i64> = sealed.receipts.iter().map(|r| r.seq as i64).collect();
         let lines: Vec<&str> = sealed.lines.lines().collect();
-        let committed = self.insert_and_commit(&seqs, &lines);
-        self.in_txn = false;
-        if let Err(e) = committed {
-            if let Ok(c) = self.conn.get() {
-                let _ = c.batch_execute("rollback");
-            }
+        if let Err(e) = self.insert_and_commit(&seqs, &lines) {
+            self.rollback();
             return Err(e);
         }
+        self.in_txn = false;
         // The local copy is not synced: PostgreSQL holds the batch durably, and whatever a
         // crash takes off the copy is copied again at the next start.
         if let Err(e) = self.local.write_sealed_unsynced(&sealed) {
