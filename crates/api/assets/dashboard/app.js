@@ -223,13 +223,14 @@ async function refresh() {
   const series = await api("/api/v1/dashboard/series");
   await Promise.all([
     panel("panel-health", "/health", renderHealth),
-    panel("panel-cache", ["/monitoring/memory/cas", "/api/v1/dashboard/series"], renderCache),
-    panel("panel-latency", ["/monitoring/memory", "/api/v1/dashboard/series"], renderLatency),
+    // The history is fetched once above and shared by the panels that chart it.
+    panel("panel-cache", "/monitoring/memory/cas", (cas) => renderCache([cas, series])),
+    panel("panel-latency", "/monitoring/memory", (mem) => renderLatency([mem, series])),
     Promise.resolve(renderErrors(series)),
     panel("panel-agents", "/api/v1/agents", renderAgents),
     panel("panel-anomalies", "/api/v1/analytics/anomalies", renderAnomalies),
     panel("panel-comms", "/api/v1/analytics/communication-patterns", renderComms),
-    panel("panel-cost", ["/monitoring/memory/cost-tracking", "/api/v1/dashboard/series"], renderCost),
+    panel("panel-cost", "/monitoring/memory/cost-tracking", (costs) => renderCost([costs, series])),
     panel("panel-limits", "/api/v1/tenant-rate-limit/stats", renderLimits),
     panel("panel-ledger", ["/api/v1/ledger/head", "/api/v1/ledger/verification"], renderLedger),
     panel("panel-backups", ["/api/v1/admin/snapshots", "/api/v1/admin/drills/last"], renderBackups),

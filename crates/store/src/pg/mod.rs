@@ -186,7 +186,7 @@ pub struct PgDocs {
 impl PgDocs {
     pub fn open(url: &str) -> Result<PgDocs, StoreError> {
         let docs = PgDocs { conn: Mutex::new(Conn::new(url)) };
-        docs.with(|c| c.execute("select 1", &[]).map_err(pg("probing PostgreSQL")).map(|_| ()))?;
+        docs.probe()?;
         Ok(docs)
     }
 
