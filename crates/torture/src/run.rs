@@ -173,13 +173,23 @@ async fn send(
     Ok((status, resp.json().await.unwrap_or(Json::Null)))
 }
 
+/// [`send`] where the server must answer (checks, set-up): no answer is an error.
+async fn ask(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    key: &str,
+    body: Option<Json>,
+) -> anyhow::Result<(u16, Json)> {
+    send(http, method, url, key, body).await.map_err(|()| anyhow::anyhow!("the server stopped answering"))
+}
+
 /// Checks everything acknowledged so far against the running server; returns the losses.
 async fn check(http: &reqwest::Client, url: &str, model: &mut Model) -> anyhow::Result<Vec<String>> {
     let mut losses = Vec::new();
     for (key, cell) in &mut model.records {
-        let (status, body) = send(http, reqwest::Method::GET, format!("{url}/api/v1/memory/chat/{key}"), OPS, None)
-            .await
-            .map_err(|()| anyhow::anyhow!("the server stopped answering during the check"))?;
+        let (status, body) =
+            ask(http, reqwest::Method::GET, format!("{url}/api/v1/memory/chat/{key}"), OPS, None).await?;
         let seen = match status {
             200 => Value::Put(body["payload"]["v"].as_str().unwrap_or("<not a payload this run sent>").to_owned()),
             404 => Value::Absent,
@@ -195,9 +205,7 @@ async fn check(http: &reqwest::Client, url: &str, model: &mut Model) -> anyhow::
     }
     for (prompt, answer) in &model.cache {
         let body = json!({"model": "torture", "messages": [{"role": "user", "content": prompt}]});
-        let (status, v) = send(http, reqwest::Method::POST, format!("{url}/api/v1/cas/lookup"), OPS, Some(body))
-            .await
-            .map_err(|()| anyhow::anyhow!("the server stopped answering during the check"))?;
+        let (status, v) = ask(http, reqwest::Method::POST, format!("{url}/api/v1/cas/lookup"), OPS, Some(body)).await?;
         let got = v["response"]["choices"][0]["message"]["content"].as_str();
         if status != 200 || v["hit"] != true || got != Some(answer.as_str()) {
             losses.push(format!("cache entry {prompt:?}: lookup gave HTTP {status} {v}"));
@@ -205,9 +213,7 @@ async fn check(http: &reqwest::Client, url: &str, model: &mut Model) -> anyhow::
     }
     for k in &mut model.keys {
         let url = format!("{url}/api/v1/agents/sales_synth/heartbeat");
-        let (status, _) = send(http, reqwest::Method::POST, url, &k.token, None)
-            .await
-            .map_err(|()| anyhow::anyhow!("the server stopped answering during the check"))?;
+        let (status, _) = ask(http, reqwest::Method::POST, url, &k.token, None).await?;
         let revoked = match status {
             200 => false,
             401 => true,
@@ -220,9 +226,8 @@ async fn check(http: &reqwest::Client, url: &str, model: &mut Model) -> anyhow::
     }
     if let Some(limit) = &mut model.limit {
         let (status, v) =
-            send(http, reqwest::Method::GET, format!("{url}/api/v1/tenant-rate-limit/{LIMITED}/status"), OPS, None)
-                .await
-                .map_err(|()| anyhow::anyhow!("the server stopped answering during the check"))?;
+            ask(http, reqwest::Method::GET, format!("{url}/api/v1/tenant-rate-limit/{LIMITED}/status"), OPS, None)
+                .await?;
         let rpm = v["limit"]["rpm"].as_u64().and_then(|r| u32::try_from(r).ok()).unwrap_or(0);
         if status != 200 || !limit.admits(&rpm) {
             losses.push(format!(
@@ -233,9 +238,7 @@ async fn check(http: &reqwest::Client, url: &str, model: &mut Model) -> anyhow::
         limit.settle(rpm);
     }
     let (status, v) =
-        send(http, reqwest::Method::POST, format!("{url}/api/v1/ledger/verification"), OPS, Some(json!({})))
-            .await
-            .map_err(|()| anyhow::anyhow!("the server stopped answering during the check"))?;
+        ask(http, reqwest::Method::POST, format!("{url}/api/v1/ledger/verification"), OPS, Some(json!({}))).await?;
     if status != 200 || v["ok"] != true {
         losses.push(format!("the ledger does not verify: HTTP {status} {v}"));
     }
@@ -412,17 +415,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         if round == 0 {
             // The starting point of the replay check at the end: the state before any write.
             let url = format!("{}/api/v1/admin/snapshots", server.url);
-            let (status, v) = send(&http, reqwest::Method::POST, url, OPS, Some(json!({})))
-                .await
-                .map_err(|()| anyhow::anyhow!("the server stopped answering"))?;
+            let (status, v) = ask(&http, reqwest::Method::POST, url, OPS, Some(json!({}))).await?;
             let name = v["name"].as_str().filter(|_| status == 200 || status == 201);
             let name = name.with_context(|| format!("taking the first snapshot: HTTP {status} {v}"))?;
             snapshot = Some(scratch.path().join("data/snapshots").join(format!("{name}.tar.zst")));
         }
         if round == args.rounds {
-            let (_, head) = send(&http, reqwest::Method::GET, format!("{}/api/v1/ledger/head", server.url), OPS, None)
-                .await
-                .map_err(|()| anyhow::anyhow!("the server stopped answering"))?;
+            let (_, head) =
+                ask(&http, reqwest::Method::GET, format!("{}/api/v1/ledger/head", server.url), OPS, None).await?;
             report.entries = head["size"].as_u64().unwrap_or(0);
             // The state rebuilt from the ledger must equal the state the rounds left.
             if let Some(snapshot) = &snapshot {
