@@ -642,6 +642,19 @@ async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollb
     report.expect("rollback");
     check(&app).await;
     assert_eq!(app.call("GET", "/api/v1/memory/chat/last", Some(OPS), None).await.status, StatusCode::NOT_FOUND);
+
+    // New data key versions, then a re-encryption: the dictionary is sealed again under the
+    // new version before the old one is retired, so it still opens after a restart, and the
+    // records compressed with it read.
+    assert_eq!(app.daena.keyring.new_data_key_versions().expect("new versions"), 2);
+    let who = common::ops(&app.daena);
+    let r = daena_app::keyrotate::reseal(&app.daena, &who, |_, _| {}).await.expect("reseal");
+    assert_eq!((r.dictionaries_resealed, r.data_keys_retired, r.errors), (1, 2, 0), "{r:?}");
+    assert!(r.resealed >= 40, "{r:?}");
+    assert!(app.daena.keyring.older_versions().expect("older").is_empty());
+    let app = app.reopen(|_| {}).await;
+    assert_eq!(app.daena.memory.dicts.list().len(), 1, "the dictionary opens under the new version");
+    check(&app).await;
 }
 
 /// Writes go on while the commit thread hands overlay layers to the settler thread (6,000

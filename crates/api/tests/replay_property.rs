@@ -1,7 +1,8 @@
 //! One state machine for every ledgered action: random sequences of memory, trust, cache and
 //! governance actions, with a snapshot taken anywhere among them; the snapshot plus a replay
 //! of the ledger after it gives the live state again, governance included (keys and their
-//! revocations, shreds, rate-limit overrides, the write switch, the last drill, trust).
+//! revocations, shreds, rate-limit overrides, the write switch, the last drill, trust, data
+//! keys retired after a rotation).
 
 mod common;
 
@@ -14,18 +15,53 @@ const TENANTS: [&str; 3] = ["default", "acme", "globex"];
 
 #[derive(Debug, Clone)]
 enum Action {
-    Put { tenant: usize, legal: bool, key: u8, value: u8 },
-    Delete { tenant: usize, legal: bool, key: u8 },
-    Confirm { by: u8, key: u8 },
-    Promote { tenant: usize, key: u8 },
-    KeyCreate { name: u8, tenant: usize },
-    KeyRevoke { name: u8 },
-    Limit { tenant: usize, limit: Option<(u32, u32)> },
+    Put {
+        tenant: usize,
+        legal: bool,
+        key: u8,
+        value: u8,
+    },
+    Delete {
+        tenant: usize,
+        legal: bool,
+        key: u8,
+    },
+    Confirm {
+        by: u8,
+        key: u8,
+    },
+    Promote {
+        tenant: usize,
+        key: u8,
+    },
+    KeyCreate {
+        name: u8,
+        tenant: usize,
+    },
+    KeyRevoke {
+        name: u8,
+    },
+    Limit {
+        tenant: usize,
+        limit: Option<(u32, u32)>,
+    },
     Writes(bool),
-    Shred { tenant: usize },
-    Drill { passed: bool },
-    CacheStore { tenant: usize, prompt: u8 },
-    CacheEvict { tenant: usize, prompt: u8 },
+    Shred {
+        tenant: usize,
+    },
+    Drill {
+        passed: bool,
+    },
+    CacheStore {
+        tenant: usize,
+        prompt: u8,
+    },
+    CacheEvict {
+        tenant: usize,
+        prompt: u8,
+    },
+    /// A master key rotation: new data key versions, everything sealed again, older retired.
+    Rotate,
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -43,6 +79,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<bool>().prop_map(|passed| Action::Drill { passed }),
         2 => (t.clone(), 0..3u8).prop_map(|(tenant, prompt)| Action::CacheStore { tenant, prompt }),
         1 => (t, 0..3u8).prop_map(|(tenant, prompt)| Action::CacheEvict { tenant, prompt }),
+        1 => Just(Action::Rotate),
     ]
 }
 
@@ -121,6 +158,11 @@ async fn perform(app: &TestApp, keys: &mut BTreeMap<u8, (String, String)>, a: &A
             )
             .await;
         }
+        Action::Rotate => {
+            let who = common::ops(&app.daena);
+            // Refused while writes are off; the sequence goes on either way.
+            let _ = daena_app::keyrotate::rotate(&app.daena, &who, None, false, |_, _| {}).await;
+        }
         Action::CacheEvict { tenant, prompt } => {
             let r = put(*tenant, "/api/v1/cas/lookup".into(), Some(chat(*prompt)), "POST").await;
             if let Some(key) = r.json()["key"].as_str() {
@@ -155,6 +197,7 @@ async fn observe(app: &TestApp) -> Value {
     cache.sort();
     let mut shredded = d.keyring.shredded_tenants().expect("shredded");
     shredded.sort();
+    let older = d.keyring.older_versions().expect("older versions");
     let drill =
         daena_app::snapshot::last_drill(d).expect("drill").map(|l| json!({"seq": l.seq, "passed": l.record.passed}));
     // The env ops key is provisioned at each open, not ledgered: leave it out.
@@ -162,7 +205,7 @@ async fn observe(app: &TestApp) -> Value {
         list.retain(|k| k["id"] != "env-ops");
     }
     json!({"keys": keys, "overrides": limits["overrides"], "writes": writes, "records": records,
-           "cache": cache, "shredded": shredded, "drill": drill})
+           "cache": cache, "shredded": shredded, "drill": drill, "older_data_keys": older})
 }
 
 async fn scenario(actions: Vec<Action>, snap_at: usize) {

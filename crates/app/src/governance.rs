@@ -1,6 +1,6 @@
-//! Governance through the ledger: API keys, tenant shreds, rate-limit overrides, the write
-//! switch and drill records change state only when the commit thread applies their ledger
-//! entries, like memory operations. Crash recovery, replay, rollback and restore therefore
+//! Governance through the ledger: API keys, tenant shreds, data key retirement, rate-limit
+//! overrides, the write switch and drill records change state only when the commit thread
+//! applies their ledger entries, like memory operations. Crash recovery, replay, rollback and restore therefore
 //! rebuild them from the same entries: a key revoked in the ledger is revoked in every state
 //! built from it.
 //!
@@ -69,6 +69,14 @@ pub enum GovOp {
         evicted: usize,
         records: u64,
         carried_from: Option<u64>,
+    },
+    /// Retires a tenant's data keys older than `below`, once nothing is sealed under them
+    /// (after a rotation's re-encryption). Not carried forward: a rollback to before it brings
+    /// back the records sealed under those keys, and the keys with them.
+    Retire {
+        tenant: TenantId,
+        below: u32,
+        actor: String,
     },
     RateLimit {
         tenant: TenantId,
@@ -280,6 +288,12 @@ impl GovState {
                 }
                 Ok(NewEntry::new(tenant.as_str(), actor.as_str(), "key.shred", format!("tenant/{tenant}")).attrs(attrs))
             }
+            GovOp::Retire { tenant, below, actor } => {
+                let older = self.keyring.count_through(tenant.as_str(), below.saturating_sub(1))?;
+                let attrs = json!({"retired_below": below, "data_keys_destroyed": older});
+                Ok(NewEntry::new(tenant.as_str(), actor.as_str(), "key.retire", format!("tenant/{tenant}"))
+                    .attrs(attrs))
+            }
             GovOp::RateLimit { tenant, limit, actor } => Ok(crate::ratelimit::override_entry(tenant, actor, *limit)),
             GovOp::Writes { enabled, tenant, actor } => {
                 Ok(NewEntry::new(tenant.as_str(), actor.as_str(), "admin.writes", "writes")
@@ -318,6 +332,7 @@ impl GovState {
                 self.shred(tenant.as_str(), through.unwrap_or(0))?;
                 self.carried_done(*carried_from)
             }
+            GovOp::Retire { tenant, below, .. } => self.keyring.retire_below(tenant.as_str(), *below).map(drop),
             GovOp::RateLimit { tenant, limit, .. } => self.limiter.apply_override(tenant.as_str(), *limit),
             GovOp::Writes { enabled, .. } => self.set_writes(*enabled),
             GovOp::Drill { record, .. } => self.set_drill(record.clone(), seq, ts),
@@ -383,6 +398,10 @@ impl GovState {
                     None => self.keyring.versions(&e.tenant)?.0,
                 };
                 self.shred(&e.tenant, through)?;
+            }
+            "key.retire" => {
+                let below = e.attrs.get("retired_below").and_then(Value::as_u64).ok_or_else(|| malformed(e))?;
+                self.keyring.retire_below(&e.tenant, u32::try_from(below).map_err(|_| malformed(e))?)?;
             }
             "ratelimit.override" => {
                 let num = |k: &str| e.attrs.get(k).and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());

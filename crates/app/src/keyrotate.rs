@@ -20,6 +20,7 @@ use crate::config::Secret;
 use crate::error::{AppError, AppResult};
 use crate::keyring::{self, MasterKey};
 use crate::operations::Operation;
+use daena_core::ids::TenantId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -207,8 +208,10 @@ pub async fn rotate(
 }
 
 /// Seals every record still under an older data key version of its tenant again, in passes
-/// until none is left (writes sealed just before a switch may land after a scan). Run by a
-/// rotation, and alone (`daena key reseal`) to finish one a crash interrupted.
+/// until none is left (writes sealed just before a switch may land after a scan); then the
+/// compression dictionaries and LLM cache entries; then, when nothing is left under an older
+/// version, retires those versions (`key.retire`, one entry per tenant). Run by a rotation,
+/// and alone (`daena key reseal`) to finish one a crash interrupted.
 pub async fn reseal(
     d: &Daena,
     who: &Principal,
@@ -226,7 +229,58 @@ pub async fn reseal(
             break;
         }
     }
+    let (dictionaries, dictionaries_left) = crate::memory::dict::reseal_stale(d).await?;
+    report.dictionaries_resealed = dictionaries;
+    let (cache_entries, cache_left) = reseal_cache(d, who).await?;
+    report.cache_entries_resealed = cache_entries;
+    let (_, records_left) = crate::memory::aging::stale_records(d).await?;
+    let left =
+        [(records_left.len() as u64, "records"), (dictionaries_left, "dictionaries"), (cache_left, "cache entries")]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect::<Vec<_>>();
+    if !left.is_empty() {
+        report.retirement_blocked =
+            Some(format!("still under an older data key version: {}; run `daena key reseal` again", left.join(", ")));
+        return Ok(report);
+    }
+    for (tenant, current, older) in d.keyring.older_versions()? {
+        let op =
+            crate::governance::GovOp::Retire { tenant: TenantId::new(&tenant)?, below: current, actor: who.actor() };
+        crate::governance::submit(d, op).await?;
+        report.data_keys_retired += older as u64;
+    }
     Ok(report)
+}
+
+/// Seals every LLM cache entry under an older data key version again: (resealed, left under an
+/// older version because it could not be).
+async fn reseal_cache(d: &Daena, who: &Principal) -> AppResult<(u64, u64)> {
+    let (mut resealed, mut left) = (0, 0);
+    for m in d.cas.all() {
+        let row = match d.cas.resealed(&m) {
+            Ok(Some(row)) => row,
+            Ok(None) => continue,
+            Err(e) if e.code == crate::error::ErrorCode::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "could not re-seal a cache entry");
+                left += 1;
+                continue;
+            }
+        };
+        let op =
+            crate::cas::CasOp::Reseal { tenant: m.tenant.clone(), key: m.key, row: Box::new(row), actor: who.actor() };
+        match d.commit.submit(crate::state::Op::from(op)).await {
+            Ok(_) => resealed += 1,
+            Err(e) if e.code == crate::error::ErrorCode::NotFound => {}
+            Err(e) => {
+                tracing::warn!(error = %e.message, "re-sealing a cache entry failed");
+                left += 1;
+            }
+        }
+    }
+    Ok((resealed, left))
 }
 
 /// Starts [`reseal`] through the server as a background operation (`key.reseal`).
@@ -284,16 +338,21 @@ pub struct ValidationReport {
     pub unreadable_count: u64,
     /// Records still sealed under an older data key version of their tenant.
     pub records_under_old_data_keys: u64,
+    /// Data key versions older than their tenant's current one, not yet retired.
+    pub older_data_keys: u64,
+    /// The tenants holding them.
+    pub tenants_with_older_data_keys: Vec<String>,
 }
 
-/// Checks the rotation chain, that every data key is under the current master key, and that
-/// every record reads.
+/// Checks the rotation chain, that every data key is under the current master key, that older
+/// data key versions were retired, and that every record reads.
 pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> {
     let signer = crate::ledger::signing_key(&d.data)?.verifying_key();
     let (lines, chain_problem) = read_chain(&d.data.keys_dir(), Some(&signer))?;
     let stale_tenants = d.keyring.stale_tenants()?;
     let shredded_tenants = d.keyring.shredded_tenants()?;
     let (_, old_versions) = crate::memory::aging::stale_records(d).await?;
+    let older = d.keyring.older_versions()?;
     let keys = crate::snapshot::record_keys(d).await?;
     let shredded = shredded_tenants.clone();
     let d2 = d.clone();
@@ -317,7 +376,13 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
     .await
     .map_err(|e| AppError::internal(format!("validation task: {e}")))?;
     Ok(ValidationReport {
-        ok: chain_problem.is_none() && stale_tenants.is_empty() && unreadable_count == 0 && old_versions.is_empty(),
+        ok: chain_problem.is_none()
+            && stale_tenants.is_empty()
+            && unreadable_count == 0
+            && old_versions.is_empty()
+            && older.is_empty(),
+        older_data_keys: older.iter().map(|(_, _, n)| *n as u64).sum(),
+        tenants_with_older_data_keys: older.into_iter().map(|(t, _, _)| t).collect(),
         records_under_old_data_keys: old_versions.len() as u64,
         master_key_id: d.keyring.master_id(),
         rotations: lines.len(),

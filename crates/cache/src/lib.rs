@@ -339,17 +339,38 @@ impl CasShared {
             .map_err(|e| AppError::internal(format!("cached response is not JSON: {e}")))
     }
 
-    fn decrypt(&self, meta: &CasMeta) -> AppResult<Vec<u8>> {
+    fn row(&self, meta: &CasMeta) -> AppResult<Arc<CasRow>> {
         let tk = table_key(&meta.tenant, &meta.key);
         let row = match self.pending.get(&tk) {
             Some(Some(row)) => Some(row.clone()),
             Some(None) => None,
             None => self.kv.cache_row(&tk)?.map(|bytes| CasRow::decode(&bytes).map(Arc::new)).transpose()?,
         };
-        let row = row.ok_or_else(|| AppError::not_found("the cache entry is gone"))?;
+        row.ok_or_else(|| AppError::not_found("the cache entry is gone"))
+    }
+
+    fn decrypt(&self, meta: &CasMeta) -> AppResult<Vec<u8>> {
+        let row = self.row(meta)?;
         let tenant = TenantId::new(&meta.tenant)?;
         let (_, plain) = self.keyring.open(&tenant, &envelope_address(&meta.tenant, &meta.key), &row.envelope)?;
         Ok(plain)
+    }
+
+    /// The entry's row with its answer sealed again under the tenant's current data key, when
+    /// it is sealed under an older version still held (`None`: current already, or under a
+    /// shredded version nothing can open).
+    pub fn resealed(&self, meta: &CasMeta) -> AppResult<Option<CasRow>> {
+        let row = self.row(meta)?;
+        let (_, version) = daena_governance::keyring::parse_header(&row.envelope)?;
+        let stale = self.keyring.current_version(&meta.tenant).is_some_and(|c| version < c);
+        if !stale || !self.keyring.has_version(&meta.tenant, version) {
+            return Ok(None);
+        }
+        let tenant = TenantId::new(&meta.tenant)?;
+        let address = envelope_address(&meta.tenant, &meta.key);
+        let (_, plain) = self.keyring.open(&tenant, &address, &row.envelope)?;
+        let envelope = self.keyring.seal(&tenant, &address, Codec::Raw, &plain)?;
+        Ok(Some(CasRow { envelope, ..(*row).clone() }))
     }
 
     /// Seals a response for storage.
@@ -394,8 +415,26 @@ impl CasShared {
 /// A cache mutation for the commit thread.
 #[derive(Debug)]
 pub enum CasOp {
-    Store { tenant: String, key: [u8; 32], row: Box<CasRow>, actor: String },
-    Evict { tenant: String, key: [u8; 32], reason: &'static str, actor: String },
+    Store {
+        tenant: String,
+        key: [u8; 32],
+        row: Box<CasRow>,
+        actor: String,
+    },
+    Evict {
+        tenant: String,
+        key: [u8; 32],
+        reason: &'static str,
+        actor: String,
+    },
+    /// The same entry sealed again under the tenant's current data key ([`CasShared::resealed`]);
+    /// refused when the entry left the cache meanwhile.
+    Reseal {
+        tenant: String,
+        key: [u8; 32],
+        row: Box<CasRow>,
+        actor: String,
+    },
 }
 
 #[derive(Debug)]
@@ -478,20 +517,17 @@ impl CasState {
                         self.stage(Staged::Evict { tenant: tenant.clone(), key: victim });
                     }
                 }
-                let attrs = json!({
-                    "key": hex::encode(*key), "model": row.model, "scope": format!("{:016x}", row.scope),
-                    "simhash": format!("{:016x}", row.simhash), "guard": format!("{:016x}", row.guard),
-                    "prompt_hash": hex::encode(row.prompt_hash), "created_at": row.created_at, "expires_at": row.expires_at,
-                    "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens, "cost_usd": row.cost_usd,
-                    "agent": row.agent, "class": row.class, "client_reported": row.client_reported,
-                });
-                entries.push(
-                    NewEntry::new(tenant.as_str(), actor.as_str(), "llm.cache_store", Self::ref_of(key))
-                        .attrs(attrs)
-                        .body(row.envelope.clone()),
-                );
+                entries.push(Self::store_entry(tenant, key, row, actor, false));
                 self.stage(Staged::Store { tenant: tenant.clone(), key: *key, row: Arc::new((**row).clone()) });
                 Ok(entries)
+            }
+            CasOp::Reseal { tenant, key, row, actor } => {
+                if !self.present(tenant, key, false) {
+                    return Err(AppError::not_found("the cache entry left the cache"));
+                }
+                let entry = Self::store_entry(tenant, key, row, actor, true);
+                self.stage(Staged::Store { tenant: tenant.clone(), key: *key, row: Arc::new((**row).clone()) });
+                Ok(vec![entry])
             }
             CasOp::Evict { tenant, key, reason, actor } => {
                 if !self.present(tenant, key, true) {
@@ -504,6 +540,20 @@ impl CasState {
                 ])
             }
         }
+    }
+
+    fn store_entry(tenant: &str, key: &[u8; 32], row: &CasRow, actor: &str, resealed: bool) -> NewEntry {
+        let mut attrs = json!({
+            "key": hex::encode(*key), "model": row.model, "scope": format!("{:016x}", row.scope),
+            "simhash": format!("{:016x}", row.simhash), "guard": format!("{:016x}", row.guard),
+            "prompt_hash": hex::encode(row.prompt_hash), "created_at": row.created_at, "expires_at": row.expires_at,
+            "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens, "cost_usd": row.cost_usd,
+            "agent": row.agent, "class": row.class, "client_reported": row.client_reported,
+        });
+        if resealed {
+            attrs["resealed"] = json!(true);
+        }
+        NewEntry::new(tenant, actor, "llm.cache_store", Self::ref_of(key)).attrs(attrs).body(row.envelope.clone())
     }
 
     /// Whether `key` is in the cache once the batch is applied; `unexpired`

@@ -222,8 +222,9 @@ pub enum KeyCommand {
     /// every record reads; exit 1 otherwise
     #[command(after_help = "Example:\n  DAENA_API_KEY=ops-key daena key validate --json")]
     Validate,
-    /// Seal every record still under an older data key version again, under its tenant's
-    /// current one: finishes a rotation a crash interrupted (`key validate` counts them)
+    /// Seal every record, compression dictionary and LLM cache entry still under an older
+    /// data key version again, under its tenant's current one, then retire the older versions:
+    /// finishes a rotation a crash interrupted (`key validate` counts what is left)
     #[command(after_help = "Example:\n  DAENA_API_KEY=ops-key daena key reseal && daena key validate")]
     Reseal,
     /// Crypto-shred a tenant: destroy its data keys so its records can never be read again

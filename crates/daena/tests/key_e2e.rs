@@ -22,6 +22,20 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
             assert!((200..300).contains(&status));
         }
     }
+    // A cached answer, sealed under acme's first data key like its records.
+    let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Rotate me."}]});
+    let answer = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "cached before"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5}});
+    let cas = |url: &str, path: &str| format!("{url}/api/v1/cas/{path}");
+    let (status, r) = call(
+        Method::POST,
+        &cas(&server.url, "store"),
+        Some("acme"),
+        Some(&json!({"request": chat, "response": answer})),
+    )
+    .await;
+    assert!((200..300).contains(&status), "{status} {r}");
     let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["snapshot", "create", "--json"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let old_snapshot: Value = serde_json::from_str(&stdout(&o)).expect("manifest");
@@ -69,6 +83,12 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     assert_eq!(report["new_data_key_versions"], 2, "{report}");
     assert!(report["records_reencrypted"].as_u64().unwrap_or(0) >= 20, "every seeded record sealed again: {report}");
     assert_eq!(report["reencryption"]["errors"], 0, "{report}");
+    // Then the cache entry was sealed again and the first data key versions retired.
+    assert_eq!(report["reencryption"]["cache_entries_resealed"], 1, "{report}");
+    assert_eq!(report["reencryption"]["retirement_blocked"], Value::Null, "{report}");
+    assert_eq!(report["reencryption"]["data_keys_retired"], 2, "{report}");
+    let (_, lookup) = call(Method::POST, &cas(&server.url, "lookup"), Some("acme"), Some(&chat)).await;
+    assert_eq!(lookup["hit"], true, "the cached answer reads under the new key: {lookup}");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed during the rotation");
     // It ran as a background operation the CLI followed to its end.
     let (_, ops) = call(Method::GET, &format!("{}/api/v1/admin/operations", server.url), None, None).await;
@@ -92,6 +112,9 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     let v: Value = serde_json::from_str(&stdout(&o)).expect("validation");
     assert_eq!(v["rotations"], 1);
     assert_eq!(v["records_under_old_data_keys"], 0, "{v}");
+    assert_eq!(v["older_data_keys"], 0, "{v}");
+    let (_, status) = call(Method::GET, &format!("{}/api/v1/admin/key-status", server.url), None, None).await;
+    assert_eq!(status["data_keys"], 2, "one data key per tenant is left: {status}");
     assert!(v["records"].as_u64().unwrap_or(0) >= 20, "{v}");
     assert!(tmp.path().join(format!("data/keys/retired/master-{old_id}.key")).exists());
     // The rotation line is signed: a forged signature fails validation.
@@ -115,6 +138,18 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     let (status, _) = call(Method::PUT, &format!("{}/api/v1/memory/chat/after", server.url), None, Some(&after)).await;
     assert!((200..300).contains(&status));
     let size = ledger_size(&server.url).await;
+    let mut entries = Vec::new();
+    while (entries.len() as u64) < size {
+        let url = format!("{}/api/v1/ledger/entries?from={}&limit=1000", server.url, entries.len() + 1);
+        let (_, page) = call(Method::GET, &url, None, None).await;
+        let page = page["entries"].as_array().cloned().unwrap_or_default();
+        assert!(!page.is_empty(), "entries up to {size}");
+        entries.extend(page);
+    }
+    let retired: Vec<&Value> = entries.iter().filter(|e| e["action"] == "key.retire").collect();
+    assert_eq!(retired.len(), 2, "one key.retire per tenant");
+    let first_reseal =
+        entries.iter().find(|e| e["action"] == "memory.age").and_then(|e| e["seq"].as_u64()).expect("a reseal entry");
     server.stop();
 
     // A rollback across the rotation replays records re-sealed under the new data key
@@ -128,6 +163,23 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
             call(Method::GET, &format!("{}/api/v1/memory/chat/seed5", server.url), Some(t), None).await;
         assert_eq!(status, 200, "{t}: {body}");
     }
+    server.stop();
+
+    // A rollback to before the re-encryption: the records are under the retired versions
+    // again, which the snapshot it starts from holds, so they read.
+    let o = run(daena(tmp.path()).args(["rollback", "--to", &(first_reseal - 1).to_string()]));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let server = Server::start(tmp.path(), &[]);
+    for t in ["default", "acme"] {
+        let (status, body) =
+            call(Method::GET, &format!("{}/api/v1/memory/chat/seed5", server.url), Some(t), None).await;
+        assert_eq!(status, 200, "{t}: {body}");
+    }
+    let (_, lookup) = call(Method::POST, &cas(&server.url, "lookup"), Some("acme"), Some(&chat)).await;
+    assert_eq!(lookup["hit"], true, "{lookup}");
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["key", "validate", "--json"]));
+    let v: Value = serde_json::from_str(&stdout(&o)).expect("validation");
+    assert_eq!((o.status.code(), &v["older_data_keys"]), (Some(1), &json!(2)), "not retired there: {v}");
     server.stop();
 
     // The snapshot sealed under the old key restores, its data keys re-wrapped under the new one.

@@ -200,6 +200,18 @@ pub struct ResealReport {
     /// Changed meanwhile (a newer write is already under the current key).
     pub skipped: u64,
     pub errors: u64,
+    /// Compression dictionaries sealed again under the current data keys.
+    #[serde(default)]
+    pub dictionaries_resealed: u64,
+    /// LLM cache entries sealed again under the current data keys.
+    #[serde(default)]
+    pub cache_entries_resealed: u64,
+    /// Older data key versions destroyed once nothing was sealed under them any more.
+    #[serde(default)]
+    pub data_keys_retired: u64,
+    /// Why older data key versions were kept, when they were.
+    #[serde(default)]
+    pub retirement_blocked: Option<String>,
 }
 
 /// Records sealed under an older data key version than their tenant's current one, with the

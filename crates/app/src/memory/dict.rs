@@ -372,6 +372,48 @@ pub async fn train_due(d: &crate::Daena) -> AppResult<Vec<Trained>> {
     Ok(out)
 }
 
+/// Seals again, under the tenant's current data key, every dictionary sealed under an older
+/// version that this process holds open, through the commit thread (`memory.dict` with the
+/// same id and creation time), so that the older version can be retired. Returns (resealed,
+/// still under an older version afterwards).
+pub async fn reseal_stale(d: &crate::Daena) -> AppResult<(u64, u64)> {
+    let keyring = &d.memory.keyring;
+    let mut stale = Vec::new();
+    d.memory.kv.scan_dicts(|k, v| {
+        let mut parts = k.splitn(3, |b| *b == 0);
+        let (Some(t), Some(c)) = (parts.next(), parts.next()) else { return Ok(()) };
+        let (Ok(tenant), Ok(class)) = (std::str::from_utf8(t), std::str::from_utf8(c)) else { return Ok(()) };
+        let (Some(stamp), Some(id), Some(envelope)) = (v.get(..8), v.get(8..12), v.get(12..)) else { return Ok(()) };
+        let Ok((_, version)) = crate::keyring::parse_header(envelope) else { return Ok(()) };
+        // A dictionary under a shredded version stays as it is: nothing can open it.
+        if keyring.current_version(tenant).is_some_and(|c| version < c) && keyring.has_version(tenant, version) {
+            let id = u32::from_be_bytes(id.try_into().unwrap_or_default());
+            let created_at = i64::from_be_bytes(stamp.try_into().unwrap_or_default());
+            stale.push((tenant.to_owned(), class.to_owned(), id, created_at));
+        }
+        Ok(())
+    })?;
+    let (mut resealed, mut left) = (0, 0);
+    for (tenant, class, id, created_at) in stale {
+        let held = d.memory.dicts.by_id.read().get(&(tenant.clone(), class.clone(), id)).cloned();
+        let Some(dict) = held else {
+            tracing::warn!(%tenant, %class, id, "a dictionary under an older data key is not loaded; left as it is");
+            left += 1;
+            continue;
+        };
+        let t = TenantId::new(&tenant)?;
+        let mut sealed = id.to_be_bytes().to_vec();
+        sealed.extend_from_slice(&keyring.seal(&t, &address(&tenant, &class, id), Codec::Raw, &dict.raw)?);
+        let attrs = serde_json::json!({
+            "class": class, "dict_id": id, "bytes": dict.bytes, "created_at": created_at, "resealed": true,
+        });
+        let op = super::state::MemoryOp::Dict { tenant: t, class, sealed, attrs };
+        d.commit.submit(crate::state::Op::from(op)).await?;
+        resealed += 1;
+    }
+    Ok((resealed, left))
+}
+
 /// Trains on 80% of the samples and measures the other 20%: (dictionary, bytes without, with).
 fn evaluate(samples: &[Zeroizing<Vec<u8>>], level: i32) -> Option<(Vec<u8>, usize, usize)> {
     let cut = samples.len() * 4 / 5;

@@ -242,6 +242,12 @@ impl MemoryState {
             let _ = put.result.set(PutOutcome::Raced);
             return Err(AppError::new(ErrorCode::VersionConflict, "the record changed while the write was prepared"));
         }
+        // Sealed under a data key version retired or shredded since: it could never be read.
+        if let Ok((_, v)) = crate::keyring::parse_header(&put.envelope)
+            && !self.shared.keyring.has_version(addr.tenant.as_str(), v)
+        {
+            return Err(AppError::unavailable("the tenant's data key changed while this write was prepared; retry"));
+        }
         let now = self.now();
         let version = current_version.unwrap_or(0) + 1;
         let tier = if put.quarantine { Tier::L2Q } else { Tier::L2 };

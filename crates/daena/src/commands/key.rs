@@ -52,6 +52,9 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                     r.reencryption.errors,
                     r.ledger_seq.map(|s| format!("; ledger entry {s}")).unwrap_or_default()
                 );
+                if !r.dry_run {
+                    println!("{}", retirement(&r.reencryption));
+                }
                 println!("next: {}", r.next_step);
             }
             Ok(if r.reencryption.errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
@@ -105,9 +108,10 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!(
                     "{} records under an older data key version, {} sealed again ({} skipped as changed meanwhile, {} \
-                     errors)",
-                    r.stale, r.resealed, r.skipped, r.errors
+                     errors); {} dictionaries and {} cache entries sealed again",
+                    r.stale, r.resealed, r.skipped, r.errors, r.dictionaries_resealed, r.cache_entries_resealed
                 );
+                println!("{}", retirement(&r));
             }
             Ok(if r.errors > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
@@ -139,8 +143,17 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
                 );
                 println!("records:        {} read, {} unreadable", v.records - v.unreadable_count, v.unreadable_count);
                 println!(
-                    "old data keys:  {} records still sealed under an older version",
-                    v.records_under_old_data_keys
+                    "old data keys:  {} records still sealed under an older version; {}",
+                    v.records_under_old_data_keys,
+                    if v.older_data_keys == 0 {
+                        "every older version retired".to_owned()
+                    } else {
+                        format!(
+                            "{} older versions not retired ({}): run `daena key reseal`",
+                            v.older_data_keys,
+                            v.tenants_with_older_data_keys.join(", ")
+                        )
+                    }
                 );
                 for u in &v.unreadable {
                     println!("  {u}");
@@ -149,5 +162,13 @@ pub async fn run(global: &Global, cmd: KeyCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(if v.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+    }
+}
+
+/// What a re-encryption did with the older data key versions.
+fn retirement(r: &ResealReport) -> String {
+    match &r.retirement_blocked {
+        Some(why) => format!("older data key versions kept: {why}"),
+        None => format!("{} older data key versions retired", r.data_keys_retired),
     }
 }

@@ -344,6 +344,40 @@ impl Keyring {
         Ok(destroyed)
     }
 
+    /// Retires `tenant`'s data keys older than `below` (at most its current version) once
+    /// nothing is sealed under them any more: they are deleted and their ciphers dropped.
+    /// Applying it again destroys nothing new. Returns how many data keys were destroyed.
+    pub fn retire_below(&self, tenant: &str, below: u32) -> AppResult<usize> {
+        let _guard = self.create.lock();
+        let Some(mut doc) = self.kv.get_doc::<TenantKeyDoc>(DATA_KEYS, tenant)? else { return Ok(0) };
+        let below = below.min(doc.current);
+        let before = doc.keys.len();
+        doc.keys.retain(|k| k.version >= below);
+        let destroyed = before - doc.keys.len();
+        if destroyed > 0 {
+            self.kv.put_doc(DATA_KEYS, tenant, &doc)?;
+        }
+        if let Some(t) = self.tenants.write().get_mut(tenant) {
+            t.ciphers.retain(|v, _| *v >= below);
+            t.macs.retain(|v, _| *v >= below);
+        }
+        Ok(destroyed)
+    }
+
+    /// Per tenant still holding data keys older than its current one: (tenant, current
+    /// version, how many older keys).
+    pub fn older_versions(&self) -> AppResult<Vec<(String, u32, usize)>> {
+        Ok(self
+            .kv
+            .scan_docs::<TenantKeyDoc>(DATA_KEYS)?
+            .into_iter()
+            .filter_map(|(t, d)| {
+                let older = d.keys.iter().filter(|k| k.version < d.current).count();
+                (older > 0).then_some((t, d.current, older))
+            })
+            .collect())
+    }
+
     /// Whether `tenant`'s data key `version` is at hand (not shredded).
     pub fn has_version(&self, tenant: &str, version: u32) -> bool {
         self.tenants.read().get(tenant).is_some_and(|t| t.ciphers.contains_key(&version))
@@ -594,69 +628,4 @@ pub fn record_address(tenant: &str, class: &str, key: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn clock() -> Arc<dyn daena_base::clock::Clock> {
-        daena_base::clock::ManualClock::new(Micros(1))
-    }
-
-    fn ring(master: [u8; 32]) -> (tempfile::TempDir, Keyring) {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let kv = Kv::open(&tmp.path().join("state.redb"), 1 << 20).expect("kv");
-        (tmp, Keyring::load(kv, MasterKey::from_bytes(master, "test"), clock()).expect("ring"))
-    }
-
-    #[test]
-    fn master_key_formats() {
-        let key = [7u8; 32];
-        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
-        assert_eq!(parse_master_key(&b64, "k").expect("base64"), key);
-        assert_eq!(parse_master_key(&hex::encode(key), "k").expect("hex"), key);
-        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key);
-        assert_eq!(parse_master_key(&url, "k").expect("url-safe"), key);
-        for bad in ["", "short", "default-key-change-in-production", &hex::encode([1u8; 31])] {
-            let e = parse_master_key(bad, "DAENA_MEMORY_AES_KEY").expect_err("refused");
-            assert!(e.message.contains("32 bytes"));
-            assert!(bad.is_empty() || !e.message.contains(bad), "the value is not echoed");
-        }
-    }
-
-    #[test]
-    fn seal_open_and_binding() {
-        let (_t, ring) = ring([1u8; 32]);
-        let acme = TenantId::new("acme").expect("tenant");
-        let other = TenantId::new("globex").expect("tenant");
-        let addr = record_address("acme", "chat", "k1");
-        let env = ring.seal(&acme, &addr, Codec::Zstd, b"secret payload").expect("seal");
-        assert!(!env.windows(6).any(|w| w == b"secret"));
-        assert_eq!(ring.open(&acme, &addr, &env).expect("open"), (Codec::Zstd, b"secret payload".to_vec()));
-        assert!(ring.open(&acme, &record_address("acme", "chat", "k2"), &env).is_err(), "bound to the address");
-        assert!(ring.open(&other, &addr, &env).is_err(), "bound to the tenant's key");
-        let mut tampered = env.clone();
-        tampered[3] = 0;
-        assert!(ring.open(&acme, &addr, &tampered).is_err(), "header is authenticated");
-    }
-
-    #[test]
-    fn wrong_master_key_refuses_to_load() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let path = tmp.path().join("state.redb");
-        {
-            let ring =
-                Keyring::load(Kv::open(&path, 1 << 20).expect("kv"), MasterKey::from_bytes([1u8; 32], "a"), clock())
-                    .expect("ring");
-            ring.seal(&TenantId::new("acme").expect("t"), b"x", Codec::Raw, b"y").expect("seal");
-        }
-        let err = Keyring::load(
-            Kv::open(&path, 1 << 20).expect("kv"),
-            MasterKey::from_bytes([2u8; 32], "DAENA_MEMORY_AES_KEY"),
-            clock(),
-        )
-        .expect_err("wrong key");
-        assert!(err.message.contains("not the one"), "{}", err.message);
-        let ring = Keyring::load(Kv::open(&path, 1 << 20).expect("kv"), MasterKey::from_bytes([1u8; 32], "a"), clock())
-            .expect("right key");
-        assert_eq!(ring.master_id(), key_id(&[1u8; 32]));
-    }
-}
+mod tests;
