@@ -135,6 +135,14 @@ pub enum BodyErrors {
     UnsupportedMediaType(ErrorBody),
 }
 
+/// The request conflicts with what exists (an active key of that name).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Conflict {
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+}
+
 /// The address names nothing for this tenant.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]

@@ -2,7 +2,7 @@
 //! `Auth<A>`, which authenticates the caller for a route's [`Access`] level.
 
 use crate::error::ApiError;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use daena_app::Daena;
@@ -25,20 +25,61 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let refused = |e: &serde_json::Error, text: String| {
+            let what = if e.is_syntax() || e.is_eof() {
+                "Failed to parse the request body as JSON"
+            } else {
+                "Failed to deserialize the JSON body into the target type"
+            };
+            ApiError::new(ErrorCode::InvalidJson, format!("{what}: {text}"))
+        };
+        let value =
+            serde_path_to_error::deserialize(ObjectsOnly(&mut de)).map_err(|e| refused(e.inner(), e.to_string()))?;
+        de.end().map_err(|e| refused(&e, e.to_string()))?;
+        Ok(Json(value))
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status().as_u16();
-    let text = rejection.body_text();
-    match status {
-        413 => ApiError::new(ErrorCode::PayloadTooLarge, "request body exceeds server.request_body_limit_bytes"),
-        415 => ApiError::new(ErrorCode::UnsupportedMediaType, "expected Content-Type: application/json"),
-        _ => ApiError::new(ErrorCode::InvalidJson, text),
+/// A JSON deserializer that reads a struct from an object only: serde's derived structs also
+/// take an array of their fields in order (`[true]` for `{"dry_run": true}`), which no client
+/// means and the OpenAPI document does not allow. Bodies that are arrays by design (a batch of
+/// interactions) are enums or sequences and read as before.
+struct ObjectsOnly<'a, 'de>(&'a mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>);
+
+impl<'de> serde::Deserializer<'de> for ObjectsOnly<'_, 'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_option(visitor)
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_enum(name, variants, visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit
+        unit_struct newtype_struct seq tuple tuple_struct map identifier ignored_any
     }
 }
 

@@ -1,6 +1,7 @@
 //! Daena's HTTP API. [`router`] builds the axum router with its middleware stack and the
 //! OpenAPI document generated from the handlers; [`serve`] runs it until shutdown.
 
+mod doc_rules;
 pub mod error;
 pub mod extract;
 pub mod middleware;
@@ -114,16 +115,22 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ledger::import_legacy).layer(DefaultBodyLimit::max(ledger::LEGACY_BODY_LIMIT)))
 }
 
-/// The OpenAPI document as JSON.
+/// The OpenAPI document as JSON, with the limits of [`doc_rules`].
 pub fn openapi_json() -> String {
     let (_, doc) = api_routes().split_for_parts();
-    doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+    document(&doc)
+}
+
+fn document(doc: &utoipa::openapi::OpenApi) -> String {
+    let mut value = serde_json::to_value(doc).unwrap_or_default();
+    doc_rules::apply(&mut value);
+    serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The whole HTTP application over `state`.
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = api_routes().split_for_parts();
-    let doc = Arc::new(doc.to_pretty_json().unwrap_or_else(|_| "{}".to_owned()));
+    let doc = Arc::new(document(&doc));
     let request_id = HeaderName::from_static("x-request-id");
     let body_limit = state.config.server.request_body_limit_bytes;
     // One layer, so each route is boxed once around the whole stack: every `Router::layer`
@@ -152,7 +159,10 @@ pub fn router(state: AppState) -> Router {
 /// What `daena serve` answers on its port while a restore, rollback or replay has the stores
 /// closed: `/health` says `maintenance` with the operation's phase (no authentication, so no
 /// more than kind, id and phase), every other route 503 `unavailable` with `Retry-After`.
-pub fn maintenance_router(ops: Arc<daena_app::operations::Operations>) -> Router {
+pub fn maintenance_router(
+    ops: Arc<daena_app::operations::Operations>,
+    keys: Arc<daena_app::auth::FrozenKeys>,
+) -> Router {
     use axum::response::IntoResponse;
     let health_ops = ops.clone();
     let health = move || {
@@ -163,12 +173,27 @@ pub fn maintenance_router(ops: Arc<daena_app::operations::Operations>) -> Router
             (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
         }
     };
-    let unavailable = move || {
-        let ops = ops.clone();
+    let unavailable = move |method: axum::http::Method, uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+        let (ops, keys) = (ops.clone(), keys.clone());
         async move {
+            // Every route but /health needs a key: a caller without a valid one (as the keys
+            // were when the window opened) gets 401 and learns nothing of the operation.
+            let checked = extract::presented_key(&headers).map_err(|e| e.0).and_then(|key| keys.check(key));
+            if let Err(e) = checked {
+                return error::ApiError(e).into_response();
+            }
             let what = ops
                 .running()
                 .map_or_else(|| "maintenance".to_owned(), |o| format!("{} {} ({})", o.kind, o.id, o.phase));
+            // Starting another operation while one runs conflicts, as it does while open.
+            let starts = ["/api/v1/admin/restores", "/api/v1/admin/rollbacks", "/api/v1/admin/replays"];
+            if method == axum::http::Method::POST && starts.contains(&uri.path()) {
+                let e = daena_app::error::AppError::new(
+                    daena_app::error::ErrorCode::Conflict,
+                    format!("another operation is running: {what}"),
+                );
+                return error::ApiError(e).into_response();
+            }
             let mut e = daena_app::error::AppError::new(
                 daena_app::error::ErrorCode::Unavailable,
                 format!("the server is closed for maintenance: {what}; retry shortly"),

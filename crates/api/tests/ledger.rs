@@ -48,7 +48,10 @@ async fn governance_actions_are_ledgered_and_provable() {
     let c = app.call("GET", "/api/v1/ledger/proof/consistency?from=1&to=3", Some(OPS), None).await.json();
     let proof: Vec<[u8; 32]> = c["proof"].as_array().expect("proof").iter().map(h).collect();
     assert!(merkle::verify_consistency(1, 3, &proof, &h(&c["root_from"]), &h(&c["root_to"])));
+    // Past the ledger's end: nothing there yet.
     let r = app.call("GET", "/api/v1/ledger/proof/inclusion?seq=9", Some(OPS), None).await;
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    let r = app.call("GET", "/api/v1/ledger/proof/inclusion?seq=0", Some(OPS), None).await;
     assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
     let r = app.call("GET", "/api/v1/ledger/proof/inclusion?seq=abc", Some(OPS), None).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
@@ -123,7 +126,8 @@ async fn agents_get_their_tenants_view_of_the_ledger() {
     let r = app.call("GET", "/api/v1/ledger/proof/inclusion?seq=2", Some(&acme), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "globex's entry: {}", r.text());
     let r = app.call("GET", "/api/v1/ledger/proof/inclusion?seq=3", Some(&acme), None).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "not yet under a checkpoint: {}", r.text());
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "not yet under a checkpoint: {}", r.text());
+    assert!(r.text().contains("not yet covered by a signed checkpoint"), "{}", r.text());
     let cp = app.call("GET", "/api/v1/ledger/checkpoint?fresh=true", Some(OPS), None).await.json();
     let r = app.call("GET", "/api/v1/ledger/proof/inclusion?seq=1&size=2", Some(&acme), None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "the size is the checkpoint's");

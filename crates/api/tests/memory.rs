@@ -288,7 +288,7 @@ async fn quarantine_promote_and_reject() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(app.call("GET", "/api/v1/memory/legal/bad", Some(&writer), None).await.status, StatusCode::NOT_FOUND);
     let r = app.call_as("POST", "/api/v1/memory/legal/nda/reject", Some(OPS), Some("acme"), None).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "only quarantined records are rejected");
+    assert_eq!(r.status, StatusCode::CONFLICT, "only quarantined records are rejected");
 }
 
 /// A key bound to one agent writes, confirms, beats and reports only as that agent; the
@@ -540,9 +540,14 @@ async fn list_pages_and_validates() {
         app.call("GET", "/api/v1/memory", Some(OPS), None).await.json()["items"].as_array().map(Vec::len),
         Some(26)
     );
+    // A prefix without a class filters every class's keys.
+    let page = app.call("GET", "/api/v1/memory?prefix=user-1", Some(OPS), None).await.json();
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 10, "{page}");
+    assert!(items.iter().all(|i| i["key"].as_str().is_some_and(|k| k.starts_with("user-1"))), "{page}");
     for bad in [
         "/api/v1/memory?limit=0",
-        "/api/v1/memory?prefix=x",
+        "/api/v1/memory?prefix=%01",
         "/api/v1/memory?cursor=zz",
         "/api/v1/memory?class=Bad%20Class",
     ] {

@@ -62,7 +62,7 @@ async fn maintenance_needs_the_serve_loop_and_checks_its_input_first() {
     assert_eq!((r.status, r.code().as_str()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{}", r.text());
     assert!(r.text().contains("daena serve"), "{}", r.text());
     let r = app.call("POST", "/api/v1/admin/restores", Some(OPS), Some(json!({"snapshot": "latest"}))).await;
-    assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_request"), "{}", r.text());
+    assert_eq!((r.status, r.code().as_str()), (StatusCode::NOT_FOUND, "not_found"), "no snapshot yet: {}", r.text());
     let r = app.call("POST", "/api/v1/admin/restores", Some(OPS), Some(json!({"snapshot": "x", "extra": 1}))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let list = app.call("GET", "/api/v1/admin/operations", Some(OPS), None).await.json();

@@ -254,7 +254,10 @@ impl GovState {
         match op {
             GovOp::KeyCreate { record, actor } => {
                 if self.keys.active_name(&record.name) || !self.names.insert(record.name.clone()) {
-                    return Err(AppError::invalid(format!("an active key named {} already exists", record.name)));
+                    return Err(AppError::new(
+                        crate::error::ErrorCode::Conflict,
+                        format!("an active key named {} already exists", record.name),
+                    ));
                 }
                 let view = KeyView::from(&*record);
                 let digest = hex::decode(&record.digest).map_err(|_| AppError::internal("malformed key digest"))?;

@@ -232,7 +232,7 @@ impl LedgerService {
             _ => return Err(AppError::not_found(format!("no entry {seq} of tenant {}", who.tenant()))),
         }
         if seq > cp {
-            return Err(AppError::invalid(format!(
+            return Err(AppError::not_found(format!(
                 "entry {seq} is not yet covered by a signed checkpoint (the newest covers {cp}); \
                  one is signed at least every ledger.checkpoint_every_secs"
             )));
@@ -243,8 +243,11 @@ impl LedgerService {
     pub fn inclusion(&self, seq: u64, size: Option<u64>) -> AppResult<InclusionView> {
         let head = self.reader.head().size;
         let size = size.unwrap_or(head);
-        if seq == 0 || seq > size || size > head {
-            return Err(AppError::invalid(format!(
+        if seq == 0 {
+            return Err(AppError::invalid("seq starts at 1"));
+        }
+        if seq > size || size > head {
+            return Err(AppError::not_found(format!(
                 "need 1 <= seq <= size <= {head} (the ledger size); got seq={seq}, size={size}"
             )));
         }
@@ -266,7 +269,7 @@ impl LedgerService {
         let head = self.reader.head().size;
         let to = to.unwrap_or(head);
         if from > to || to > head {
-            return Err(AppError::invalid(format!(
+            return Err(AppError::not_found(format!(
                 "need from <= to <= {head} (the ledger size); got from={from}, to={to}"
             )));
         }

@@ -245,7 +245,7 @@ fn check(d: &Daena, op: &Maintenance) -> AppResult<()> {
         Maintenance::Restore { archive, .. } => {
             absolute_file(archive, "snapshot")?;
             if !archive.is_file() {
-                return Err(AppError::invalid(format!("no snapshot archive at {}", archive.display())));
+                return Err(AppError::not_found(format!("no snapshot archive at {}", archive.display())));
             }
         }
         Maintenance::Rollback { to, .. } => {
@@ -257,32 +257,36 @@ fn check(d: &Daena, op: &Maintenance) -> AppResult<()> {
                         AppError::invalid(format!("to {to:?} is neither a sequence number nor an RFC 3339 time"))
                     })?;
                     if t > d.clock.now() {
-                        return Err(AppError::invalid(format!("to {to} is in the future")));
+                        return Err(AppError::new(ErrorCode::Conflict, format!("to {to} is in the future")));
                     }
                     return Ok(());
                 }
             };
             if to_seq >= head {
-                return Err(AppError::invalid(format!(
-                    "the ledger ends at {head}; the point {to_seq} is not before it"
-                )));
+                return Err(AppError::new(
+                    ErrorCode::Conflict,
+                    format!("the ledger ends at {head}; the point {to_seq} is not before it"),
+                ));
             }
             let snapshots = crate::snapshot::list(&d.data.snapshots_dir())?;
             if !snapshots.iter().any(|(_, m)| m.ledger_size <= to_seq) {
-                return Err(AppError::invalid(format!(
-                    "no snapshot at or before entry {to_seq}; one is needed, as the data keys live in the state"
-                )));
+                return Err(AppError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "no snapshot at or before entry {to_seq}; one is needed, as the data keys live in the state"
+                    ),
+                ));
             }
         }
         Maintenance::Replay { ledger, snapshot, to, .. } => {
             absolute_file(ledger, "ledger")?;
             if !ledger.is_dir() {
-                return Err(AppError::invalid(format!("{} is not a ledger directory", ledger.display())));
+                return Err(AppError::not_found(format!("{} is not a ledger directory", ledger.display())));
             }
             if let Some(s) = snapshot {
                 absolute_file(s, "snapshot")?;
                 if !s.is_file() {
-                    return Err(AppError::invalid(format!("no snapshot archive at {}", s.display())));
+                    return Err(AppError::not_found(format!("no snapshot archive at {}", s.display())));
                 }
             }
             if let Some(to) = to

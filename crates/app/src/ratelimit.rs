@@ -68,7 +68,9 @@ struct TenantState {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LimitView {
+    #[serde(deserialize_with = "daena_core::canonical::integer")]
     pub rpm: u32,
+    #[serde(deserialize_with = "daena_core::canonical::integer")]
     pub burst: u32,
 }
 

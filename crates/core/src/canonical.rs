@@ -6,6 +6,7 @@
 //! (integers exactly, floats as the shortest text that round-trips, e.g. `0.1`, `1.0`,
 //! `1e+16`). `docs/FORMATS.md` has test vectors.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 /// The canonical text of `value`.
@@ -139,5 +140,51 @@ mod tests {
             proptest::prop_assert_eq!(&out, &write_str_reference(&s));
             proptest::prop_assert_eq!(serde_json::from_str::<String>(&out).ok(), Some(s));
         }
+    }
+}
+
+/// Deserializes an unsigned integer field from any JSON number with an integral value: JSON
+/// has one number type, so `3.0` is the integer 3 (JSON Schema counts it as one too). A
+/// fraction, a negative number or one past the field's range is refused.
+pub fn integer<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    let v = match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => v,
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&f) => f as u64,
+        _ => return Err(D::Error::custom(format!("{n} is not a non-negative integer"))),
+    };
+    T::try_from(v).map_err(|_| D::Error::custom(format!("{v} is out of range")))
+}
+
+#[cfg(test)]
+mod integer_tests {
+    #[derive(serde::Deserialize)]
+    struct N {
+        #[serde(deserialize_with = "super::integer")]
+        n: u32,
+    }
+
+    #[test]
+    fn integral_numbers_of_any_spelling() {
+        let n = |text: &str| serde_json::from_str::<N>(text).map(|v| v.n).ok();
+        assert_eq!(n(r#"{"n": 27}"#), Some(27));
+        assert_eq!(n(r#"{"n": 27.0}"#), Some(27));
+        assert_eq!(n(r#"{"n": 2.7e1}"#), Some(27));
+        assert_eq!(n(r#"{"n": 27.5}"#), None);
+        assert_eq!(n(r#"{"n": -1}"#), None);
+        assert_eq!(n(r#"{"n": 4294967296}"#), None, "past u32");
+        assert_eq!(n(r#"{"n": "27"}"#), None);
+        let big = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| super::integer::<_, u64>(v["n"].clone()).ok())
+        };
+        assert_eq!(big(r#"{"n": 18446744073709551615}"#), Some(u64::MAX));
+        assert_eq!(big(r#"{"n": 18446744073709551616}"#), None, "2^64 does not saturate");
     }
 }

@@ -86,6 +86,13 @@ macro_rules! string_id {
     };
 }
 
+/// The rules below as JSON Schema patterns, for the OpenAPI document.
+pub const TENANT_PATTERN: &str = "^[a-z0-9][a-z0-9_.-]{0,63}$";
+pub const CLASS_PATTERN: &str = "^[a-z][a-z0-9_.-]{0,63}$";
+pub const AGENT_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$";
+/// Characters, not bytes, as JSON Schema counts them.
+pub const RECORD_KEY_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,512}$";
+
 string_id!(
     /// A tenant: `[a-z0-9][a-z0-9_.-]{0,63}`.
     TenantId
@@ -95,7 +102,7 @@ string_id!(
     ClassName
 );
 string_id!(
-    /// A record key inside a (tenant, class): 1..=512 bytes of UTF-8 without control characters.
+    /// A record key inside a (tenant, class): 1..=512 characters, no control characters.
     RecordKey
 );
 string_id!(
@@ -143,8 +150,8 @@ impl RecordKey {
         if s.is_empty() {
             return Err(err("key", "must not be empty"));
         }
-        if s.len() > Self::MAX_LEN {
-            return Err(err("key", format!("longer than {} bytes", Self::MAX_LEN)));
+        if s.chars().count() > Self::MAX_LEN {
+            return Err(err("key", format!("longer than {} characters", Self::MAX_LEN)));
         }
         if s.chars().any(char::is_control) {
             return Err(err("key", "must not contain control characters"));

@@ -6,7 +6,7 @@
 
 use daena_base::clock::Clock;
 use daena_base::config::Secret;
-use daena_base::error::{AppError, AppResult};
+use daena_base::error::{AppError, AppResult, ErrorCode};
 use daena_core::auth::{ApiKeyRecord, KeyAttributes, Role, key_digest};
 use daena_core::ids::TenantId;
 use daena_core::time::Micros;
@@ -214,6 +214,20 @@ pub struct KeyRing {
     by_digest: RwLock<HashMap<[u8; 32], ApiKeyRecord>>,
 }
 
+/// The active keys' digests at one moment, without the store: checks a presented key while
+/// the stores are closed (a restore's maintenance window).
+pub struct FrozenKeys(std::collections::HashSet<[u8; 32]>);
+
+impl FrozenKeys {
+    /// `Ok` for a key that was active; `unauthenticated` otherwise.
+    pub fn check(&self, key_text: Option<&str>) -> AppResult<()> {
+        let key_text = key_text.ok_or_else(|| AppError::unauthenticated("missing X-API-Key header"))?;
+        let digest = key_digest(key_text);
+        let known = self.0.iter().fold(subtle::Choice::from(0), |found, d| found | d[..].ct_eq(&digest[..]));
+        if bool::from(known) { Ok(()) } else { Err(AppError::unauthenticated("unknown or revoked API key")) }
+    }
+}
+
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRing").field("keys", &self.by_digest.read().len()).finish()
@@ -273,6 +287,11 @@ impl KeyRing {
         }
     }
 
+    /// The active keys as they are now, for checks while the stores are closed.
+    pub fn frozen(&self) -> FrozenKeys {
+        FrozenKeys(self.by_digest.read().iter().filter(|(_, r)| r.revoked_at.is_none()).map(|(d, _)| *d).collect())
+    }
+
     /// Resolves a request's key and tenant header into a principal admitted by `access`.
     pub fn authenticate(
         &self,
@@ -318,11 +337,11 @@ impl KeyRing {
     /// (`daena_app::governance`).
     pub fn mint(&self, new: NewKey) -> AppResult<(String, ApiKeyRecord)> {
         let name = new.name.trim();
-        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        if name.is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
             return Err(AppError::invalid("key name must be 1..=128 printable characters"));
         }
         if self.active_name(name) {
-            return Err(AppError::invalid(format!("an active key named {name} already exists")));
+            return Err(AppError::new(ErrorCode::Conflict, format!("an active key named {name} already exists")));
         }
         for role in &new.attributes.roles {
             if role.is_empty() || role.chars().any(|c| c.is_whitespace() || c.is_control()) {

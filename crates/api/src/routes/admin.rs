@@ -1,7 +1,7 @@
 //! Administration: API keys and the read-only switch. Every route needs an `ops` key,
 //! except reading the switch, which auditors may do.
 
-use crate::error::{ApiResult, AuthErrors, BodyErrors, NotFound};
+use crate::error::{ApiResult, AuthErrors, BodyErrors, Conflict, NotFound};
 use crate::extract::{AppState, Auth, Json, OpsOnly, Path, ReadAccess};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -42,7 +42,7 @@ pub struct KeyList {
 
 /// Creates an API key. The key text is in this response only; it is stored hashed.
 #[utoipa::path(post, path = "/api/v1/admin/keys", tag = "admin", request_body = CreateKeyRequest,
-    responses((status = 201, body = CreatedKey), AuthErrors, BodyErrors), security(("api_key" = [])))]
+    responses((status = 201, body = CreatedKey), AuthErrors, BodyErrors, Conflict), security(("api_key" = [])))]
 pub async fn create_key(
     State(state): State<AppState>,
     Auth(who, _): Auth<OpsOnly>,
@@ -260,7 +260,7 @@ pub struct RestoreRequest {
 /// verifies the archive, keeps the current state aside under `replaced/`, and serves the
 /// restored state; 503 `unavailable` meanwhile. Answers 202 with the operation to poll.
 #[utoipa::path(post, path = "/api/v1/admin/restores", tag = "admin", request_body = RestoreRequest,
-    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors),
+    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors, NotFound),
     security(("api_key" = [])))]
 pub async fn restore(
     State(state): State<AppState>,
@@ -271,7 +271,7 @@ pub async fn restore(
         let list = daena_app::snapshot::list(&state.data.snapshots_dir())?;
         match list.last() {
             Some((path, _)) => path.clone(),
-            None => return Err(AppError::invalid("no snapshots in the data directory's snapshots/").into()),
+            None => return Err(AppError::not_found("no snapshots in the data directory's snapshots/").into()),
         }
     } else {
         std::path::PathBuf::from(&req.snapshot)
@@ -295,7 +295,7 @@ pub struct RollbackRequest {
 /// plus the ledger up to it, served after a maintenance window like a restore. The current
 /// state and the later ledger entries are kept under `replaced/`. 202 with the operation.
 #[utoipa::path(post, path = "/api/v1/admin/rollbacks", tag = "admin", request_body = RollbackRequest,
-    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors),
+    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors, NotFound),
     security(("api_key" = [])))]
 pub async fn rollback(
     State(state): State<AppState>,
@@ -326,7 +326,7 @@ pub struct ReplayRequest {
 /// Rebuilds the running server's state from a snapshot and a ledger's entries after it, in a
 /// maintenance window like a restore. 202 with the operation.
 #[utoipa::path(post, path = "/api/v1/admin/replays", tag = "admin", request_body = ReplayRequest,
-    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors),
+    responses((status = 202, body = Operation), (status = 409, body = crate::error::ErrorBody), AuthErrors, BodyErrors, NotFound),
     security(("api_key" = [])))]
 pub async fn replay(
     State(state): State<AppState>,

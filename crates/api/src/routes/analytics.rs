@@ -55,7 +55,8 @@ pub async fn efficiency(
 #[serde(deny_unknown_fields)]
 pub struct AgentQuery {
     /// Only pairs this agent sends or receives.
-    pub agent_id: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub agent_id: Option<daena_core::ids::AgentId>,
 }
 
 /// Agent and department message matrices, neighbour vs cross-department share, bottlenecks.
@@ -66,5 +67,5 @@ pub async fn patterns(
     Auth(who, _): Auth<ReadAccess>,
     Query(q): Query<AgentQuery>,
 ) -> axum::Json<Patterns> {
-    axum::Json(analytics::patterns(&state, &who, q.agent_id.as_deref()))
+    axum::Json(analytics::patterns(&state, &who, q.agent_id.as_ref().map(daena_core::ids::AgentId::as_str)))
 }

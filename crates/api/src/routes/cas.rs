@@ -1,7 +1,7 @@
 //! The LLM cache: the OpenAI-compatible proxy, the cache-aside API and the cache's
 //! monitoring routes.
 
-use crate::error::{ApiResult, AuthErrors, BodyErrors, ErrorBody, NotFound};
+use crate::error::{ApiError, ApiResult, AuthErrors, BodyErrors, ErrorBody, NotFound};
 use crate::extract::{AppState, Auth, DataAccess, Json, JsonBytes, ReadAccess};
 use crate::routes::memory::AGENT_HEADER;
 use axum::body::Body;
@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use daena_app::cas::chat::{self, Body as ChatBody, ChatOptions, FeedbackResult, LookupResult, StoreResult};
 use daena_app::cas::report::{self, CasReport, CostReport, Diagnostics};
+use daena_app::error::ErrorCode;
 use serde::Deserialize;
 
 /// Errors particular to the proxy.
@@ -30,24 +31,31 @@ pub enum ProxyErrors {
 pub struct Options(ChatOptions);
 
 impl<S: Send + Sync> FromRequestParts<S> for Options {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Options(options(&parts.headers)))
+        Ok(Options(options(&parts.headers)?))
     }
 }
 
-fn options(headers: &HeaderMap) -> ChatOptions {
+/// The request's cache options from its headers; an empty header counts as absent, one that
+/// is not text is refused.
+fn options(headers: &HeaderMap) -> Result<ChatOptions, ApiError> {
+    for name in ["x-daena-class", AGENT_HEADER] {
+        if headers.get(name).is_some_and(|v| v.to_str().is_err()) {
+            return Err(ApiError::new(ErrorCode::InvalidRequest, format!("{name} is not valid text")));
+        }
+    }
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     let directives: Vec<String> =
         get("cache-control").map(|v| v.split(',').map(|d| d.trim().to_ascii_lowercase()).collect()).unwrap_or_default();
-    ChatOptions {
+    Ok(ChatOptions {
         no_cache: directives.iter().any(|d| d == "no-cache"),
         no_store: directives.iter().any(|d| d == "no-store"),
         near_off: get("x-daena-near-duplicates").is_some_and(|v| v.eq_ignore_ascii_case("off")),
         class: get("x-daena-class").map(str::to_owned),
         agent: get(AGENT_HEADER).map(str::to_owned),
-    }
+    })
 }
 
 /// OpenAI-compatible chat completions through the cache. `X-Daena-Cache` says `hit`, `near`

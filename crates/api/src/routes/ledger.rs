@@ -1,7 +1,7 @@
 //! The ledger: head, entries, inclusion and consistency proofs, checkpoints, the manifest,
 //! and adopting a legacy Python ledger as genesis.
 
-use crate::error::{ApiError, ApiResult, AuthErrors, BodyErrors};
+use crate::error::{ApiError, ApiResult, AuthErrors, BodyErrors, NotFound};
 use crate::extract::{AnyKey, AppState, Auth, OpsOnly, Query, ReadAccess};
 use axum::extract::State;
 use daena_app::error::{AppError, ErrorCode};
@@ -27,7 +27,8 @@ pub struct EntriesQuery {
     /// At most this many entries (1..=1000, default 100).
     pub limit: Option<usize>,
     /// Only this tenant's entries (non-ops keys only ever see their own tenant's).
-    pub tenant: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub tenant: Option<daena_core::ids::TenantId>,
     /// Include the (encrypted) operation bodies, base64.
     pub include_body: Option<bool>,
 }
@@ -45,7 +46,7 @@ pub async fn entries(
             &who,
             q.from.unwrap_or(1),
             q.limit.unwrap_or(100),
-            q.tenant.as_deref(),
+            q.tenant.as_ref().map(daena_core::ids::TenantId::as_str),
             q.include_body.unwrap_or(false),
         )
     })
@@ -66,7 +67,7 @@ pub struct InclusionQuery {
 /// An RFC 6962 inclusion proof of entry `seq` in the tree of `size` entries. An agent key
 /// gets proofs of its own tenant's entries only, against the newest signed checkpoint.
 #[utoipa::path(get, path = "/api/v1/ledger/proof/inclusion", tag = "ledger", params(InclusionQuery),
-    responses((status = 200, body = InclusionView), AuthErrors), security(("api_key" = [])))]
+    responses((status = 200, body = InclusionView), AuthErrors, NotFound), security(("api_key" = [])))]
 pub async fn inclusion(
     State(state): State<AppState>,
     Auth(who, _): Auth<AnyKey>,
@@ -86,7 +87,7 @@ pub struct ConsistencyQuery {
 
 /// An RFC 6962 consistency proof between two tree sizes.
 #[utoipa::path(get, path = "/api/v1/ledger/proof/consistency", tag = "ledger", params(ConsistencyQuery),
-    responses((status = 200, body = ConsistencyView), AuthErrors), security(("api_key" = [])))]
+    responses((status = 200, body = ConsistencyView), AuthErrors, NotFound), security(("api_key" = [])))]
 pub async fn consistency(
     State(state): State<AppState>,
     _auth: Auth<ReadAccess>,

@@ -118,10 +118,10 @@ pub async fn put(
 }
 
 /// A record as stored, with its system fields.
-#[derive(utoipa::ToSchema)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct RecordBody {
-    #[schema(inline)]
+    #[serde(flatten)]
     fields: SystemFields,
     #[schema(value_type = Object)]
     payload: serde_json::Value,
@@ -166,7 +166,7 @@ pub async fn delete(
 pub struct ListParams {
     /// Only this class.
     pub class: Option<String>,
-    /// Only keys starting with this (needs `class`).
+    /// Only keys starting with this (in every class the key may list, without `class`).
     pub prefix: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -209,7 +209,9 @@ pub async fn confirm(
     let body: ConfirmBody = if body.is_empty() {
         ConfirmBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| AppError::new(ErrorCode::InvalidJson, e.to_string()))?
+        serde_json::from_slice::<Option<ConfirmBody>>(&body)
+            .map_err(|e| AppError::new(ErrorCode::InvalidJson, e.to_string()))?
+            .unwrap_or_default()
     };
     let agent = body.agent_id.or(header_str(&headers, AGENT_HEADER)?.map(str::to_owned));
     Ok(axum::Json(memory::confirm(&state, &who, &class, &key, agent.as_deref()).await?))

@@ -43,8 +43,8 @@ pub use daena_core::agents::OTHER;
 /// Kinds of interaction kept per agent pair; more are counted as [`OTHER`].
 const MAX_KINDS_PER_PAIR: usize = 16;
 /// Tokens and USD one reported interaction may carry.
-const MAX_TOKENS: u64 = 1_000_000_000;
-const MAX_COST_USD: f64 = 1_000_000.0;
+pub const MAX_TOKENS: u64 = 1_000_000_000;
+pub const MAX_COST_USD: f64 = 1_000_000.0;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -256,7 +256,7 @@ pub struct Interaction {
     pub latency_ms: Option<f64>,
     #[serde(default = "yes")]
     pub success: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "daena_core::canonical::integer")]
     pub tokens: u64,
     #[serde(default)]
     pub cost_usd: f64,
@@ -297,7 +297,7 @@ struct Valid {
 fn validate(i: Interaction, now: Micros) -> AppResult<Valid> {
     let from = AgentId::new(&i.from).map_err(|e| AppError::invalid(format!("from: {e}")))?;
     let to = i.to.as_deref().map(AgentId::new).transpose().map_err(|e| AppError::invalid(format!("to: {e}")))?;
-    if i.kind.is_empty() || i.kind.len() > 64 || i.kind.chars().any(|c| c.is_control()) {
+    if i.kind.is_empty() || i.kind.chars().count() > 64 || i.kind.chars().any(|c| c.is_control()) {
         return Err(AppError::invalid("kind must be 1..=64 printable characters"));
     }
     let latency = i.latency_ms.unwrap_or(0.0);

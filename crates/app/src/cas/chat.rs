@@ -98,7 +98,7 @@ struct Prepared {
 fn prepare(d: &Daena, who: &Principal, request: Value, opts: &ChatOptions) -> AppResult<Prepared> {
     let Value::Object(map) = request else { return Err(AppError::invalid("the request must be a JSON object")) };
     let model = match map.get("model") {
-        Some(Value::String(m)) if !m.trim().is_empty() && m.len() <= 256 => m.clone(),
+        Some(Value::String(m)) if !m.trim().is_empty() && m.chars().count() <= 256 => m.clone(),
         _ => return Err(AppError::invalid("model must be a non-empty string")),
     };
     let messages =

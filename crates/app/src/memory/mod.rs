@@ -348,7 +348,10 @@ pub async fn reject(d: &Daena, who: &Principal, class: &str, key: &str) -> AppRe
     require_reviewer(who)?;
     let row = d.memory.row(&addr.table_key())?;
     if row.as_ref().is_some_and(|r| r.tier != Tier::L2Q) {
-        return Err(AppError::invalid(format!("{class}/{key} is not in quarantine; delete it instead")));
+        return Err(AppError::new(
+            ErrorCode::Conflict,
+            format!("{class}/{key} is not in quarantine; delete it instead"),
+        ));
     }
     remove(d, who, class, key, None, "memory.reject", Action::Write).await
 }

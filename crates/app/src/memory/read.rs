@@ -317,9 +317,13 @@ pub async fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPag
         return Err(AppError::invalid("limit must be 1..=1000"));
     }
     let class = q.class.as_deref().map(ClassName::new).transpose()?;
-    if q.prefix.is_some() && class.is_none() {
-        return Err(AppError::invalid("prefix needs class"));
+    if let Some(p) = &q.prefix
+        && (p.chars().count() > daena_core::ids::RecordKey::MAX_LEN || p.chars().any(char::is_control))
+    {
+        return Err(AppError::invalid("prefix: at most 512 characters, no control characters"));
     }
+    // With a class the prefix narrows the scan; without one it filters every class's keys.
+    let key_prefix = if class.is_none() { q.prefix.clone() } else { None };
     if let Some(c) = &class {
         check_policy(d, who, c, &format!("{c}/*"), Action::List)?;
     }
@@ -332,12 +336,11 @@ pub async fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPag
         }
     }
     let after = match &q.cursor {
-        Some(c) => Some(hex::decode(c).map_err(|_| AppError::invalid("cursor is not one this API returned"))?),
+        Some(c) => Some(hex::decode(c).map_err(|_| AppError::invalid("cursor must be hex, as next_cursor is"))?),
         None => None,
     };
-    if after.as_ref().is_some_and(|a| !a.starts_with(&prefix[..who.tenant().as_str().len() + 1])) {
-        return Err(AppError::invalid("cursor is not one this API returned"));
-    }
+    // A cursor is a position in key order: the scan starts after it and never leaves the
+    // tenant's (and class's) prefix, wherever the cursor points.
     // Rows written in the last moments may still be in the overlay; put them in redb first.
     d.commit.settle().await?;
     let mut items = Vec::new();
@@ -345,6 +348,9 @@ pub async fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPag
     let mut allowed: HashMap<String, bool> = HashMap::new();
     d.memory.kv.scan_records(&prefix, after.as_deref(), |k, row| {
         let Some((_, c, key)) = records::split_key(k) else { return Ok(true) };
+        if key_prefix.as_deref().is_some_and(|p| !key.starts_with(p)) {
+            return Ok(true);
+        }
         let ok = *allowed.entry(c.to_owned()).or_insert_with(|| {
             ClassName::new(c).map(|cn| d.policy.decide(who, &cn, Action::List).allowed).unwrap_or(false)
         });

@@ -120,7 +120,10 @@ impl MemoryState {
                 let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
                 let old = Footprint::of(&row);
                 if row.tier != Tier::L2Q {
-                    return Err(AppError::invalid(format!("{}/{} is not in quarantine", addr.class, addr.key)));
+                    return Err(AppError::new(
+                        ErrorCode::Conflict,
+                        format!("{}/{} is not in quarantine", addr.class, addr.key),
+                    ));
                 }
                 let trust = row.trust.get_or_insert_with(|| TrustRow {
                     writer: String::new(),
@@ -153,7 +156,10 @@ impl MemoryState {
                 let mut row = self.current(&addr.table_key())?.ok_or_else(|| not_found(addr))?;
                 let old = Footprint::of(&row);
                 if row.tier != Tier::L2Q {
-                    return Err(AppError::invalid(format!("{}/{} is not in quarantine", addr.class, addr.key)));
+                    return Err(AppError::new(
+                        ErrorCode::Conflict,
+                        format!("{}/{} is not in quarantine", addr.class, addr.key),
+                    ));
                 }
                 row.tier = Tier::L2;
                 row.updated_at = self.now();

@@ -35,7 +35,7 @@ pub struct FileEntry {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SnapshotManifest))]
 pub struct Manifest {
     pub format: u32,
     pub name: String,
@@ -286,6 +286,7 @@ pub struct DrillRecord {
     pub rto_seconds: f64,
     pub rpo_seconds: f64,
     /// Ledger entries written after the snapshot's position when the drill ended.
+    #[serde(deserialize_with = "daena_core::canonical::integer")]
     pub rpo_entries: u64,
     /// Names of the checks that failed.
     #[serde(default)]
@@ -302,7 +303,7 @@ pub struct Ledgered {
 pub async fn record_drill(d: &Daena, who: &crate::auth::Principal, r: &DrillRecord) -> AppResult<Ledgered> {
     let ok = |v: f64| v.is_finite() && v >= 0.0;
     if r.snapshot.is_empty()
-        || r.snapshot.len() > 200
+        || r.snapshot.chars().count() > 200
         || r.failed_checks.len() > 100
         || !ok(r.rto_seconds)
         || !ok(r.rpo_seconds)

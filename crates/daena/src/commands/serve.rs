@@ -120,6 +120,7 @@ async fn maintain(
     opts: &OpenOptions,
 ) -> anyhow::Result<Arc<Daena>> {
     let ops = daena.operations.clone();
+    let keys = Arc::new(daena.keys.frozen());
     let id = request.id.clone();
     let closed_at = std::time::Instant::now();
     ops.phase(&id, "closing the stores");
@@ -144,7 +145,7 @@ async fn maintain(
     let socket = tokio::net::TcpListener::from_std(listener.try_clone().context("cloning the listening socket")?)
         .context("registering the listening socket")?;
     let window = tokio::spawn(
-        axum::serve(daena_api::no_delay(socket), daena_api::maintenance_router(ops.clone()))
+        axum::serve(daena_api::no_delay(socket), daena_api::maintenance_router(ops.clone(), keys))
             .with_graceful_shutdown(async move {
                 let _ = stop_rx.await;
             })
