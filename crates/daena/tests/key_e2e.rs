@@ -10,6 +10,14 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// Both seeded tenants' records read.
+async fn both_tenants_read(url: &str) {
+    for t in ["default", "acme"] {
+        let (status, body) = call(Method::GET, &format!("{url}/api/v1/memory/chat/seed5"), Some(t), None).await;
+        assert_eq!(status, 200, "{t}: {body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -158,11 +166,7 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     let o = run(daena(tmp.path()).args(["rollback", "--to", &to.to_string()]));
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let server = Server::start(tmp.path(), &[]);
-    for t in ["default", "acme"] {
-        let (status, body) =
-            call(Method::GET, &format!("{}/api/v1/memory/chat/seed5", server.url), Some(t), None).await;
-        assert_eq!(status, 200, "{t}: {body}");
-    }
+    both_tenants_read(&server.url).await;
     server.stop();
 
     // A rollback to before the re-encryption: the records are under the retired versions
@@ -170,11 +174,7 @@ async fn rotation_under_load_loses_nothing_and_old_snapshots_restore() {
     let o = run(daena(tmp.path()).args(["rollback", "--to", &(first_reseal - 1).to_string()]));
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let server = Server::start(tmp.path(), &[]);
-    for t in ["default", "acme"] {
-        let (status, body) =
-            call(Method::GET, &format!("{}/api/v1/memory/chat/seed5", server.url), Some(t), None).await;
-        assert_eq!(status, 200, "{t}: {body}");
-    }
+    both_tenants_read(&server.url).await;
     let (_, lookup) = call(Method::POST, &cas(&server.url, "lookup"), Some("acme"), Some(&chat)).await;
     assert_eq!(lookup["hit"], true, "{lookup}");
     let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["key", "validate", "--json"]));
