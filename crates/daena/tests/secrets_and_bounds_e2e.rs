@@ -80,7 +80,10 @@ async fn planted_secrets_never_reach_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_deeply_nested_requests_are_refused_and_the_server_serves_on() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(tmp.path(), &[]);
+    // A 64 KiB limit, so that an oversized body is written whole before the answer comes (a
+    // multi-megabyte one may meet a closed socket first, as it should).
+    let limits = [("DAENA_SERVER_REQUEST_BODY_LIMIT_BYTES", "65536"), ("DAENA_MEMORY_MAX_PAYLOAD_BYTES", "32768")];
+    let server = Server::start(tmp.path(), &limits);
     let url = server.url.clone();
     let http = client();
     let put = |body: Vec<u8>| {
@@ -91,11 +94,11 @@ async fn oversized_and_deeply_nested_requests_are_refused_and_the_server_serves_
             .send()
     };
     // A body past server.request_body_limit_bytes.
-    let big = format!("{{\"payload\": \"{}\"}}", "x".repeat(8 * 1024 * 1024));
+    let big = format!("{{\"payload\": \"{}\"}}", "x".repeat(80 * 1024));
     let r = put(big.into_bytes()).await.expect("big body");
     assert_eq!(r.status(), 413);
     // JSON nested far deeper than any parser should follow.
-    let deep = format!("{{\"payload\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep = format!("{{\"payload\": {}{}}}", "[".repeat(20_000), "]".repeat(20_000));
     let r = put(deep.into_bytes()).await.expect("deep body");
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.expect("error body");
