@@ -296,8 +296,9 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
         d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
         return Ok(ChatResponse { status, key: None, body: Body::Raw { status: code, content_type, bytes } });
     }
-    d.cas.stats.lock().record(who.tenant().as_str(), if opts.no_cache { Outcome::Bypass } else { Outcome::Miss });
+    let outcome = if opts.no_cache { Outcome::Bypass } else { Outcome::Miss };
     if p.stream && content_type.starts_with("text/event-stream") {
+        d.cas.stats.lock().record(who.tenant().as_str(), outcome);
         let no_store = opts.no_store || !d.writes_enabled();
         return Ok(ChatResponse {
             status,
@@ -306,10 +307,25 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
         });
     }
     let max = d.config.llm.max_response_bytes;
-    let bytes = read_limited(resp, max).await?;
-    let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
-        return Ok(ChatResponse { status, key: None, body: Body::Raw { status: code, content_type, bytes } });
+    // Counted once the answer is in hand: one that cannot be read is an upstream error.
+    let bytes = match read_limited(resp, max).await {
+        Ok(b) => b,
+        Err(e) => {
+            d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
+            return Err(e);
+        }
     };
+    let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
+        d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
+        return Err(AppError::new(
+            ErrorCode::UpstreamError,
+            format!(
+                "the upstream answered {code} with a body that is not JSON ({} bytes, {content_type})",
+                bytes.len()
+            ),
+        ));
+    };
+    d.cas.stats.lock().record(who.tenant().as_str(), outcome);
     // Read-only mode still answers misses from the upstream, without storing them.
     let key = account_and_store(d, who, &p, &answer, opts.no_store || !d.writes_enabled()).await;
     Ok(ChatResponse { status, key, body: Body::Json(answer) })
