@@ -64,7 +64,7 @@ async fn faulty_upstream() -> String {
                     tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                     return;
                 } else if last.contains("RESET") {
-                    let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+                    let _ = sock.set_zero_linger();
                     return; // dropped with SO_LINGER 0: a reset
                 } else if last.contains("GARBAGE") {
                     respond("200 OK", "application/json", b"<html>\x00\xff not a model answer")
