@@ -85,7 +85,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         }
         ErrorCode::UpstreamError => StatusCode::BAD_GATEWAY,
         ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Internal | ErrorCode::Corrupt => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

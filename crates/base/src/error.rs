@@ -48,6 +48,9 @@ pub enum ErrorCode {
     Timeout,
     /// A dependency is not available right now.
     Unavailable,
+    /// Stored bytes fail their authentication: damaged at rest (or moved). The message names
+    /// what; restore it from a snapshot or delete it.
+    Corrupt,
     /// Something failed inside Daena; the log has the detail under the request id.
     Internal,
 }
@@ -73,12 +76,13 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Corrupt => "data_corrupt",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::PolicyDenied,
@@ -97,6 +101,7 @@ impl ErrorCode {
         ErrorCode::UpstreamError,
         ErrorCode::Timeout,
         ErrorCode::Unavailable,
+        ErrorCode::Corrupt,
         ErrorCode::Internal,
     ];
 }

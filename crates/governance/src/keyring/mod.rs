@@ -18,7 +18,7 @@ pub use crate::master::*;
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use base64::Engine;
-use daena_base::error::{AppError, AppResult};
+use daena_base::error::{AppError, AppResult, ErrorCode};
 use daena_core::ids::TenantId;
 use daena_core::time::Micros;
 use daena_store::kv::{DocTable, Kv, doc_table};
@@ -602,7 +602,13 @@ impl Keyring {
         let body = &envelope[HEADER..];
         let nonce: [u8; NONCE] = body[..NONCE].try_into().map_err(|_| AppError::internal("bad nonce"))?;
         let plaintext = cipher.decrypt((&nonce).into(), Payload { msg: &body[NONCE..], aad: &aad }).map_err(|_| {
-            AppError::internal(format!("record of tenant {tenant} failed authentication (corrupt or moved)"))
+            AppError::new(
+                ErrorCode::Corrupt,
+                format!(
+                    "sealed data of tenant {tenant} failed authentication: its stored bytes are corrupt (or were \
+                     moved); restore it from a snapshot or delete it"
+                ),
+            )
         })?;
         Ok((codec, plaintext))
     }
