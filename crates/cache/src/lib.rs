@@ -362,8 +362,7 @@ impl CasShared {
     pub fn resealed(&self, meta: &CasMeta) -> AppResult<Option<CasRow>> {
         let row = self.row(meta)?;
         let (_, version) = daena_governance::keyring::parse_header(&row.envelope)?;
-        let stale = self.keyring.current_version(&meta.tenant).is_some_and(|c| version < c);
-        if !stale || !self.keyring.has_version(&meta.tenant, version) {
+        if !self.keyring.older_and_held(&meta.tenant, version) {
             return Ok(None);
         }
         let tenant = TenantId::new(&meta.tenant)?;

@@ -226,7 +226,6 @@ pub async fn stale_records(d: &Daena) -> AppResult<(u64, Vec<(Addr, u64)>)> {
         let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key)) else {
             return Ok(true);
         };
-        let Some(current) = d.memory.keyring.current_version(t) else { return Ok(true) };
         let version = match &row.body {
             RowBody::Inline(b) => crate::keyring::parse_header(b).map(|(_, v)| v).ok(),
             RowBody::Cold { segment, offset, len } => d
@@ -236,8 +235,7 @@ pub async fn stale_records(d: &Daena) -> AppResult<(u64, Vec<(Addr, u64)>)> {
                 .ok()
                 .and_then(|b| crate::keyring::parse_header(&b).map(|(_, v)| v).ok()),
         };
-        // Records under a shredded version stay as they are: nothing can open them.
-        if version.is_some_and(|v| v < current && d.memory.keyring.has_version(t, v)) {
+        if version.is_some_and(|v| d.memory.keyring.older_and_held(t, v)) {
             stale.push((Addr { tenant, class, key }, row.seq));
         }
         Ok(true)

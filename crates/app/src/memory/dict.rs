@@ -110,6 +110,13 @@ fn table_key(tenant: &str, class: &str, id: u32) -> Vec<u8> {
     k
 }
 
+/// (tenant, class) of a row key made by [`table_key`].
+fn split_key(k: &[u8]) -> Option<(&str, &str)> {
+    let mut parts = k.splitn(3, |b| *b == 0);
+    let (t, c) = (parts.next()?, parts.next()?);
+    Some((std::str::from_utf8(t).ok()?, std::str::from_utf8(c).ok()?))
+}
+
 /// The associated data binding a sealed dictionary to its place.
 fn address(tenant: &str, class: &str, id: u32) -> Vec<u8> {
     let mut a = b"daena-dict\0".to_vec();
@@ -127,9 +134,7 @@ impl Dictionaries {
     pub fn load(kv: &daena_store::kv::Kv, keyring: &Keyring) -> AppResult<Dictionaries> {
         let dicts = Dictionaries::default();
         kv.scan_dicts(|k, v| {
-            let mut parts = k.splitn(3, |b| *b == 0);
-            let (Some(t), Some(c)) = (parts.next(), parts.next()) else { return Ok(()) };
-            let (Ok(tenant), Ok(class)) = (std::str::from_utf8(t), std::str::from_utf8(c)) else { return Ok(()) };
+            let Some((tenant, class)) = split_key(k) else { return Ok(()) };
             if let Err(e) = dicts.register_sealed(keyring, tenant, class, v) {
                 tracing::debug!(tenant, class, error = %e.message, "a dictionary does not open");
             }
@@ -380,13 +385,10 @@ pub async fn reseal_stale(d: &crate::Daena) -> AppResult<(u64, u64)> {
     let keyring = &d.memory.keyring;
     let mut stale = Vec::new();
     d.memory.kv.scan_dicts(|k, v| {
-        let mut parts = k.splitn(3, |b| *b == 0);
-        let (Some(t), Some(c)) = (parts.next(), parts.next()) else { return Ok(()) };
-        let (Ok(tenant), Ok(class)) = (std::str::from_utf8(t), std::str::from_utf8(c)) else { return Ok(()) };
+        let Some((tenant, class)) = split_key(k) else { return Ok(()) };
         let (Some(stamp), Some(id), Some(envelope)) = (v.get(..8), v.get(8..12), v.get(12..)) else { return Ok(()) };
         let Ok((_, version)) = crate::keyring::parse_header(envelope) else { return Ok(()) };
-        // A dictionary under a shredded version stays as it is: nothing can open it.
-        if keyring.current_version(tenant).is_some_and(|c| version < c) && keyring.has_version(tenant, version) {
+        if keyring.older_and_held(tenant, version) {
             let id = u32::from_be_bytes(id.try_into().unwrap_or_default());
             let created_at = i64::from_be_bytes(stamp.try_into().unwrap_or_default());
             stale.push((tenant.to_owned(), class.to_owned(), id, created_at));

@@ -383,6 +383,13 @@ impl Keyring {
         self.tenants.read().get(tenant).is_some_and(|t| t.ciphers.contains_key(&version))
     }
 
+    /// Whether data sealed under `version` is under an older version of `tenant`'s keys that
+    /// is still held: to be sealed again before that version can be retired (data under a
+    /// shredded version stays as it is, nothing can open it).
+    pub fn older_and_held(&self, tenant: &str, version: u32) -> bool {
+        self.current_version(tenant).is_some_and(|c| version < c) && self.has_version(tenant, version)
+    }
+
     /// The version new records of `tenant` are sealed with, if it has a key.
     pub fn current_version(&self, tenant: &str) -> Option<u32> {
         self.tenants.read().get(tenant).filter(|t| t.ciphers.contains_key(&t.current)).map(|t| t.current)
