@@ -440,8 +440,9 @@ impl<S: Send + 'static> Worker<S> {
             Err(e) => {
                 self.state.abort();
                 tracing::error!(error = %e, "ledger append failed; the batch is refused");
+                let refused = AppError::from(e);
                 for (_, reply, _, _) in accepted {
-                    let _ = reply.send(Err(AppError::internal(format!("ledger append failed: {e}"))));
+                    let _ = reply.send(Err(refused.clone()));
                 }
                 return;
             }

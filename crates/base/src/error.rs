@@ -162,7 +162,29 @@ impl AppError {
 
 impl From<daena_store::StoreError> for AppError {
     fn from(e: daena_store::StoreError) -> Self {
-        AppError::storage(&e).caused_by(e)
+        if let daena_store::StoreError::Reopening(_) = e {
+            return AppError::unavailable(format!("storage: {e}; retry shortly")).caused_by(e);
+        }
+        match e.io_error().and_then(disk_condition) {
+            Some(condition) => {
+                AppError::unavailable(format!("storage: {condition} ({e}); retry once the operator has fixed it"))
+                    .caused_by(e)
+            }
+            None => AppError::storage(&e).caused_by(e),
+        }
+    }
+}
+
+/// A disk condition the operator can fix and the caller can wait out (503, not 500).
+fn disk_condition(e: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    /// EIO on Linux: std gives it no kind of its own.
+    const EIO: i32 = 5;
+    match e.kind() {
+        StorageFull | QuotaExceeded => Some("the disk holding the data directory is full"),
+        ReadOnlyFilesystem => Some("the data directory is on a read-only file system"),
+        _ if e.raw_os_error() == Some(EIO) => Some("the disk holding the data directory reported an I/O error"),
+        _ => None,
     }
 }
 

@@ -29,15 +29,18 @@ impl Limit {
 }
 
 /// Decides a request at `now` for a tenant whose TAT is `tat` (None: no state). Returns the
-/// decision and the new TAT (unchanged on a denial).
+/// decision and the new TAT (on a denial unchanged, but for a TAT pulled back to a window
+/// ahead of `now`).
 pub fn decide(limit: Limit, tat: Option<i64>, now: i64) -> (Decision, Option<i64>) {
     let t = limit.interval();
     let window = t.saturating_mul(i64::from(limit.burst.max(1)));
-    let start = tat.map_or(now, |x| x.max(now));
+    // A TAT more than one window ahead only comes from a wall clock that went back (or
+    // a replica whose clock is ahead): count it as a used-up burst, not an hour's lockout.
+    let start = tat.map_or(now, |x| x.clamp(now, now.saturating_add(window)));
     let next = start.saturating_add(t);
     if next - now > window {
         let retry_after = next - now - window;
-        (Decision::Deny { retry_after, reset: start - now }, tat)
+        (Decision::Deny { retry_after, reset: start - now }, tat.map(|_| start))
     } else {
         let remaining = u32::try_from((window - (next - now)) / t).unwrap_or(u32::MAX);
         (Decision::Allow { remaining, reset: next - now }, Some(next))
@@ -56,6 +59,27 @@ pub fn available(limit: Limit, tat: Option<i64>, now: i64) -> u32 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_clock_that_goes_back_costs_at_most_one_interval() {
+        let limit = Limit { rpm: 600, burst: 20 };
+        let t = limit.interval();
+        let mut tat = None;
+        let now = 10_000_000_000;
+        for _ in 0..10 {
+            let (d, next) = decide(limit, tat, now);
+            assert!(matches!(d, Decision::Allow { .. }));
+            tat = next;
+        }
+        // The wall clock jumps back an hour: the burst counts as used, for one interval.
+        let back = now - 3_600_000_000;
+        let (d, pulled_back) = decide(limit, tat, back);
+        assert_eq!(d, Decision::Deny { retry_after: t, reset: 20 * t });
+        assert_eq!(pulled_back, Some(back + 20 * t));
+        let tat = pulled_back;
+        let (d, _) = decide(limit, tat, back + t);
+        assert!(matches!(d, Decision::Allow { .. }), "{d:?}");
+    }
 
     #[test]
     fn burst_then_refill() {

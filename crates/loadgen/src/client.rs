@@ -116,20 +116,29 @@ pub async fn run_spread(
 /// A null HTTP server: answers every request 200 with a small JSON body. The baseline for
 /// what the HTTP stack and this client cost on this machine.
 pub async fn null_server() -> anyhow::Result<std::net::SocketAddr> {
+    fixed_server(Bytes::from_static(br#"{"ok":true}"#)).await
+}
+
+/// A server that answers every request 200 with `body` as JSON.
+pub async fn fixed_server(body: Bytes) -> anyhow::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
+            let body = body.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(
-                        hyper::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(br#"{"ok":true}"#)))
-                            .unwrap_or_default(),
-                    )
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(body))
+                                .unwrap_or_default(),
+                        )
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -143,7 +152,7 @@ pub async fn null_server() -> anyhow::Result<std::net::SocketAddr> {
 /// Reads one response from `stream` into `buf` (which keeps nothing between responses: one
 /// request is in flight) and returns its status. Needs `Content-Length`; Daena and the null
 /// server send it on every answer these scenarios ask for.
-async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
+pub async fn read_response(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
     buf.clear();
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 32];

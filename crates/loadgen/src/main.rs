@@ -5,10 +5,13 @@
 //! Examples:
 //!   cargo run --release -p daena-loadgen -- memory-get --records 1000000 --concurrency 64
 //!   cargo run --release -p daena-loadgen -- memory-put --concurrency 64 --seconds 10
+//!   cargo build --release -p daena -p daena-loadgen && target/release/daena-loadgen soak --minutes 10
 
+mod chart;
 mod client;
 mod replicas;
 mod scenarios;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -63,6 +66,9 @@ enum Scenario {
         #[arg(long, default_value = "redis://127.0.0.1:6379/")]
         redis: String,
     },
+    /// The real `daena serve` under fleet traffic at a fixed rate for minutes: memory, file
+    /// handles, latency, ledger and data size over time, as CSV and an SVG chart
+    Soak(soak::SoakArgs),
     /// POST /v1/chat/completions exact cache hits, beside a Redis GET loop of the same size
     CasHit {
         #[command(flatten)]
@@ -89,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::MemoryPut { common } => scenarios::memory_put(&common).await,
             Scenario::CasHit { common, redis } => scenarios::cas_hit(&common, &redis).await,
             Scenario::Replicas { common, redis } => replicas::run(&common, &redis).await,
+            Scenario::Soak(args) => soak::run(&args).await,
         }
     })
 }

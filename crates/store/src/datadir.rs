@@ -37,6 +37,24 @@ pub struct DataDir {
 
 pub const LOCK_FILE: &str = "daena.lock";
 
+/// An error writing the data directory at start, with what to do about the usual causes.
+fn unwritable(root: &Path, what: String, e: std::io::Error) -> StoreError {
+    let hint = match e.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem => "is on a read-only file system",
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => "is on a full disk",
+        std::io::ErrorKind::PermissionDenied => "is not writable by this user",
+        _ => return StoreError::io(what, e),
+    };
+    StoreError::io(
+        format!(
+            "the data directory {} {hint}; Daena writes its ledger and state there: make it writable \
+             or set DAENA_DATA_DIR to another directory ({what})",
+            root.display()
+        ),
+        e,
+    )
+}
+
 impl DataDir {
     /// Creates the directory tree if needed and takes the exclusive lock.
     pub fn open(root: &Path, info: &LockInfo) -> Result<DataDir, StoreError> {
@@ -48,7 +66,7 @@ impl DataDir {
             .create(true)
             .truncate(false)
             .open(&lock_path)
-            .map_err(|e| StoreError::io(format!("open {}", lock_path.display()), e))?;
+            .map_err(|e| unwritable(root, format!("open {}", lock_path.display()), e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -69,7 +87,7 @@ impl DataDir {
             .and_then(|_| lock.rewind())
             .and_then(|_| lock.write_all(&text))
             .and_then(|_| lock.sync_data())
-            .map_err(|e| StoreError::io(format!("write {}", lock_path.display()), e))?;
+            .map_err(|e| unwritable(root, format!("write {}", lock_path.display()), e))?;
         let dir = DataDir { root: root.to_owned(), _lock: lock };
         for sub in [dir.ledger_dir(), dir.l3_dir(), dir.keys_dir(), dir.snapshots_dir()] {
             std::fs::create_dir_all(&sub).map_err(|e| StoreError::io(format!("create {}", sub.display()), e))?;

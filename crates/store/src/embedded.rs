@@ -9,8 +9,11 @@
 use crate::StoreError;
 use crate::records::RecordRow;
 use crate::state::{DocStore, DocTable, RecordVisit, RowVisit, StateBatch, StateStore, StateView, WriterHold};
+use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 type Bytes = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -26,13 +29,131 @@ fn docs(table: DocTable) -> TableDefinition<'static, &'static str, &'static [u8]
 }
 
 /// The redb-backed [`StateStore`].
+///
+/// After a write of its file fails (a full, read-only or failing disk), redb refuses every
+/// use, reads too, until the database is reopened. So a write first proves the disk takes
+/// writes (a small probe file beside the database, synced when the write is durable) and
+/// stops there when it does not, leaving the database open for reads. When a write fails
+/// anyway, [`Embedded::with`] reopens the database (at most once a second) and runs the use
+/// again, so the service recovers by itself once the disk takes writes; reopening checks
+/// the file as after a crash: only committed transactions are in it.
 pub struct Embedded {
-    db: Database,
+    /// `None` only after a reopen failed; the next use tries again.
+    db: RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
+    cache_bytes: usize,
+    last_reopen: Mutex<Option<Instant>>,
 }
+
+/// Every open checks the checksum of every page: a file damaged at rest is refused with
+/// [`StoreError::Corrupt`] instead of being trusted (a plain open may panic on it).
+fn builder(cache_bytes: usize) -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(cache_bytes).set_check_integrity_on_open(true);
+    b
+}
+
+/// How often a refused database is reopened at most (a reopen checks the whole file).
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 impl Embedded {
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Embedded, StoreError> {
-        Ok(Embedded { db: Database::builder().set_cache_size(cache_bytes).create(path)? })
+        let db = builder(cache_bytes).create(path)?;
+        Ok(Embedded {
+            db: RwLock::new(Some(Arc::new(db))),
+            path: path.to_owned(),
+            cache_bytes,
+            last_reopen: Mutex::new(None),
+        })
+    }
+
+    /// Runs `f` on the database; when redb refuses it because an earlier write failed,
+    /// reopens the database and runs `f` once more.
+    fn with<T>(&self, f: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let db = self.current()?;
+        match f(&db) {
+            Err(StoreError::Reopening(_)) => {
+                let stale = Arc::as_ptr(&db);
+                drop(db);
+                self.reopen(Some(stale))?;
+                f(self.current()?.as_ref())
+            }
+            other => other,
+        }
+    }
+
+    /// Like [`Embedded::with`] for a write: only once the disk proved it takes writes.
+    fn write_with<T>(&self, durable: bool, f: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.probe_disk(durable)?;
+        self.with(f)
+    }
+
+    /// Writes (and with `sync`, syncs) a small file beside the database.
+    fn probe_disk(&self, sync: bool) -> Result<(), StoreError> {
+        use std::io::Write;
+        let probe = self.path.with_extension("probe");
+        std::fs::File::create(&probe)
+            .and_then(|mut f| f.write_all(b"ok").and_then(|()| if sync { f.sync_data() } else { Ok(()) }))
+            .map_err(|e| StoreError::io("embedded database's disk", e))
+    }
+
+    /// A read transaction, from a reopened database when the open one refuses.
+    fn read_txn(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.with(|db| Ok(db.begin_read()?))
+    }
+
+    fn current(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.db.read().as_ref() {
+            return Ok(db.clone());
+        }
+        self.reopen(None)?;
+        self.db.read().clone().ok_or_else(|| StoreError::Reopening("reopening it".into()))
+    }
+
+    /// Replaces the database `stale` points at (`None`: the missing one) with a fresh open of
+    /// the file, unless another thread already did.
+    fn reopen(&self, stale: Option<*const Database>) -> Result<(), StoreError> {
+        let mut slot = self.db.write();
+        if slot.as_ref().map(Arc::as_ptr) != stale {
+            return Ok(());
+        }
+        {
+            let mut last = self.last_reopen.lock();
+            if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+                return Err(StoreError::Reopening("the next attempt to reopen it is within a second".into()));
+            }
+            *last = Some(Instant::now());
+        }
+        if let Some(old) = slot.take() {
+            // Uses already under way hold the old handle for one short call; wait for them.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => break drop(db),
+                    Err(still) if Instant::now() < deadline => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(still) => {
+                        *slot = Some(still);
+                        return Err(StoreError::Reopening("it is still in use; trying again later".into()));
+                    }
+                }
+            }
+        }
+        match builder(self.cache_bytes).create(&self.path) {
+            Ok(db) => {
+                tracing::warn!(path = %self.path.display(), "embedded database reopened after a failed write");
+                *slot = Some(Arc::new(db));
+                Ok(())
+            }
+            Err(e) => {
+                let e = StoreError::from(e);
+                tracing::error!(error = %e, "reopening the embedded database failed; the next use tries again");
+                Err(e)
+            }
+        }
     }
 }
 
@@ -47,8 +168,7 @@ macro_rules! open_or_none {
     };
 }
 
-fn scan_bytes(db: &Database, table: Bytes, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
-    let txn = db.begin_read()?;
+fn scan_bytes(txn: &redb::ReadTransaction, table: Bytes, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
     let Some(t) = open_or_none!(txn, table) else { return Ok(()) };
     for item in t.iter()? {
         let (k, v) = item?;
@@ -59,71 +179,85 @@ fn scan_bytes(db: &Database, table: Bytes, f: &mut RowVisit<'_>) -> Result<(), S
 
 impl DocStore for Embedded {
     fn get_doc(&self, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let Some(t) = open_or_none!(txn, docs(table)) else { return Ok(None) };
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(t) = open_or_none!(txn, docs(table)) else { return Ok(None) };
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
     }
 
     fn put_docs(&self, table: DocTable, items: &[(&str, &[u8])]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(docs(table))?;
-            for (key, value) in items {
-                t.insert(*key, *value)?;
+        self.write_with(true, |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut t = txn.open_table(docs(table))?;
+                for (key, value) in items {
+                    t.insert(*key, *value)?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        let existed = txn.open_table(docs(table))?.remove(key)?.is_some();
-        txn.commit()?;
-        Ok(existed)
+        self.write_with(true, |db| {
+            let txn = db.begin_write()?;
+            let existed = txn.open_table(docs(table))?.remove(key)?.is_some();
+            txn.commit()?;
+            Ok(existed)
+        })
     }
 
     fn scan_docs(&self, table: DocTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let Some(t) = open_or_none!(txn, docs(table)) else { return Ok(Vec::new()) };
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_owned(), v.value().to_vec()));
-        }
-        Ok(out)
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(t) = open_or_none!(txn, docs(table)) else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     fn swap_doc(&self, table: DocTable, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        let swapped = {
-            let mut t = txn.open_table(docs(table))?;
-            let same = t.get(key)?.map(|v| v.value().to_vec()).as_deref() == expected;
-            if same {
-                t.insert(key, new)?;
-            }
-            same
-        };
-        txn.commit()?;
-        Ok(swapped)
+        self.write_with(true, |db| {
+            let txn = db.begin_write()?;
+            let swapped = {
+                let mut t = txn.open_table(docs(table))?;
+                let same = t.get(key)?.map(|v| v.value().to_vec()).as_deref() == expected;
+                if same {
+                    t.insert(key, new)?;
+                }
+                same
+            };
+            txn.commit()?;
+            Ok(swapped)
+        })
     }
 }
 
 impl StateStore for Embedded {
     fn record(&self, addr: &[u8]) -> Result<Option<RecordRow>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let Some(t) = open_or_none!(txn, RECORDS) else { return Ok(None) };
-        t.get(addr)?.map(|v| RecordRow::decode(v.value())).transpose()
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(t) = open_or_none!(txn, RECORDS) else { return Ok(None) };
+            t.get(addr)?.map(|v| RecordRow::decode(v.value())).transpose()
+        })
     }
 
     fn access(&self, addr: &[u8]) -> Result<Option<(i64, u64)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let Some(t) = open_or_none!(txn, ACCESS) else { return Ok(None) };
-        Ok(t.get(addr)?.map(|v| v.value()))
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(t) = open_or_none!(txn, ACCESS) else { return Ok(None) };
+            Ok(t.get(addr)?.map(|v| v.value()))
+        })
     }
 
     fn scan_records(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut RecordVisit<'_>) -> Result<(), StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.read_txn()?;
         let Some(t) = open_or_none!(txn, RECORDS) else { return Ok(()) };
         let start: &[u8] = match after {
             Some(a) if a >= prefix => a,
@@ -146,91 +280,104 @@ impl StateStore for Embedded {
     }
 
     fn applied_seq(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let Some(t) = open_or_none!(txn, MEMORY_META) else { return Ok(0) };
-        Ok(t.get(APPLIED_SEQ)?.map_or(0, |v| v.value()))
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(t) = open_or_none!(txn, MEMORY_META) else { return Ok(0) };
+            Ok(t.get(APPLIED_SEQ)?.map_or(0, |v| v.value()))
+        })
     }
 
     fn cache_row(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let Some(t) = open_or_none!(txn, CACHE) else { return Ok(None) };
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            let Some(t) = open_or_none!(txn, CACHE) else { return Ok(None) };
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
     }
 
     fn scan_cache(&self, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
-        scan_bytes(&self.db, CACHE, f)
+        scan_bytes(&self.read_txn()?, CACHE, f)
     }
 
     fn scan_dicts(&self, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
-        scan_bytes(&self.db, DICTS, f)
+        scan_bytes(&self.read_txn()?, DICTS, f)
     }
 
     fn put_dict(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(DICTS)?.insert(key, value)?;
-        txn.commit()?;
-        Ok(())
+        self.write_with(true, |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(DICTS)?.insert(key, value)?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     fn write(&self, batch: &StateBatch<'_>) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
-        if !batch.durable {
-            txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Db(e.to_string()))?;
-        }
-        {
-            let mut records = txn.open_table(RECORDS)?;
-            let mut access = txn.open_table(ACCESS)?;
-            for (key, row) in &batch.records {
-                match row {
-                    Some(bytes) => {
-                        records.insert(*key, bytes.as_slice())?;
-                    }
-                    None => {
-                        records.remove(*key)?;
-                        access.remove(*key)?;
-                    }
-                }
-            }
-            for (key, stats) in &batch.access {
-                if records.get(*key)?.is_some() {
-                    access.insert(*key, *stats)?;
-                }
-            }
-            if !batch.cache.is_empty() {
-                let mut cache = txn.open_table(CACHE)?;
-                for (key, row) in &batch.cache {
-                    match row {
-                        Some(bytes) => {
-                            cache.insert(*key, bytes.as_slice())?;
-                        }
-                        None => {
-                            cache.remove(*key)?;
-                        }
-                    }
-                }
-            }
-            for (table, key, json) in batch.docs {
-                txn.open_table(docs(*table))?.insert(*key, json.as_slice())?;
-            }
-            txn.open_table(MEMORY_META)?.insert(APPLIED_SEQ, batch.applied)?;
-        }
-        txn.commit()?;
-        Ok(())
+        self.write_with(batch.durable, |db| write_batch(db, batch))
     }
 
     fn view(&self) -> Result<Box<dyn StateView>, StoreError> {
-        Ok(Box::new(View(self.db.begin_read()?)))
+        Ok(Box::new(View(self.read_txn()?)))
     }
 
     fn probe(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_read()?;
-        drop(open_or_none!(txn, docs(crate::kv::SETTINGS)));
-        Ok(())
+        self.with(|db| {
+            let txn = db.begin_read()?;
+            drop(open_or_none!(txn, docs(crate::kv::SETTINGS)));
+            Ok(())
+        })
     }
 
     fn hold_writer(&self) -> Result<Box<dyn WriterHold>, StoreError> {
-        Ok(Box::new(Hold(Some(self.db.begin_write()?))))
+        Ok(Box::new(Hold(Some(self.with(|db| Ok(db.begin_write()?))?))))
     }
+}
+
+/// One batch in one transaction: all or none.
+fn write_batch(db: &Database, batch: &StateBatch<'_>) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    if !batch.durable {
+        txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Db(e.to_string()))?;
+    }
+    {
+        let mut records = txn.open_table(RECORDS)?;
+        let mut access = txn.open_table(ACCESS)?;
+        for (key, row) in &batch.records {
+            match row {
+                Some(bytes) => {
+                    records.insert(*key, bytes.as_slice())?;
+                }
+                None => {
+                    records.remove(*key)?;
+                    access.remove(*key)?;
+                }
+            }
+        }
+        for (key, stats) in &batch.access {
+            if records.get(*key)?.is_some() {
+                access.insert(*key, *stats)?;
+            }
+        }
+        if !batch.cache.is_empty() {
+            let mut cache = txn.open_table(CACHE)?;
+            for (key, row) in &batch.cache {
+                match row {
+                    Some(bytes) => {
+                        cache.insert(*key, bytes.as_slice())?;
+                    }
+                    None => {
+                        cache.remove(*key)?;
+                    }
+                }
+            }
+        }
+        for (table, key, json) in batch.docs {
+            txn.open_table(docs(*table))?.insert(*key, json.as_slice())?;
+        }
+        txn.open_table(MEMORY_META)?.insert(APPLIED_SEQ, batch.applied)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 struct Hold(Option<redb::WriteTransaction>);

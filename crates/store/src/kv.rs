@@ -46,7 +46,18 @@ impl std::fmt::Debug for Kv {
 impl Kv {
     /// Opens (or creates) the embedded store at `path` and checks its schema version.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Kv, StoreError> {
-        let kv = Kv::over(Arc::new(crate::embedded::Embedded::open(path, cache_bytes)?));
+        let store = crate::embedded::Embedded::open(path, cache_bytes).map_err(|e| match e {
+            StoreError::Corrupt { detail, .. } => StoreError::Corrupt {
+                what: format!("the state database {}", path.display()),
+                detail: format!(
+                    "{detail}. Move the file aside and rebuild the state from the newest snapshot and \
+                     the ledger's entries after it: `daena replay --ledger <data dir>/ledger --from-snapshot \
+                     <data dir>/snapshots/<newest>.tar.zst`"
+                ),
+            },
+            other => other,
+        })?;
+        let kv = Kv::over(Arc::new(store));
         kv.check_schema(&path.display().to_string())?;
         Ok(kv)
     }

@@ -25,7 +25,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+-- A TAT more than a window ahead only comes from a clock that went back: a used-up burst.
+local stored = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat = math.min(stored, now + window)
+if tat < stored then
+  redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+end
 local start = math.max(tat, now)
 local nxt = start + interval
 if nxt - now > window then
