@@ -84,11 +84,13 @@ async fn a_damaged_snapshot_is_refused_by_restore_and_replay() {
     let damaged = tmp.path().join("damaged.tar.zst");
     let ledger = tmp.path().join("data/ledger");
 
-    // A byte flipped in the middle, and the archive cut in half.
+    // A byte flipped in the middle, the archive cut in half, and one file inside changed
+    // under a valid compression frame (only the manifest's hashes can tell).
     let mut flipped = good.clone();
     flipped[good.len() / 2] ^= 0x20;
     let cut = good[..good.len() / 2].to_vec();
-    for (what, bytes) in [("a flipped byte", flipped), ("cut in half", cut)] {
+    let rewritten = with_inner_file_changed(&good, "ledger/");
+    for (what, bytes) in [("a flipped byte", flipped), ("cut in half", cut), ("a changed ledger file inside", rewritten)] {
         std::fs::write(&damaged, &bytes).expect("write");
         let out = run(daena(tmp.path()).args(["snapshot", "restore"]).arg(&damaged));
         assert!(!out.status.success(), "restore of a snapshot with {what} must fail: {}", stdout(&out));
@@ -97,6 +99,9 @@ async fn a_damaged_snapshot_is_refused_by_restore_and_replay() {
             !err.contains("panicked") && err.contains("damaged.tar.zst"),
             "{what}: the message names the file: {err}"
         );
+        if what.contains("inside") {
+            assert!(err.contains("does not match its manifest hash"), "{what}: {err}");
+        }
 
         let out = run(daena(tmp.path()).args(["replay", "--ledger"]).arg(&ledger).arg("--from-snapshot").arg(&damaged));
         assert!(!out.status.success(), "replay from a snapshot with {what} must fail: {}", stdout(&out));
@@ -105,4 +110,30 @@ async fn a_damaged_snapshot_is_refused_by_restore_and_replay() {
 
     // The data directory is untouched: everything reads back.
     assert_all_back(tmp.path(), &keys, &[]).await;
+}
+
+/// The archive with one byte changed in the first file whose path starts with `prefix`,
+/// packed and compressed again (a valid archive whose contents differ from its manifest).
+fn with_inner_file_changed(archive: &[u8], prefix: &str) -> Vec<u8> {
+    let tar_bytes = zstd::decode_all(archive).expect("zstd");
+    let mut out = tar::Builder::new(Vec::new());
+    let mut changed = false;
+    let mut reader = tar::Archive::new(tar_bytes.as_slice());
+    for entry in reader.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let path = entry.path().expect("path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).expect("read entry");
+        if !changed && path.starts_with(prefix) && !data.is_empty() {
+            let at = data.len() / 2;
+            data[at] ^= 0x01;
+            changed = true;
+        }
+        let mut header = entry.header().clone();
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        out.append(&header, data.as_slice()).expect("append");
+    }
+    assert!(changed, "the archive has a file under {prefix}");
+    zstd::encode_all(out.into_inner().expect("tar").as_slice(), 3).expect("zstd")
 }
