@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod aging;
+pub mod archive;
 pub mod auth;
 pub mod canonical;
 pub mod cas;

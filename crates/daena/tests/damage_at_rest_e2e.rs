@@ -90,7 +90,9 @@ async fn a_damaged_snapshot_is_refused_by_restore_and_replay() {
     flipped[good.len() / 2] ^= 0x20;
     let cut = good[..good.len() / 2].to_vec();
     let rewritten = with_inner_file_changed(&good, "ledger/");
-    for (what, bytes) in [("a flipped byte", flipped), ("cut in half", cut), ("a changed ledger file inside", rewritten)] {
+    for (what, bytes) in
+        [("a flipped byte", flipped), ("cut in half", cut), ("a changed ledger file inside", rewritten)]
+    {
         std::fs::write(&damaged, &bytes).expect("write");
         let out = run(daena(tmp.path()).args(["snapshot", "restore"]).arg(&damaged));
         assert!(!out.status.success(), "restore of a snapshot with {what} must fail: {}", stdout(&out));

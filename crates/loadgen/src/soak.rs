@@ -43,6 +43,11 @@ pub struct SoakArgs {
     /// Where the samples go: `<out>.csv` and `<out>.svg`
     #[arg(long, default_value = "docs/soak")]
     pub out: PathBuf,
+    /// Set the L1 cache and the L2 page cache to this many MiB each (the service's default:
+    /// 256 each); small caches fill in the first minute, so memory growth after that is not
+    /// the caches filling
+    #[arg(long)]
+    pub cache_mib: Option<u64>,
 }
 
 /// One sample of the server.
@@ -72,14 +77,18 @@ pub async fn run(a: &SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(bin.exists(), "no daena binary at {} (cargo build --release -p daena, or --bin)", bin.display());
     let dir = tempfile::tempdir()?;
     let upstream = stand_in_upstream().await?;
-    let (mut child, addr) = start_server(&bin, dir.path(), upstream)?;
+    let (mut child, addr) = start_server(&bin, dir.path(), upstream, a.cache_mib)?;
     let pid = child.id();
     eprintln!("soak: daena pid {pid} on {addr}, {} req/s for {} min", a.rate, a.minutes);
     seed(addr).await?;
 
     let window = Arc::new(parking_window());
     let errors = Arc::new(AtomicU64::new(0));
-    let end = Instant::now() + Duration::from_secs_f64(a.minutes * 60.0);
+    // Whole intervals only; the traffic runs half an interval past the last sample, so every
+    // sample sees a full interval of it.
+    let intervals = ((a.minutes * 60.0) / a.every as f64).floor().max(1.0) as u32;
+    let every = Duration::from_secs(a.every);
+    let end = Instant::now() + every * intervals + every / 2;
     let per_conn = Duration::from_secs_f64(a.connections as f64 / f64::from(a.rate));
     let mut tasks = Vec::new();
     for worker in 0..a.connections {
@@ -112,9 +121,9 @@ pub async fn run(a: &SoakArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let mut samples = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(a.every));
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
-    while Instant::now() < end {
+    for _ in 0..intervals {
         tick.tick().await;
         let mut lat = std::mem::take(&mut *window.lock());
         lat.sort();
@@ -150,13 +159,10 @@ pub async fn run(a: &SoakArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&csv, to_csv(&samples))?;
-    std::fs::write(
-        &svg,
-        crate::chart::draw(
-            &chart_series(&samples),
-            &format!("Soak: {} req/s of fleet traffic for {} min, sampled every {} s", a.rate, a.minutes, a.every),
-        ),
-    )?;
+    let caches = a.cache_mib.map_or("default caches".to_owned(), |m| format!("L1 and L2 caches {m} MiB each"));
+    let title =
+        format!("Soak: {} req/s of fleet traffic for {} min, sampled every {} s, {caches}", a.rate, a.minutes, a.every);
+    std::fs::write(&svg, crate::chart::draw(&chart_series(&samples), &title))?;
     println!("{}", summary(&samples));
     println!("wrote {} and {}", csv.display(), svg.display());
     Ok(())
@@ -216,10 +222,16 @@ fn start_server(
     bin: &Path,
     dir: &Path,
     upstream: std::net::SocketAddr,
+    cache_mib: Option<u64>,
 ) -> anyhow::Result<(std::process::Child, std::net::SocketAddr)> {
     std::fs::create_dir_all(dir.join("config"))?;
     let log = std::fs::File::create(dir.join("serve.log"))?;
-    let child = std::process::Command::new(bin)
+    let mut cmd = std::process::Command::new(bin);
+    if let Some(mib) = cache_mib {
+        let bytes = (mib << 20).to_string();
+        cmd.env("DAENA_MEMORY_L1_CACHE_BYTES", &bytes).env("DAENA_MEMORY_L2_CACHE_BYTES", &bytes);
+    }
+    let child = cmd
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

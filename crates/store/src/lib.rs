@@ -13,8 +13,10 @@ pub mod error;
 pub mod kv;
 pub mod ledger;
 pub mod overlay;
+#[cfg(feature = "shared")]
 pub mod pg;
 pub mod records;
+#[cfg(feature = "shared")]
 pub mod redis_limits;
 pub mod state;
 
