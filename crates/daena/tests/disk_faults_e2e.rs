@@ -11,9 +11,10 @@
 
 mod common;
 
-use common::faults::{Tmpfs, assert_all_back, assert_refused_clearly, get_text, put, wait_writable_check};
+use common::faults::{
+    Tmpfs, assert_all_back, assert_refused_clearly, assert_unhealthy_and_reading, get_text, put, wait_writable_check,
+};
 use common::{Server, daena, run, stderr};
-use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,16 +55,7 @@ async fn a_full_disk_refuses_writes_clearly_and_recovers_by_itself() {
     }
     let (s, v, refused_key) = refusal.expect("a write is refused once the disk is full");
     assert_refused_clearly(s, &v, "full");
-    let h = wait_writable_check(&url, "fail").await;
-    assert_eq!(
-        (&h["status"], &h["checks"]["data_dir_writable"]["status"]),
-        (&json!("unhealthy"), &json!("fail")),
-        "{h}"
-    );
-    for key in &acked {
-        let (s, text) = get_text(&url, key).await;
-        assert_eq!((s, text), (200, json!(format!("record {key}"))), "{key} reads while the disk is full");
-    }
+    assert_unhealthy_and_reading(&url, &acked, "while the disk is full").await;
 
     // Long enough for the state flush (every second) to meet the full disk too.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -8,10 +8,12 @@
 
 mod common;
 
-use common::faults::{Injector, assert_all_back, assert_refused_clearly, get_text, put, wait_writable_check};
+use common::faults::{
+    Injector, assert_all_back, assert_refused_clearly, assert_unhealthy_and_reading, get_text, put, wait_writable_check,
+};
 use common::{call, ledger_size};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 
 /// Writes 10 records, turns `fault` on, checks writes are refused with a message containing
@@ -33,21 +35,7 @@ async fn refused_while_on_then_recovered(fault: &str, words: &str) {
     injector.set(fault);
     let (s, v) = put(&url, "during").await;
     assert_refused_clearly(s, &v, words);
-    let h = wait_writable_check(&url, "fail").await;
-    assert_eq!(
-        (&h["status"], &h["checks"]["data_dir_writable"]["status"]),
-        (&json!("unhealthy"), &json!("fail")),
-        "{h}"
-    );
-    for key in &acked {
-        let (s, text) = get_text(&url, key).await;
-        assert_eq!(
-            (s, text),
-            (200, json!(format!("record {key}"))),
-            "{key} reads during the fault: {}",
-            server.log_text()
-        );
-    }
+    assert_unhealthy_and_reading(&url, &acked, "during the fault").await;
     // Long enough for the state flush (every second) to meet the fault and retry.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (s, v) = put(&url, "during-2").await;

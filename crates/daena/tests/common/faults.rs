@@ -80,6 +80,21 @@ pub fn assert_refused_clearly(status: u16, body: &Value, words: &str) {
     assert!(message.contains(words), "the message says why ({words}): {message}");
 }
 
+/// While a disk fault lasts: `/health` turns unhealthy with the data directory check failing,
+/// and every acknowledged write still reads back exactly.
+pub async fn assert_unhealthy_and_reading(url: &str, acked: &[String], during: &str) {
+    let h = wait_writable_check(url, "fail").await;
+    assert_eq!(
+        (&h["status"], &h["checks"]["data_dir_writable"]["status"]),
+        (&json!("unhealthy"), &json!("fail")),
+        "{during}: {h}"
+    );
+    for key in acked {
+        let (s, text) = get_text(url, key).await;
+        assert_eq!((s, text), (200, json!(format!("record {key}"))), "{key} reads {during}");
+    }
+}
+
 /// After a restart: every acknowledged write reads back exactly, no refused one is there
 /// (nothing unacknowledged is half visible), and the ledger verifies.
 pub async fn assert_all_back(dir: &Path, acked: &[String], refused: &[String]) {
