@@ -3,7 +3,7 @@
 //!
 //! The per-request steps run as one middleware, [`around`], whose steps are plain async
 //! functions awaited one inside the other: each `from_fn` layer would box its future and
-//! clone the inner service on every request (docs/BENCHMARKS.md, LLM cache, has the cost).
+//! clone the inner service on every request (docs/PERFORMANCE_NOTES.md, LLM cache, has the cost).
 
 use crate::error::ApiError;
 use crate::extract::AppState;

@@ -36,7 +36,21 @@ impl Report {
         self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
     }
 
+    /// The report as one line of text; also recorded with [`record_json`].
     pub fn line(&self, label: &str) -> String {
+        record_json(
+            label,
+            serde_json::json!({
+                "rate": self.rate(),
+                "p50_ms": self.pct(0.50),
+                "p90_ms": self.pct(0.90),
+                "p99_ms": self.pct(0.99),
+                "max_ms": self.pct(1.0),
+                "requests": self.requests,
+                "errors": self.errors,
+                "seconds": self.seconds,
+            }),
+        );
         format!(
             "{label:<44} {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms  errors {}",
             self.rate(),
@@ -46,6 +60,28 @@ impl Report {
             self.pct(1.0),
             self.errors
         )
+    }
+}
+
+/// With `DAENA_BENCH_JSON` set (as `bench/run` does), appends one JSON line to that file:
+/// the scenario (`DAENA_BENCH_SCENARIO`), `label` and the `fields` of the figure, for the
+/// report generator.
+pub fn record_json(label: &str, fields: serde_json::Value) {
+    let Some(path) = std::env::var_os("DAENA_BENCH_JSON") else { return };
+    let mut record = serde_json::json!({
+        "scenario": std::env::var("DAENA_BENCH_SCENARIO").unwrap_or_default(),
+        "label": label,
+    });
+    if let (Some(out), serde_json::Value::Object(fields)) = (record.as_object_mut(), fields) {
+        out.extend(fields);
+    }
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{record}\n").as_bytes()));
+    if let Err(e) = appended {
+        eprintln!("cannot append to DAENA_BENCH_JSON {}: {e}", std::path::Path::new(&path).display());
     }
 }
 
@@ -110,6 +146,70 @@ pub async fn run_spread(
         latencies.extend(t.await??);
     }
     latencies.sort();
+    Ok(Report { requests: latencies.len() as u64, errors: errors.load(Ordering::Relaxed), seconds, latencies })
+}
+
+/// Open loop: `rate` requests a second in total, each of `connections` keep-alive connections
+/// on its own fixed schedule (staggered so the arrivals are even), for `warmup + seconds`,
+/// measuring the last `seconds`. A connection still waiting for an answer when its next
+/// request is due sends it as soon as the answer is in, and that request's latency runs from
+/// when it was due: a stall delays the requests queued behind it and they count it, so the
+/// percentiles are what a caller arriving at this rate sees (no coordinated omission). A
+/// request sent late only because the client's timer woke late (tokio's timers tick in
+/// milliseconds) is timed from when it was sent: that delay is the client's, not the server's.
+pub async fn run_open(
+    addr: std::net::SocketAddr,
+    rate: f64,
+    connections: usize,
+    warmup: f64,
+    seconds: f64,
+    make: MakeRequest,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(rate > 0.0 && connections > 0, "an open loop needs a positive rate and connections");
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(warmup);
+    let end = measure_from + Duration::from_secs_f64(seconds);
+    let gap = Duration::from_secs_f64(connections as f64 / rate);
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..connections {
+        let (make, errors) = (make.clone(), errors.clone());
+        let first = start + gap.mul_f64(worker as f64 / connections as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut buf = Vec::with_capacity(16 * 1024);
+            let mut n = 0u64;
+            let mut answered = first;
+            loop {
+                let due = first + gap.mul_f64(n as f64);
+                if due >= end {
+                    break;
+                }
+                tokio::time::sleep_until(due.into()).await;
+                // Behind because of the server (the last answer came after `due`): from `due`.
+                let from = if answered > due { due } else { Instant::now() };
+                stream.write_all(&make(worker, n)).await?;
+                let status = read_response(&mut stream, &mut buf).await?;
+                answered = Instant::now();
+                if due >= measure_from {
+                    lat.push(answered - from);
+                    if !(200..300).contains(&status) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                n += 1;
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    latencies.sort();
+    // Requests due in the measured window; when the server keeps up, `rate × seconds`.
     Ok(Report { requests: latencies.len() as u64, errors: errors.load(Ordering::Relaxed), seconds, latencies })
 }
 

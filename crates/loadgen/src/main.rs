@@ -6,9 +6,16 @@
 //!   cargo run --release -p daena-loadgen -- memory-get --records 1000000 --concurrency 64
 //!   cargo run --release -p daena-loadgen -- memory-put --concurrency 64 --seconds 10
 //!   cargo build --release -p daena -p daena-loadgen && target/release/daena-loadgen soak --minutes 10
+//!   daena-loadgen open-loop --rates 10000,20000,40000
+//!   daena-loadgen growth --max-records 1000000 --max-prompts 1000000 --max-ledger 10000000
+//!   daena-loadgen http --addr 127.0.0.1:8012 --path /get --body '{"prompt":"hello"}'
+//!
+//! `bench/run` runs them all and writes docs/BENCHMARKS.md.
 
 mod chart;
 mod client;
+mod growth;
+mod peer;
 mod replicas;
 mod scenarios;
 mod soak;
@@ -69,6 +76,19 @@ enum Scenario {
     /// The real `daena serve` under fleet traffic at a fixed rate for minutes: memory, file
     /// handles, latency, ledger and data size over time, as CSV and an SVG chart
     Soak(soak::SoakArgs),
+    /// Open loop at fixed arrival rates (latency from when each request was due): exact cache
+    /// hits and memory GETs
+    OpenLoop {
+        #[command(flatten)]
+        common: Common,
+        /// Total requests per second, one point each
+        #[arg(long, value_delimiter = ',', default_value = "10000,20000,40000")]
+        rates: Vec<f64>,
+    },
+    /// Cost per operation as records, cached prompts and the ledger grow by powers of ten
+    Growth(growth::GrowthArgs),
+    /// Any HTTP server, through the same client (a peer such as GPTCache's server)
+    Http(peer::HttpArgs),
     /// POST /v1/chat/completions exact cache hits, beside a Redis GET loop of the same size
     CasHit {
         #[command(flatten)]
@@ -76,6 +96,9 @@ enum Scenario {
         /// Redis to measure the baseline against
         #[arg(long, default_value = "127.0.0.1:6379")]
         redis: String,
+        /// Print the cached answer (JSON) and exit, to give a peer the same value
+        #[arg(long)]
+        print_answer: bool,
     },
 }
 
@@ -93,9 +116,19 @@ fn main() -> anyhow::Result<()> {
                 scenarios::memory_get(&common, records, bytes).await
             }
             Scenario::MemoryPut { common } => scenarios::memory_put(&common).await,
-            Scenario::CasHit { common, redis } => scenarios::cas_hit(&common, &redis).await,
+            Scenario::CasHit { print_answer: true, .. } => {
+                println!("{}", scenarios::cached_pair().1);
+                Ok(())
+            }
+            Scenario::CasHit { common, redis, .. } => scenarios::cas_hit(&common, &redis).await,
             Scenario::Replicas { common, redis } => replicas::run(&common, &redis).await,
             Scenario::Soak(args) => soak::run(&args).await,
+            Scenario::OpenLoop { common, rates } => {
+                anyhow::ensure!(rates.iter().all(|r| r.is_finite() && *r > 0.0), "--rates must be positive");
+                scenarios::open_loop(&common, &rates).await
+            }
+            Scenario::Growth(args) => growth::run(&args).await,
+            Scenario::Http(args) => peer::run(&args).await,
         }
     })
 }

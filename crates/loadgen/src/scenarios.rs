@@ -19,6 +19,14 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
 }
 
+impl Running {
+    /// Shuts the service down before its scratch directory goes, so no background writer
+    /// finds its files gone.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.daena.shutdown().await.map_err(|e| anyhow::anyhow!(e.message))
+    }
+}
+
 pub async fn start(edit: impl FnOnce(&mut Config)) -> anyhow::Result<Running> {
     let dir = tempfile::tempdir()?;
     let mut config = Config { data_dir: dir.path().join("data"), ..Config::default() };
@@ -46,6 +54,11 @@ pub fn payload(i: u64) -> serde_json::Value {
 }
 
 pub async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
+    seed_range(d, 0, records).await
+}
+
+/// Stores records `k{from}` to `k{to - 1}` through 64 concurrent writers.
+pub async fn seed_range(d: &Arc<Daena>, from: u64, records: u64) -> anyhow::Result<()> {
     let who = d.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
     let start = Instant::now();
     let workers = 64u64;
@@ -53,7 +66,7 @@ pub async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
     for w in 0..workers {
         let (d, who) = (d.clone(), who.clone());
         tasks.push(tokio::spawn(async move {
-            let mut i = w;
+            let mut i = from + w;
             while i < records {
                 let req = PutRequest {
                     class: "chat".into(),
@@ -77,14 +90,15 @@ pub async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
         t.await??;
     }
     eprintln!(
-        "\rseeded {records} records in {:.1} s ({:.0}/s)",
+        "\rseeded {} records in {:.1} s ({:.0}/s)",
+        records - from,
         start.elapsed().as_secs_f64(),
-        records as f64 / start.elapsed().as_secs_f64()
+        (records - from) as f64 / start.elapsed().as_secs_f64()
     );
     Ok(())
 }
 
-fn get_requests(records: u64, hot: u64) -> MakeRequest {
+pub fn get_requests(records: u64, hot: u64) -> MakeRequest {
     Arc::new(move |worker, n| {
         // A cheap deterministic spread over the key space.
         let x = (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ n.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -198,20 +212,31 @@ impl CommitTotals {
     }
 }
 
-pub async fn cas_hit(c: &Common, redis: &str) -> anyhow::Result<()> {
-    let running = start(|_| {}).await?;
+/// Stores one chat completion in the cache of `running` and returns the request that hits
+/// it and the cached answer.
+/// The chat request of the exact-hit scenarios and its cached answer (about 400 bytes).
+pub fn cached_pair() -> (serde_json::Value, serde_json::Value) {
     let request = serde_json::json!({"model": "gpt-4o-mini", "temperature": 0.2, "messages": [
         {"role": "system", "content": "You are the finance department's assistant."},
         {"role": "user", "content": "Summarize the Q3 revenue report for the board in five bullet points."}]});
     let answer = serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Revenue grew 12% year over year, led by subscriptions; margins held at 41%; churn fell to 2.1%; the pipeline for Q4 is 18% larger; hiring stays flat."}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 42, "completion_tokens": 48, "total_tokens": 90}});
+    (request, answer)
+}
+
+async fn cache_one_answer(running: &Running) -> anyhow::Result<(Bytes, Vec<u8>)> {
+    let (request, answer) = cached_pair();
     let who = running.daena.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
     daena_app::cas::chat::store(&running.daena, &who, request.clone(), answer.clone(), Default::default())
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    let body = Bytes::from(request.to_string());
-    let value = answer.to_string().into_bytes();
+    Ok((Bytes::from(request.to_string()), answer.to_string().into_bytes()))
+}
+
+pub async fn cas_hit(c: &Common, redis: &str) -> anyhow::Result<()> {
+    let running = start(|_| {}).await?;
+    let (body, value) = cache_one_answer(&running).await?;
     println!("exact cache hits over HTTP, loopback, concurrency {} ({}-byte answer)", c.concurrency, value.len());
     let make: MakeRequest =
         Arc::new(move |_, _| client::request("POST", "/v1/chat/completions", KEY, Some(body.clone())));
@@ -231,6 +256,26 @@ pub async fn cas_hit(c: &Common, redis: &str) -> anyhow::Result<()> {
             hits.rate() / r.rate(),
             hits.pct(0.99) / r.pct(0.99)
         );
+    }
+    Ok(())
+}
+
+/// Open loop: exact cache hits and memory GETs (L1 hits over 10k records) at fixed arrival
+/// rates, latency from when each request was due (see [`client::run_open`]).
+pub async fn open_loop(c: &Common, rates: &[f64]) -> anyhow::Result<()> {
+    const RECORDS: u64 = 10_000;
+    let running = start(|_| {}).await?;
+    let (body, _) = cache_one_answer(&running).await?;
+    seed(&running.daena, RECORDS).await?;
+    let hits: MakeRequest =
+        Arc::new(move |_, _| client::request("POST", "/v1/chat/completions", KEY, Some(body.clone())));
+    let gets = get_requests(RECORDS, RECORDS);
+    println!("open loop over {} connections: latency from when each request was due", c.concurrency);
+    for &rate in rates {
+        let r = client::run_open(running.addr, rate, c.concurrency, c.warmup, c.seconds, hits.clone()).await?;
+        println!("{}", r.line(&format!("open loop {rate:.0}/s: exact hits")));
+        let r = client::run_open(running.addr, rate, c.concurrency, c.warmup, c.seconds, gets.clone()).await?;
+        println!("{}", r.line(&format!("open loop {rate:.0}/s: memory GET, L1")));
     }
     Ok(())
 }

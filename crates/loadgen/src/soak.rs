@@ -162,7 +162,7 @@ pub async fn run(a: &SoakArgs) -> anyhow::Result<()> {
     let caches = a.cache_mib.map_or("default caches".to_owned(), |m| format!("L1 and L2 caches {m} MiB each"));
     let title =
         format!("Soak: {} req/s of fleet traffic for {} min, sampled every {} s, {caches}", a.rate, a.minutes, a.every);
-    std::fs::write(&svg, crate::chart::draw(&chart_series(&samples), &title))?;
+    std::fs::write(&svg, crate::chart::draw(&chart_series(&samples), &title, crate::chart::XAxis::Minutes))?;
     println!("{}", summary(&samples));
     println!("wrote {} and {}", csv.display(), svg.display());
     Ok(())

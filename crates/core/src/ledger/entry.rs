@@ -332,9 +332,7 @@ impl<'a> Cursor<'a> {
     /// The raw bytes up to the next `"` (hex and base64 fields, which need no escapes).
     fn raw(&mut self) -> &'a [u8] {
         let start = self.i;
-        while self.i < self.s.len() && self.s[self.i] != b'"' {
-            self.i += 1;
-        }
+        self.i = memchr::memchr(b'"', &self.s[start..]).map_or(self.s.len(), |n| start + n);
         &self.s[start..self.i]
     }
 }

@@ -44,8 +44,7 @@ pub fn verify_path(
                 loop {
                     let next = rx.lock().map(|r| r.recv());
                     let Ok(Ok((idx, block))) = next else { return };
-                    let results: Vec<Checked> = block
-                        .split(|b| *b == b'\n')
+                    let results: Vec<Checked> = lines(&block)
                         .filter(|l| !l.is_empty())
                         .map(|l| entry::check_line_bytes(l, &mut scratch))
                         .collect();
@@ -75,6 +74,36 @@ pub fn verify_path(
         end.lines = count;
         Ok((verifier.finish(), end))
     })
+}
+
+/// The lines of a block, found with `memchr` (a byte-by-byte split cost as much as a fifth
+/// of verification); a block ends with a newline, but a last line without one is kept.
+fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(block);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match memchr::memchr(b'\n', s) {
+            Some(n) => {
+                rest = Some(&s[n + 1..]);
+                Some(&s[..n])
+            }
+            None => {
+                rest = None;
+                (!s.is_empty()).then_some(s)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_split_on_newlines_and_keep_an_unterminated_tail() {
+        let all = |b: &'static [u8]| super::lines(b).collect::<Vec<_>>();
+        assert_eq!(all(b"a\nbc\n"), vec![&b"a"[..], b"bc"]);
+        assert_eq!(all(b"a\n\nbc"), vec![&b"a"[..], b"", b"bc"]);
+        assert!(all(b"").is_empty());
+    }
 }
 
 /// Reads `files` in order into blocks that end on a line boundary. A last line without a
