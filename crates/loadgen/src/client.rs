@@ -141,12 +141,7 @@ pub async fn run_spread(
             anyhow::Ok(lat)
         }));
     }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    latencies.sort();
-    Ok(Report { requests: latencies.len() as u64, errors: errors.load(Ordering::Relaxed), seconds, latencies })
+    collect(tasks, &errors, seconds).await
 }
 
 /// Open loop: `rate` requests a second in total, each of `connections` keep-alive connections
@@ -204,12 +199,19 @@ pub async fn run_open(
             anyhow::Ok(lat)
         }));
     }
+    // Requests due in the measured window; when the server keeps up, `rate × seconds`.
+    collect(tasks, &errors, seconds).await
+}
+
+type Latencies = tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>;
+
+/// Waits for the connections' tasks and puts their latencies together, sorted.
+async fn collect(tasks: Vec<Latencies>, errors: &AtomicU64, seconds: f64) -> anyhow::Result<Report> {
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await??);
     }
     latencies.sort();
-    // Requests due in the measured window; when the server keeps up, `rate × seconds`.
     Ok(Report { requests: latencies.len() as u64, errors: errors.load(Ordering::Relaxed), seconds, latencies })
 }
 

@@ -117,7 +117,7 @@ async fn prompts(a: &GrowthArgs) -> anyhow::Result<(Curve, Curve)> {
     let running = scenarios::start(|_| {}).await?;
     let who = running.daena.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
     let mut near = NearIndex::default();
-    let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+    let mut rng = fastrand::Rng::with_seed(0x1234_5678_9ABC_DEF1);
     let mut hashes = Vec::new();
     let (mut stored, mut hit_curve, mut near_curve) = (0u64, Vec::new(), Vec::new());
     for n in sizes(1000, a.max_prompts) {
@@ -145,7 +145,7 @@ async fn prompts(a: &GrowthArgs) -> anyhow::Result<(Curve, Curve)> {
         }
         eprintln!("growth: cached {} prompts in {:.1} s", n - stored, t.elapsed().as_secs_f64());
         while (hashes.len() as u64) < n {
-            let h = rng.next();
+            let h = rng.u64(..);
             near.insert(7, h);
             hashes.push(h);
         }
@@ -174,18 +174,18 @@ async fn prompts(a: &GrowthArgs) -> anyhow::Result<(Curve, Curve)> {
 }
 
 /// 2000 queries, half within 7 bits of a stored hash and half random; (p50 µs, p99 µs, matches).
-fn near_lookups(idx: &NearIndex, hashes: &[u64], rng: &mut Rng) -> (f64, f64, usize) {
+fn near_lookups(idx: &NearIndex, hashes: &[u64], rng: &mut fastrand::Rng) -> (f64, f64, usize) {
     let mut lat = Vec::with_capacity(2000);
     let mut found = 0;
     for i in 0..2000 {
         let q = if i % 2 == 0 {
-            let mut q = hashes[(rng.next() % hashes.len() as u64) as usize];
-            for _ in 0..rng.next() % 8 {
-                q ^= 1 << (rng.next() % 64);
+            let mut q = hashes[rng.usize(..hashes.len())];
+            for _ in 0..rng.u32(..8) {
+                q ^= 1 << rng.u32(..64);
             }
             q
         } else {
-            rng.next()
+            rng.u64(..)
         };
         let t = Instant::now();
         found += std::hint::black_box(idx.search(7, q, 7)).len();
@@ -204,7 +204,7 @@ fn ledger(max: u64) -> anyhow::Result<(Curve, Curve)> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("ledger");
     let (mut writer, reader, _) = daena_store::ledger::open(&path, 64 << 20)?;
-    let mut rng = Rng(0x0DDB_A11C_AFE5_1234);
+    let mut rng = fastrand::Rng::with_seed(0x0DDB_A11C_AFE5_1234);
     let (mut size, mut verify_curve, mut proof_curve) = (0u64, Vec::new(), Vec::new());
     for n in sizes(10_000, max) {
         let t = Instant::now();
@@ -231,7 +231,7 @@ fn ledger(max: u64) -> anyhow::Result<(Curve, Curve)> {
         anyhow::ensure!(summary.ok() && summary.entries == n, "the ledger of {n} entries did not verify");
         let mut lat = Vec::with_capacity(1000);
         for _ in 0..1000 {
-            let seq = 1 + rng.next() % n;
+            let seq = rng.u64(1..=n);
             let t = Instant::now();
             let proof = reader.inclusion_proof(seq, n)?;
             lat.push(t.elapsed());
@@ -250,15 +250,4 @@ fn ledger(max: u64) -> anyhow::Result<(Curve, Curve)> {
         proof_curve.push((n as f64, p99));
     }
     Ok((verify_curve, proof_curve))
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }

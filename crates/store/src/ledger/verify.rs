@@ -95,17 +95,6 @@ fn lines(block: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lines_split_on_newlines_and_keep_an_unterminated_tail() {
-        let all = |b: &'static [u8]| super::lines(b).collect::<Vec<_>>();
-        assert_eq!(all(b"a\nbc\n"), vec![&b"a"[..], b"bc"]);
-        assert_eq!(all(b"a\n\nbc"), vec![&b"a"[..], b"", b"bc"]);
-        assert!(all(b"").is_empty());
-    }
-}
-
 /// Reads `files` in order into blocks that end on a line boundary. A last line without a
 /// newline in the last file is a torn tail (or a write in flight) and is not sent.
 fn read_blocks(files: &[PathBuf], tx: mpsc::SyncSender<(u64, Vec<u8>)>) -> Result<StreamEnd, StoreError> {
@@ -150,4 +139,15 @@ fn read_blocks(files: &[PathBuf], tx: mpsc::SyncSender<(u64, Vec<u8>)>) -> Resul
         }
     }
     Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_split_on_newlines_and_keep_an_unterminated_tail() {
+        let all = |b: &'static [u8]| super::lines(b).collect::<Vec<_>>();
+        assert_eq!(all(b"a\nbc\n"), vec![&b"a"[..], b"bc"]);
+        assert_eq!(all(b"a\n\nbc"), vec![&b"a"[..], b"", b"bc"]);
+        assert!(all(b"").is_empty());
+    }
 }
