@@ -12,6 +12,7 @@ pub use daena_core::archive::{ArchivedRecord, FORMAT, Header, signed_manifest};
 use daena_core::archive::{ReadError, Trailer, header_line, read_lines, record_line, trailer_line};
 use daena_core::ids::TenantId;
 use daena_core::time::Micros;
+use daena_store::backup::{LinesFile, file_size, open_lines};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -53,6 +54,12 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> AppError {
     AppError::internal(format!("{what}: {e}"))
 }
 
+/// A file error of an archive (its message names the file), as archives have always
+/// answered them.
+fn stored(e: daena_store::StoreError) -> AppError {
+    AppError::internal(e.to_string())
+}
+
 fn micros_text(us: i64) -> String {
     rfc3339(Micros(us))
 }
@@ -67,26 +74,19 @@ pub async fn export(d: &std::sync::Arc<Daena>, tenant: Option<TenantId>, dir: Pa
 }
 
 fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: &Path) -> AppResult<ArchiveSummary> {
-    std::fs::create_dir_all(dir).map_err(|e| io(dir.display(), e))?;
     let now = d.clock.now();
     let created_at = rfc3339(now);
     let stamp = crate::clock::compact_stamp(now);
-    let path = dir.join(format!("legacy_archive_{stamp}.json.zst"));
-    let part = dir.join(format!(".legacy_archive_{stamp}.json.zst.part"));
-    let mut open = std::fs::OpenOptions::new();
-    open.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-    let file = open.open(&part).map_err(|e| io(part.display(), e))?;
-    let mut out = zstd::Encoder::new(std::io::BufWriter::new(file), 9).map_err(|e| io("zstd", e))?;
+    let name = format!("legacy_archive_{stamp}.json.zst");
+    let mut out = LinesFile::create(dir, &name, 9).map_err(stored)?;
     let header = Header {
         format: FORMAT.into(),
         created_at: created_at.clone(),
         tenant: tenant.map(ToString::to_string),
         daena_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let write_line = |out: &mut zstd::Encoder<_>, bytes: Vec<u8>| -> AppResult<Vec<u8>> {
-        std::io::Write::write_all(out, &bytes).map_err(|e| io(part.display(), e))?;
+    let write_line = |out: &mut LinesFile, bytes: Vec<u8>| -> AppResult<Vec<u8>> {
+        out.write(&bytes).map_err(stored)?;
         Ok(bytes)
     };
     let header_line = write_line(&mut out, header_line(&header))?;
@@ -129,12 +129,9 @@ fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: 
     let signature_value = serde_json::to_value(&signature).map_err(|e| io("archive signature", e))?;
     let trailer = Trailer { records, sha256: sha256.clone(), signature: Some(signature_value) };
     write_line(&mut out, trailer_line(&trailer))?;
-    let buf = out.finish().map_err(|e| io("zstd", e))?;
-    let file = buf.into_inner().map_err(|e| io(part.display(), e.error()))?;
-    file.sync_all().map_err(|e| io(part.display(), e))?;
-    std::fs::rename(&part, &path).map_err(|e| io(path.display(), e))?;
+    let (path, bytes) = out.finish().map_err(stored)?;
     Ok(ArchiveSummary {
-        bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
+        bytes,
         path: path.display().to_string(),
         format: FORMAT.into(),
         created_at,
@@ -151,9 +148,8 @@ fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: 
 /// every record's content hash, and the trailer's count and hash
 /// ([`daena_core::archive::read_lines`]).
 pub fn read(path: &Path, f: impl FnMut(ArchivedRecord) -> AppResult<()>) -> AppResult<ArchiveSummary> {
-    let file = std::fs::File::open(path).map_err(|e| io(path.display(), e))?;
-    let dec = zstd::Decoder::new(file).map_err(|e| io(path.display(), e))?;
-    let contents = read_lines(std::io::BufReader::new(dec), f).map_err(|e| match e {
+    let lines = open_lines(path).map_err(stored)?;
+    let contents = read_lines(lines, f).map_err(|e| match e {
         ReadError::Line(n, m) => AppError::invalid(format!("{} line {n}: {m}", path.display())),
         ReadError::Whole(m) => AppError::invalid(format!("{}: {m}", path.display())),
         ReadError::Stopped(e) => e,
@@ -170,7 +166,7 @@ pub fn read(path: &Path, f: impl FnMut(ArchivedRecord) -> AppResult<()>) -> AppR
         tenant: contents.header.tenant,
         records: contents.records,
         tenants: contents.tenants.into_iter().collect(),
-        bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+        bytes: file_size(path),
         signed_manifest: signed_manifest(&contents.header_line, contents.records, &contents.sha256),
         sha256: contents.sha256,
         signature,

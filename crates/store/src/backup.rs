@@ -163,13 +163,8 @@ pub struct ArchiveFile {
 
 impl ArchiveFile {
     pub fn create(dir: &Path, name: &str) -> Result<ArchiveFile, StoreError> {
-        std::fs::create_dir_all(dir).map_err(io(dir.display()))?;
         let part = dir.join(format!("{name}.tar.zst.part"));
-        let mut open = std::fs::OpenOptions::new();
-        open.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-        let file = open.open(&part).map_err(io(part.display()))?;
+        let file = create_private(dir, &part)?;
         let enc = zstd::Encoder::new(file, 1).map_err(io("zstd"))?;
         Ok(ArchiveFile { done: dir.join(format!("{name}.tar.zst")), part, tar: tar::Builder::new(enc) })
     }
@@ -179,11 +174,69 @@ impl ArchiveFile {
     pub fn finish(self) -> Result<(PathBuf, u64), StoreError> {
         let enc = self.tar.into_inner().map_err(io("archive"))?;
         let file = enc.finish().map_err(io("zstd"))?;
-        file.sync_all().map_err(io(self.part.display()))?;
-        std::fs::rename(&self.part, &self.done).map_err(io(self.done.display()))?;
-        let bytes = std::fs::metadata(&self.done).map_or(0, |m| m.len());
-        Ok((self.done, bytes))
+        publish(file, &self.part, self.done)
     }
+}
+
+/// A zstd-compressed file of lines (a record archive), written under a temporary name that
+/// only the owner may read, and made durable and given its name by [`LinesFile::finish`]: a
+/// crash leaves a `.part` file, never a cut archive under the final name.
+pub struct LinesFile {
+    part: PathBuf,
+    done: PathBuf,
+    out: zstd::Encoder<'static, std::io::BufWriter<File>>,
+}
+
+impl LinesFile {
+    /// Starts `dir/<name>` (as `dir/.<name>.part`), compressed at `level`.
+    pub fn create(dir: &Path, name: &str, level: i32) -> Result<LinesFile, StoreError> {
+        let part = dir.join(format!(".{name}.part"));
+        let file = create_private(dir, &part)?;
+        let out = zstd::Encoder::new(std::io::BufWriter::new(file), level).map_err(io("zstd"))?;
+        Ok(LinesFile { done: dir.join(name), part, out })
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.out.write_all(bytes).map_err(io(self.part.display()))
+    }
+
+    /// Ends the compressed stream, makes the file durable and gives it its name; returns that
+    /// path and the file's size.
+    pub fn finish(self) -> Result<(PathBuf, u64), StoreError> {
+        let buf = self.out.finish().map_err(io("zstd"))?;
+        let file = buf.into_inner().map_err(|e| StoreError::io(self.part.display().to_string(), e.into_error()))?;
+        publish(file, &self.part, self.done)
+    }
+}
+
+/// Reads a file written by [`LinesFile`] (or any zstd-compressed file) as decompressed text.
+pub fn open_lines(path: &Path) -> Result<impl std::io::BufRead + use<>, StoreError> {
+    let file = File::open(path).map_err(io(path.display()))?;
+    let dec = zstd::Decoder::new(file).map_err(io(path.display()))?;
+    Ok(std::io::BufReader::new(dec))
+}
+
+/// The size of the file at `path`, 0 when it cannot be read.
+pub fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Creates `dir` if needed and `part` in it, readable and writable by the owner only.
+fn create_private(dir: &Path, part: &Path) -> Result<File, StoreError> {
+    std::fs::create_dir_all(dir).map_err(io(dir.display()))?;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    open.open(part).map_err(io(part.display()))
+}
+
+/// Makes `file` (written as `part`) durable and renames it to `done`: (`done`, its size).
+fn publish(file: File, part: &Path, done: PathBuf) -> Result<(PathBuf, u64), StoreError> {
+    file.sync_all().map_err(io(part.display()))?;
+    std::fs::rename(part, &done).map_err(io(done.display()))?;
+    let bytes = file_size(&done);
+    Ok((done, bytes))
 }
 
 /// The sidecar manifests (`<name>.manifest.json`) in `dir` whose archive is present: the
