@@ -1,7 +1,8 @@
 //! `daena-loadgen soak`: the real `daena serve` binary under simulated fleet traffic at a
 //! fixed arrival rate for minutes, sampled at intervals: the server's resident memory and
 //! open file handles, latency percentiles of each interval (measured from when each request
-//! was due, so a stall counts against every request it delays), errors, ledger size and data
+//! was due when the server made it late, so a stall counts against every request it delays;
+//! else from when it was sent), errors, ledger size and data
 //! directory size. Writes the samples as CSV and draws them as an SVG chart.
 //!
 //! The traffic is the fleet's mix: reads of records written before (40%), writes of new
@@ -100,16 +101,21 @@ pub async fn run(a: &SoakArgs) -> anyhow::Result<()> {
             stream.set_nodelay(true)?;
             let mut buf = Vec::with_capacity(16 * 1024);
             let mut n = 0u64;
+            let mut answered = start;
             loop {
                 let due = start + per_conn.mul_f64(n as f64);
                 if due >= end {
                     break;
                 }
                 tokio::time::sleep_until(due.into()).await;
+                // From when it was due if the server held the connection past it (a stall
+                // delays the requests behind it too), else from when it was sent: the
+                // client's timer wakes up to a millisecond late (as `client::run_open`).
+                let from = if answered > due { due } else { Instant::now() };
                 stream.write_all(&fleet_request(worker, n)).await?;
                 let status = client::read_response(&mut stream, &mut buf).await?;
-                // From when it was due: a stall delays the requests behind it too.
-                window.lock().push(due.elapsed());
+                answered = Instant::now();
+                window.lock().push(answered - from);
                 if !(200..300).contains(&status) && status != 404 {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
