@@ -172,35 +172,65 @@ pub async fn run_open(
         let first = start + gap.mul_f64(worker as f64 / connections as f64);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let mut buf = Vec::with_capacity(16 * 1024);
-            let mut n = 0u64;
-            let mut answered = first;
-            loop {
-                let due = first + gap.mul_f64(n as f64);
-                if due >= end {
-                    break;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                // Behind because of the server (the last answer came after `due`): from `due`.
-                let from = if answered > due { due } else { Instant::now() };
-                stream.write_all(&make(worker, n)).await?;
-                let status = read_response(&mut stream, &mut buf).await?;
-                answered = Instant::now();
-                if due >= measure_from {
-                    lat.push(answered - from);
-                    if !(200..300).contains(&status) {
-                        errors.fetch_add(1, Ordering::Relaxed);
+            let schedule = Schedule { first, gap, end };
+            open_connection(
+                addr,
+                schedule,
+                |n| make(worker, n),
+                |due, latency, status| {
+                    if due >= measure_from {
+                        lat.push(latency);
+                        if !(200..300).contains(&status) {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                }
-                n += 1;
-            }
+                },
+            )
+            .await?;
             anyhow::Ok(lat)
         }));
     }
     // Requests due in the measured window; when the server keeps up, `rate × seconds`.
     collect(tasks, &errors, seconds).await
+}
+
+/// When one connection of an open loop sends: request `n` at `first + n × gap`, while that
+/// is before `end`.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub first: Instant,
+    pub gap: Duration,
+    pub end: Instant,
+}
+
+/// One connection of an open loop on `schedule`: sends `request(n)` when it is due (or as
+/// soon as the previous answer is in) and calls `answered(due, latency, status)`. The latency
+/// runs from when the request was due if the server held the connection past that, else from
+/// when it was sent (see [`run_open`]).
+pub async fn open_connection(
+    addr: std::net::SocketAddr,
+    schedule: Schedule,
+    mut request: impl FnMut(u64) -> Bytes,
+    mut answered: impl FnMut(Instant, Duration, u16),
+) -> anyhow::Result<()> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut last_answer = schedule.first;
+    for n in 0u64.. {
+        let due = schedule.first + schedule.gap.mul_f64(n as f64);
+        if due >= schedule.end {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        // Behind because of the server (the last answer came after `due`): from `due`.
+        let from = if last_answer > due { due } else { Instant::now() };
+        stream.write_all(&request(n)).await?;
+        let status = read_response(&mut stream, &mut buf).await?;
+        last_answer = Instant::now();
+        answered(due, last_answer - from, status);
+    }
+    Ok(())
 }
 
 type Latencies = tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>;

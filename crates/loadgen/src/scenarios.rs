@@ -270,7 +270,10 @@ pub async fn open_loop(c: &Common, rates: &[f64]) -> anyhow::Result<()> {
     let hits: MakeRequest =
         Arc::new(move |_, _| client::request("POST", "/v1/chat/completions", KEY, Some(body.clone())));
     let gets = get_requests(RECORDS, RECORDS);
-    println!("open loop over {} connections: latency from when each request was due", c.concurrency);
+    println!(
+        "open loop over {} connections: latency from when each request was due when the server made it late",
+        c.concurrency
+    );
     for &rate in rates {
         let r = client::run_open(running.addr, rate, c.concurrency, c.warmup, c.seconds, hits.clone()).await?;
         println!("{}", r.line(&format!("open loop {rate:.0}/s: exact hits")));

@@ -97,31 +97,20 @@ pub async fn run(a: &SoakArgs) -> anyhow::Result<()> {
         // Spread the connections' schedules over one interval.
         let start = Instant::now() + per_conn.mul_f64(worker as f64 / a.connections as f64);
         tasks.push(tokio::spawn(async move {
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            let mut buf = Vec::with_capacity(16 * 1024);
-            let mut n = 0u64;
-            let mut answered = start;
-            loop {
-                let due = start + per_conn.mul_f64(n as f64);
-                if due >= end {
-                    break;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                // From when it was due if the server held the connection past it (a stall
-                // delays the requests behind it too), else from when it was sent: the
-                // client's timer wakes up to a millisecond late (as `client::run_open`).
-                let from = if answered > due { due } else { Instant::now() };
-                stream.write_all(&fleet_request(worker, n)).await?;
-                let status = client::read_response(&mut stream, &mut buf).await?;
-                answered = Instant::now();
-                window.lock().push(answered - from);
-                if !(200..300).contains(&status) && status != 404 {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                n += 1;
-            }
-            anyhow::Ok(())
+            // Timed as `client::run_open` does: a stall counts against the requests it delays.
+            let schedule = client::Schedule { first: start, gap: per_conn, end };
+            client::open_connection(
+                addr,
+                schedule,
+                |n| fleet_request(worker, n),
+                |_, latency, status| {
+                    window.lock().push(latency);
+                    if !(200..300).contains(&status) && status != 404 {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            )
+            .await
         }));
     }
 
