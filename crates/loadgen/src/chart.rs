@@ -29,22 +29,22 @@ pub fn draw(panels: &[Panel], title: &str, axis: XAxis) -> String {
     let height = TOP + panels.len() as f64 * (PANEL_H + GAP) + 10.0;
     let xs = || panels.iter().flat_map(|p| p.lines.iter().flat_map(|(_, pts)| pts.iter().map(|(x, _)| *x)));
     let x_max = xs().fold(0.0, f64::max).max(f64::MIN_POSITIVE);
+    // The log axis starts at the smallest x (at least 1).
+    let x_min = xs().fold(f64::INFINITY, f64::min).max(1.0);
     let plot_w = WIDTH - LEFT - RIGHT;
     // Where x lands, as a share of the plot's width.
     let place: Box<dyn Fn(f64) -> f64> = match axis {
         XAxis::Minutes => Box::new(move |x| x / x_max),
         XAxis::Log10 => {
-            let lo = xs().fold(f64::INFINITY, f64::min).max(1.0).log10();
-            let span = (x_max.max(1.0).log10() - lo).max(f64::MIN_POSITIVE);
-            Box::new(move |x: f64| (x.max(1.0).log10() - lo) / span)
+            let span = (x_max.max(1.0).log10() - x_min.log10()).max(f64::MIN_POSITIVE);
+            Box::new(move |x: f64| (x.max(1.0).log10() - x_min.log10()) / span)
         }
     };
     let x_labels: Vec<(f64, String)> = match axis {
         XAxis::Minutes => vec![(1.0, format!("{x_max:.1} min"))],
         XAxis::Log10 => {
-            let lo = xs().fold(f64::INFINITY, f64::min).max(1.0);
             let mut ticks = Vec::new();
-            let mut t = 10f64.powf(lo.log10().ceil());
+            let mut t = 10f64.powf(x_min.log10().ceil());
             while t <= x_max * 1.0001 {
                 ticks.push((place(t), size(t)));
                 t *= 10.0;

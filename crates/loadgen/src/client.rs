@@ -30,10 +30,7 @@ impl Report {
     }
 
     pub fn pct(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return 0.0;
-        }
-        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
+        percentile(&self.latencies, p).as_secs_f64() * 1e3
     }
 
     /// The report as one line of text; also recorded with [`record_json`].
@@ -60,6 +57,14 @@ impl Report {
             self.pct(1.0),
             self.errors
         )
+    }
+}
+
+/// The `p` quantile (0 to 1, nearest rank) of `sorted`; zero when it is empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    match sorted.len() {
+        0 => Duration::ZERO,
+        n => sorted[((n - 1) as f64 * p).round() as usize],
     }
 }
 

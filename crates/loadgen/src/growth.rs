@@ -122,27 +122,21 @@ async fn prompts(a: &GrowthArgs) -> anyhow::Result<(Curve, Curve)> {
     let (mut stored, mut hit_curve, mut near_curve) = (0u64, Vec::new(), Vec::new());
     for n in sizes(1000, a.max_prompts) {
         let t = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..64u64 {
-            let (d, who) = (running.daena.clone(), who.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut i = stored + w;
-                while i < n {
-                    let answer = serde_json::json!({"id": format!("chatcmpl-{i}"), "object": "chat.completion", "created": 1,
-                        "model": "gpt-4o-mini", "choices": [{"index": 0, "message": {"role": "assistant",
-                        "content": format!("Five bullet points about report {i}.")}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}});
-                    daena_app::cas::chat::store(&d, &who, chat_request(i), answer, Default::default())
-                        .await
-                        .map_err(|e| anyhow::anyhow!(e.message))?;
-                    i += 64;
-                }
-                anyhow::Ok(())
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
+        let (d, who) = (running.daena.clone(), who.clone());
+        scenarios::in_parallel("caching", stored, n, move |i| {
+            let (d, who) = (d.clone(), who.clone());
+            async move {
+                let answer = serde_json::json!({"id": format!("chatcmpl-{i}"), "object": "chat.completion", "created": 1,
+                    "model": "gpt-4o-mini", "choices": [{"index": 0, "message": {"role": "assistant",
+                    "content": format!("Five bullet points about report {i}.")}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}});
+                daena_app::cas::chat::store(&d, &who, chat_request(i), answer, Default::default())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                Ok(())
+            }
+        })
+        .await?;
         eprintln!("growth: cached {} prompts in {:.1} s", n - stored, t.elapsed().as_secs_f64());
         while (hashes.len() as u64) < n {
             let h = rng.u64(..);
@@ -196,7 +190,7 @@ fn near_lookups(idx: &NearIndex, hashes: &[u64], rng: &mut fastrand::Rng) -> (f6
 }
 
 fn micros(sorted: &[Duration], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
+    client::percentile(sorted, p).as_secs_f64() * 1e6
 }
 
 /// Verify speed (million entries/s) and inclusion proof p99 (µs), at each ledger size.

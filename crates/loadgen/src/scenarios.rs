@@ -58,29 +58,54 @@ pub async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
 }
 
 /// Stores records `k{from}` to `k{to - 1}` through 64 concurrent writers.
-pub async fn seed_range(d: &Arc<Daena>, from: u64, records: u64) -> anyhow::Result<()> {
+pub async fn seed_range(d: &Arc<Daena>, from: u64, to: u64) -> anyhow::Result<()> {
     let who = d.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
     let start = Instant::now();
-    let workers = 64u64;
-    let mut tasks = Vec::new();
-    for w in 0..workers {
+    let d = d.clone();
+    in_parallel("seeding", from, to, move |i| {
         let (d, who) = (d.clone(), who.clone());
+        async move {
+            let req = PutRequest {
+                class: "chat".into(),
+                key: format!("k{i}"),
+                payload: payload(i),
+                meta: None,
+                if_match: None,
+                intended_revision: false,
+                agent: None,
+            };
+            daena_app::memory::put(&d, &who, req).await.map_err(|e| anyhow::anyhow!(e.message))?;
+            Ok(())
+        }
+    })
+    .await?;
+    eprintln!(
+        "\rseeded {} records in {:.1} s ({:.0}/s)",
+        to - from,
+        start.elapsed().as_secs_f64(),
+        (to - from) as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs `op(i)` for every `i` in `from..to` on 64 concurrent tasks (task `w` takes
+/// `from + w`, then every 64th), printing progress as `what: i/to` every 100k.
+pub async fn in_parallel<F, Fut>(what: &'static str, from: u64, to: u64, op: F) -> anyhow::Result<()>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    const WORKERS: u64 = 64;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let op = op.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = from + w;
-            while i < records {
-                let req = PutRequest {
-                    class: "chat".into(),
-                    key: format!("k{i}"),
-                    payload: payload(i),
-                    meta: None,
-                    if_match: None,
-                    intended_revision: false,
-                    agent: None,
-                };
-                daena_app::memory::put(&d, &who, req).await.map_err(|e| anyhow::anyhow!(e.message))?;
-                i += workers;
-                if w == 0 && i % 100_000 < workers {
-                    eprint!("\rseeding: {i}/{records}   ");
+            while i < to {
+                op(i).await?;
+                i += WORKERS;
+                if w == 0 && i % 100_000 < WORKERS {
+                    eprint!("\r{what}: {i}/{to}   ");
                 }
             }
             anyhow::Ok(())
@@ -89,12 +114,6 @@ pub async fn seed_range(d: &Arc<Daena>, from: u64, records: u64) -> anyhow::Resu
     for t in tasks {
         t.await??;
     }
-    eprintln!(
-        "\rseeded {} records in {:.1} s ({:.0}/s)",
-        records - from,
-        start.elapsed().as_secs_f64(),
-        (records - from) as f64 / start.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 
@@ -212,8 +231,6 @@ impl CommitTotals {
     }
 }
 
-/// Stores one chat completion in the cache of `running` and returns the request that hits
-/// it and the cached answer.
 /// The chat request of the exact-hit scenarios and its cached answer (about 400 bytes).
 pub fn cached_pair() -> (serde_json::Value, serde_json::Value) {
     let request = serde_json::json!({"model": "gpt-4o-mini", "temperature": 0.2, "messages": [
@@ -225,6 +242,8 @@ pub fn cached_pair() -> (serde_json::Value, serde_json::Value) {
     (request, answer)
 }
 
+/// Stores one chat completion in the cache of `running` and returns the request that hits
+/// it and the cached answer.
 async fn cache_one_answer(running: &Running) -> anyhow::Result<(Bytes, Vec<u8>)> {
     let (request, answer) = cached_pair();
     let who = running.daena.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
