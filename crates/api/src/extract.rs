@@ -219,7 +219,7 @@ pub fn authenticate(state: &AppState, parts: &Parts, access: Access) -> Result<P
     }
     let key = presented_key(&parts.headers)?;
     let tenant = header(parts, TENANT_HEADER)?;
-    Ok(state.keys.authenticate(key, tenant, access)?)
+    Ok(state.governance().api_keys().authenticate(key, tenant, access)?)
 }
 
 impl<A: AccessLevel + Send + Sync> FromRequestParts<AppState> for Auth<A> {

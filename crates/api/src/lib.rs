@@ -132,7 +132,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, doc) = api_routes().split_for_parts();
     let doc = Arc::new(document(&doc));
     let request_id = HeaderName::from_static("x-request-id");
-    let body_limit = state.config.server.request_body_limit_bytes;
+    let body_limit = state.config().server.request_body_limit_bytes;
     // One layer, so each route is boxed once around the whole stack: every `Router::layer`
     // call boxes each route again, and a request clones each box it passes.
     let stack = tower::ServiceBuilder::new()

@@ -58,9 +58,9 @@ pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>,
         let peer = parts
             .extensions
             .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| client_address(c.0.ip(), &parts.headers, &state.config.server.trusted_proxies));
+            .map(|c| client_address(c.0.ip(), &parts.headers, &state.config().server.trusted_proxies));
         if let Some(ip) = peer
-            && let Err(throttled) = state.failed_auth.check(ip)
+            && let Err(throttled) = state.governance().failed_auth().check(ip)
         {
             let mut e = daena_app::error::AppError::new(
                 ErrorCode::RateLimited,
@@ -72,15 +72,15 @@ pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>,
             e.retry_after = Some(throttled.retry_after_secs);
             let response = ApiError(e).into_response();
             let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-            state.metrics.observe_http(parts.method.as_str(), route, response.status().as_u16(), 0.0);
+            state.monitoring().metrics().observe_http(parts.method.as_str(), route, response.status().as_u16(), 0.0);
             return response;
         }
         // Replicas: first apply what the shared ledger holds, so this request sees every
         // write (and every key, revocation and limit) another replica acknowledged before it.
-        if let Err(e) = state.commit.barrier().await {
+        if let Err(e) = state.commit().barrier().await {
             let response = ApiError(e).into_response();
             let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-            state.metrics.observe_http(parts.method.as_str(), route, response.status().as_u16(), 0.0);
+            state.monitoring().metrics().observe_http(parts.method.as_str(), route, response.status().as_u16(), 0.0);
             return response;
         }
         match crate::extract::authenticate(&state, &parts, daena_app::auth::Access::Any) {
@@ -89,7 +89,7 @@ pub async fn around(State(state): State<AppState>, matched: Option<MatchedPath>,
             }
             Err(ApiError(e)) if e.code == ErrorCode::Unauthenticated => {
                 if let Some(ip) = peer {
-                    state.failed_auth.failed(ip);
+                    state.governance().failed_auth().failed(ip);
                 }
             }
             Err(_) => {}
@@ -140,7 +140,12 @@ async fn track(state: &AppState, matched: Option<&MatchedPath>, req: Request, ne
     let start = Instant::now();
     let response = rate_limit(state, matched, req, next).await;
     let route = matched.map_or("unmatched", MatchedPath::as_str);
-    state.metrics.observe_http(method.as_str(), route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    state.monitoring().metrics().observe_http(
+        method.as_str(),
+        route,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     response
 }
 
@@ -148,9 +153,9 @@ async fn track(state: &AppState, matched: Option<&MatchedPath>, req: Request, ne
 async fn timeout(state: &AppState, req: Request, next: Next) -> Response {
     // A cache miss waits for the upstream model, which has its own (longer) timeout.
     let secs = if req.uri().path() == "/v1/chat/completions" {
-        state.config.server.request_timeout_secs.max(state.config.llm.timeout_secs + 5)
+        state.config().server.request_timeout_secs.max(state.config().llm.timeout_secs + 5)
     } else {
-        state.config.server.request_timeout_secs
+        state.config().server.request_timeout_secs
     };
     let limit = Duration::from_secs(secs);
     match tokio::time::timeout(limit, next.run(req)).await {
@@ -187,10 +192,10 @@ pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Respons
 async fn rate_limit(state: &AppState, matched: Option<&MatchedPath>, req: Request, next: Next) -> Response {
     use daena_core::gcra::Decision;
     let who = match req.extensions().get::<crate::extract::Authenticated>() {
-        Some(crate::extract::Authenticated(who)) if state.limiter.enabled() => who.clone(),
+        Some(crate::extract::Authenticated(who)) if state.governance().limiter().enabled() => who.clone(),
         _ => return observe_agents(state, matched, req, next).await,
     };
-    let verdict = state.limiter.check(who.tenant().as_str());
+    let verdict = state.governance().limiter().check(who.tenant().as_str());
     let secs = |micros: i64| ((micros.max(0) + 999_999) / 1_000_000).to_string();
     let (mut response, remaining, reset) = match verdict.decision {
         Decision::Allow { remaining, reset } => (observe_agents(state, matched, req, next).await, remaining, reset),
@@ -259,7 +264,7 @@ async fn observe_agents(state: &AppState, matched: Option<&MatchedPath>, req: Re
             k => k,
         };
         let failed = response.status().is_server_error();
-        state.analytics.observe(
+        state.monitoring().analytics().observe(
             who.tenant().as_str(),
             agent.as_str(),
             kind,

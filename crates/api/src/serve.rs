@@ -35,7 +35,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let config = &state.config.server;
+    let config = &state.config().server;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let header_timeout = Duration::from_secs(config.header_read_timeout_secs);
     let app = crate::router(state);
@@ -44,7 +44,7 @@ pub async fn serve(
 
 /// Serves `/metrics` without a key on `listener` (`server.metrics_listen`), until aborted.
 pub async fn serve_metrics(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let header_timeout = Duration::from_secs(state.config.server.header_read_timeout_secs);
+    let header_timeout = Duration::from_secs(state.config().server.header_read_timeout_secs);
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(crate::routes::system::metrics_unkeyed))
         .fallback(crate::middleware::not_found)

@@ -41,7 +41,7 @@ async fn a_million_invented_agents_keep_analytics_bounded() {
     // Fleet agents are always kept, besides the bound.
     let fleet = vec![hop("legal_synth".into(), "legal_advisor".into(), "review")];
     daena_app::analytics::record(&app.daena, &who, Interactions::Many(fleet)).expect("record");
-    let (agents, pairs) = app.daena.analytics.tracked("default");
+    let (agents, pairs) = app.daena.monitoring().analytics().tracked("default");
     assert!(agents <= 100 + 2 + 1, "{agents} agents kept");
     assert!(pairs <= 300 + 1, "{pairs} pairs kept");
     let patterns = app.call("GET", "/api/v1/analytics/communication-patterns", Some(OPS), None).await;

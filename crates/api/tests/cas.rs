@@ -290,7 +290,7 @@ async fn concurrent_stores_past_the_cap_evict_each_victim_once() {
         assert_eq!(t.await.expect("store"), StatusCode::OK);
     }
     let (entries, _) =
-        app.daena.ledger.reader.entries(1, 10_000, 100_000, &|e| e.action.starts_with("llm.cache_")).expect("ledger");
+        app.daena.ledger().reader.entries(1, 10_000, 100_000, &|e| e.action.starts_with("llm.cache_")).expect("ledger");
     let stored = entries.iter().filter(|e| e.action == "llm.cache_store").count() as u64;
     let evicted: Vec<&str> =
         entries.iter().filter(|e| e.action == "llm.cache_evict").filter_map(|e| e.attrs["key"].as_str()).collect();
@@ -312,7 +312,7 @@ async fn a_body_sent_again_is_looked_up_by_its_digest() {
     let app = app_with(&up).await;
     let r = ask(&app, OPS, chat(Q), &[("x-agent-id", "finance_synth")]).await;
     assert_eq!(cache(&r), "miss", "{}", r.text());
-    assert_eq!(app.daena.cas.memo.len(), 1, "the validated body is remembered");
+    assert_eq!(app.daena.cas().memo.len(), 1, "the validated body is remembered");
     let key = r.headers["x-daena-cache-key"].to_str().expect("key").to_owned();
     for agent in ["finance_synth", "finance_audit"] {
         let r = ask(&app, OPS, chat(Q), &[("x-agent-id", agent)]).await;
@@ -358,7 +358,7 @@ async fn a_body_sent_again_is_looked_up_by_its_digest() {
     assert_eq!((r.status, r.code().as_str()), (StatusCode::BAD_REQUEST, "invalid_json"), "{}", r.text());
     let who = common::ops(&app.daena);
     let memo = Memo { exact, model: "gpt-test".into(), stream: true, include_usage: false };
-    app.daena.cas.memo.insert(BodyMemo::digest(who.tenant().as_str(), b"not json"), memo);
+    app.daena.cas().memo.insert(BodyMemo::digest(who.tenant().as_str(), b"not json"), memo);
     let r = app.send(raw("not json", "application/json")).await;
     assert_eq!((r.status, cache(&r).as_str()), (StatusCode::OK, "hit"), "{}", r.text());
     assert!(

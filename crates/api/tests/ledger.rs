@@ -179,7 +179,7 @@ async fn the_full_verification_checks_and_health_reports_it() {
     assert_eq!(app.call("POST", "/api/v1/ledger/verification", Some(&agent), None).await.status, StatusCode::FORBIDDEN);
 
     // One byte of entry 3 changed on disk.
-    let dir = app.daena.data.ledger_dir();
+    let dir = app.daena.data().ledger_dir();
     let seg = std::fs::read_dir(&dir)
         .expect("dir")
         .filter_map(Result::ok)

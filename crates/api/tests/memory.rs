@@ -39,7 +39,7 @@ async fn access_statistics_count_every_read_across_tiers_and_restarts() {
         get(&app).await;
     }
     app.clock.advance(DAY);
-    app.daena.memory.l1.clear();
+    app.daena.memory().l1.clear();
     let r = get(&app).await;
     assert_eq!((r.headers["x-daena-tier"].to_str().ok(), r.json()["access_count"].as_u64()), (Some("L2"), Some(4)));
     let read_at = r.json()["last_accessed"].clone();
@@ -111,7 +111,7 @@ async fn round_trip_through_every_tier() {
     );
 
     // Evicted from L1, the record comes from L2.
-    app.daena.memory.l1.clear();
+    app.daena.memory().l1.clear();
     let r = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await;
     assert_eq!(r.headers["x-daena-tier"], "L2", "{}", r.text());
     assert_eq!(r.json()["access_count"], 4);
@@ -130,7 +130,7 @@ async fn round_trip_through_every_tier() {
     }
     let mut tier = String::new();
     for _ in 0..200 {
-        app.daena.memory.l1.clear();
+        app.daena.memory().l1.clear();
         tier = app.call("GET", "/api/v1/memory/chat/greeting", Some(OPS), None).await.headers["x-daena-tier"]
             .to_str()
             .unwrap_or_default()
@@ -606,11 +606,11 @@ async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollb
     // New small records of that tenant and class use it, and come out smaller.
     let tenant = daena_core::ids::TenantId::new("default").expect("tenant");
     let plain = codec::Plain { payload: turn(999)["payload"].to_string().into(), meta: "{}".into() };
-    let (with, _) = codec::seal(&d.memory, &tenant, "chat", "x", &plain, 3).expect("seal");
-    let (without, _) = codec::seal(&d.memory, &tenant, "ops_log", "x", &plain, 3).expect("seal");
+    let (with, _) = codec::seal(d.memory(), &tenant, "chat", "x", &plain, 3).expect("seal");
+    let (without, _) = codec::seal(d.memory(), &tenant, "ops_log", "x", &plain, 3).expect("seal");
     assert!(with.len() < without.len() * 3 / 4, "{} vs {}", with.len(), without.len());
     let acme = daena_core::ids::TenantId::new("acme").expect("tenant");
-    let (other, _) = codec::seal(&d.memory, &acme, "chat", "x", &plain, 3).expect("seal");
+    let (other, _) = codec::seal(d.memory(), &acme, "chat", "x", &plain, 3).expect("seal");
     assert_eq!(other.len(), without.len(), "another tenant never uses this dictionary");
     for i in 300..340 {
         assert!(put(&app, OPS, &format!("chat/d{i}"), turn(i)).await.status.is_success());
@@ -637,10 +637,10 @@ async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollb
     drop(d);
     let app = app.reopen(|_| {}).await;
     check(&app).await;
-    assert_eq!(app.daena.memory.dicts.list().len(), 1);
+    assert_eq!(app.daena.memory().dicts.list().len(), 1);
 
     // A rollback from the snapshot taken before the dictionary replays its entry first.
-    let size = app.daena.ledger.reader.head().size;
+    let size = app.daena.ledger().reader.head().size;
     assert!(put(&app, OPS, "chat/last", turn(1)).await.status.is_success());
     let (app, report) =
         app.offline(|loaded| daena_app::snapshot::rollback(loaded, &size.to_string(), Default::default())).await;
@@ -651,14 +651,14 @@ async fn trained_dictionaries_shrink_small_records_and_survive_restart_and_rollb
     // New data key versions, then a re-encryption: the dictionary is sealed again under the
     // new version before the old one is retired, so it still opens after a restart, and the
     // records compressed with it read.
-    assert_eq!(app.daena.keyring.new_data_key_versions().expect("new versions"), 2);
+    assert_eq!(app.daena.governance().data_keys().new_data_key_versions().expect("new versions"), 2);
     let who = common::ops(&app.daena);
     let r = daena_app::keyrotate::reseal(&app.daena, &who, |_, _| {}).await.expect("reseal");
     assert_eq!((r.dictionaries_resealed, r.data_keys_retired, r.errors), (1, 2, 0), "{r:?}");
     assert!(r.resealed >= 40, "{r:?}");
-    assert!(app.daena.keyring.older_versions().expect("older").is_empty());
+    assert!(app.daena.governance().data_keys().older_versions().expect("older").is_empty());
     let app = app.reopen(|_| {}).await;
-    assert_eq!(app.daena.memory.dicts.list().len(), 1, "the dictionary opens under the new version");
+    assert_eq!(app.daena.memory().dicts.list().len(), 1, "the dictionary opens under the new version");
     check(&app).await;
 }
 
@@ -679,7 +679,7 @@ async fn reads_find_every_write_while_layers_are_written_behind() {
             for i in 0..each {
                 let key = format!("w{w}-{i}");
                 memory::put(&d, &who, chat_put(key.clone(), json!({"writer": w, "n": i}))).await.expect("put");
-                d.memory.l1.clear();
+                d.memory().l1.clear();
                 let (view, tier) = memory::get(&d, &who, "chat", &key).expect("an acknowledged write is readable");
                 assert_ne!(tier, "L1");
                 assert_eq!(&*view.plain.payload, json!({"writer": w, "n": i}).to_string(), "{key}");
@@ -866,7 +866,7 @@ async fn l1_stays_within_its_entry_and_byte_bounds() {
                 assert_eq!(view.meta.version, 1, "round {round}, bound-{i}");
             }
         }
-        let (len, weight) = (app.daena.memory.l1.len() as u64, app.daena.memory.l1.weight());
+        let (len, weight) = (app.daena.memory().l1.len() as u64, app.daena.memory().l1.weight());
         assert!(len > 0, "reads fill L1");
         assert!(len <= entries && weight <= bytes, "L1 holds {len} records, {weight} bytes; bounds {entries}, {bytes}");
         let m = app.call("GET", "/monitoring/memory", Some(OPS), None).await.json();

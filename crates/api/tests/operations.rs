@@ -30,7 +30,7 @@ async fn reseal_finishes_what_an_interrupted_rotation_left() {
         assert!(r.status.is_success());
     }
     // What a crash after the new data key versions and before the re-encryption leaves.
-    app.daena.keyring.new_data_key_versions().expect("new versions");
+    app.daena.governance().data_keys().new_data_key_versions().expect("new versions");
     let v = app.call("POST", "/api/v1/admin/key-validation", Some(OPS), None).await.json();
     assert_eq!((v["ok"].as_bool(), v["records_under_old_data_keys"].as_u64()), (Some(false), Some(30)), "{v}");
 

@@ -193,11 +193,11 @@ async fn observe(app: &TestApp) -> Value {
             }
         }
     }
-    let mut cache: Vec<String> = d.cas.all().iter().map(|m| format!("{}/{}", m.tenant, hex::encode(m.key))).collect();
+    let mut cache: Vec<String> = d.cas().all().iter().map(|m| format!("{}/{}", m.tenant, hex::encode(m.key))).collect();
     cache.sort();
-    let mut shredded = d.keyring.shredded_tenants().expect("shredded");
+    let mut shredded = d.governance().data_keys().shredded_tenants().expect("shredded");
     shredded.sort();
-    let older = d.keyring.older_versions().expect("older versions");
+    let older = d.governance().data_keys().older_versions().expect("older versions");
     let drill =
         daena_app::snapshot::last_drill(d).expect("drill").map(|l| json!({"seq": l.seq, "passed": l.record.passed}));
     // The env ops key is provisioned at each open, not ledgered: leave it out.
@@ -223,7 +223,7 @@ async fn scenario(actions: Vec<Action>, snap_at: usize) {
         archive = Some(daena_app::snapshot::create(&app.daena).await.expect("snapshot").name);
     }
     let live = observe(&app).await;
-    let path = app.daena.data.snapshots_dir().join(format!("{}.tar.zst", archive.expect("archive")));
+    let path = app.daena.data().snapshots_dir().join(format!("{}.tar.zst", archive.expect("archive")));
     let (app, report) = app
         .offline(|loaded| {
             let spec = daena_app::snapshot::Rebuild {

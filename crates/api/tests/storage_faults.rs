@@ -21,14 +21,14 @@ async fn a_flipped_byte_in_a_cold_segment_is_refused_not_served() {
     app.clock.advance(91 * DAY);
     let rep = app.call("POST", "/api/v1/admin/aging/run", Some(OPS), Some(json!({}))).await.json();
     assert_eq!(rep["archived"], 3, "{rep}");
-    app.daena.memory.l1.clear();
+    app.daena.memory().l1.clear();
     let r = app.call("GET", "/api/v1/memory/chat/second", Some(OPS), None).await;
     assert_eq!(r.headers["x-daena-tier"], "L3", "{}", r.text());
 
     // The settler writes cold bodies into the segment behind the commit.
-    app.daena.commit.settle().await.expect("settle");
+    app.daena.commit().settle().await.expect("settle");
     // Flip one byte in the middle of the segment: inside one record's sealed envelope.
-    let segments: Vec<_> = std::fs::read_dir(app.daena.data.l3_dir())
+    let segments: Vec<_> = std::fs::read_dir(app.daena.data().l3_dir())
         .expect("l3 dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
@@ -38,7 +38,7 @@ async fn a_flipped_byte_in_a_cold_segment_is_refused_not_served() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
     std::fs::write(&segments[0], &bytes).expect("write");
-    app.daena.memory.l1.clear();
+    app.daena.memory().l1.clear();
 
     let mut refused = Vec::new();
     for k in ["first", "second", "third"] {

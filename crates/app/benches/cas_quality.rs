@@ -20,11 +20,11 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let d = Daena::open(loaded, OpenOptions::offline("bench")).expect("open");
-        let who = d.keys.authenticate(Some("k"), None, Access::Data).expect("auth");
+        let who = d.governance().api_keys().authenticate(Some("k"), None, Access::Data).expect("auth");
         let started = std::time::Instant::now();
         let tallies = cas_workload::run(&d, &who, n).await;
         let (mut benign, mut different, mut strict) = ((0, 0, 0), (0, 0), (0, 0));
-        println!("{n} stored prompts, threshold {}", d.config.memory.simhash_threshold);
+        println!("{n} stored prompts, threshold {}", d.config().memory.simhash_threshold);
         println!("| family | kind | lookups | served | rate |");
         println!("|---|---|---:|---:|---:|");
         for (name, t) in &tallies {

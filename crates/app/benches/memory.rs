@@ -22,7 +22,7 @@ fn open() -> (tempfile::TempDir, std::sync::Arc<Daena>, tokio::runtime::Runtime)
 
 fn bench(c: &mut Criterion) {
     let (_dir, d, rt) = open();
-    let who = d.keys.authenticate(Some("k"), None, Access::Data).expect("auth");
+    let who = d.governance().api_keys().authenticate(Some("k"), None, Access::Data).expect("auth");
     let payload = serde_json::json!({"text": "Customer asked about invoice 42; the agent explained the net-30 terms.", "turn": 3});
     rt.block_on(async {
         for i in 0..2000 {
@@ -40,7 +40,9 @@ fn bench(c: &mut Criterion) {
     });
     let _enter = rt.enter();
     c.bench_function("authenticate an API key (digest, lookup, role)", |b| {
-        b.iter(|| black_box(d.keys.authenticate(Some(black_box("k")), None, Access::Data).expect("auth")));
+        b.iter(|| {
+            black_box(d.governance().api_keys().authenticate(Some(black_box("k")), None, Access::Data).expect("auth"))
+        });
     });
     c.bench_function("memory get, L1 hit", |b| {
         b.iter(|| black_box(memory::get(&d, &who, "chat", "k7").expect("get")));
@@ -48,21 +50,23 @@ fn bench(c: &mut Criterion) {
     l1_percentiles(&d, &who);
     c.bench_function("memory get, L2 read (L1 cleared each time)", |b| {
         b.iter(|| {
-            d.memory.l1.clear();
+            d.memory().l1.clear();
             black_box(memory::get(&d, &who, "chat", "k8").expect("get"))
         });
     });
     let tenant = TenantId::new("default").expect("tenant");
     let plain = codec::Plain { payload: payload.to_string().into(), meta: "{}".into() };
     c.bench_function("seal (zstd 3 + AES-256-GCM), 120-byte record", |b| {
-        b.iter(|| black_box(codec::seal(&d.memory, &tenant, "chat", "k", &plain, 3).expect("seal")));
+        b.iter(|| black_box(codec::seal(d.memory(), &tenant, "chat", "k", &plain, 3).expect("seal")));
     });
-    let (env, _) = codec::seal(&d.memory, &tenant, "chat", "k", &plain, 3).expect("seal");
+    let (env, _) = codec::seal(d.memory(), &tenant, "chat", "k", &plain, 3).expect("seal");
     c.bench_function("open (AES-256-GCM + zstd), 120-byte record", |b| {
-        b.iter(|| black_box(codec::open(&d.memory, &tenant, "chat", "k", &env).expect("open")));
+        b.iter(|| black_box(codec::open(d.memory(), &tenant, "chat", "k", &env).expect("open")));
     });
     let class = ClassName::new("pii").expect("class");
-    c.bench_function("policy decision (cached)", |b| b.iter(|| black_box(d.policy.decide(&who, &class, Action::Read))));
+    c.bench_function("policy decision (cached)", |b| {
+        b.iter(|| black_box(d.governance().policy().decide(&who, &class, Action::Read)))
+    });
     let subject = daena_app::policy::Subject { roles: vec!["legal.officer".into()], tenant: "acme".into() };
     let mut n = 0u64;
     c.bench_function("policy decision (Cedar evaluation, uncached)", |b| {
@@ -70,7 +74,7 @@ fn bench(c: &mut Criterion) {
             n += 1;
             // A fresh tenant each time defeats the cache.
             let s = daena_app::policy::Subject { tenant: format!("t{n}"), ..subject.clone() };
-            black_box(d.policy.decide_for(&s, "pii", Action::Read))
+            black_box(d.governance().policy().decide_for(&s, "pii", Action::Read))
         })
     });
 }

@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
     let loaded = LoadedConfig::in_dir(dir.path(), Some("k"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let d = rt.block_on(async { Daena::open(loaded, OpenOptions::offline("bench")) }).expect("open");
-    let limiter = &d.limiter;
+    let limiter = &d.governance().limiter();
 
     let limit = Limit { rpm: 1000, burst: 100 };
     let mut tat = None;

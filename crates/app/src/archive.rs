@@ -74,7 +74,7 @@ pub async fn export(d: &std::sync::Arc<Daena>, tenant: Option<TenantId>, dir: Pa
 }
 
 fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: &Path) -> AppResult<ArchiveSummary> {
-    let now = d.clock.now();
+    let now = d.clock().now();
     let created_at = rfc3339(now);
     let stamp = crate::clock::compact_stamp(now);
     let name = format!("legacy_archive_{stamp}.json.zst");
@@ -91,7 +91,7 @@ fn write_archive(d: &Daena, keys: Vec<Vec<u8>>, tenant: Option<&TenantId>, dir: 
     };
     let header_line = write_line(&mut out, header_line(&header))?;
     let header_line = header_line.strip_suffix(b"\n").unwrap_or(&header_line).to_vec();
-    let signing_key = crate::ledger::signing_key(&d.data)?;
+    let signing_key = crate::ledger::signing_key(d.data())?;
     let mut hasher = Sha256::new();
     let (mut records, mut tenants) = (0u64, std::collections::BTreeSet::new());
     let only = tenant.map(|t| daena_store::records::tenant_prefix(t.as_str()));
@@ -175,5 +175,5 @@ pub fn read(path: &Path, f: impl FnMut(ArchivedRecord) -> AppResult<()>) -> AppR
 
 /// Where the server writes archives it is asked for.
 pub fn archives_dir(d: &Daena) -> PathBuf {
-    d.data.root().join("archives")
+    d.data().root().join("archives")
 }

@@ -49,7 +49,7 @@ impl Background {
     pub fn verification(&self, d: &Daena) -> Option<Verification> {
         let mut slot = self.verification.lock();
         if slot.is_none() {
-            *slot = d.kv.get_doc(daena_store::kv::SETTINGS, LAST_VERIFICATION).ok().flatten();
+            *slot = d.kv().get_doc(daena_store::kv::SETTINGS, LAST_VERIFICATION).ok().flatten();
         }
         slot.clone()
     }
@@ -58,13 +58,13 @@ impl Background {
 /// Verifies the whole ledger on disk now (a blocking read of every segment) and records it.
 pub async fn verify_ledger(d: &std::sync::Arc<Daena>) -> AppResult<Verification> {
     let started = std::time::Instant::now();
-    let reader = d.ledger.reader.clone();
-    let key = d.ledger.public_key.clone();
+    let reader = d.ledger().reader.clone();
+    let key = d.ledger().public_key.clone();
     let summary = tokio::task::spawn_blocking(move || reader.verify_all(Some(&key)))
         .await
         .map_err(|e| AppError::internal(format!("verification task: {e}")))??;
     let v = Verification {
-        at: rfc3339(d.clock.now()),
+        at: rfc3339(d.clock().now()),
         ok: summary.failure.is_none(),
         entries: summary.entries,
         checkpoints_verified: summary.checkpoints_verified.len(),
@@ -77,39 +77,39 @@ pub async fn verify_ledger(d: &std::sync::Arc<Daena>) -> AppResult<Verification>
     if !v.ok {
         tracing::error!(failure = ?v.failure, "the full ledger verification failed");
     }
-    d.kv.put_doc(daena_store::kv::SETTINGS, LAST_VERIFICATION, &v)?;
-    *d.background.verification.lock() = Some(v.clone());
+    d.kv().put_doc(daena_store::kv::SETTINGS, LAST_VERIFICATION, &v)?;
+    *d.monitoring().background().verification.lock() = Some(v.clone());
     Ok(v)
 }
 
 /// Probes the upstream model endpoint (`GET <upstream_url>/models`): any HTTP answer means it
 /// is reachable. Nothing to do without an upstream.
 pub async fn probe_upstream(d: &Daena) {
-    let Some(base) = d.config.llm.upstream_url.clone() else { return };
+    let Some(base) = d.config().llm.upstream_url.clone() else { return };
     let url = format!("{}/models", base.trim_end_matches('/'));
-    let mut req = d.cas.http.get(&url).timeout(Duration::from_secs(5));
-    if let Some(k) = &d.llm_api_key {
+    let mut req = d.cas().http.get(&url).timeout(Duration::from_secs(5));
+    if let Some(k) = &d.cas().upstream_key {
         req = req.bearer_auth(k.expose());
     }
     let probe = match req.send().await {
         Ok(r) => UpstreamProbe {
-            at: rfc3339(d.clock.now()),
+            at: rfc3339(d.clock().now()),
             reachable: true,
             detail: format!("the upstream answered HTTP {}", r.status().as_u16()),
         },
         Err(e) => UpstreamProbe {
-            at: rfc3339(d.clock.now()),
+            at: rfc3339(d.clock().now()),
             reachable: false,
             detail: format!("the upstream cannot be reached: {}", e.without_url()),
         },
     };
-    *d.background.upstream.lock() = Some(probe);
+    *d.monitoring().background().upstream.lock() = Some(probe);
 }
 
 /// `/health`'s view of the full verification.
 pub fn verification_check(d: &Daena) -> Check {
-    let every = d.config.ledger.verify_every_hours;
-    match d.background.verification(d) {
+    let every = d.config().ledger.verify_every_hours;
+    match d.monitoring().background().verification(d) {
         None if every == 0 => {
             Check::new(CheckStatus::Warn, false, "full verification is off (ledger.verify_every_hours = 0)")
         }
@@ -122,7 +122,7 @@ pub fn verification_check(d: &Daena) -> Check {
         .observed(serde_json::json!(v)),
         Some(v) => {
             let age_hours =
-                crate::clock::parse_rfc3339(&v.at).map_or(f64::INFINITY, |t| d.clock.now().days_since(t) * 24.0);
+                crate::clock::parse_rfc3339(&v.at).map_or(f64::INFINITY, |t| d.clock().now().days_since(t) * 24.0);
             let stale = every > 0 && age_hours > 2.0 * every as f64;
             Check::new(
                 if stale { CheckStatus::Warn } else { CheckStatus::Pass },
@@ -142,10 +142,10 @@ pub fn verification_check(d: &Daena) -> Check {
 
 /// `/health`'s view of the upstream.
 pub fn upstream_check(d: &Daena) -> Check {
-    if d.config.llm.upstream_url.is_none() {
+    if d.config().llm.upstream_url.is_none() {
         return Check::new(CheckStatus::Pass, false, "no upstream configured: cached answers only, misses get 503");
     }
-    match d.background.upstream.lock().clone() {
+    match d.monitoring().background().upstream.lock().clone() {
         None => Check::new(CheckStatus::Pass, false, "not probed yet"),
         Some(p) if p.reachable => Check::new(CheckStatus::Pass, false, format!("{} at {}", p.detail, p.at)),
         Some(p) => {

@@ -108,7 +108,7 @@ fn sample(d: &Daena) -> Sample {
     let costs = cas::report::costs(d).total;
     let [l1, l2, l3] = crate::memory::monitor::tier_p95(d);
     Sample {
-        at_ms: d.clock.now().0 / 1000,
+        at_ms: d.clock().now().0 / 1000,
         health: crate::health::check(d, false).status,
         cache_exact_hits: rates.exact_hits,
         cache_near_hits: rates.near_hits,
@@ -120,6 +120,6 @@ fn sample(d: &Daena) -> Sample {
         error_rate: analytics::fleet_error_rate(d, 5).rate,
         spend_usd: costs.spend_usd,
         saved_usd: costs.saved_usd,
-        ledger_size: d.ledger.reader.head().size,
+        ledger_size: d.ledger().reader.head().size,
     }
 }

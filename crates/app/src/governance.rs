@@ -12,10 +12,13 @@
 //! Every action the ledger may hold is named in [`replay`]'s match or in [`NO_STATE`]; an
 //! unknown one stops a replay with an error instead of being skipped.
 
+use crate::agents::AgentRegistry;
 use crate::auth::{KeyRing, KeyView};
 use crate::error::{AppError, AppResult};
+use crate::failed_auth::FailedAuth;
 use crate::keyring::Keyring;
 use crate::memory::MemoryShared;
+use crate::policy::PolicyEngine;
 use crate::ratelimit::{LimitView, RateLimiter};
 use crate::snapshot::{DrillRecord, LAST_DRILL, LastDrill};
 use daena_core::auth::{ApiKeyRecord, KeyAttributes, Role};
@@ -223,6 +226,84 @@ pub fn persisted_writes(kv: &Kv) -> AppResult<Option<bool>> {
 fn key_attrs(v: &KeyView) -> Value {
     json!({"id": v.id, "name": v.name, "role": v.role.as_str(), "tenant": v.tenant.as_str(),
            "roles": v.roles, "department": v.department, "agent": v.agent, "all_tenants": v.all_tenants})
+}
+
+/// Governance, as one capability of [`crate::Daena`]: who may call (API keys, the failed-auth
+/// limit, the fleet's agents), what they may touch (policy per data class), how fast (tenant
+/// rate limits), the data keys records are sealed with, and the write switch.
+pub struct Governance {
+    api_keys: Arc<KeyRing>,
+    data_keys: Arc<Keyring>,
+    policy: PolicyEngine,
+    limiter: Arc<RateLimiter>,
+    failed_auth: FailedAuth,
+    agents: AgentRegistry,
+    writes: Arc<AtomicBool>,
+}
+
+/// The parts [`Governance`] is made of, opened by [`crate::Daena::open`].
+pub(crate) struct GovernanceParts {
+    pub api_keys: Arc<KeyRing>,
+    pub data_keys: Arc<Keyring>,
+    pub policy: PolicyEngine,
+    pub limiter: Arc<RateLimiter>,
+    pub failed_auth: FailedAuth,
+    pub agents: AgentRegistry,
+    pub writes_enabled: bool,
+}
+
+impl Governance {
+    pub(crate) fn new(p: GovernanceParts) -> Governance {
+        Governance {
+            api_keys: p.api_keys,
+            data_keys: p.data_keys,
+            policy: p.policy,
+            limiter: p.limiter,
+            failed_auth: p.failed_auth,
+            agents: p.agents,
+            writes: Arc::new(AtomicBool::new(p.writes_enabled)),
+        }
+    }
+
+    /// The state the commit thread changes when it applies governance entries.
+    pub(crate) fn state(&self, memory: Arc<MemoryShared>) -> GovState {
+        GovState::new(self.api_keys.clone(), self.limiter.clone(), self.writes.clone(), self.data_keys.clone(), memory)
+    }
+
+    /// API keys: who may call, with which role and tenant.
+    pub fn api_keys(&self) -> &Arc<KeyRing> {
+        &self.api_keys
+    }
+
+    /// The master key and the tenants' data keys records and cache answers are sealed with.
+    pub fn data_keys(&self) -> &Arc<Keyring> {
+        &self.data_keys
+    }
+
+    /// The ABAC policy per data class.
+    pub fn policy(&self) -> &PolicyEngine {
+        &self.policy
+    }
+
+    /// Per-tenant rate limits.
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
+    }
+
+    /// Failed authentication per client address.
+    pub fn failed_auth(&self) -> &FailedAuth {
+        &self.failed_auth
+    }
+
+    /// The fleet's agents and their heartbeats.
+    pub fn agents(&self) -> &AgentRegistry {
+        &self.agents
+    }
+
+    /// Whether writes are on (`admin.writes`, or the configuration at start).
+    pub fn writes_enabled(&self) -> bool {
+        self.writes.load(Ordering::SeqCst)
+    }
 }
 
 /// The state the governance entries change, applied on the commit thread.
@@ -463,6 +544,6 @@ fn replayed_key(e: &Entry) -> Option<ApiKeyRecord> {
 
 /// Submits a governance operation and waits until it is durable and applied.
 pub async fn submit(d: &crate::Daena, op: GovOp) -> AppResult<u64> {
-    let receipts = d.commit.submit(op.into()).await?;
+    let receipts = d.commit().submit(op.into()).await?;
     Ok(receipts.first().map_or(0, |r| r.seq))
 }

@@ -78,27 +78,27 @@ impl Cache {
 
 /// The probe results (`/health`'s cache).
 pub fn probes_run(d: &Daena) -> u64 {
-    d.health_cache.probes_run()
+    d.monitoring().health_cache.probes_run()
 }
 
 /// The data directory and store probes: cached for [`PROBE_EVERY`]; while another request
 /// runs them, the previous results.
 fn probes(d: &Daena) -> [Check; 2] {
     let run = || {
-        d.health_cache.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        d.monitoring().health_cache.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         [
-            match d.data.probe_writable() {
-                Ok(()) => Check::new(CheckStatus::Pass, true, format!("{} is writable", d.data.root().display())),
+            match d.data().probe_writable() {
+                Ok(()) => Check::new(CheckStatus::Pass, true, format!("{} is writable", d.data().root().display())),
                 Err(e) => Check::new(CheckStatus::Fail, true, e.to_string()),
             },
-            match d.kv.probe() {
+            match d.kv().probe() {
                 Ok(()) => Check::new(CheckStatus::Pass, true, "embedded store answers reads"),
                 Err(e) => Check::new(CheckStatus::Fail, true, e.to_string()),
             },
         ]
     };
-    let Some(mut slot) = d.health_cache.0.try_lock() else {
-        return d.health_cache.0.lock().as_ref().map_or_else(run, |(_, p)| p.clone());
+    let Some(mut slot) = d.monitoring().health_cache.0.try_lock() else {
+        return d.monitoring().health_cache.0.lock().as_ref().map_or_else(run, |(_, p)| p.clone());
     };
     if let Some((at, p)) = slot.as_ref()
         && at.elapsed() < PROBE_EVERY
@@ -125,8 +125,8 @@ pub fn check(d: &Daena, detailed: bool) -> HealthReport {
             Check::new(CheckStatus::Warn, false, "read-only mode: writes are refused with writes_disabled")
         },
     );
-    let tenant = &d.config.agents.fleet_tenant;
-    let active = d.agents.active_count(tenant);
+    let tenant = &d.config().agents.fleet_tenant;
+    let active = d.governance().agents().active_count(tenant);
     let expected = daena_core::agents::EXPECTED_AGENTS;
     checks.insert(
         "active_agents".to_owned(),
@@ -135,7 +135,7 @@ pub fn check(d: &Daena, detailed: bool) -> HealthReport {
             false,
             format!(
                 "{active} of {expected} agents of tenant {tenant} sent a heartbeat in the last {} s",
-                d.config.agents.heartbeat_window_secs
+                d.config().agents.heartbeat_window_secs
             ),
         )
         .observed(serde_json::json!({"active": active, "expected": expected, "tenant": tenant})),
@@ -150,13 +150,17 @@ pub fn check(d: &Daena, detailed: bool) -> HealthReport {
             CheckStatus::Warn => 0.5,
             CheckStatus::Fail => 0.0,
         };
-        d.metrics.health_check.get_or_create(&crate::telemetry::CheckLabels { check: name.clone() }).set(v);
+        d.monitoring()
+            .metrics()
+            .health_check
+            .get_or_create(&crate::telemetry::CheckLabels { check: name.clone() })
+            .set(v);
     }
     HealthReport {
         status: fold(checks.values()),
         service: "daena",
         version: env!("CARGO_PKG_VERSION"),
-        time: rfc3339(d.clock.now()),
+        time: rfc3339(d.clock().now()),
         checks: detailed.then_some(checks),
     }
 }

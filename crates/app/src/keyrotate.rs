@@ -109,9 +109,9 @@ pub async fn rotate(
     dry_run: bool,
     progress: impl FnMut(u64, u64),
 ) -> AppResult<RotationReport> {
-    let keys = d.data.keys_dir();
-    let from_env = d.keyring.master_source() == "DAENA_MEMORY_AES_KEY";
-    let old_id = d.keyring.master_id();
+    let keys = d.data().keys_dir();
+    let from_env = d.governance().data_keys().master_source() == "DAENA_MEMORY_AES_KEY";
+    let old_id = d.governance().data_keys().master_id();
     let (new, bytes) = if from_env {
         let Some(secret) = new_key else {
             return Err(AppError::invalid(
@@ -131,7 +131,7 @@ pub async fn rotate(
     }
     let new_id = new.id.clone();
     if dry_run {
-        let (tenants, data_keys) = d.keyring.rewrap(new, true)?;
+        let (tenants, data_keys) = d.governance().data_keys().rewrap(new, true)?;
         let (scanned, _) = crate::memory::aging::stale_records(d).await?;
         return Ok(RotationReport {
             dry_run,
@@ -149,12 +149,12 @@ pub async fn rotate(
     if let Some(raw) = &bytes {
         keyring::write_next_master(&keys, raw)?;
     }
-    let (tenants, data_keys) = d.keyring.rewrap(new, false)?;
+    let (tenants, data_keys) = d.governance().data_keys().rewrap(new, false)?;
     if bytes.is_some() {
         keyring::finish_rotation_files(&keys, &old_id)?;
     }
     // New data key versions for new records, then every record sealed again under them.
-    let new_versions = d.keyring.new_data_key_versions()?;
+    let new_versions = d.governance().data_keys().new_data_key_versions()?;
     let reencryption = reseal(d, who, progress).await?;
     let (chain, broken) = read_chain(&keys, None)?;
     if let Some(b) = broken {
@@ -162,7 +162,7 @@ pub async fn rotate(
     }
     let mut line = RotationLine {
         n: chain.len() as u64 + 1,
-        at: crate::clock::rfc3339(d.clock.now()),
+        at: crate::clock::rfc3339(d.clock().now()),
         old_key_id: old_id.clone(),
         new_key_id: new_id.clone(),
         tenants,
@@ -174,7 +174,7 @@ pub async fn rotate(
     line.hash = line_hash(&line);
     {
         use ed25519_dalek::Signer;
-        let key = crate::ledger::signing_key(&d.data)?;
+        let key = crate::ledger::signing_key(d.data())?;
         line.sig = Some(hex::encode(key.sign(line.hash.as_bytes()).to_bytes()));
     }
     let mut text: String = chain.iter().map(|l| serde_json::to_string(l).unwrap_or_default() + "\n").collect();
@@ -187,7 +187,7 @@ pub async fn rotate(
         format!("master/{new_id}"),
     )
     .attrs(serde_json::json!({"old_key_id": old_id, "new_key_id": new_id, "tenants": tenants, "data_keys": data_keys}));
-    let seq = d.commit.append(vec![entry]).await?.first().map(|r| r.seq);
+    let seq = d.commit().append(vec![entry]).await?.first().map(|r| r.seq);
     Ok(RotationReport {
         dry_run,
         old_key_id: old_id,
@@ -245,7 +245,7 @@ pub async fn reseal(
             Some(format!("still under an older data key version: {}; run `daena key reseal` again", left.join(", ")));
         return Ok(report);
     }
-    for (tenant, current, older) in d.keyring.older_versions()? {
+    for (tenant, current, older) in d.governance().data_keys().older_versions()? {
         let op =
             crate::governance::GovOp::Retire { tenant: TenantId::new(&tenant)?, below: current, actor: who.actor() };
         crate::governance::submit(d, op).await?;
@@ -258,8 +258,8 @@ pub async fn reseal(
 /// older version because it could not be).
 async fn reseal_cache(d: &Daena, who: &Principal) -> AppResult<(u64, u64)> {
     let (mut resealed, mut left) = (0, 0);
-    for m in d.cas.all() {
-        let row = match d.cas.resealed(&m) {
+    for m in d.cas().all() {
+        let row = match d.cas().resealed(&m) {
             Ok(Some(row)) => row,
             Ok(None) => continue,
             Err(e) if e.code == crate::error::ErrorCode::NotFound => continue,
@@ -271,7 +271,7 @@ async fn reseal_cache(d: &Daena, who: &Principal) -> AppResult<(u64, u64)> {
         };
         let op =
             crate::cas::CasOp::Reseal { tenant: m.tenant.clone(), key: m.key, row: Box::new(row), actor: who.actor() };
-        match d.commit.submit(crate::state::Op::from(op)).await {
+        match d.commit().submit(crate::state::Op::from(op)).await {
             Ok(_) => resealed += 1,
             Err(e) if e.code == crate::error::ErrorCode::NotFound => {}
             Err(e) => {
@@ -285,38 +285,38 @@ async fn reseal_cache(d: &Daena, who: &Principal) -> AppResult<(u64, u64)> {
 
 /// Starts [`reseal`] through the server as a background operation (`key.reseal`).
 pub fn start_reseal(d: &std::sync::Arc<Daena>, who: Principal) -> AppResult<Operation> {
-    crate::replicas::single_node_only(&d.config, "re-sealing records")?;
-    let op = d.operations.begin("key.reseal", &who.actor())?;
-    let progress = d.operations.progress(&op.id, "re-encrypting records under the current data key versions");
+    crate::replicas::single_node_only(d.config(), "re-sealing records")?;
+    let op = d.operations().begin("key.reseal", &who.actor())?;
+    let progress = d.operations().progress(&op.id, "re-encrypting records under the current data key versions");
     let (task_d, id) = (d.clone(), op.id.clone());
     tokio::spawn(async move {
         let result = reseal(&task_d, &who, progress).await;
-        task_d.operations.finish_report(&id, result);
+        task_d.operations().finish_report(&id, result);
     });
-    Ok(d.operations.get(&op.id).unwrap_or(op))
+    Ok(d.operations().get(&op.id).unwrap_or(op))
 }
 
 /// Starts a rotation through the server as a background operation (see [`crate::operations`]):
 /// the answer comes at once, with the operation's record; its progress counts the records
 /// sealed again. A dry run is counted before the answer.
 pub async fn start(d: &std::sync::Arc<Daena>, who: Principal, dry_run: bool) -> AppResult<Operation> {
-    crate::replicas::single_node_only(&d.config, "key rotation")?;
-    let op = d.operations.begin("key.rotate", &who.actor())?;
+    crate::replicas::single_node_only(d.config(), "key rotation")?;
+    let op = d.operations().begin("key.rotate", &who.actor())?;
     if dry_run {
-        d.operations.finish_report(&op.id, rotate(d, &who, None, true, |_, _| {}).await);
-        return Ok(d.operations.get(&op.id).unwrap_or(op));
+        d.operations().finish_report(&op.id, rotate(d, &who, None, true, |_, _| {}).await);
+        return Ok(d.operations().get(&op.id).unwrap_or(op));
     }
-    d.operations.phase(&op.id, "re-wrapping the data keys under a new master key");
-    let progress = d.operations.progress(&op.id, "re-encrypting records under the new data key versions");
+    d.operations().phase(&op.id, "re-wrapping the data keys under a new master key");
+    let progress = d.operations().progress(&op.id, "re-encrypting records under the new data key versions");
     let (task_d, id) = (d.clone(), op.id.clone());
     tokio::spawn(async move {
         let result = rotate(&task_d, &who, None, false, progress).await;
         if let Err(e) = &result {
             tracing::error!(operation = %id, error = %e.message, "key rotation failed");
         }
-        task_d.operations.finish_report(&id, result);
+        task_d.operations().finish_report(&id, result);
     });
-    Ok(d.operations.get(&op.id).unwrap_or(op))
+    Ok(d.operations().get(&op.id).unwrap_or(op))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -347,12 +347,12 @@ pub struct ValidationReport {
 /// Checks the rotation chain, that every data key is under the current master key, that older
 /// data key versions were retired, and that every record reads.
 pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> {
-    let signer = crate::ledger::signing_key(&d.data)?.verifying_key();
-    let (lines, chain_problem) = read_chain(&d.data.keys_dir(), Some(&signer))?;
-    let stale_tenants = d.keyring.stale_tenants()?;
-    let shredded_tenants = d.keyring.shredded_tenants()?;
+    let signer = crate::ledger::signing_key(d.data())?.verifying_key();
+    let (lines, chain_problem) = read_chain(&d.data().keys_dir(), Some(&signer))?;
+    let stale_tenants = d.governance().data_keys().stale_tenants()?;
+    let shredded_tenants = d.governance().data_keys().shredded_tenants()?;
     let (_, old_versions) = crate::memory::aging::stale_records(d).await?;
-    let older = d.keyring.older_versions()?;
+    let older = d.governance().data_keys().older_versions()?;
     let keys = crate::snapshot::record_keys(d).await?;
     let shredded = shredded_tenants.clone();
     let d2 = d.clone();
@@ -384,7 +384,7 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
         older_data_keys: older.iter().map(|(_, _, n)| *n as u64).sum(),
         tenants_with_older_data_keys: older.into_iter().map(|(t, _, _)| t).collect(),
         records_under_old_data_keys: old_versions.len() as u64,
-        master_key_id: d.keyring.master_id(),
+        master_key_id: d.governance().data_keys().master_id(),
         rotations: lines.len(),
         chain_problem,
         stale_tenants,
@@ -398,13 +398,13 @@ pub async fn validate(d: &std::sync::Arc<Daena>) -> AppResult<ValidationReport> 
 
 /// The key store's status with the rotation history (`GET /api/v1/admin/key-status`).
 pub fn status(d: &Daena) -> AppResult<keyring::KeyStatus> {
-    let mut st = d.keyring.status()?;
-    let (lines, _) = read_chain(&d.data.keys_dir(), None)?;
+    let mut st = d.governance().data_keys().status()?;
+    let (lines, _) = read_chain(&d.data().keys_dir(), None)?;
     if let Some(last) = lines.last() {
         st.rotations = lines.len() as u64;
         st.last_rotation_at = Some(last.at.clone());
         if let Some(t) = crate::clock::parse_rfc3339(&last.at) {
-            st.master_key_age_days = (d.clock.now().days_since(t) * 10.0).round() / 10.0;
+            st.master_key_age_days = (d.clock().now().days_since(t) * 10.0).round() / 10.0;
         }
     }
     Ok(st)
@@ -438,16 +438,16 @@ pub async fn shred(
         )));
     }
     let mut evicted = 0;
-    for m in d.cas.all().into_iter().filter(|m| m.tenant == tenant.as_str()) {
+    for m in d.cas().all().into_iter().filter(|m| m.tenant == tenant.as_str()) {
         let op = crate::cas::CasOp::Evict { tenant: m.tenant.clone(), key: m.key, reason: "shred", actor: who.actor() };
-        if d.commit.submit(crate::state::Op::from(op)).await.is_ok() {
+        if d.commit().submit(crate::state::Op::from(op)).await.is_ok() {
             evicted += 1;
         }
     }
     let prefix = daena_store::records::tenant_prefix(tenant.as_str());
     let records = crate::snapshot::record_keys(d).await?.iter().filter(|k| k.starts_with(&prefix)).count() as u64;
-    let (through, _) = d.keyring.versions(tenant.as_str())?;
-    let destroyed = d.keyring.count_through(tenant.as_str(), through)?;
+    let (through, _) = d.governance().data_keys().versions(tenant.as_str())?;
+    let destroyed = d.governance().data_keys().count_through(tenant.as_str(), through)?;
     let op = crate::governance::GovOp::Shred {
         tenant: tenant.clone(),
         actor: who.actor(),

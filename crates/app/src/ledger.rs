@@ -283,9 +283,9 @@ impl LedgerService {
 
 /// The newest checkpoint; `fresh` signs one covering the current size first.
 pub async fn checkpoint(d: &Daena, fresh: bool) -> AppResult<CheckpointView> {
-    let cp = match (fresh, d.ledger.reader.checkpoint()) {
+    let cp = match (fresh, d.ledger().reader.checkpoint()) {
         (false, Some(cp)) => cp,
-        _ => d.commit.checkpoint().await?,
+        _ => d.commit().checkpoint().await?,
     };
     Ok(CheckpointView::from(&cp))
 }
@@ -305,16 +305,16 @@ pub struct Manifest {
 }
 
 pub fn manifest(d: &Daena) -> AppResult<Manifest> {
-    let head = d.ledger.head()?;
+    let head = d.ledger().head()?;
     Ok(Manifest {
         format: "daena-ledger-manifest-v1".to_owned(),
         entries: head.size,
         merkle_root: head.root,
-        first_hash: d.ledger.reader.entry_hash(1)?.map(hex::encode),
+        first_hash: d.ledger().reader.entry_hash(1)?.map(hex::encode),
         last_hash: (head.size > 0).then_some(head.head_hash),
         checkpoint: head.checkpoint,
-        created_at: rfc3339(d.clock.now()),
-        ledger_dir: d.ledger.reader.location(),
+        created_at: rfc3339(d.clock().now()),
+        ledger_dir: d.ledger().reader.location(),
     })
 }
 
@@ -344,7 +344,7 @@ pub async fn import_legacy(d: &Daena, who: &Principal, text: &str) -> AppResult<
     if report.entries == 0 {
         return Err(AppError::invalid("the legacy ledger has no entries"));
     }
-    if d.ledger.reader.head().size > 0 {
+    if d.ledger().reader.head().size > 0 {
         return Err(AppError::invalid(
             "a legacy ledger can only become the genesis of an empty ledger; import it into a fresh data directory",
         ));
@@ -359,7 +359,7 @@ pub async fn import_legacy(d: &Daena, who: &Principal, text: &str) -> AppResult<
             "last_txid": report.last_txid,
             "source_sha256": source_sha256,
         }));
-    let receipts = d.commit.submit(crate::commit::Op::Genesis(vec![entry])).await?;
+    let receipts = d.commit().submit(crate::commit::Op::Genesis(vec![entry])).await?;
     Ok(LegacyImport {
         seq: receipts.first().map_or(0, |r| r.seq),
         legacy_entries: report.entries,

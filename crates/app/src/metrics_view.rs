@@ -37,7 +37,7 @@ fn as_i64(v: u64) -> i64 {
 
 /// Whether tenant names may be label values.
 fn tenant_names(d: &Daena) -> bool {
-    !d.config.server.metrics_public && d.config.server.metrics_listen.is_none()
+    !d.config().server.metrics_public && d.config().server.metrics_listen.is_none()
 }
 
 /// The label value for `tenant`: its name, or `all`.
@@ -46,8 +46,8 @@ fn tenant_label(names: bool, tenant: &str) -> String {
 }
 
 pub fn render(d: &Daena) -> String {
-    let m = &d.metrics;
-    if d.metrics_freshness.due() {
+    let m = &d.monitoring().metrics();
+    if d.monitoring().metrics_freshness.due() {
         refresh(d);
     }
     m.uptime_seconds.set(d.uptime().as_secs_f64());
@@ -55,14 +55,14 @@ pub fn render(d: &Daena) -> String {
 }
 
 fn refresh(d: &Daena) {
-    let m = &d.metrics;
+    let m = &d.monitoring().metrics();
     let names = tenant_names(d);
     m.active_agents.clear();
     // The default tenant is always there, so a silent fleet shows as 0 and not as no series.
     m.active_agents
         .get_or_create(&TenantLabels { tenant: tenant_label(names, TenantId::default_tenant().as_str()) })
         .set(0);
-    for (tenant, active) in d.agents.active_by_tenant() {
+    for (tenant, active) in d.governance().agents().active_by_tenant() {
         m.active_agents
             .get_or_create(&TenantLabels { tenant: tenant_label(names, tenant.as_str()) })
             .inc_by(as_i64(active as u64));
@@ -80,14 +80,14 @@ fn refresh(d: &Daena) {
         m.anomalies.get_or_create(&TenantLabels { tenant: tenant_label(names, &tenant) }).inc_by(as_i64(n as u64));
     }
     limits(d, names);
-    m.auth_failures.set(as_i64(d.failed_auth.failures()));
-    m.auth_throttled.set(as_i64(d.failed_auth.refused()));
-    m.auth_throttled_addresses.set(as_i64(d.failed_auth.tracked() as u64));
+    m.auth_failures.set(as_i64(d.governance().failed_auth().failures()));
+    m.auth_throttled.set(as_i64(d.governance().failed_auth().refused()));
+    m.auth_throttled_addresses.set(as_i64(d.governance().failed_auth().tracked() as u64));
 }
 
 fn memory_and_ledger(d: &Daena) {
-    let m = &d.metrics;
-    let ops = d.keys.authenticate_system();
+    let m = &d.monitoring().metrics();
+    let ops = d.governance().api_keys().authenticate_system();
     let report = memory::monitor::report(d, &ops);
     for (tier, view) in [("l2", &report.l2), ("l2q", &report.l2q), ("l3", &report.l3)] {
         let l = TierLabels { tier: tier.to_owned() };
@@ -104,17 +104,17 @@ fn memory_and_ledger(d: &Daena) {
     m.policy_denies.set(as_i64(report.operations.policy_denies));
     m.ledger_entries.set(as_i64(report.ledger.size));
     m.ledger_checkpoint_size.set(as_i64(report.ledger.checkpoint_size));
-    let commit = &d.commit.stats;
+    let commit = &d.commit().stats;
     m.ledger_commit_batches.set(as_i64(commit.batches.load(Ordering::Relaxed)));
     m.ledger_commit_ops.set(as_i64(commit.ops.load(Ordering::Relaxed)));
     #[allow(clippy::cast_precision_loss)] // microseconds: exact far beyond any uptime
     m.ledger_commit_write_seconds.set(commit.write_micros.load(Ordering::Relaxed) as f64 / 1e6);
     #[allow(clippy::cast_precision_loss)]
-    m.memory_settle_wait_seconds.set(d.memory.counters.settle_wait_micros.load(Ordering::Relaxed) as f64 / 1e6);
+    m.memory_settle_wait_seconds.set(d.memory().counters.settle_wait_micros.load(Ordering::Relaxed) as f64 / 1e6);
 }
 
 fn cache_and_costs(d: &Daena) {
-    let m = &d.metrics;
+    let m = &d.monitoring().metrics();
     let cas = cas::report::cas(d);
     for (result, n) in [
         ("exact", cas.rates.exact_hits),
@@ -135,7 +135,7 @@ fn cache_and_costs(d: &Daena) {
 /// Rate-limit decisions: the 50 busiest tenants by name, the rest as "other" (or all as
 /// "all" when names are not shown).
 fn limits(d: &Daena, names: bool) {
-    let m = &d.metrics;
+    let m = &d.monitoring().metrics();
     m.rate_limit_requests.clear();
     let stats = ratelimit::stats(d);
     let (mut other_allowed, mut other_rejected) = (stats.allowed, stats.rejected);

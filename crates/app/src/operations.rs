@@ -214,22 +214,22 @@ impl Operations {
 /// Checks a maintenance request against the running server and hands it to the serve loop;
 /// the server stops serving right after the answer to this request.
 pub fn request_maintenance(d: &Daena, requested_by: &str, op: Maintenance) -> AppResult<Operation> {
-    let Some(tx) = d.operations.maintenance.lock().clone() else {
+    let Some(tx) = d.operations().maintenance.lock().clone() else {
         return Err(AppError::unavailable(format!(
             "a {} through the API needs `daena serve`; on a stopped data directory run the command offline",
             op.kind()
         )));
     };
-    crate::replicas::single_node_only(&d.config, &format!("a {}", op.kind()))?;
+    crate::replicas::single_node_only(d.config(), &format!("a {}", op.kind()))?;
     check(d, &op)?;
-    let record = d.operations.begin(op.kind(), requested_by)?;
-    d.operations.phase(&record.id, "waiting for requests in flight to finish");
+    let record = d.operations().begin(op.kind(), requested_by)?;
+    d.operations().phase(&record.id, "waiting for requests in flight to finish");
     let request = MaintenanceRequest { id: record.id.clone(), requested_by: requested_by.to_owned(), op };
     if tx.send(request).is_err() {
-        d.operations.finish(&record.id, Err("the server is shutting down".into()));
+        d.operations().finish(&record.id, Err("the server is shutting down".into()));
         return Err(AppError::unavailable("the server is shutting down"));
     }
-    Ok(d.operations.get(&record.id).unwrap_or(record))
+    Ok(d.operations().get(&record.id).unwrap_or(record))
 }
 
 /// What can be checked before the server stops serving; the rest (the archive's hashes, the
@@ -249,14 +249,14 @@ fn check(d: &Daena, op: &Maintenance) -> AppResult<()> {
             }
         }
         Maintenance::Rollback { to, .. } => {
-            let head = d.ledger.reader.head().size;
+            let head = d.ledger().reader.head().size;
             let to_seq = match to.parse::<u64>() {
                 Ok(seq) => seq,
                 Err(_) => {
                     let t = crate::clock::parse_rfc3339(to).ok_or_else(|| {
                         AppError::invalid(format!("to {to:?} is neither a sequence number nor an RFC 3339 time"))
                     })?;
-                    if t > d.clock.now() {
+                    if t > d.clock().now() {
                         return Err(AppError::new(ErrorCode::Conflict, format!("to {to} is in the future")));
                     }
                     return Ok(());
@@ -268,7 +268,7 @@ fn check(d: &Daena, op: &Maintenance) -> AppResult<()> {
                     format!("the ledger ends at {head}; the point {to_seq} is not before it"),
                 ));
             }
-            let snapshots = crate::snapshot::list(&d.data.snapshots_dir())?;
+            let snapshots = crate::snapshot::list(&d.data().snapshots_dir())?;
             if !snapshots.iter().any(|(_, m)| m.ledger_size <= to_seq) {
                 return Err(AppError::new(
                     ErrorCode::Conflict,
@@ -343,7 +343,7 @@ pub async fn ledger_outcome(
         Err(e) => serde_json::json!({"outcome": "failed", "error": e}),
     };
     let entry = daena_core::ledger::NewEntry::new("system", requested_by, format!("ops.{kind}"), id).attrs(attrs);
-    Ok(d.commit.append(vec![entry]).await?.first().map(|r| r.seq))
+    Ok(d.commit().append(vec![entry]).await?.first().map(|r| r.seq))
 }
 
 /// A report without its longest parts (the per-file list of a manifest).

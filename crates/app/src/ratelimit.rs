@@ -311,8 +311,8 @@ fn status_of(r: &RateLimiter, tenant: &str, st: TenantState, now: i64) -> Tenant
 }
 
 pub fn stats(d: &Daena) -> RateLimitStats {
-    let r = &d.limiter;
-    let now = d.clock.now().0;
+    let r = &d.governance().limiter();
+    let now = d.clock().now().0;
     let mut tenants: Vec<TenantStatus> = r.snapshot().into_iter().map(|(t, st)| status_of(r, &t, st, now)).collect();
     let active_tenants = tenants.len();
     tenants.sort_by(|a, b| (b.allowed + b.rejected).cmp(&(a.allowed + a.rejected)).then(a.tenant.cmp(&b.tenant)));
@@ -329,9 +329,9 @@ pub fn stats(d: &Daena) -> RateLimitStats {
 }
 
 pub fn status(d: &Daena, tenant: &TenantId) -> TenantStatus {
-    let (key, shard) = d.limiter.slot(tenant.as_str());
+    let (key, shard) = d.governance().limiter().slot(tenant.as_str());
     let st = shard.lock().get(&key).map(|s| s.state).unwrap_or_default();
-    status_of(&d.limiter, tenant.as_str(), st, d.clock.now().0)
+    status_of(d.governance().limiter(), tenant.as_str(), st, d.clock().now().0)
 }
 
 /// Sets (or with `None` removes) a tenant's limit: ledgered, then applied by the commit thread
@@ -348,7 +348,7 @@ pub async fn set_override(
         return Err(AppError::invalid("rpm and burst must be positive"));
     }
     let op = crate::governance::GovOp::RateLimit { tenant: tenant.clone(), limit, actor: who.actor() };
-    d.commit.submit(crate::state::Op::from(op)).await?;
+    d.commit().submit(crate::state::Op::from(op)).await?;
     Ok(status(d, tenant))
 }
 

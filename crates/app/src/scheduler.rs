@@ -29,7 +29,7 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
         loop {
             tick.tick().await;
             let d = series.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || d.series.record(&d)).await {
+            if let Err(e) = tokio::task::spawn_blocking(move || d.monitoring().series().record(&d)).await {
                 tracing::warn!(error = %e, "dashboard sample task failed");
             }
         }
@@ -39,14 +39,14 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            growth.memory.sample_growth();
-            growth.limiter.sweep();
-            growth.failed_auth.sweep();
+            growth.memory().sample_growth();
+            growth.governance().limiter().sweep();
+            growth.governance().failed_auth().sweep();
         }
     }));
     let verify = d.clone();
     tasks.push(tokio::spawn(async move {
-        let every = verify.config.ledger.verify_every_hours;
+        let every = verify.config().ledger.verify_every_hours;
         if every == 0 {
             return;
         }
@@ -101,7 +101,7 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     }));
-    let minutes = d.config.memory.aging.interval_minutes;
+    let minutes = d.config().memory.aging.interval_minutes;
     if minutes > 0 {
         let aging = d.clone();
         tasks.push(tokio::spawn(async move {

@@ -14,7 +14,7 @@ async fn near_duplicates_serve_benign_variants_and_refuse_different_questions() 
     let dir = tempfile::tempdir().expect("tempdir");
     let loaded = LoadedConfig::in_dir(dir.path(), Some("k"));
     let d = Daena::open(loaded, OpenOptions::offline("test")).expect("open");
-    let who = d.keys.authenticate(Some("k"), None, Access::Data).expect("auth");
+    let who = d.governance().api_keys().authenticate(Some("k"), None, Access::Data).expect("auth");
     let tallies = cas_workload::run(&d, &who, 192).await;
     let mut problems = Vec::new();
     let (mut different, mut false_hits) = (0, 0);

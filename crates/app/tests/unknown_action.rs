@@ -15,9 +15,9 @@ fn loaded(dir: &std::path::Path) -> LoadedConfig {
 async fn an_unknown_action_stops_the_replay() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = Daena::open(loaded(tmp.path()), OpenOptions::offline("test")).expect("open");
-    let who = d.keys.authenticate(Some("k"), None, daena_app::auth::Access::Ops).expect("ops");
+    let who = d.governance().api_keys().authenticate(Some("k"), None, daena_app::auth::Access::Ops).expect("ops");
     daena_app::admin::set_writes(&d, &who, false).await.expect("a ledgered governance action");
-    let ledger_dir = d.data.ledger_dir();
+    let ledger_dir = d.data().ledger_dir();
     d.shutdown().await.expect("shutdown");
     drop(d);
 

@@ -11,7 +11,7 @@ pub mod sse;
 pub mod stats;
 
 use daena_base::clock::Clock;
-use daena_base::config::Config;
+use daena_base::config::{Config, Secret};
 use daena_base::error::{AppError, AppResult};
 use daena_core::cas::NearIndex;
 use daena_core::ids::TenantId;
@@ -173,6 +173,8 @@ pub struct CasShared {
     pub pending: daena_store::overlay::Overlay<CasRow>,
     pub stats: Mutex<stats::CasStats>,
     pub http: reqwest::Client,
+    /// The bearer token sent to the upstream model endpoint (`DAENA_LLM_API_KEY`).
+    pub upstream_key: Option<Secret>,
     /// Decrypted answers of recently hit entries by [`CasMeta::serial`], so hot hits skip
     /// redb and AES.
     hot: quick_cache::sync::Cache<u64, bytes::Bytes, HotWeight>,
@@ -196,6 +198,7 @@ impl CasShared {
         keyring: Arc<Keyring>,
         clock: Arc<dyn Clock>,
         config: Arc<Config>,
+        upstream_key: Option<Secret>,
     ) -> AppResult<Arc<CasShared>> {
         // reqwest is built without a bundled TLS provider; `ring` is the one Daena uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -213,6 +216,7 @@ impl CasShared {
             pending: daena_store::overlay::Overlay::default(),
             stats: Mutex::new(stats),
             http,
+            upstream_key,
             hot: quick_cache::sync::Cache::with_weighter(HOT_BYTES / 1024, HOT_BYTES as u64, HotWeight),
             serials: AtomicU64::new(0),
             memo: memo::BodyMemo::default(),

@@ -65,7 +65,8 @@ async fn measure(label: &str, set: &[Running], c: &Common) -> anyhow::Result<[f6
     let (request, answer) = chat();
     let who = set[0]
         .daena
-        .keys
+        .governance()
+        .api_keys()
         .authenticate(Some(KEY), None, daena_app::auth::Access::Data)
         .map_err(|e| anyhow::anyhow!(e.message))?;
     daena_app::cas::chat::store(&set[0].daena, &who, request.clone(), answer, Default::default())

@@ -59,7 +59,11 @@ pub async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
 
 /// Stores records `k{from}` to `k{to - 1}` through 64 concurrent writers.
 pub async fn seed_range(d: &Arc<Daena>, from: u64, to: u64) -> anyhow::Result<()> {
-    let who = d.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
+    let who = d
+        .governance()
+        .api_keys()
+        .authenticate(Some(KEY), None, Access::Data)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let start = Instant::now();
     let d = d.clone();
     in_parallel("seeding", from, to, move |i| {
@@ -129,7 +133,7 @@ pub fn get_requests(records: u64, hot: u64) -> MakeRequest {
 pub async fn memory_get(c: &Common, records: u64, l2_cache_bytes: u64) -> anyhow::Result<()> {
     let running = start(|c| c.memory.l2_cache_bytes = l2_cache_bytes).await?;
     seed(&running.daena, records).await?;
-    let l1 = running.daena.config.memory.l1_cache_size;
+    let l1 = running.daena.config().memory.l1_cache_size;
     println!(
         "GET over HTTP, loopback, concurrency {}, {records} records stored, L1 holds {l1}, L2 page cache {} MiB",
         c.concurrency,
@@ -148,7 +152,12 @@ pub async fn memory_get(c: &Common, records: u64, l2_cache_bytes: u64) -> anyhow
     );
     let report = daena_app::memory::monitor::report(
         &running.daena,
-        &running.daena.keys.authenticate(Some(KEY), None, Access::Read).map_err(|e| anyhow::anyhow!(e.message))?,
+        &running
+            .daena
+            .governance()
+            .api_keys()
+            .authenticate(Some(KEY), None, Access::Read)
+            .map_err(|e| anyhow::anyhow!(e.message))?,
     );
     println!(
         "server-side latency (last 1-2 minutes): L1 p99 {:?} ms, L2 p99 {:?} ms; L1 hit rate {:?}",
@@ -197,13 +206,13 @@ struct CommitTotals {
 
 impl CommitTotals {
     fn read(d: &Daena) -> CommitTotals {
-        let s = &d.commit.stats;
+        let s = &d.commit().stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         CommitTotals {
             batches: load(&s.batches),
             ops: load(&s.ops),
             write_micros: load(&s.write_micros),
-            settle_wait_micros: load(&d.memory.counters.settle_wait_micros),
+            settle_wait_micros: load(&d.memory().counters.settle_wait_micros),
         }
     }
 
@@ -246,7 +255,12 @@ pub fn cached_pair() -> (serde_json::Value, serde_json::Value) {
 /// it and the cached answer.
 async fn cache_one_answer(running: &Running) -> anyhow::Result<(Bytes, Vec<u8>)> {
     let (request, answer) = cached_pair();
-    let who = running.daena.keys.authenticate(Some(KEY), None, Access::Data).map_err(|e| anyhow::anyhow!(e.message))?;
+    let who = running
+        .daena
+        .governance()
+        .api_keys()
+        .authenticate(Some(KEY), None, Access::Data)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     daena_app::cas::chat::store(&running.daena, &who, request.clone(), answer.clone(), Default::default())
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;

@@ -73,7 +73,7 @@ pub async fn create_key(
 #[utoipa::path(get, path = "/api/v1/admin/keys", tag = "admin",
     responses((status = 200, body = KeyList), AuthErrors), security(("api_key" = [])))]
 pub async fn list_keys(State(state): State<AppState>, _auth: Auth<OpsOnly>) -> axum::Json<KeyList> {
-    axum::Json(KeyList { keys: state.keys.list() })
+    axum::Json(KeyList { keys: state.governance().api_keys().list() })
 }
 
 /// Revokes a key by id or name; the next request with it gets 401.
@@ -150,7 +150,7 @@ pub async fn list_snapshots(
     State(state): State<AppState>,
     _auth: Auth<OpsOnly>,
 ) -> ApiResult<axum::Json<Vec<daena_app::snapshot::Manifest>>> {
-    let list = daena_app::snapshot::list(&state.data.snapshots_dir())?;
+    let list = daena_app::snapshot::list(&state.data().snapshots_dir())?;
     Ok(axum::Json(list.into_iter().map(|(_, m)| m).collect()))
 }
 
@@ -268,7 +268,7 @@ pub async fn restore(
     Json(req): Json<RestoreRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<Operation>)> {
     let archive = if req.snapshot == "latest" {
-        let list = daena_app::snapshot::list(&state.data.snapshots_dir())?;
+        let list = daena_app::snapshot::list(&state.data().snapshots_dir())?;
         match list.last() {
             Some((path, _)) => path.clone(),
             None => return Err(AppError::not_found("no snapshots in the data directory's snapshots/").into()),
@@ -348,7 +348,7 @@ pub async fn replay(
 #[utoipa::path(get, path = "/api/v1/admin/operations", tag = "admin",
     responses((status = 200, body = Vec<Operation>), AuthErrors), security(("api_key" = [])))]
 pub async fn list_operations(State(state): State<AppState>, _auth: Auth<ReadAccess>) -> axum::Json<Vec<Operation>> {
-    axum::Json(state.operations.list())
+    axum::Json(state.operations().list())
 }
 
 /// One long operation: its phase, progress, and result or error.
@@ -359,7 +359,7 @@ pub async fn get_operation(
     _auth: Auth<ReadAccess>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Operation>> {
-    match state.operations.get(&id) {
+    match state.operations().get(&id) {
         Some(op) => Ok(axum::Json(op)),
         None => Err(AppError::not_found(format!("no operation {id} (the newest 32 are kept)")).into()),
     }

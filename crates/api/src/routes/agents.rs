@@ -21,14 +21,14 @@ pub async fn list(
     Auth(who, _): Auth<AnyKey>,
     Query(q): Query<AgentQuery>,
 ) -> ApiResult<axum::Json<AgentList>> {
-    Ok(axum::Json(state.agents.list(&who, q.department.as_deref())?))
+    Ok(axum::Json(state.governance().agents().list(&who, q.department.as_deref())?))
 }
 
 /// The 6×8 structure with its validation against 8 departments, 48 agents, 6 roles.
 #[utoipa::path(get, path = "/api/v1/agents/structure", tag = "agents",
     responses((status = 200, body = StructureView), AuthErrors), security(("api_key" = [])))]
 pub async fn structure(State(state): State<AppState>, Auth(who, _): Auth<AnyKey>) -> axum::Json<StructureView> {
-    axum::Json(state.agents.structure(&who))
+    axum::Json(state.governance().agents().structure(&who))
 }
 
 /// Records that an agent is alive. An agent is active while its last heartbeat is younger
@@ -41,5 +41,5 @@ pub async fn heartbeat(
     Auth(who, _): Auth<DataAccess>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<HeartbeatView>> {
-    Ok(axum::Json(state.agents.heartbeat(&who, &id)?))
+    Ok(axum::Json(state.governance().agents().heartbeat(&who, &id)?))
 }

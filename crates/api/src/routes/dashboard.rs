@@ -54,7 +54,7 @@ pub async fn series(
     State(state): State<AppState>,
     Auth(_who, _): Auth<ReadAccess>,
 ) -> ApiResult<axum::Json<SeriesView>> {
-    let view = tokio::task::spawn_blocking(move || state.series.view(&state))
+    let view = tokio::task::spawn_blocking(move || state.monitoring().series().view(&state))
         .await
         .map_err(|e| ApiError(daena_app::error::AppError::internal(format!("dashboard series task: {e}"))))?;
     Ok(axum::Json(view))

@@ -16,7 +16,7 @@ use serde::Deserialize;
 #[utoipa::path(get, path = "/api/v1/ledger/head", tag = "ledger",
     responses((status = 200, body = HeadView), AuthErrors), security(("api_key" = [])))]
 pub async fn head(State(state): State<AppState>, _auth: Auth<ReadAccess>) -> ApiResult<axum::Json<HeadView>> {
-    Ok(axum::Json(state.ledger.head()?))
+    Ok(axum::Json(state.ledger().head()?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -42,7 +42,7 @@ pub async fn entries(
     Query(q): Query<EntriesQuery>,
 ) -> ApiResult<axum::Json<EntriesPage>> {
     let page = tokio::task::spawn_blocking(move || {
-        state.ledger.entries(
+        state.ledger().entries(
             &who,
             q.from.unwrap_or(1),
             q.limit.unwrap_or(100),
@@ -73,7 +73,7 @@ pub async fn inclusion(
     Auth(who, _): Auth<AnyKey>,
     Query(q): Query<InclusionQuery>,
 ) -> ApiResult<axum::Json<InclusionView>> {
-    Ok(axum::Json(state.ledger.inclusion_for(&who, q.seq, q.size)?))
+    Ok(axum::Json(state.ledger().inclusion_for(&who, q.seq, q.size)?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -93,7 +93,7 @@ pub async fn consistency(
     _auth: Auth<ReadAccess>,
     Query(q): Query<ConsistencyQuery>,
 ) -> ApiResult<axum::Json<ConsistencyView>> {
-    Ok(axum::Json(state.ledger.consistency(q.from, q.to)?))
+    Ok(axum::Json(state.ledger().consistency(q.from, q.to)?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -126,7 +126,7 @@ pub async fn last_verification(
     State(state): State<AppState>,
     _auth: Auth<ReadAccess>,
 ) -> axum::Json<Option<daena_app::checks::Verification>> {
-    axum::Json(state.background.verification(&state))
+    axum::Json(state.monitoring().background().verification(&state))
 }
 
 /// Verifies the whole ledger now (every entry hash, the chain, every signed checkpoint's

@@ -139,7 +139,7 @@ pub async fn get(
     Path((class, key)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let (view, served) = memory::get(&state, &who, &class, &key)?;
-    let body = memory::record_json(&view, served, state.config.memory.trust.promote_threshold);
+    let body = memory::record_json(&view, served, state.config().memory.trust.promote_threshold);
     let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", view.meta.version)) {
         resp.headers_mut().insert(header::ETAG, v);

@@ -40,7 +40,7 @@ pub async fn health(State(state): State<AppState>, MaybeAuth(caller): MaybeAuth)
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"), AuthErrors))]
 pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Response {
-    if !state.config.server.metrics_public
+    if !state.config().server.metrics_public
         && let Err(e) = authenticate(&state, &parts, Access::Read)
     {
         return e.into_response();

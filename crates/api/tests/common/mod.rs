@@ -122,7 +122,7 @@ impl TestApp {
 
 /// The operator key's principal with data access, for calling the use cases in process.
 pub fn ops(d: &Daena) -> daena_app::auth::Principal {
-    d.keys.authenticate(Some(OPS), None, daena_app::auth::Access::Data).expect("ops key")
+    d.governance().api_keys().authenticate(Some(OPS), None, daena_app::auth::Access::Data).expect("ops key")
 }
 
 /// A small OpenAI-compatible upstream for tests: answers `answer: <last user message>` with
@@ -194,7 +194,7 @@ impl TestApp {
         let TestApp { dir, daena, clock, router } = self;
         daena.shutdown().await.expect("shutdown");
         drop(router);
-        let mut config = daena.config.as_ref().clone();
+        let mut config = daena.config().as_ref().clone();
         edit(&mut config);
         drop(daena);
         TestApp::open(dir, config, clock)
@@ -206,7 +206,7 @@ impl TestApp {
         let TestApp { dir, daena, clock, router } = self;
         daena.shutdown().await.expect("shutdown");
         drop(router);
-        let config = daena.config.as_ref().clone();
+        let config = daena.config().as_ref().clone();
         drop(daena);
         let result = f(&TestApp::loaded(&dir, config.clone()));
         (TestApp::open(dir, config, clock), result)

@@ -336,7 +336,7 @@ pub fn record(d: &Daena, who: &Principal, batch: Interactions) -> AppResult<Reco
     if list.is_empty() || list.len() > MAX_BATCH {
         return Err(AppError::invalid(format!("send 1..={MAX_BATCH} interactions, got {}", list.len())));
     }
-    let now = d.analytics.clock.now();
+    let now = d.monitoring().analytics().clock.now();
     let valid = list
         .into_iter()
         .enumerate()
@@ -347,7 +347,7 @@ pub fn record(d: &Daena, who: &Principal, batch: Interactions) -> AppResult<Reco
         who.acting_agent(Some(v.from.as_str()))?;
     }
     let count = valid.len();
-    let a = &d.analytics;
+    let a = &d.monitoring().analytics();
     let t = a.tenant(who.tenant().as_str());
     let mut t = t.lock();
     for v in valid {

@@ -113,8 +113,8 @@ pub struct AnomalyReport {
 }
 
 pub fn anomalies(d: &Daena, who: &Principal) -> AnomalyReport {
-    let data = d.analytics.tenant(who.tenant().as_str());
-    let list = detect(&data.lock(), d.analytics.minute());
+    let data = d.monitoring().analytics().tenant(who.tenant().as_str());
+    let list = detect(&data.lock(), d.monitoring().analytics().minute());
     AnomalyReport {
         tenant: who.tenant().to_string(),
         total_anomalies: list.len(),
@@ -177,8 +177,8 @@ pub struct Summary {
 }
 
 pub fn summary(d: &Daena, who: &Principal) -> Summary {
-    let now_minute = d.analytics.minute();
-    let data = d.analytics.tenant(who.tenant().as_str());
+    let now_minute = d.monitoring().analytics().minute();
+    let data = d.monitoring().analytics().tenant(who.tenant().as_str());
     let data = data.lock();
     let mut top: Vec<TopAgent> = data
         .minutes
@@ -203,13 +203,13 @@ pub fn summary(d: &Daena, who: &Principal) -> Summary {
         total_observed_requests: data.agents.values().map(|a| a.requests).sum(),
         error_rate_5m: error_rate(&data, now_minute, 5),
         error_rate_1h: error_rate(&data, now_minute, 60),
-        max_error_rate: d.config.memory.slo.max_error_rate,
-        active_agents: d.agents.active_count(who.tenant()),
+        max_error_rate: d.config().memory.slo.max_error_rate,
+        active_agents: d.governance().agents().active_count(who.tenant()),
         expected_agents: agents::EXPECTED_AGENTS,
         top_agents: top,
         top_communication_paths: paths,
         recent_anomalies: anomalies,
-        time: rfc3339(d.clock.now()),
+        time: rfc3339(d.clock().now()),
     }
 }
 
@@ -247,7 +247,7 @@ pub fn efficiency(d: &Daena, who: &Principal, department: Option<&str>) -> AppRe
     {
         return Err(AppError::invalid(format!("unknown department {dept:?}")));
     }
-    let data = d.analytics.tenant(who.tenant().as_str());
+    let data = d.monitoring().analytics().tenant(who.tenant().as_str());
     let data = data.lock();
     let ratio = |a: f64, b: u64| (b > 0).then(|| round(a / b as f64, 4));
     let mut list: Vec<Efficiency> = data
@@ -313,8 +313,8 @@ pub struct Patterns {
 }
 
 pub fn patterns(d: &Daena, who: &Principal, agent: Option<&str>) -> Patterns {
-    let fleet = d.agents.fleet();
-    let data = d.analytics.tenant(who.tenant().as_str());
+    let fleet = d.governance().agents().fleet();
+    let data = d.monitoring().analytics().tenant(who.tenant().as_str());
     let data = data.lock();
     let mut matrix = Vec::new();
     let mut departments: BTreeMap<String, u64> = BTreeMap::new();
@@ -387,9 +387,9 @@ pub fn patterns(d: &Daena, who: &Principal, agent: Option<&str>) -> Patterns {
 
 /// Error rate over the last `minutes` across every tenant (for `/metrics`).
 pub fn fleet_error_rate(d: &Daena, minutes: i64) -> ErrorRate {
-    let now = d.analytics.minute();
+    let now = d.monitoring().analytics().minute();
     let (mut events, mut errors) = (0, 0);
-    let all: Vec<Arc<Mutex<TenantData>>> = d.analytics.tenants.read().values().cloned().collect();
+    let all: Vec<Arc<Mutex<TenantData>>> = d.monitoring().analytics().tenants.read().values().cloned().collect();
     for t in all {
         let r = error_rate(&t.lock(), now, minutes);
         events += r.events;
@@ -400,8 +400,8 @@ pub fn fleet_error_rate(d: &Daena, minutes: i64) -> ErrorRate {
 
 /// Anomalies now, per tenant (for `/metrics`).
 pub fn anomaly_counts(d: &Daena) -> Vec<(String, usize)> {
-    let now = d.analytics.minute();
+    let now = d.monitoring().analytics().minute();
     let all: Vec<(String, Arc<Mutex<TenantData>>)> =
-        d.analytics.tenants.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        d.monitoring().analytics().tenants.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     all.into_iter().map(|(t, data)| (t, detect(&data.lock(), now).len())).collect()
 }

@@ -112,10 +112,10 @@ fn prepare(d: &Daena, who: &Principal, request: Value, opts: &ChatOptions) -> Ap
         }
     }
     let (class, agent) = caller(who, opts)?;
-    let cas_cfg = &d.config.memory.cas;
+    let cas_cfg = &d.config().memory.cas;
     let tenant_near =
         cas_cfg.tenants.get(who.tenant()).and_then(|t| t.near_duplicates).unwrap_or(cas_cfg.near_duplicates);
-    let class_near = class.as_ref().is_none_or(|c| !d.config.memory.class(c).disable_near_duplicates);
+    let class_near = class.as_ref().is_none_or(|c| !d.config().memory.class(c).disable_near_duplicates);
     let keys = cas::keys(who.tenant().as_str(), &map);
     Ok(Prepared {
         stream: map.get("stream").and_then(Value::as_bool).unwrap_or(false),
@@ -141,7 +141,7 @@ fn caller(who: &Principal, opts: &ChatOptions) -> AppResult<(Option<ClassName>, 
 }
 
 fn today(d: &Daena) -> String {
-    d.cas.today()
+    d.cas().today()
 }
 
 /// What `meta`'s answer would have cost upstream.
@@ -164,7 +164,7 @@ fn price(d: &Daena, model: &str, usage: Option<&Value>) -> (u64, u64, f64, bool)
     let pt = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
     let ct = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
     let cost = d
-        .config
+        .config()
         .llm
         .prices
         .get(model)
@@ -175,30 +175,30 @@ fn price(d: &Daena, model: &str, usage: Option<&Value>) -> (u64, u64, f64, bool)
 /// Looks the request up: exact, then near. Counts guard refusals.
 fn lookup_prepared(d: &Daena, who: &Principal, p: &Prepared) -> Option<(Arc<CasMeta>, CacheStatus)> {
     let tenant = who.tenant().as_str();
-    if let Some(meta) = d.cas.get(tenant, &p.keys.exact) {
+    if let Some(meta) = d.cas().get(tenant, &p.keys.exact) {
         return Some((meta, CacheStatus::Hit));
     }
     if !p.near {
         return None;
     }
-    let max = cas::max_distance(d.config.memory.simhash_threshold);
+    let max = cas::max_distance(d.config().memory.simhash_threshold);
     let mut refused = false;
     let guard = p.keys.guard();
-    for (meta, dist) in d.cas.near(tenant, p.keys.scope, p.keys.simhash(), max) {
+    for (meta, dist) in d.cas().near(tenant, p.keys.scope, p.keys.simhash(), max) {
         if meta.guard == guard {
             return Some((meta, CacheStatus::Near(dist)));
         }
         refused = true;
     }
     if refused {
-        d.cas.stats.lock().guard_refused(tenant);
+        d.cas().stats.lock().guard_refused(tenant);
     }
     None
 }
 
 fn count_hit(d: &Daena, who: &Principal, model: &str, agent: &str, meta: &CasMeta, status: CacheStatus) {
     meta.hits.fetch_add(1, Ordering::Relaxed);
-    d.cas.stats.lock().record(
+    d.cas().stats.lock().record(
         who.tenant().as_str(),
         if let CacheStatus::Near(x) = status { Outcome::Near(x) } else { Outcome::Exact },
     );
@@ -215,7 +215,7 @@ struct HitFor<'a> {
 
 /// Serves `meta`'s answer: the stored JSON as is, or replayed as server-sent events.
 fn serve_hit(d: &Daena, who: &Principal, meta: &CasMeta, status: CacheStatus, req: HitFor) -> AppResult<ChatResponse> {
-    let bytes = d.cas.response_bytes(meta)?;
+    let bytes = d.cas().response_bytes(meta)?;
     count_hit(d, who, req.model, req.agent, meta, status);
     let key = Some(hex::encode(meta.key));
     let body = if req.stream {
@@ -237,9 +237,9 @@ fn serve_hit(d: &Daena, who: &Principal, meta: &CasMeta, status: CacheStatus, re
 /// that way takes the full path below.
 pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOptions) -> AppResult<ChatResponse> {
     let digest = (!opts.no_cache).then(|| BodyMemo::digest(who.tenant().as_str(), &body));
-    if let Some(memo) = digest.as_ref().and_then(|dg| d.cas.memo.get(dg)) {
+    if let Some(memo) = digest.as_ref().and_then(|dg| d.cas().memo.get(dg)) {
         let (_, agent) = caller(who, &opts)?;
-        if let Some(meta) = d.cas.get(who.tenant().as_str(), &memo.exact) {
+        if let Some(meta) = d.cas().get(who.tenant().as_str(), &memo.exact) {
             let req =
                 HitFor { model: &memo.model, agent: &agent, stream: memo.stream, include_usage: memo.include_usage };
             return serve_hit(d, who, &meta, CacheStatus::Hit, req);
@@ -255,7 +255,7 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
             stream: p.stream,
             include_usage: p.include_usage,
         };
-        d.cas.memo.insert(dg, memo);
+        d.cas().memo.insert(dg, memo);
     }
     if !opts.no_cache
         && let Some((meta, status)) = lookup_prepared(d, who, &p)
@@ -264,22 +264,22 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
         return serve_hit(d, who, &meta, status, req);
     }
     let status = if opts.no_cache { CacheStatus::Bypass } else { CacheStatus::Miss };
-    let Some(base) = d.config.llm.upstream_url.clone() else {
-        d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
+    let Some(base) = d.config().llm.upstream_url.clone() else {
+        d.cas().stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
         return Err(AppError::new(
             ErrorCode::UpstreamNotConfigured,
             "no upstream model is configured (llm.upstream_url); cached answers are still served, this request was not in the cache",
         ));
     };
     let url = format!("{}/chat/completions", base.trim_end_matches('/'));
-    let mut req = d.cas.http.post(&url).json(&Value::Object(p.map.clone()));
-    if let Some(k) = &d.llm_api_key {
+    let mut req = d.cas().http.post(&url).json(&Value::Object(p.map.clone()));
+    if let Some(k) = &d.cas().upstream_key {
         req = req.bearer_auth(k.expose());
     }
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
+            d.cas().stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
             return Err(AppError::new(
                 ErrorCode::UpstreamError,
                 format!("the upstream model endpoint failed: {}", without_url(e)),
@@ -293,12 +293,12 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
         // An error answer is passed through, cut at ERROR_BODY_LIMIT: a failing upstream
         // must not make the service buffer an unbounded body.
         let bytes = read_capped(resp, ERROR_BODY_LIMIT).await;
-        d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
+        d.cas().stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
         return Ok(ChatResponse { status, key: None, body: Body::Raw { status: code, content_type, bytes } });
     }
     let outcome = if opts.no_cache { Outcome::Bypass } else { Outcome::Miss };
     if p.stream && content_type.starts_with("text/event-stream") {
-        d.cas.stats.lock().record(who.tenant().as_str(), outcome);
+        d.cas().stats.lock().record(who.tenant().as_str(), outcome);
         let no_store = opts.no_store || !d.writes_enabled();
         return Ok(ChatResponse {
             status,
@@ -306,17 +306,17 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
             body: Body::Stream(stream_through(d.clone(), who.clone(), p, resp, no_store)),
         });
     }
-    let max = d.config.llm.max_response_bytes;
+    let max = d.config().llm.max_response_bytes;
     // Counted once the answer is in hand: one that cannot be read is an upstream error.
     let bytes = match read_limited(resp, max).await {
         Ok(b) => b,
         Err(e) => {
-            d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
+            d.cas().stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
             return Err(e);
         }
     };
     let Ok(answer) = serde_json::from_slice::<Value>(&bytes) else {
-        d.cas.stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
+        d.cas().stats.lock().record(who.tenant().as_str(), Outcome::UpstreamError);
         return Err(AppError::new(
             ErrorCode::UpstreamError,
             format!(
@@ -325,7 +325,7 @@ pub async fn complete(d: &Arc<Daena>, who: &Principal, body: Bytes, opts: ChatOp
             ),
         ));
     };
-    d.cas.stats.lock().record(who.tenant().as_str(), outcome);
+    d.cas().stats.lock().record(who.tenant().as_str(), outcome);
     // Read-only mode still answers misses from the upstream, without storing them.
     let key = account_and_store(d, who, &p, &answer, opts.no_store || !d.writes_enabled()).await;
     Ok(ChatResponse { status, key, body: Body::Json(answer) })
@@ -397,15 +397,15 @@ fn count_miss(d: &Daena, who: &Principal, p: &Prepared, answer: &Value) -> (u64,
 
 /// Adds to the costs of today, this tenant, `model` and `agent` (bounded per tenant).
 fn add_cost(d: &Daena, who: &Principal, model: &str, agent: &str, add: &Cost) {
-    let bounds = super::stats::CostBounds { agents: d.config.agents.max_tracked_per_tenant, models: UNPRICED_MODELS };
-    let priced = d.config.llm.prices.contains_key(model);
+    let bounds = super::stats::CostBounds { agents: d.config().agents.max_tracked_per_tenant, models: UNPRICED_MODELS };
+    let priced = d.config().llm.prices.contains_key(model);
     let key = super::stats::CostKey {
         day: today(d),
         tenant: who.tenant().to_string(),
         model: model.to_owned(),
         agent: agent.to_owned(),
     };
-    d.cas.stats.lock().cost(key, priced, add, bounds);
+    d.cas().stats.lock().cost(key, priced, add, bounds);
 }
 
 /// Models without a price whose costs are kept apart per tenant; more are `(other)`.
@@ -438,8 +438,8 @@ struct Usage {
 
 async fn store_answer(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, usage: Usage) -> AppResult<String> {
     let Usage { prompt_tokens: pt, completion_tokens: ct, cost_usd: cost, client_reported } = usage;
-    let now = d.clock.now().0;
-    let envelope = d.cas.seal(who.tenant(), &p.keys.exact, answer)?;
+    let now = d.clock().now().0;
+    let envelope = d.cas().seal(who.tenant(), &p.keys.exact, answer)?;
     let row = CasRow {
         format: super::ROW_FORMAT,
         model: p.model.clone(),
@@ -448,9 +448,9 @@ async fn store_answer(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, 
         guard: p.keys.guard(),
         // Keyed, like a record's content hash in the ledger: it tells repeated prompts apart
         // for diagnostics without confirming a guessed prompt.
-        prompt_hash: d.keyring.content_mac(who.tenant(), p.keys.text.as_bytes())?.1,
+        prompt_hash: d.governance().data_keys().content_mac(who.tenant(), p.keys.text.as_bytes())?.1,
         created_at: now,
-        expires_at: now + ttl_micros(&d.config, who.tenant()),
+        expires_at: now + ttl_micros(d.config(), who.tenant()),
         prompt_tokens: pt,
         completion_tokens: ct,
         cost_usd: cost,
@@ -461,8 +461,8 @@ async fn store_answer(d: &Daena, who: &Principal, p: &Prepared, answer: &Value, 
     };
     let op =
         CasOp::Store { tenant: who.tenant().to_string(), key: p.keys.exact, row: Box::new(row), actor: who.actor() };
-    d.commit.submit(Op::from(op)).await?;
-    d.cas.stats.lock().stored(who.tenant().as_str());
+    d.commit().submit(Op::from(op)).await?;
+    d.cas().stats.lock().stored(who.tenant().as_str());
     Ok(hex::encode(p.keys.exact))
 }
 
@@ -476,7 +476,7 @@ fn stream_through(
 ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
     let assembler = Arc::new(parking_lot::Mutex::new(Some(sse::Assembler::default())));
     let feed = assembler.clone();
-    let max = d.config.llm.max_response_bytes;
+    let max = d.config().llm.max_response_bytes;
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let body = resp.bytes_stream().map(move |chunk| {
         let chunk = chunk.map_err(|e| std::io::Error::other(without_url(e)))?;
@@ -517,7 +517,7 @@ pub fn lookup(d: &Daena, who: &Principal, request: Value, opts: ChatOptions) -> 
     let p = prepare(d, who, request, &opts)?;
     match lookup_prepared(d, who, &p) {
         Some((meta, status)) => {
-            let response = d.cas.response(&meta)?;
+            let response = d.cas().response(&meta)?;
             count_hit(d, who, &p.model, &p.agent, &meta, status);
             Ok(LookupResult {
                 hit: true,
@@ -528,7 +528,7 @@ pub fn lookup(d: &Daena, who: &Principal, request: Value, opts: ChatOptions) -> 
             })
         }
         None => {
-            d.cas.stats.lock().record(who.tenant().as_str(), Outcome::Miss);
+            d.cas().stats.lock().record(who.tenant().as_str(), Outcome::Miss);
             Ok(LookupResult { hit: false, status: "miss".into(), distance: None, key: None, response: None })
         }
     }
@@ -568,7 +568,7 @@ pub async fn store(
     add_cost(d, who, &p.model, &p.agent, &reported);
     let usage = Usage { prompt_tokens: pt, completion_tokens: ct, cost_usd: cost, client_reported: true };
     let key = store_answer(d, who, &p, &response, usage).await?;
-    let expires = d.clock.now().saturating_add(ttl_micros(&d.config, who.tenant()));
+    let expires = d.clock().now().saturating_add(ttl_micros(d.config(), who.tenant()));
     Ok(StoreResult { key, expires_at: rfc3339(expires) })
 }
 
@@ -585,12 +585,12 @@ pub async fn feedback(d: &Daena, who: &Principal, key_hex: &str, reason: Option<
     hex::decode_to_slice(key_hex.trim(), &mut key)
         .map_err(|_| AppError::invalid("key must be the 64 hex digits of X-Daena-Cache-Key"))?;
     let tenant = who.tenant().to_string();
-    if d.cas.get(&tenant, &key).is_none() {
+    if d.cas().get(&tenant, &key).is_none() {
         return Err(AppError::not_found("no such cache entry for this tenant (already evicted or expired?)"));
     }
-    d.cas.stats.lock().false_positive(&tenant);
+    d.cas().stats.lock().false_positive(&tenant);
     let op = CasOp::Evict { tenant, key, reason: "feedback", actor: who.actor() };
-    d.commit.submit(Op::from(op)).await?;
+    d.commit().submit(Op::from(op)).await?;
     if let Some(r) = reason {
         tracing::info!(reason = %r.chars().take(200).collect::<String>(), "cache entry reported wrong and evicted");
     }
@@ -599,12 +599,12 @@ pub async fn feedback(d: &Daena, who: &Principal, key_hex: &str, reason: Option<
 
 /// Evicts expired entries (scheduler); returns how many.
 pub async fn sweep_expired(d: &Daena) -> AppResult<usize> {
-    let now = d.clock.now().0;
-    let expired: Vec<Arc<CasMeta>> = d.cas.all().into_iter().filter(|m| m.expires_at <= now).collect();
+    let now = d.clock().now().0;
+    let expired: Vec<Arc<CasMeta>> = d.cas().all().into_iter().filter(|m| m.expires_at <= now).collect();
     let mut n = 0;
     for m in expired {
         let op = CasOp::Evict { tenant: m.tenant.clone(), key: m.key, reason: "ttl", actor: "system:cas".into() };
-        if d.commit.submit(Op::from(op)).await.is_ok() {
+        if d.commit().submit(Op::from(op)).await.is_ok() {
             n += 1;
         }
     }

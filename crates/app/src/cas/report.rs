@@ -68,10 +68,10 @@ pub struct CasReport {
 }
 
 pub fn cas(d: &Daena) -> CasReport {
-    let s = d.cas.stats.lock().clone();
-    let (entries, bytes, _) = d.cas.sizes();
+    let s = d.cas().stats.lock().clone();
+    let (entries, bytes, _) = d.cas().sizes();
     let rates_total = rates(&s.total);
-    let target = d.config.memory.slo.min_cas_hit_rate;
+    let target = d.config().memory.slo.min_cas_hit_rate;
     let lookups = s.total.exact_hits + s.total.near_hits + s.total.misses;
     CasReport {
         status: if lookups == 0 {
@@ -86,8 +86,8 @@ pub fn cas(d: &Daena) -> CasReport {
         entries,
         bytes,
         threshold: Threshold {
-            simhash_threshold: d.config.memory.simhash_threshold,
-            max_hamming_distance: max_distance(d.config.memory.simhash_threshold),
+            simhash_threshold: d.config().memory.simhash_threshold,
+            max_hamming_distance: max_distance(d.config().memory.simhash_threshold),
         },
         guard_refusals: s.total.guard_refusals,
         false_positive_reports: s.total.false_positive_reports,
@@ -95,7 +95,7 @@ pub fn cas(d: &Daena) -> CasReport {
         evictions: s.total.evictions,
         target_hit_rate: target,
         by_tenant: s.by_tenant.iter().map(|(t, c)| (t.clone(), rates(c))).collect(),
-        upstream_configured: d.config.llm.upstream_url.is_some(),
+        upstream_configured: d.config().llm.upstream_url.is_some(),
     }
 }
 
@@ -161,7 +161,7 @@ pub struct CostReport {
 }
 
 pub fn costs(d: &Daena) -> CostReport {
-    let s = d.cas.stats.lock().clone();
+    let s = d.cas().stats.lock().clone();
     let mut total = Cost::default();
     let mut by: [BTreeMap<String, Cost>; 4] = Default::default();
     for (k, c) in &s.costs {
@@ -170,7 +170,7 @@ pub fn costs(d: &Daena) -> CostReport {
             by[i].entry(name.clone()).or_default().add(c);
         }
     }
-    let unpriced_models = by[0].keys().filter(|m| !d.config.llm.prices.contains_key(*m)).cloned().collect();
+    let unpriced_models = by[0].keys().filter(|m| !d.config().llm.prices.contains_key(*m)).cloned().collect();
     let [by_model, by_tenant, by_agent, by_day] = by.map(|m| m.iter().map(|(k, c)| (k.clone(), view(c))).collect());
     CostReport { total: view(&total), by_model, by_tenant, by_agent, by_day, unpriced_models }
 }
@@ -201,9 +201,9 @@ pub struct Diagnostics {
 
 pub fn diagnostics(d: &Daena) -> Diagnostics {
     let cas = cas(d);
-    let s = d.cas.stats.lock().clone();
-    let now = d.clock.now().0;
-    let mut all = d.cas.all();
+    let s = d.cas().stats.lock().clone();
+    let now = d.clock().now().0;
+    let mut all = d.cas().all();
     all.sort_by_key(|m| std::cmp::Reverse(m.hits.load(Ordering::Relaxed)));
     let top_repeated_prompts = all
         .iter()
@@ -251,6 +251,6 @@ pub fn diagnostics(d: &Daena) -> Diagnostics {
         top_repeated_prompts,
         expiring,
         advice,
-        generated_at: rfc3339(d.clock.now()),
+        generated_at: rfc3339(d.clock().now()),
     }
 }

@@ -47,7 +47,7 @@ struct Candidate {
 }
 
 fn rules(d: &Daena) -> Vec<Rule> {
-    d.config
+    d.config()
         .memory
         .aging
         .rules
@@ -68,13 +68,13 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
     if !dry_run && !d.writes_enabled() {
         return Err(AppError::new(ErrorCode::WritesDisabled, "aging changes records; the service is read-only"));
     }
-    let now = d.clock.now();
+    let now = d.clock().now();
     let rules = rules(d);
-    let cold_level = d.config.memory.l3_zstd_level;
+    let cold_level = d.config().memory.l3_zstd_level;
     let mut report = AgingReport { dry_run, ..AgingReport::default() };
-    d.commit.settle().await?;
+    d.commit().settle().await?;
     let mut candidates = Vec::new();
-    let kv = &d.memory.kv;
+    let kv = &d.memory().kv;
     kv.scan_records(&[], None, |k, row| {
         report.scanned += 1;
         let Some((t, c, key)) = records::split_key(k) else { return Ok(true) };
@@ -89,7 +89,7 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
         let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key)) else {
             return Ok(true);
         };
-        let retention = d.config.memory.class(&class).retention_days;
+        let retention = d.config().memory.class(&class).retention_days;
         let subject = aging::Subject { class: c, place, level: i32::from(row.level), idle_days };
         let decision = aging::decide(subject, retention, &rules, cold_level);
         if decision != Decision::Keep {
@@ -133,7 +133,7 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
                 MemoryOp::Expire { addr: c.addr, actor: actor.to_owned(), expect_seq: c.seq, idle_days: c.idle_days }
             }
             (Decision::Tighten | Decision::Archive, Some(envelope)) => {
-                let m = d.memory.clone();
+                let m = d.memory().clone();
                 let addr = c.addr.clone();
                 let sealed = tokio::task::spawn_blocking(move || {
                     codec::recompress(&m, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &envelope, cold_level)
@@ -161,7 +161,7 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
             }
             _ => continue,
         };
-        match d.commit.submit(Op::from(op)).await {
+        match d.commit().submit(Op::from(op)).await {
             Ok(_) => count(&mut report, c.decision),
             Err(e) if matches!(e.code, ErrorCode::VersionConflict | ErrorCode::NotFound) => report.skipped += 1,
             Err(e) => {
@@ -217,10 +217,10 @@ pub struct ResealReport {
 /// Records sealed under an older data key version than their tenant's current one, with the
 /// change sequence number seen; and how many records were scanned.
 pub async fn stale_records(d: &Daena) -> AppResult<(u64, Vec<(Addr, u64)>)> {
-    d.commit.settle().await?;
+    d.commit().settle().await?;
     let mut scanned = 0u64;
     let mut stale: Vec<(Addr, u64)> = Vec::new();
-    d.memory.kv.scan_records(&[], None, |k, row| {
+    d.memory().kv.scan_records(&[], None, |k, row| {
         scanned += 1;
         let Some((t, c, key)) = records::split_key(k) else { return Ok(true) };
         let (Ok(tenant), Ok(class), Ok(key)) = (TenantId::new(t), ClassName::new(c), RecordKey::new(key)) else {
@@ -229,13 +229,13 @@ pub async fn stale_records(d: &Daena) -> AppResult<(u64, Vec<(Addr, u64)>)> {
         let version = match &row.body {
             RowBody::Inline(b) => crate::keyring::parse_header(b).map(|(_, v)| v).ok(),
             RowBody::Cold { segment, offset, len } => d
-                .memory
+                .memory()
                 .cold
                 .read(*segment, *offset, *len)
                 .ok()
                 .and_then(|b| crate::keyring::parse_header(&b).map(|(_, v)| v).ok()),
         };
-        if version.is_some_and(|v| d.memory.keyring.older_and_held(t, v)) {
+        if version.is_some_and(|v| d.memory().keyring.older_and_held(t, v)) {
             stale.push((Addr { tenant, class, key }, row.seq));
         }
         Ok(true)
@@ -259,7 +259,7 @@ pub async fn reseal_stale(d: &Daena, actor: &str, mut progress: impl FnMut(u64, 
     let total = report.stale;
     for (n, (addr, seq)) in stale.into_iter().enumerate() {
         progress(n as u64, total);
-        let Some(row) = d.memory.row(&addr.table_key())? else {
+        let Some(row) = d.memory().row(&addr.table_key())? else {
             report.skipped += 1;
             continue;
         };
@@ -269,9 +269,9 @@ pub async fn reseal_stale(d: &Daena, actor: &str, mut progress: impl FnMut(u64, 
         }
         let envelope = match &row.body {
             RowBody::Inline(b) => b.clone(),
-            RowBody::Cold { segment, offset, len } => d.memory.cold.read(*segment, *offset, *len)?,
+            RowBody::Cold { segment, offset, len } => d.memory().cold.read(*segment, *offset, *len)?,
         };
-        let (m, a, level) = (d.memory.clone(), addr.clone(), i32::from(row.level));
+        let (m, a, level) = (d.memory().clone(), addr.clone(), i32::from(row.level));
         let sealed = tokio::task::spawn_blocking(move || {
             codec::recompress(&m, &a.tenant, a.class.as_str(), a.key.as_str(), &envelope, level)
         })
@@ -294,7 +294,7 @@ pub async fn reseal_stale(d: &Daena, actor: &str, mut progress: impl FnMut(u64, 
             level: row.level,
             expect_seq: seq,
         };
-        match d.commit.submit(Op::from(op)).await {
+        match d.commit().submit(Op::from(op)).await {
             Ok(_) => report.resealed += 1,
             Err(e) if matches!(e.code, ErrorCode::VersionConflict | ErrorCode::NotFound) => report.skipped += 1,
             Err(e) => {

@@ -335,42 +335,42 @@ pub struct Trained {
 /// module); called by the scheduler every minute.
 pub async fn train_due(d: &crate::Daena) -> AppResult<Vec<Trained>> {
     let mut out = Vec::new();
-    for ((tenant, class), samples) in d.memory.dicts.due() {
+    for ((tenant, class), samples) in d.memory().dicts.due() {
         let level = d
-            .config
+            .config()
             .memory
             .class(&daena_core::ids::ClassName::new(&class)?)
             .zstd_level
-            .unwrap_or(d.config.memory.zstd_level);
+            .unwrap_or(d.config().memory.zstd_level);
         let n = samples.len();
         let trained = tokio::task::spawn_blocking(move || evaluate(&samples, level))
             .await
             .map_err(|e| AppError::internal(format!("training task: {e}")))?;
         let Some((raw, without, with)) = trained else {
-            d.memory.dicts.decline((tenant.clone(), class.clone()));
+            d.memory().dicts.decline((tenant.clone(), class.clone()));
             out.push(Trained { tenant, class, samples: n, without: 0, with: 0, kept: None });
             continue;
         };
         if (with as f64) > KEEP_IF * without as f64 {
             tracing::info!(%tenant, %class, without, with, "a trained dictionary is not worth keeping");
-            d.memory.dicts.decline((tenant.clone(), class.clone()));
+            d.memory().dicts.decline((tenant.clone(), class.clone()));
             out.push(Trained { tenant, class, samples: n, without, with, kept: None });
             continue;
         }
         let t = TenantId::new(&tenant)?;
         let id = zstd::zstd_safe::get_dict_id_from_dict(&raw).map_or(0, |i| i.get());
         let mut sealed = id.to_be_bytes().to_vec();
-        sealed.extend_from_slice(&d.memory.keyring.seal(&t, &address(&tenant, &class, id), Codec::Raw, &raw)?);
+        sealed.extend_from_slice(&d.memory().keyring.seal(&t, &address(&tenant, &class, id), Codec::Raw, &raw)?);
         let op = super::state::MemoryOp::Dict {
             tenant: t,
             class: class.clone(),
             sealed,
             attrs: serde_json::json!({
-                "class": class, "dict_id": id, "bytes": raw.len(), "samples": n, "created_at": d.clock.now().0,
+                "class": class, "dict_id": id, "bytes": raw.len(), "samples": n, "created_at": d.clock().now().0,
                 "heldout_bytes_without": without, "heldout_bytes_with": with,
             }),
         };
-        d.commit.submit(crate::state::Op::from(op)).await?;
+        d.commit().submit(crate::state::Op::from(op)).await?;
         tracing::info!(%tenant, %class, id, without, with, "trained a compression dictionary");
         out.push(Trained { tenant, class, samples: n, without, with, kept: Some(id) });
     }
@@ -382,9 +382,9 @@ pub async fn train_due(d: &crate::Daena) -> AppResult<Vec<Trained>> {
 /// same id and creation time), so that the older version can be retired. Returns (resealed,
 /// still under an older version afterwards).
 pub async fn reseal_stale(d: &crate::Daena) -> AppResult<(u64, u64)> {
-    let keyring = &d.memory.keyring;
+    let keyring = &d.memory().keyring;
     let mut stale = Vec::new();
-    d.memory.kv.scan_dicts(|k, v| {
+    d.memory().kv.scan_dicts(|k, v| {
         let Some((tenant, class)) = split_key(k) else { return Ok(()) };
         let (Some(stamp), Some(id), Some(envelope)) = (v.get(..8), v.get(8..12), v.get(12..)) else { return Ok(()) };
         let Ok((_, version)) = crate::keyring::parse_header(envelope) else { return Ok(()) };
@@ -397,7 +397,7 @@ pub async fn reseal_stale(d: &crate::Daena) -> AppResult<(u64, u64)> {
     })?;
     let (mut resealed, mut left) = (0, 0);
     for (tenant, class, id, created_at) in stale {
-        let held = d.memory.dicts.by_id.read().get(&(tenant.clone(), class.clone(), id)).cloned();
+        let held = d.memory().dicts.by_id.read().get(&(tenant.clone(), class.clone(), id)).cloned();
         let Some(dict) = held else {
             tracing::warn!(%tenant, %class, id, "a dictionary under an older data key is not loaded; left as it is");
             left += 1;
@@ -410,7 +410,7 @@ pub async fn reseal_stale(d: &crate::Daena) -> AppResult<(u64, u64)> {
             "class": class, "dict_id": id, "bytes": dict.bytes, "created_at": created_at, "resealed": true,
         });
         let op = super::state::MemoryOp::Dict { tenant: t, class, sealed, attrs };
-        d.commit.submit(crate::state::Op::from(op)).await?;
+        d.commit().submit(crate::state::Op::from(op)).await?;
         resealed += 1;
     }
     Ok((resealed, left))

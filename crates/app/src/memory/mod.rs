@@ -52,16 +52,16 @@ pub(super) fn check_policy(
     reference: &str,
     action: Action,
 ) -> AppResult<()> {
-    let decision = d.policy.decide(who, addr_class, action);
+    let decision = d.governance().policy().decide(who, addr_class, action);
     if decision.allowed {
         return Ok(());
     }
-    d.memory.counters.policy_denies.fetch_add(1, Ordering::Relaxed);
+    d.memory().counters.policy_denies.fetch_add(1, Ordering::Relaxed);
     let entry = NewEntry::new(who.tenant().as_str(), who.actor(), "policy.deny", reference).attrs(json!({
         "class": addr_class, "action": action.as_str(), "rules": decision.rules, "reason": decision.reason,
         "roles": crate::policy::Subject::of(who).roles,
     }));
-    d.commit.append_detached(vec![entry]);
+    d.commit().append_detached(vec![entry]);
     Err(AppError::new(
         ErrorCode::PolicyDenied,
         format!("{} on class {addr_class} denied: {}", action.as_str(), decision.reason),
@@ -116,7 +116,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
         Some(_) => return Err(AppError::invalid("meta must be a JSON object")),
     };
     let payload_text = serde_json::to_string(&req.payload).map_err(|e| AppError::invalid(e.to_string()))?;
-    let max = d.config.memory.max_payload_bytes;
+    let max = d.config().memory.max_payload_bytes;
     if payload_text.len() > max {
         return Err(AppError::new(
             ErrorCode::PayloadTooLarge,
@@ -125,21 +125,21 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
     }
     let meta_text = serde_json::to_string(&meta).map_err(|e| AppError::invalid(e.to_string()))?;
     let writer = agent_of(who, req.agent.as_deref())?;
-    let class_cfg = d.config.memory.class(&addr.class);
-    let level = class_cfg.zstd_level.unwrap_or(d.config.memory.zstd_level);
-    let quarantine = d.config.memory.trust.require_quarantine.contains(&addr.class);
+    let class_cfg = d.config().memory.class(&addr.class);
+    let level = class_cfg.zstd_level.unwrap_or(d.config().memory.zstd_level);
+    let quarantine = d.config().memory.trust.require_quarantine.contains(&addr.class);
     let canonical = daena_core::canonical::to_string(&req.payload);
     let content_sha256: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
     // The ledger carries a keyed hash of the payload, not its SHA-256 (crypto::content_mac).
-    let (mac_version, mac) = d.keyring.content_mac(&addr.tenant, canonical.as_bytes())?;
+    let (mac_version, mac) = d.governance().data_keys().content_mac(&addr.tenant, canonical.as_bytes())?;
     let content_mac = format!("{mac_version}:{}", hex::encode(mac));
     let plain = Plain { payload: Arc::from(payload_text.as_str()), meta: Arc::from(meta_text.as_str()) };
     // Small records are sealed on the request's thread (tens of microseconds); large ones on
     // the blocking pool so they do not stall other requests.
     let (envelope, raw_len) = if payload_text.len() + meta_text.len() < 64 * 1024 {
-        codec::seal(&d.memory, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &plain, level)?
+        codec::seal(d.memory(), &addr.tenant, addr.class.as_str(), addr.key.as_str(), &plain, level)?
     } else {
-        let m = d.memory.clone();
+        let m = d.memory().clone();
         let (tenant, class, key, sealed_plain) =
             (addr.tenant.clone(), addr.class.to_string(), addr.key.to_string(), plain.clone());
         tokio::task::spawn_blocking(move || codec::seal(&m, &tenant, &class, &key, &sealed_plain, level))
@@ -149,7 +149,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
 
     let table_key = addr.table_key();
     for _attempt in 0..5 {
-        let generation = d.memory.generation(&table_key);
+        let generation = d.memory().generation(&table_key);
         // What is there now, to measure divergence against.
         let current = match get_current(d, &addr, &table_key) {
             Ok(c) => c,
@@ -163,7 +163,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             None => None,
         };
         if let Some(div) = divergence {
-            let c = &d.memory.counters;
+            let c = &d.memory().counters;
             c.overwrites.fetch_add(1, Ordering::Relaxed);
             if req.intended_revision {
                 c.intended_revisions.fetch_add(1, Ordering::Relaxed);
@@ -180,7 +180,7 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
                         "class": addr.class, "key": addr.key, "divergence": (div * 10_000.0).round() / 10_000.0,
                         "threshold": limit, "current_version": current.as_ref().map(|(v, _)| *v),
                     }));
-                d.commit.append(vec![entry]).await?;
+                d.commit().append(vec![entry]).await?;
                 return Err(AppError::new(
                     ErrorCode::DivergenceAbort,
                     format!(
@@ -212,16 +212,16 @@ pub async fn put(d: &Daena, who: &Principal, req: PutRequest) -> AppResult<Write
             result: Arc::new(std::sync::OnceLock::new()),
         };
         let result = op.result.clone();
-        match d.commit.submit(Op::from(MemoryOp::Put(Box::new(op)))).await {
+        match d.commit().submit(Op::from(MemoryOp::Put(Box::new(op)))).await {
             Ok(receipts) => {
-                d.memory.counters.writes.fetch_add(1, Ordering::Relaxed);
-                d.memory.latency.write.record(start.elapsed().as_secs_f64() * 1e3);
+                d.memory().counters.writes.fetch_add(1, Ordering::Relaxed);
+                d.memory().latency.write.record(start.elapsed().as_secs_f64() * 1e3);
                 let Some(PutOutcome::Written(meta)) = result.get() else {
                     return Err(AppError::internal("the commit did not report the row"));
                 };
                 let mut meta = meta.clone();
                 meta.seq = receipts.first().map_or(0, |r| r.seq);
-                let threshold = d.config.memory.trust.promote_threshold;
+                let threshold = d.config().memory.trust.promote_threshold;
                 let tier = meta.tier.as_str();
                 return Ok(WriteResult {
                     created: current.is_none(),
@@ -258,8 +258,8 @@ pub(super) async fn remove(
     writes_enabled(d)?;
     check_policy(d, who, &addr.class, &format!("{class}/{key}"), policy)?;
     let op = MemoryOp::Delete { addr, actor: who.actor(), if_match, action };
-    let receipts = d.commit.submit(Op::from(op)).await?;
-    d.memory.counters.deletes.fetch_add(1, Ordering::Relaxed);
+    let receipts = d.commit().submit(Op::from(op)).await?;
+    d.memory().counters.deletes.fetch_add(1, Ordering::Relaxed);
     Ok(DeleteResult {
         deleted: true,
         class: class.to_owned(),
@@ -292,7 +292,7 @@ pub struct TrustResult {
 }
 
 pub(super) async fn trust_result(d: &Daena, addr: &Addr, seq: u64) -> AppResult<TrustResult> {
-    let row = d.memory.row(&addr.table_key())?.ok_or_else(|| AppError::not_found("the record is gone"))?;
+    let row = d.memory().row(&addr.table_key())?.ok_or_else(|| AppError::not_found("the record is gone"))?;
     let trust = row.trust.clone().unwrap_or(TrustRow { writer: String::new(), confirmations: Vec::new(), score: 1.0 });
     Ok(TrustResult {
         class: addr.class.to_string(),
@@ -318,10 +318,10 @@ pub async fn confirm(
     writes_enabled(d)?;
     check_policy(d, who, &addr.class, &format!("{class}/{key}"), Action::Write)?;
     let agent = agent_of(who, agent)?;
-    let threshold = d.config.memory.trust.promote_threshold as f32;
+    let threshold = d.config().memory.trust.promote_threshold as f32;
     let op =
         MemoryOp::Confirm { addr: addr.clone(), actor: who.actor(), agent, by: who.key_id().to_owned(), threshold };
-    let receipts = d.commit.submit(Op::from(op)).await?;
+    let receipts = d.commit().submit(Op::from(op)).await?;
     trust_result(d, &addr, receipts.first().map_or(0, |r| r.seq)).await
 }
 
@@ -339,14 +339,14 @@ pub async fn promote(d: &Daena, who: &Principal, class: &str, key: &str) -> AppR
     writes_enabled(d)?;
     require_reviewer(who)?;
     check_policy(d, who, &addr.class, &format!("{class}/{key}"), Action::Write)?;
-    let receipts = d.commit.submit(Op::from(MemoryOp::Promote { addr: addr.clone(), actor: who.actor() })).await?;
+    let receipts = d.commit().submit(Op::from(MemoryOp::Promote { addr: addr.clone(), actor: who.actor() })).await?;
     trust_result(d, &addr, receipts.first().map_or(0, |r| r.seq)).await
 }
 
 pub async fn reject(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<DeleteResult> {
     let addr = Addr { tenant: who.tenant().clone(), class: ClassName::new(class)?, key: RecordKey::new(key)? };
     require_reviewer(who)?;
-    let row = d.memory.row(&addr.table_key())?;
+    let row = d.memory().row(&addr.table_key())?;
     if row.as_ref().is_some_and(|r| r.tier != Tier::L2Q) {
         return Err(AppError::new(
             ErrorCode::Conflict,

@@ -33,7 +33,7 @@ fn latency(w: &LatencyWindow) -> Option<Latency> {
 
 /// p95 read latency of L1, L2 and L3 over their windows (ms), for the dashboard's history.
 pub fn tier_p95(d: &Daena) -> [Option<f64>; 3] {
-    let l = &d.memory.latency;
+    let l = &d.memory().latency;
     [&l.l1, &l.l2, &l.l3].map(|w| latency(w).map(|l| l.p95_ms))
 }
 
@@ -171,7 +171,7 @@ fn slo(target: f64, observed: Option<f64>, lower_is_better: bool) -> SloCheck {
 }
 
 pub fn report(d: &Daena, who: &Principal) -> MemoryReport {
-    let m = &d.memory;
+    let m = &d.memory();
     let c = &m.counters;
     let scope_all = who.role() == Role::Ops || who.role() == Role::Auditor;
     let tenant = who.tenant().to_string();
@@ -211,7 +211,7 @@ pub fn report(d: &Daena, who: &Principal) -> MemoryReport {
             latency: latency(lat),
         }
     };
-    let cfg = &d.config.memory;
+    let cfg = &d.config().memory;
     let l1 = L1View {
         entries: m.l1.len() as u64,
         bytes: m.l1.weight(),
@@ -253,11 +253,11 @@ pub fn report(d: &Daena, who: &Principal) -> MemoryReport {
         }
     };
 
-    let head = d.ledger.reader.head();
+    let head = d.ledger().reader.head();
     let ledger = LedgerBrief {
         size: head.size,
         head_hash: hex::encode(head.hash),
-        checkpoint_size: d.ledger.reader.checkpoint().map_or(0, |c| c.size),
+        checkpoint_size: d.ledger().reader.checkpoint().map_or(0, |c| c.size),
     };
     let mut slos = BTreeMap::new();
     slos.insert("l1_p95_ms".to_owned(), slo(cfg.slo.l1_p95_ms, l1.latency.as_ref().map(|l| l.p95_ms), true));

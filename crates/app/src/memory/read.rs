@@ -168,7 +168,7 @@ pub fn get(d: &Daena, who: &Principal, class: &str, key: &str) -> AppResult<(Rec
     let start = Instant::now();
     let addr = Addr { tenant: who.tenant().clone(), class: ClassName::new(class)?, key: RecordKey::new(key)? };
     check_policy(d, who, &addr.class, &format!("{class}/{key}"), Action::Read)?;
-    let m = &d.memory;
+    let m = &d.memory();
     let k = addr.table_key();
     if let Some(c) = m.l1.get(&k) {
         let (last, count) = m.touch(&k, &c);
@@ -236,17 +236,17 @@ pub(super) fn maybe_reheat(d: &Daena, addr: &Addr, meta: &RowMeta, key: &[u8]) {
         return;
     }
     let reads = {
-        let mut l3 = d.memory.l3_reads.lock();
+        let mut l3 = d.memory().l3_reads.lock();
         let n = l3.entry(key.to_vec()).or_default();
         *n += 1;
         *n
     };
-    if reads < d.config.memory.promote_after_accesses {
+    if reads < d.config().memory.promote_after_accesses {
         return;
     }
-    d.memory.l3_reads.lock().remove(key);
+    d.memory().l3_reads.lock().remove(key);
     let op = MemoryOp::Reheat { addr: addr.clone(), expect_seq: meta.seq, reads };
-    let commit = d.commit.clone();
+    let commit = d.commit().clone();
     tokio::spawn(async move {
         if let Err(e) = commit.submit(Op::from(op)).await
             && e.code != ErrorCode::VersionConflict
@@ -270,15 +270,15 @@ pub fn get_stored(d: &Daena, table_key: &[u8]) -> AppResult<RecordView> {
 
 /// The current (version, body) of the record at `addr` (`table_key`), from L1 or L2/L3.
 pub(super) fn get_current(d: &Daena, addr: &Addr, table_key: &[u8]) -> AppResult<Option<(u64, Plain)>> {
-    if let Some(c) = d.memory.l1.get(table_key) {
+    if let Some(c) = d.memory().l1.get(table_key) {
         return Ok(Some((c.meta.version, c.plain.clone())));
     }
-    let Some(row) = d.memory.row(table_key)? else { return Ok(None) };
+    let Some(row) = d.memory().row(table_key)? else { return Ok(None) };
     let envelope = match &row.body {
         RowBody::Inline(b) => b.clone(),
-        RowBody::Cold { segment, offset, len } => d.memory.cold.read(*segment, *offset, *len)?,
+        RowBody::Cold { segment, offset, len } => d.memory().cold.read(*segment, *offset, *len)?,
     };
-    let plain = codec::open(&d.memory, &addr.tenant, addr.class.as_str(), addr.key.as_str(), &envelope)?;
+    let plain = codec::open(d.memory(), &addr.tenant, addr.class.as_str(), addr.key.as_str(), &envelope)?;
     Ok(Some((row.version, plain)))
 }
 
@@ -342,17 +342,17 @@ pub async fn list(d: &Daena, who: &Principal, q: ListQuery) -> AppResult<ListPag
     // A cursor is a position in key order: the scan starts after it and never leaves the
     // tenant's (and class's) prefix, wherever the cursor points.
     // Rows written in the last moments may still be in the overlay; put them in redb first.
-    d.commit.settle().await?;
+    d.commit().settle().await?;
     let mut items = Vec::new();
     let mut next = None;
     let mut allowed: HashMap<String, bool> = HashMap::new();
-    d.memory.kv.scan_records(&prefix, after.as_deref(), |k, row| {
+    d.memory().kv.scan_records(&prefix, after.as_deref(), |k, row| {
         let Some((_, c, key)) = records::split_key(k) else { return Ok(true) };
         if key_prefix.as_deref().is_some_and(|p| !key.starts_with(p)) {
             return Ok(true);
         }
         let ok = *allowed.entry(c.to_owned()).or_insert_with(|| {
-            ClassName::new(c).map(|cn| d.policy.decide(who, &cn, Action::List).allowed).unwrap_or(false)
+            ClassName::new(c).map(|cn| d.governance().policy().decide(who, &cn, Action::List).allowed).unwrap_or(false)
         });
         if !ok {
             return Ok(true);

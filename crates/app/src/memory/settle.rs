@@ -211,13 +211,13 @@ pub(super) mod tests {
     fn busy_polls_and_leaves_the_outcome_to_wait() {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = offline_daena(dir.path());
-        let mut settler = Settler::start(d.memory.clone(), d.cas.clone()).expect("settler");
+        let mut settler = Settler::start(d.memory().clone(), d.cas().clone()).expect("settler");
         assert!(!settler.busy(), "nothing is in flight yet");
         settler.wait().expect("nothing to wait for");
 
         let key = records::address_key("default", "chat", "settled");
         let row = row(7);
-        let kv = &d.memory.kv;
+        let kv = &d.memory().kv;
         let job = Job {
             rows: Arc::new(HashMap::from([(key.clone(), Some(Arc::new(row)))])),
             cas: Arc::new(HashMap::new()),

@@ -484,8 +484,8 @@ mod tests {
     fn a_durable_save_is_put_off_while_redb_is_busy_but_not_forever() {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = offline_daena(dir.path());
-        let shared = d.memory.clone();
-        let mut state = MemoryState::new(shared.clone(), d.cas.clone()).expect("state");
+        let shared = d.memory().clone();
+        let mut state = MemoryState::new(shared.clone(), d.cas().clone()).expect("state");
         let blocker = shared.kv.hold_writer().expect("the store's writer");
 
         // A layer in flight, which the settler cannot write while the test holds redb.

@@ -69,30 +69,30 @@ impl From<backup::ArchivedFile> for FileEntry {
 
 /// Takes a snapshot into `<data>/snapshots/`; returns its manifest.
 pub async fn create(d: &Daena) -> AppResult<Manifest> {
-    crate::replicas::single_node_only(&d.config, "a snapshot")?;
+    crate::replicas::single_node_only(d.config(), "a snapshot")?;
     let started = std::time::Instant::now();
-    let (ledger_dir, l3_dir, kv) = (d.data.ledger_dir(), d.data.l3_dir(), d.kv.clone());
-    let reader = d.ledger.reader.clone();
+    let (ledger_dir, l3_dir, kv) = (d.data().ledger_dir(), d.data().l3_dir(), d.kv().clone());
+    let reader = d.ledger().reader.clone();
     let (cut, head) = d
-        .commit
+        .commit()
         .exclusive(move |sm| -> AppResult<_> {
             sm.settle()?;
             Ok((backup::cut(&kv, ledger_dir, l3_dir)?, reader.head()))
         })
         .await??;
     let root = d
-        .ledger
+        .ledger()
         .reader
         .root(head.size)
         .map_err(|e| AppError::internal(format!("ledger root: {e}")))?
         .map(hex::encode)
         .unwrap_or_default();
-    let now = d.clock.now();
+    let now = d.clock().now();
     let name = format!("daena-snapshot-{}-{:08}", crate::clock::compact_stamp(now), head.size);
-    let dir = d.data.snapshots_dir();
-    let data_root = d.data.root().to_path_buf();
-    let master_key_id = d.keyring.master_id().to_owned();
-    let signing_key = crate::ledger::signing_key(&d.data)?;
+    let dir = d.data().snapshots_dir();
+    let data_root = d.data().root().to_path_buf();
+    let master_key_id = d.governance().data_keys().master_id().to_owned();
+    let signing_key = crate::ledger::signing_key(d.data())?;
     let name2 = name.clone();
     let created_at = rfc3339(now);
     let manifest = tokio::task::spawn_blocking(move || -> AppResult<Manifest> {
@@ -126,7 +126,7 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
     .map_err(|e| AppError::internal(format!("snapshot task: {e}")))??;
     let mut manifest = manifest;
     manifest.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-    let sidecar = d.data.snapshots_dir().join(format!("{name}.manifest.json"));
+    let sidecar = d.data().snapshots_dir().join(format!("{name}.manifest.json"));
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| io("manifest", e))?;
     daena_store::datadir::write_atomic(&sidecar, &text, true).map_err(|e| io(sidecar.display(), e))?;
     // Ledgered after its position: the snapshot holds entries 1..=ledger_size.
@@ -138,7 +138,7 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
             "archive_bytes": manifest.archive_bytes,
         }),
     );
-    d.commit.append(vec![entry]).await?;
+    d.commit().append(vec![entry]).await?;
     Ok(manifest)
 }
 
@@ -329,14 +329,14 @@ pub struct LastDrill {
 }
 
 pub fn last_drill(d: &Daena) -> AppResult<Option<LastDrill>> {
-    Ok(d.kv.get_doc(daena_store::kv::SETTINGS, LAST_DRILL)?)
+    Ok(d.kv().get_doc(daena_store::kv::SETTINGS, LAST_DRILL)?)
 }
 
 /// Every record's table key, in order (for a drill's count and sampled reads, and archives),
 /// after the commit thread has settled what it holds in memory into the store.
 pub async fn record_keys(d: &Daena) -> AppResult<Vec<Vec<u8>>> {
-    d.commit.settle().await?;
-    Ok(d.kv.view()?.record_keys()?)
+    d.commit().settle().await?;
+    Ok(d.kv().view()?.record_keys()?)
 }
 
 /// Takes the lock of a stopped data directory whose state `holder` is about to replace.

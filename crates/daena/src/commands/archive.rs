@@ -113,7 +113,7 @@ pub async fn run(global: &Global, cmd: ArchiveCommand) -> anyhow::Result<ExitCod
                     let head: serde_json::Value = r.get("/api/v1/ledger/head").await?;
                     head["public_key"].as_str().unwrap_or_default().to_owned()
                 }
-                Target::Offline(d) => d.ledger.public_key.clone(),
+                Target::Offline(d) => d.ledger().public_key.clone(),
             };
             let provenance = archive::check_signature(&checked, &ours, &trust).map_err(|e| anyhow!(e.message))?;
             // Only this deployment's own archive may bring promotions out of quarantine.

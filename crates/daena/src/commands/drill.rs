@@ -82,7 +82,7 @@ async fn rehearse(
             return (checks, 0, 0);
         }
     };
-    let head = d.ledger.reader.head().size;
+    let head = d.ledger().reader.head().size;
     checks.push(check(
         "ledger position",
         if head == m.ledger_size { Status::Pass } else { Status::Fail },
@@ -184,7 +184,7 @@ pub async fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
         Ok(Target::Remote(r)) => {
             r.get::<serde_json::Value>("/api/v1/ledger/head").await.ok().and_then(|h| h["size"].as_u64())
         }
-        Ok(Target::Offline(d)) => Some(d.ledger.reader.head().size),
+        Ok(Target::Offline(d)) => Some(d.ledger().reader.head().size),
         Err(_) => None,
     }
     .unwrap_or(position);

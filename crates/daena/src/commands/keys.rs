@@ -71,7 +71,7 @@ pub async fn run(global: &Global, cmd: KeysCommand) -> anyhow::Result<ExitCode> 
         KeysCommand::List => {
             let keys: Vec<RemoteKey> = match &target {
                 Target::Remote(r) => r.get::<KeyList>("/api/v1/admin/keys").await?.keys,
-                Target::Offline(d) => d.keys.list().into_iter().map(RemoteKey::from).collect(),
+                Target::Offline(d) => d.governance().api_keys().list().into_iter().map(RemoteKey::from).collect(),
             };
             if global.json {
                 crate::output::json(&serde_json::json!({ "keys": keys }))?;

@@ -31,7 +31,7 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let operations = Operations::new();
     let opts = |addr: String| OpenOptions { operations: Some(operations.clone()), ..OpenOptions::serve(addr) };
     let mut daena = Daena::open(loaded, opts(listen.to_string())).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    if daena.keys.active_count() == 0 {
+    if daena.governance().api_keys().active_count() == 0 {
         tracing::warn!("no API keys exist: set DAENA_OPS_KEY or run `daena keys create --role ops` to use the API");
     }
     // One listening socket for the whole process: it stays bound (connections queue) while a
@@ -40,9 +40,9 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     listener.set_nonblocking(true).context("configuring the listening socket")?;
     let bound = listener.local_addr().context("reading the bound address")?;
     let info = LockInfo { pid: std::process::id(), listen: Some(bound.to_string()), holder: "serve".into() };
-    daena.data.update_lock_info(&info).map_err(|e| anyhow::anyhow!("{e}"))?;
-    tracing::info!(listen = %bound, data_dir = %daena.data.root().display(), "daena serving");
-    let metrics_listener = match daena.config.server.metrics_listen {
+    daena.data().update_lock_info(&info).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(listen = %bound, data_dir = %daena.data().root().display(), "daena serving");
+    let metrics_listener = match daena.config().server.metrics_listen {
         Some(addr) => {
             let l =
                 std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr} (server.metrics_listen)"))?;
@@ -59,7 +59,7 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     });
     loop {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        daena.operations.attach(tx);
+        daena.operations().attach(tx);
         let background = daena_app::scheduler::spawn(daena.clone());
         let requested = Arc::new(parking_lot::Mutex::new(None));
         let shutdown = {
@@ -86,7 +86,7 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             task.abort();
             let _ = task.await;
         }
-        daena.operations.detach();
+        daena.operations().detach();
         for task in background {
             task.abort();
             let _ = task.await;
@@ -94,11 +94,11 @@ pub async fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let Some(request) = requested.lock().take() else { break };
         daena = maintain(global, &overrides, daena, request, &listener, &opts(bound.to_string())).await?;
     }
-    if let Some(op) = daena.operations.running() {
-        let grace = std::time::Duration::from_secs(daena.config.server.shutdown_grace_secs.max(30));
+    if let Some(op) = daena.operations().running() {
+        let grace = std::time::Duration::from_secs(daena.config().server.shutdown_grace_secs.max(30));
         tracing::warn!(operation = %op.id, kind = %op.kind, "waiting up to {grace:?} for the running operation to end");
         let deadline = std::time::Instant::now() + grace;
-        while daena.operations.running().is_some() && std::time::Instant::now() < deadline {
+        while daena.operations().running().is_some() && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
@@ -119,8 +119,8 @@ async fn maintain(
     listener: &std::net::TcpListener,
     opts: &OpenOptions,
 ) -> anyhow::Result<Arc<Daena>> {
-    let ops = daena.operations.clone();
-    let keys = Arc::new(daena.keys.frozen());
+    let ops = daena.operations().clone();
+    let keys = Arc::new(daena.governance().api_keys().frozen());
     let id = request.id.clone();
     let closed_at = std::time::Instant::now();
     ops.phase(&id, "closing the stores");
@@ -138,7 +138,7 @@ async fn maintain(
         Ok(data) => data,
         Err(daena) => {
             ops.finish(&id, Err("the stores stayed in use; nothing was changed".into()));
-            anyhow::bail!("{}: the stores could not be closed for maintenance", daena.data.root().display());
+            anyhow::bail!("{}: the stores could not be closed for maintenance", daena.data().root().display());
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

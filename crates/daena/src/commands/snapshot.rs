@@ -125,14 +125,14 @@ async fn reopen_and_ledger(
 ) -> anyhow::Result<()> {
     let d = Daena::open(load_config(global, Vec::new())?, OpenOptions::offline(kind))
         .map_err(|e| anyhow!("the {kind} result does not open: {}", e.message))?;
-    let head = d.ledger.reader.head().size;
+    let head = d.ledger().reader.head().size;
     let result = match expect_head {
         Some(expected) if head != expected => {
             Err(anyhow!("after the {kind} the ledger is at {head}, expected {expected}"))
         }
         _ => {
             let who = daena_app::auth::Principal::local_operator(daena_core::ids::TenantId::default_tenant()).actor();
-            let op = d.operations.begin(kind, &who).map_err(|e| anyhow!(e.message))?;
+            let op = d.operations().begin(kind, &who).map_err(|e| anyhow!(e.message))?;
             operations::ledger_outcome(&d, &who, kind, &op.id, &Ok(report))
                 .await
                 .map(|_| ())
