@@ -12,15 +12,33 @@
 //! master key (unless `DAENA_MEMORY_AES_KEY` is set), the checkpoint signing key and the
 //! tenants' wrapped data keys. Redis, when configured, keeps the tenant rate limits for the
 //! whole fleet. One replica at a time (the lease holder) runs the schedulers.
+//!
+//! What each replica observes on its own (analytics, cache hit counters and costs, agent
+//! heartbeats) it publishes to PostgreSQL under its replica id every [`PUBLISH_EVERY`]
+//! ([`Peers`]); a report sums its own figures with the others' last published ones, and
+//! heartbeats are merged by their latest time. A report through one replica therefore shows
+//! the whole fleet's traffic, the other replicas' at most [`PUBLISH_EVERY`] late.
 
 use crate::config::{Config, StorageBackend};
 use crate::error::{AppError, AppResult};
 use crate::health::{Check, CheckStatus};
 use daena_store::datadir::{DataDir, read_optional, write_atomic};
+use daena_store::kv::{DocTable, encode_doc};
 use daena_store::pg::{self, Lease, PgDocs};
 use daena_store::redis_limits::SharedLimits;
+use daena_store::state::DocStore;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a replica publishes what it observed on its own.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+/// How long the other replicas' published figures are reused before they are read again.
+const PEERS_FRESH: Duration = Duration::from_secs(1);
 
 pub struct Replicas {
     pub url: String,
@@ -31,6 +49,7 @@ pub struct Replicas {
     pub docs: Arc<PgDocs>,
     pub lease: Lease,
     pub limits: Option<Arc<SharedLimits>>,
+    pub peers: Arc<Peers>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -90,7 +109,8 @@ impl Replicas {
             redis = limits.is_some(),
             "replica of a shared deployment"
         );
-        Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits }))
+        let peers = Arc::new(Peers { docs: docs.clone(), replica: replica.clone(), read: Mutex::default() });
+        Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits, peers }))
     }
 
     /// Where this replica keeps its cold segments.
@@ -105,6 +125,112 @@ impl Replicas {
     pub fn leads(&self) -> bool {
         self.lease.hold()
     }
+}
+
+/// Documents as published, `(<replica>/<key>, value)`.
+type Published = Arc<Vec<(String, Vec<u8>)>>;
+
+/// What each replica counts on its own, published under its id (`<replica>/<key>` in a
+/// shared document table) for the others to add to their reports.
+pub struct Peers {
+    docs: Arc<PgDocs>,
+    replica: String,
+    /// Per table, the other replicas' documents as last read, and when.
+    read: Mutex<HashMap<&'static str, (Instant, Published)>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").field("replica", &self.replica).finish()
+    }
+}
+
+impl Peers {
+    /// Publishes this replica's documents `(key, value)` of `table`, replacing its earlier ones.
+    pub fn publish<T: Serialize>(&self, table: DocTable, docs: &[(String, T)]) -> AppResult<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let encoded = docs
+            .iter()
+            .map(|(key, doc)| Ok((format!("{}/{key}", self.replica), encode_doc(doc)?)))
+            .collect::<Result<Vec<_>, daena_store::StoreError>>()?;
+        let items: Vec<(&str, &[u8])> = encoded.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+        self.docs.put_docs(table, &items).map_err(shared_err("publishing this replica's figures"))
+    }
+
+    /// This replica's own documents of `table` as it last published them.
+    pub fn own<T: DeserializeOwned>(&self, table: DocTable) -> AppResult<Vec<(String, T)>> {
+        let own = format!("{}/", self.replica);
+        let all = self.docs.scan_docs(table).map_err(shared_err("reading this replica's published figures"))?;
+        all.into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(&own).map(|key| (key.to_owned(), v)))
+            .map(|(key, v)| {
+                serde_json::from_slice(&v).map(|doc| (key.clone(), doc)).map_err(|e| {
+                    AppError::internal(format!("{} {key} as this replica published it: {e}", table.name()))
+                })
+            })
+            .collect()
+    }
+
+    /// The other replicas' documents of `table` as `(key, value)`, at most [`PEERS_FRESH`]
+    /// old; one that does not decode is skipped with a warning. PostgreSQL not answering
+    /// leaves them out (the report shows this replica's own figures) and says so in the log.
+    pub fn others<T: DeserializeOwned>(&self, table: DocTable) -> Vec<(String, T)> {
+        let cached = self.read.lock().get(table.name()).filter(|(at, _)| at.elapsed() < PEERS_FRESH).cloned();
+        let docs = match cached {
+            Some((_, docs)) => docs,
+            None => match self.docs.scan_docs(table) {
+                Ok(all) => {
+                    let own = format!("{}/", self.replica);
+                    let docs = Arc::new(all.into_iter().filter(|(k, _)| !k.starts_with(&own)).collect::<Vec<_>>());
+                    self.read.lock().insert(table.name(), (Instant::now(), docs.clone()));
+                    docs
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, table = table.name(), "reading the other replicas' figures");
+                    return Vec::new();
+                }
+            },
+        };
+        docs.iter()
+            .filter_map(|(k, v)| {
+                let key = k.split_once('/').map_or(k.as_str(), |(_, key)| key);
+                match serde_json::from_slice(v) {
+                    Ok(doc) => Some((key.to_owned(), doc)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, table = table.name(), key = %k, "skipping a replica's document");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Each replica's agent heartbeats, published for the others.
+const HEARTBEATS_BY_REPLICA: DocTable = daena_store::kv::doc_table("heartbeats_by_replica");
+
+/// Publishes what this replica observed on its own (analytics, cache counters and costs,
+/// heartbeats) and takes in the heartbeats the others received. Run every
+/// [`PUBLISH_EVERY`] and at shutdown; does nothing on the embedded backend.
+pub fn exchange(d: &crate::Daena) -> AppResult<()> {
+    let Some(r) = d.replicas() else { return Ok(()) };
+    d.monitoring().analytics().publish()?;
+    crate::cas::report::publish(d)?;
+    let agents = d.governance().agents();
+    if agents.take_unpublished()
+        && let Err(e) = r.peers.publish(HEARTBEATS_BY_REPLICA, &agents.latest())
+    {
+        agents.mark_unpublished();
+        return Err(e);
+    }
+    for (tenant, beats) in
+        r.peers.others::<std::collections::BTreeMap<String, daena_core::time::Micros>>(HEARTBEATS_BY_REPLICA)
+    {
+        agents.absorb(&tenant, &beats);
+    }
+    Ok(())
 }
 
 /// Puts the deployment's shared `keys/<name>` into this data directory: the stored one, or

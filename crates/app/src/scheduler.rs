@@ -1,6 +1,7 @@
 //! Background work of a running service: aging on its interval, growth samples, heartbeat
-//! flushes. Each task logs its failures and tries again on its next tick. Of replicas sharing
-//! a deployment, only the lease holder ages, sweeps and trains ([`Daena::leads`]).
+//! flushes, and a replica's exchange of figures with the others. Each task logs its failures
+//! and tries again on its next tick. Of replicas sharing a deployment, only the lease holder
+//! ages, sweeps and trains ([`Daena::leads`]).
 
 use crate::Daena;
 use std::sync::Arc;
@@ -23,6 +24,21 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     }));
+    if d.replicas().is_some() {
+        let shared = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::replicas::PUBLISH_EVERY);
+            loop {
+                tick.tick().await;
+                let d = shared.clone();
+                match tokio::task::spawn_blocking(move || crate::replicas::exchange(&d)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e.message, "sharing figures with the other replicas failed"),
+                    Err(e) => tracing::warn!(error = %e, "sharing figures with the other replicas: task failed"),
+                }
+            }
+        }));
+    }
     let series = d.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(crate::dashboard::INTERVAL_SECS));

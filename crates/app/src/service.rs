@@ -124,7 +124,8 @@ impl Daena {
             data_keys: data_keys.clone(),
             policy: PolicyEngine::compile(&config.policy, &config_dir)?,
             limiter,
-            failed_auth: failed_auth::FailedAuth::new(&config.rate_limit, clock.clone()),
+            failed_auth: failed_auth::FailedAuth::new(&config.rate_limit, clock.clone())
+                .shared_by(replicas.as_ref().and_then(|r| r.limits.clone())),
             agents: AgentRegistry::load(kv.clone(), clock.clone(), config.agents.heartbeat_window_secs)?,
             // Off at start when the configuration says so, or when it was switched off at runtime.
             writes_enabled: config.server.writes_enabled && governance::persisted_writes(&kv)?.unwrap_or(true),
@@ -133,7 +134,8 @@ impl Daena {
             agents: config.agents.max_tracked_per_tenant,
             pairs: config.agents.max_pairs_per_tenant,
         };
-        let analytics = analytics::Analytics::load(kv.clone(), clock.clone(), bounds)?;
+        let peers = replicas.as_ref().map(|r| r.peers.clone());
+        let analytics = analytics::Analytics::load(kv.clone(), clock.clone(), bounds, peers)?;
         let cold_dir = match (&replicas, &config.storage.l3_path) {
             (Some(r), _) => r.cold_dir(&config, &data),
             (None, Some(path)) => path.clone(),
@@ -285,8 +287,12 @@ impl Daena {
         metrics_view::render(self)
     }
 
-    /// Periodic housekeeping: flushes heartbeats and analytics. Called by the scheduler and at shutdown.
+    /// Periodic housekeeping: flushes heartbeats and analytics (and, of a replica, shares its
+    /// figures with the others). Called by the scheduler and at shutdown.
     pub fn flush(&self) -> AppResult<()> {
+        if let Err(e) = replicas::exchange(self) {
+            tracing::warn!(error = %e.message, "publishing this replica's figures to the others");
+        }
         self.governance.agents().flush()?;
         self.monitoring.flush()
     }

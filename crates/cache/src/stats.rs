@@ -32,6 +32,25 @@ pub struct Counters {
     pub evictions: u64,
 }
 
+impl Counters {
+    fn add(&mut self, o: &Counters) {
+        for (a, b) in [
+            (&mut self.requests, o.requests),
+            (&mut self.exact_hits, o.exact_hits),
+            (&mut self.near_hits, o.near_hits),
+            (&mut self.misses, o.misses),
+            (&mut self.bypass, o.bypass),
+            (&mut self.upstream_errors, o.upstream_errors),
+            (&mut self.stores, o.stores),
+            (&mut self.guard_refusals, o.guard_refusals),
+            (&mut self.false_positive_reports, o.false_positive_reports),
+            (&mut self.evictions, o.evictions),
+        ] {
+            *a = a.saturating_add(b);
+        }
+    }
+}
+
 /// Spend and savings of one (day, tenant, model, agent).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -176,6 +195,22 @@ impl CasStats {
         let json = encode_doc(self)?;
         self.dirty = false;
         Ok(Some((STATS, "all", json)))
+    }
+
+    /// Adds another replica's counters and costs to these (for a report; the bounds on
+    /// agents and models are each replica's own).
+    pub fn add(&mut self, o: &CasStats) {
+        self.total.add(&o.total);
+        for (tenant, c) in &o.by_tenant {
+            self.by_tenant.entry(tenant.clone()).or_default().add(c);
+        }
+        for (distance, n) in &o.near_distances {
+            let m = self.near_distances.entry(*distance).or_default();
+            *m = m.saturating_add(*n);
+        }
+        for (key, cost) in &o.costs {
+            self.costs.entry(key.clone()).or_default().add(cost);
+        }
     }
 
     pub fn mark_unsaved(&mut self) {

@@ -2,6 +2,7 @@
 //! read-your-write across replicas, no stale L1 after another replica's delete or overwrite,
 //! keys and revocations in effect everywhere, a tenant limit that holds for the fleet, one
 //! ledger that verifies, and no acknowledged write lost when a replica is killed mid-burst.
+//! Reports through any replica count what every replica observed.
 
 mod common;
 
@@ -162,4 +163,96 @@ async fn without_redis_limits_are_per_replica_and_health_says_so() {
     let (status, v) = call(Method::POST, &format!("{}/api/v1/admin/snapshots", a.url), None, None).await;
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("pg_dump"), "{v}");
+}
+
+/// Polls `url` with the ops key for `tenant` until `done` holds of its body (30 s at most);
+/// the last body either way.
+async fn until(url: &str, tenant: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = call(Method::GET, url, Some(tenant), None).await;
+        assert_eq!(status, 200, "{url}: {body}");
+        if done(&body) || std::time::Instant::now() > deadline {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_reports_what_all_of_them_observed() {
+    let db = TestDatabase::create();
+    let (shared, da, db_dir) =
+        (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
+    let a = replica(da.path(), &db, shared.path(), false);
+    let b = replica(db_dir.path(), &db, shared.path(), false);
+    let talk = json!({"from": "legal_synth", "to": "sales_synth", "kind": "message", "latency_ms": 20.0,
+        "tokens": 10, "cost_usd": 0.001});
+    for (url, n) in [(&a.url, 3), (&b.url, 2)] {
+        for _ in 0..n {
+            let (status, v) =
+                call(Method::POST, &format!("{url}/api/v1/analytics/interactions"), Some("acme"), Some(&talk)).await;
+            assert_eq!(status, 201, "{v}");
+        }
+    }
+    let beat = format!("{}/api/v1/agents/sales_synth/heartbeat", a.url);
+    assert_eq!(call(Method::POST, &beat, Some("acme"), None).await.0, 200);
+    let chat =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Summarize the acme churn report."}]});
+    let answer = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "churn is down"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5}});
+    let store = json!({"request": chat, "response": answer});
+    let (status, v) = call(Method::POST, &format!("{}/api/v1/cas/store", a.url), Some("acme"), Some(&store)).await;
+    assert!((200..300).contains(&status), "{status} {v}");
+    for url in [&a.url, &b.url] {
+        let (status, v) = call(Method::POST, &format!("{url}/api/v1/cas/lookup"), Some("acme"), Some(&chat)).await;
+        assert_eq!((status, &v["hit"]), (200, &json!(true)), "{v}");
+    }
+    // Each replica publishes what it observed every few seconds; both then report the sum.
+    for url in [&a.url, &b.url] {
+        let summary = until(&format!("{url}/api/v1/analytics/summary"), "acme", |s| {
+            s["total_interactions"] == 5 && s["active_agents"] == 1
+        })
+        .await;
+        assert_eq!(summary["total_interactions"], 5, "interactions through both replicas, seen by {url}: {summary}");
+        assert_eq!(summary["active_agents"], 1, "a heartbeat through A, seen by {url}: {summary}");
+        let cas = until(&format!("{url}/monitoring/memory/cas"), "acme", |c| c["exact_hits"] == 2).await;
+        assert_eq!(cas["exact_hits"], 2, "a hit through each replica, seen by {url}: {cas}");
+    }
+    // The sum is of each replica's own figures: a restart of B reads its own back, not A's twice.
+    drop(b);
+    let b = replica(db_dir.path(), &db, shared.path(), false);
+    let summary = until(&format!("{}/api/v1/analytics/summary", b.url), "acme", |s| s["total_interactions"] == 5).await;
+    assert_eq!(summary["total_interactions"], 5, "after B's restart: {summary}");
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let (_, summary) = call(Method::GET, &format!("{}/api/v1/analytics/summary", a.url), Some("acme"), None).await;
+    assert_eq!(summary["total_interactions"], 5, "A, after B republished: {summary}");
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_guesser_gets_one_budget_from_the_fleet() {
+    let db = TestDatabase::create();
+    let (shared, da, db_dir) =
+        (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
+    let a = replica(da.path(), &db, shared.path(), true);
+    let b = replica(db_dir.path(), &db, shared.path(), true);
+    let (mut unauthorized, mut throttled) = (0, 0);
+    for _ in 0..30 {
+        for url in [&a.url, &b.url] {
+            match with_key(Method::GET, &format!("{url}/api/v1/agents"), "not-a-key-of-this-fleet").await {
+                401 => unauthorized += 1,
+                429 => throttled += 1,
+                other => panic!("a wrong key got {other}"),
+            }
+        }
+    }
+    // The default budget is 20 failures at once, one back every 2 s: the fleet allows 20,
+    // plus the one failure that tells the second replica (and what refilled meanwhile).
+    assert!(
+        (20..=23).contains(&unauthorized),
+        "{unauthorized} wrong keys tried through two replicas, {throttled} refused"
+    );
+    drop((a, b));
 }

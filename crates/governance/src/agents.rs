@@ -106,7 +106,10 @@ pub struct AgentRegistry {
     window_secs: u64,
     clock: Arc<dyn Clock>,
     kv: Kv,
+    /// A heartbeat arrived (or was absorbed) since the last flush.
     dirty: AtomicBool,
+    /// A heartbeat arrived here since this replica last published its heartbeats.
+    unpublished: AtomicBool,
 }
 
 impl std::fmt::Debug for AgentRegistry {
@@ -139,6 +142,7 @@ impl AgentRegistry {
             clock,
             kv,
             dirty: AtomicBool::new(false),
+            unpublished: AtomicBool::new(false),
         })
     }
 
@@ -251,6 +255,7 @@ impl AgentRegistry {
         self.heartbeats.write().entry(who.tenant().clone()).or_insert_with(|| vec![None; self.fleet.len()])[i] =
             Some(now);
         self.dirty.store(true, Ordering::Relaxed);
+        self.unpublished.store(true, Ordering::Relaxed);
         Ok(HeartbeatView {
             agent_id: agent_id.to_owned(),
             tenant: who.tenant().to_string(),
@@ -272,22 +277,51 @@ impl AgentRegistry {
         map.iter().map(|(t, beats)| (t.clone(), beats.iter().filter(|b| self.is_active(**b, now)).count())).collect()
     }
 
+    /// Every tenant's latest heartbeat per agent id.
+    pub fn latest(&self) -> Vec<(String, BTreeMap<String, Micros>)> {
+        let map = self.heartbeats.read();
+        map.iter()
+            .map(|(t, beats)| {
+                let m = self.fleet.iter().zip(beats).filter_map(|(a, b)| b.map(|b| (a.id.clone(), b))).collect();
+                (t.to_string(), m)
+            })
+            .collect()
+    }
+
+    /// Whether a heartbeat arrived here since the last call (for a replica publishing its
+    /// heartbeats to the others).
+    pub fn take_unpublished(&self) -> bool {
+        self.unpublished.swap(false, Ordering::Relaxed)
+    }
+
+    /// Publishing failed: the next call of [`AgentRegistry::take_unpublished`] says so again.
+    pub fn mark_unpublished(&self) {
+        self.unpublished.store(true, Ordering::Relaxed);
+    }
+
+    /// Heartbeats another replica received: each agent keeps the later of its two times.
+    /// Unknown tenants and agents are skipped.
+    pub fn absorb(&self, tenant: &str, beats: &BTreeMap<String, Micros>) {
+        let Ok(tenant) = TenantId::new(tenant) else { return };
+        let mut map = self.heartbeats.write();
+        let row = map.entry(tenant).or_insert_with(|| vec![None; self.fleet.len()]);
+        for (agent, t) in beats {
+            if let Some(&i) = self.index.get(agent)
+                && row[i].is_none_or(|mine| mine < *t)
+            {
+                row[i] = Some(*t);
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Writes heartbeats to the store if any arrived since the last flush.
     pub fn flush(&self) -> AppResult<()> {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let snapshot: Vec<(TenantId, BTreeMap<String, Micros>)> = self
-            .heartbeats
-            .read()
-            .iter()
-            .map(|(t, beats)| {
-                let m = self.fleet.iter().zip(beats).filter_map(|(a, b)| b.map(|b| (a.id.clone(), b))).collect();
-                (t.clone(), m)
-            })
-            .collect();
-        for (tenant, beats) in snapshot {
-            if let Err(e) = self.kv.put_doc(HEARTBEATS, tenant.as_str(), &beats) {
+        for (tenant, beats) in self.latest() {
+            if let Err(e) = self.kv.put_doc(HEARTBEATS, &tenant, &beats) {
                 self.dirty.store(true, Ordering::Relaxed);
                 return Err(e.into());
             }

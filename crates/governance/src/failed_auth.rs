@@ -6,6 +6,13 @@
 //! revoked spends it. Requests without a key cost no lookup and are not counted. IPv6
 //! addresses count per /64, the block a single host is usually given.
 //!
+//! Replicas sharing a deployment spend one budget per address in Redis
+//! ([`FailedAuth::shared_by`]): each failure is decided there, and the replica keeps the
+//! fleet's answer, so its own checks refuse without asking Redis. A guesser spread over N
+//! replicas therefore gets the burst once, plus at most one attempt per other replica (the
+//! failure that tells that replica the budget is spent). Redis not answering: each replica
+//! keeps its own budget until it is back.
+//!
 //! The check sits on every request that carries a key, so it is free while nobody fails:
 //! a count of tracked addresses lets the check skip the map when it is empty. The map is
 //! bounded: a full shard first drops addresses whose budget is whole again, then the one
@@ -14,6 +21,8 @@
 use daena_base::clock::Clock;
 use daena_base::config::RateLimitConfig;
 use daena_core::gcra::{self, Decision, Limit};
+#[cfg(feature = "shared")]
+use daena_store::redis_limits::{SharedDecision, SharedLimits};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,6 +47,9 @@ pub struct FailedAuth {
     clock: Arc<dyn Clock>,
     failures: AtomicU64,
     refused: AtomicU64,
+    /// The fleet's budgets, when replicas share them through Redis.
+    #[cfg(feature = "shared")]
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl std::fmt::Debug for FailedAuth {
@@ -68,7 +80,16 @@ impl FailedAuth {
             clock,
             failures: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            #[cfg(feature = "shared")]
+            shared: None,
         }
+    }
+
+    /// Spends failures in the budgets the replicas share, when there are any.
+    #[cfg(feature = "shared")]
+    pub fn shared_by(mut self, shared: Option<Arc<SharedLimits>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     fn shard(&self, key: u128) -> &Mutex<HashMap<u128, i64>> {
@@ -100,18 +121,40 @@ impl FailedAuth {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let Some(limit) = self.limit else { return };
         let key = address_key(ip);
+        // The fleet's budget after this failure, when replicas share it and Redis answers.
+        let fleet = self.fleet_failure(key, limit);
         let now = self.clock.now().0;
         let mut shard = self.shard(key).lock();
         let tat = shard.get(&key).copied();
         if tat.is_none() && shard.len() >= SHARD_CAP {
             self.make_room(&mut shard, now);
         }
-        // A denial leaves the state as it was: the address is already out of budget.
-        if let (_, Some(next)) = gcra::decide(limit, tat, now)
+        let next = match fleet {
+            Some(reset) => Some(tat.unwrap_or(now).max(now.saturating_add(reset))),
+            // A denial leaves the state as it was: the address is already out of budget.
+            None => gcra::decide(limit, tat, now).1,
+        };
+        if let Some(next) = next
             && shard.insert(key, next).is_none()
         {
             self.tracked.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Spends one failure of the address keyed `key` in the fleet's budget; its state after
+    /// that, as µs from now (Redis's clock decides). `None` alone, or when Redis does not
+    /// answer.
+    #[cfg(feature = "shared")]
+    fn fleet_failure(&self, key: u128, limit: Limit) -> Option<i64> {
+        let shared = self.shared.as_ref()?;
+        match shared.failed_auth(&format!("{key:x}"), limit.interval(), limit.burst).ok()? {
+            SharedDecision::Allow { reset, .. } | SharedDecision::Deny { reset, .. } => Some(reset),
+        }
+    }
+
+    #[cfg(not(feature = "shared"))]
+    fn fleet_failure(&self, _key: u128, _limit: Limit) -> Option<i64> {
+        None
     }
 
     /// Drops addresses whose budget is whole again; if none is, the one nearest to it.
@@ -224,5 +267,33 @@ mod tests {
         assert!(g.tracked() <= SHARDS * SHARD_CAP, "{}", g.tracked());
         let held: usize = g.shards.iter().map(|s| s.lock().len()).sum();
         assert_eq!(held, g.tracked());
+    }
+
+    /// Two replicas' guards over one Redis: a guesser alternating between them gets the
+    /// burst once, plus the one failure that tells the second replica it is spent.
+    #[cfg(feature = "shared")]
+    #[test]
+    fn replicas_spend_one_budget_through_redis() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_nanos();
+        let prefix = format!("daena:test-fa-{}-{nanos}", std::process::id());
+        let shared = Arc::new(SharedLimits::new("redis://127.0.0.1:6379/", &prefix).expect("client"));
+        shared.probe().expect("Redis answers on 127.0.0.1:6379 (scripts/services starts it)");
+        let cfg = RateLimitConfig { failed_auth_per_minute: 1, failed_auth_burst: 4, ..Default::default() };
+        let clock = ManualClock::new(Micros(1_000_000_000));
+        let a = FailedAuth::new(&cfg, clock.clone()).shared_by(Some(shared.clone()));
+        let b = FailedAuth::new(&cfg, clock).shared_by(Some(shared));
+        let guesser = ip("203.0.113.9");
+        let mut tried = 0;
+        for _ in 0..10 {
+            for g in [&a, &b] {
+                if g.check(guesser).is_ok() {
+                    tried += 1;
+                    g.failed(guesser);
+                }
+            }
+        }
+        assert_eq!(tried, 5, "a burst of 4 for the fleet, and one more that the second replica needed to learn it");
+        assert!(a.check(guesser).is_err() && b.check(guesser).is_err());
+        assert_eq!(a.check(ip("203.0.113.10")), Ok(()), "another address has its own budget");
     }
 }

@@ -1,5 +1,6 @@
 //! Redis, for replicas that share one deployment: GCRA rate-limit state kept in one place, so
-//! a tenant's limit holds for the whole fleet. Each decision is one script run atomically
+//! a tenant's limit, and a client address's budget of failed authentications, hold for the
+//! whole fleet. Each decision is one script run atomically
 //! on the server, timed by the server's clock (replicas' clocks may differ).
 //!
 //! Redis is an accelerator here, never the only copy of anything: when it does not answer,
@@ -125,7 +126,18 @@ impl SharedLimits {
     /// Decides one request of `tenant` under a limit of one request per `interval` µs with
     /// bursts of `burst`.
     pub fn decide(&self, tenant: &str, interval: i64, burst: u32) -> Result<SharedDecision, StoreError> {
-        let key = format!("{}:rl:{tenant}", self.prefix);
+        self.spend(&format!("rl:{tenant}"), interval, burst)
+    }
+
+    /// Spends one failed authentication of `address` (its budget: one failure back per
+    /// `interval` µs, `burst` at once); the answer carries the fleet's state of that budget.
+    pub fn failed_auth(&self, address: &str, interval: i64, burst: u32) -> Result<SharedDecision, StoreError> {
+        self.spend(&format!("fa:{address}"), interval, burst)
+    }
+
+    /// One GCRA decision on the budget kept under `<prefix>:<name>`.
+    fn spend(&self, name: &str, interval: i64, burst: u32) -> Result<SharedDecision, StoreError> {
+        let key = format!("{}:{name}", self.prefix);
         let window = interval.saturating_mul(i64::from(burst.max(1)));
         let out: Vec<i64> = self.with(|c| self.script.key(&key).arg(interval).arg(window).invoke(c))?;
         match out.as_slice() {

@@ -19,6 +19,7 @@ use crate::Daena;
 use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::error::{AppError, AppResult};
+use crate::replicas::Peers;
 use daena_core::agents;
 use daena_core::ids::AgentId;
 use daena_core::time::Micros;
@@ -30,6 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const TABLE: DocTable = doc_table("analytics");
+/// Each replica's tenants, published for the others' reports ([`crate::replicas::Peers`]).
+const BY_REPLICA: DocTable = doc_table("analytics_by_replica");
 /// Minutes of per-minute history kept per agent.
 const HISTORY_MINUTES: i64 = 180;
 /// Minutes the anomaly baseline spans, and the fewest it needs.
@@ -99,6 +102,42 @@ struct TenantData {
     extra_agents: Option<usize>,
 }
 
+impl AgentStats {
+    fn add(&mut self, o: &AgentStats) {
+        for (a, b) in [
+            (&mut self.tasks, o.tasks),
+            (&mut self.successes, o.successes),
+            (&mut self.failures, o.failures),
+            (&mut self.latency_n, o.latency_n),
+            (&mut self.tokens, o.tokens),
+            (&mut self.received, o.received),
+            (&mut self.memory_reads, o.memory_reads),
+            (&mut self.memory_writes, o.memory_writes),
+            (&mut self.llm_calls, o.llm_calls),
+            (&mut self.cache_hits, o.cache_hits),
+            (&mut self.requests, o.requests),
+            (&mut self.errors, o.errors),
+        ] {
+            *a = a.saturating_add(b);
+        }
+        self.latency_ms_sum += o.latency_ms_sum;
+        self.cost_usd = (self.cost_usd + o.cost_usd).min(f64::MAX);
+    }
+}
+
+impl PairStats {
+    fn add(&mut self, o: &PairStats) {
+        self.count = self.count.saturating_add(o.count);
+        self.successes = self.successes.saturating_add(o.successes);
+        self.latency_n = self.latency_n.saturating_add(o.latency_n);
+        self.latency_ms_sum += o.latency_ms_sum;
+        for (kind, n) in &o.kinds {
+            let k = self.kinds.entry(kind.clone()).or_default();
+            *k = k.saturating_add(*n);
+        }
+    }
+}
+
 /// How many agents and pairs a tenant's analytics keep (`analytics.*`).
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
@@ -131,6 +170,25 @@ impl TenantData {
         if self.pairs.contains_key(&key) || self.pairs.len() < bound { key } else { pair_key(OTHER, OTHER) }
     }
 
+    /// Adds another replica's figures of the same tenant to these.
+    fn merge(&mut self, o: &TenantData) {
+        for (agent, stats) in &o.agents {
+            self.agents.entry(agent.clone()).or_default().add(stats);
+        }
+        for (pair, stats) in &o.pairs {
+            self.pairs.entry(pair.clone()).or_default().add(stats);
+        }
+        for (agent, minutes) in &o.minutes {
+            for m in minutes {
+                let b = self.bucket(agent, m.minute);
+                b.events = b.events.saturating_add(m.events);
+                b.errors = b.errors.saturating_add(m.errors);
+                b.latency_ms_sum += m.latency_ms_sum;
+                b.latency_n = b.latency_n.saturating_add(m.latency_n);
+            }
+        }
+    }
+
     /// The agent's bucket for `minute`, kept in order; late reports land in their minute.
     fn bucket(&mut self, agent: &str, minute: i64) -> &mut Minute {
         let q = self.minutes.entry(agent.to_owned()).or_default();
@@ -154,7 +212,12 @@ pub struct Analytics {
     tenants: RwLock<HashMap<String, Arc<Mutex<TenantData>>>>,
     kv: Kv,
     clock: Arc<dyn Clock>,
+    /// Changed since the last flush to the state store.
     dirty: AtomicBool,
+    /// Replicas sharing the deployment, and whether this one's figures changed since it
+    /// last published them.
+    peers: Option<Arc<Peers>>,
+    unpublished: AtomicBool,
 }
 
 impl std::fmt::Debug for Analytics {
@@ -168,10 +231,53 @@ fn pair_key(from: &str, to: &str) -> String {
 }
 
 impl Analytics {
-    pub fn load(kv: Kv, clock: Arc<dyn Clock>, bounds: Bounds) -> AppResult<Analytics> {
-        let tenants =
-            kv.scan_docs::<TenantData>(TABLE)?.into_iter().map(|(t, d)| (t, Arc::new(Mutex::new(d)))).collect();
-        Ok(Analytics { bounds, tenants: RwLock::new(tenants), kv, clock, dirty: AtomicBool::new(false) })
+    /// Loads the figures saved by [`Analytics::flush`]; with `peers`, reports add the other
+    /// replicas' published figures.
+    pub fn load(kv: Kv, clock: Arc<dyn Clock>, bounds: Bounds, peers: Option<Arc<Peers>>) -> AppResult<Analytics> {
+        let mut tenants: HashMap<String, TenantData> = kv.scan_docs::<TenantData>(TABLE)?.into_iter().collect();
+        // A replica publishes more often than it saves, so what it last published is the
+        // newer copy of its own figures (a crash loses at most the publishing interval).
+        if let Some(peers) = &peers {
+            tenants.extend(peers.own::<TenantData>(BY_REPLICA)?);
+        }
+        let tenants = tenants.into_iter().map(|(t, d)| (t, Arc::new(Mutex::new(d)))).collect();
+        Ok(Analytics {
+            bounds,
+            tenants: RwLock::new(tenants),
+            kv,
+            clock,
+            dirty: AtomicBool::new(false),
+            unpublished: AtomicBool::new(peers.is_some()),
+            peers,
+        })
+    }
+
+    fn touched(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+        self.unpublished.store(true, Ordering::Relaxed);
+    }
+
+    /// A tenant's figures for a report: this replica's, plus the other replicas' as they
+    /// last published them.
+    fn view(&self, tenant: &str) -> TenantData {
+        let mut data = self.tenant(tenant).lock().clone();
+        if let Some(peers) = &self.peers {
+            for (_, other) in peers.others::<TenantData>(BY_REPLICA).into_iter().filter(|(t, _)| t == tenant) {
+                data.merge(&other);
+            }
+        }
+        data
+    }
+
+    /// Publishes this replica's figures for the other replicas' reports, when they changed.
+    pub fn publish(&self) -> AppResult<()> {
+        let Some(peers) = &self.peers else { return Ok(()) };
+        if !self.unpublished.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let all: Vec<(String, TenantData)> =
+            self.tenants.read().iter().map(|(k, v)| (k.clone(), v.lock().clone())).collect();
+        peers.publish(BY_REPLICA, &all).inspect_err(|_| self.unpublished.store(true, Ordering::Relaxed))
     }
 
     /// Agents and pairs a tenant's analytics keep, for tests and reports.
@@ -214,7 +320,7 @@ impl Analytics {
         b.errors += u64::from(failed);
         b.latency_ms_sum += latency_ms;
         b.latency_n += 1;
-        self.dirty.store(true, Ordering::Relaxed);
+        self.touched();
     }
 
     /// Writes the state if it changed since the last flush.
@@ -353,7 +459,7 @@ pub fn record(d: &Daena, who: &Principal, batch: Interactions) -> AppResult<Reco
     for v in valid {
         apply(&mut t, v, a.bounds);
     }
-    a.dirty.store(true, Ordering::Relaxed);
+    a.touched();
     Ok(Recorded { recorded: true, count, tenant: who.tenant().to_string() })
 }
 

@@ -113,8 +113,8 @@ pub struct AnomalyReport {
 }
 
 pub fn anomalies(d: &Daena, who: &Principal) -> AnomalyReport {
-    let data = d.monitoring().analytics().tenant(who.tenant().as_str());
-    let list = detect(&data.lock(), d.monitoring().analytics().minute());
+    let data = d.monitoring().analytics().view(who.tenant().as_str());
+    let list = detect(&data, d.monitoring().analytics().minute());
     AnomalyReport {
         tenant: who.tenant().to_string(),
         total_anomalies: list.len(),
@@ -178,8 +178,7 @@ pub struct Summary {
 
 pub fn summary(d: &Daena, who: &Principal) -> Summary {
     let now_minute = d.monitoring().analytics().minute();
-    let data = d.monitoring().analytics().tenant(who.tenant().as_str());
-    let data = data.lock();
+    let data = d.monitoring().analytics().view(who.tenant().as_str());
     let mut top: Vec<TopAgent> = data
         .minutes
         .iter()
@@ -247,8 +246,7 @@ pub fn efficiency(d: &Daena, who: &Principal, department: Option<&str>) -> AppRe
     {
         return Err(AppError::invalid(format!("unknown department {dept:?}")));
     }
-    let data = d.monitoring().analytics().tenant(who.tenant().as_str());
-    let data = data.lock();
+    let data = d.monitoring().analytics().view(who.tenant().as_str());
     let ratio = |a: f64, b: u64| (b > 0).then(|| round(a / b as f64, 4));
     let mut list: Vec<Efficiency> = data
         .agents
@@ -314,8 +312,7 @@ pub struct Patterns {
 
 pub fn patterns(d: &Daena, who: &Principal, agent: Option<&str>) -> Patterns {
     let fleet = d.governance().agents().fleet();
-    let data = d.monitoring().analytics().tenant(who.tenant().as_str());
-    let data = data.lock();
+    let data = d.monitoring().analytics().view(who.tenant().as_str());
     let mut matrix = Vec::new();
     let mut departments: BTreeMap<String, u64> = BTreeMap::new();
     let (mut total, mut neighbour, mut same, mut cross) = (0u64, 0u64, 0u64, 0u64);
@@ -385,7 +382,8 @@ pub fn patterns(d: &Daena, who: &Principal, agent: Option<&str>) -> Patterns {
     }
 }
 
-/// Error rate over the last `minutes` across every tenant (for `/metrics`).
+/// Error rate over the last `minutes` across every tenant, of this replica's own traffic (for
+/// `/metrics`: Prometheus adds up the replicas).
 pub fn fleet_error_rate(d: &Daena, minutes: i64) -> ErrorRate {
     let now = d.monitoring().analytics().minute();
     let (mut events, mut errors) = (0, 0);
@@ -398,7 +396,7 @@ pub fn fleet_error_rate(d: &Daena, minutes: i64) -> ErrorRate {
     ErrorRate { events, errors, rate: if events == 0 { 0.0 } else { round(errors as f64 / events as f64, 5) } }
 }
 
-/// Anomalies now, per tenant (for `/metrics`).
+/// Anomalies now, per tenant, in this replica's own traffic (for `/metrics`).
 pub fn anomaly_counts(d: &Daena) -> Vec<(String, usize)> {
     let now = d.monitoring().analytics().minute();
     let all: Vec<(String, Arc<Mutex<TenantData>>)> =

@@ -1,10 +1,11 @@
 //! `/monitoring/memory/cas`, `/monitoring/memory/cost-tracking` and `daena cas diagnostics`.
 
-use super::stats::{Cost, Counters};
+use super::stats::{CasStats, Cost, Counters};
 use crate::Daena;
 use crate::clock::rfc3339;
 use daena_core::cas::max_distance;
 use daena_core::time::Micros;
+use daena_store::kv::{DocTable, doc_table};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -67,8 +68,30 @@ pub struct CasReport {
     pub upstream_configured: bool,
 }
 
+/// Each replica's cache counters and costs, published for the others' reports.
+const BY_REPLICA: DocTable = doc_table("cas_stats_by_replica");
+
+/// The cache's counters and costs: this replica's, plus the other replicas' as they last
+/// published them.
+fn stats(d: &Daena) -> CasStats {
+    let mut s = d.cas().stats.lock().clone();
+    if let Some(r) = d.replicas() {
+        for (_, other) in r.peers.others::<CasStats>(BY_REPLICA) {
+            s.add(&other);
+        }
+    }
+    s
+}
+
+/// Publishes this replica's cache counters and costs for the other replicas' reports.
+pub fn publish(d: &Daena) -> crate::error::AppResult<()> {
+    let Some(r) = d.replicas() else { return Ok(()) };
+    let own = d.cas().stats.lock().clone();
+    r.peers.publish(BY_REPLICA, &[("all".to_owned(), own)])
+}
+
 pub fn cas(d: &Daena) -> CasReport {
-    let s = d.cas().stats.lock().clone();
+    let s = stats(d);
     let (entries, bytes, _) = d.cas().sizes();
     let rates_total = rates(&s.total);
     let target = d.config().memory.slo.min_cas_hit_rate;
@@ -161,7 +184,7 @@ pub struct CostReport {
 }
 
 pub fn costs(d: &Daena) -> CostReport {
-    let s = d.cas().stats.lock().clone();
+    let s = stats(d);
     let mut total = Cost::default();
     let mut by: [BTreeMap<String, Cost>; 4] = Default::default();
     for (k, c) in &s.costs {
@@ -201,7 +224,7 @@ pub struct Diagnostics {
 
 pub fn diagnostics(d: &Daena) -> Diagnostics {
     let cas = cas(d);
-    let s = d.cas().stats.lock().clone();
+    let s = stats(d);
     let now = d.clock().now().0;
     let mut all = d.cas().all();
     all.sort_by_key(|m| std::cmp::Reverse(m.hits.load(Ordering::Relaxed)));
