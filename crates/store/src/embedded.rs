@@ -459,6 +459,49 @@ impl StateView for View {
     }
 }
 
+/// Rows read from another backend (a PostgreSQL view), to be written as an embedded store
+/// file: the layout a snapshot's `state.redb` has whatever the backend.
+#[cfg(feature = "shared")]
+pub(crate) struct Copy<'a> {
+    pub records: &'a [(Vec<u8>, Vec<u8>)],
+    pub access: &'a [(Vec<u8>, (i64, u64))],
+    pub cache: &'a [(Vec<u8>, Vec<u8>)],
+    pub dicts: &'a [(Vec<u8>, Vec<u8>)],
+    /// (table, key, JSON)
+    pub docs: &'a [(String, String, Vec<u8>)],
+    pub applied: u64,
+}
+
+#[cfg(feature = "shared")]
+impl Copy<'_> {
+    /// Creates the file at `path`; returns the names of the tables it holds.
+    pub(crate) fn write(&self, path: &Path) -> Result<Vec<String>, StoreError> {
+        let out = Database::create(path)?;
+        let w = out.begin_write()?;
+        let mut names = std::collections::BTreeSet::new();
+        for (def, rows) in [(RECORDS, self.records), (CACHE, self.cache), (DICTS, self.dicts)] {
+            let mut t = w.open_table(def)?;
+            for (k, v) in rows {
+                t.insert(k.as_slice(), v.as_slice())?;
+            }
+            names.insert(def.name().to_owned());
+        }
+        let mut access = w.open_table(ACCESS)?;
+        for (k, stats) in self.access {
+            access.insert(k.as_slice(), *stats)?;
+        }
+        drop(access);
+        w.open_table(MEMORY_META)?.insert(APPLIED_SEQ, self.applied)?;
+        names.extend([ACCESS.name().to_owned(), MEMORY_META.name().to_owned()]);
+        for (table, key, json) in self.docs {
+            w.open_table(TableDefinition::<&str, &[u8]>::new(table))?.insert(key.as_str(), json.as_slice())?;
+            names.insert(table.clone());
+        }
+        w.commit()?;
+        Ok(names.into_iter().collect())
+    }
+}
+
 /// Documents as stored: (key, JSON).
 pub type Documents = Vec<(String, Vec<u8>)>;
 

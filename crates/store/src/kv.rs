@@ -62,6 +62,15 @@ impl Kv {
         Ok(kv)
     }
 
+    /// Opens the state store in the PostgreSQL database at `url` (migrating its schema) and
+    /// checks its schema version.
+    #[cfg(feature = "shared")]
+    pub fn open_postgres(url: &str) -> Result<Kv, StoreError> {
+        let kv = Kv::over(Arc::new(crate::pg::PgState::open(url)?));
+        kv.check_schema(&format!("the state in {}", crate::pg::redact_url(url)))?;
+        Ok(kv)
+    }
+
     /// A handle over `store`.
     pub fn over(store: Arc<dyn StateStore>) -> Kv {
         let docs: Arc<dyn DocStore> = store.clone();

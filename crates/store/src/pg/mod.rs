@@ -1,6 +1,7 @@
 //! PostgreSQL, for replicas that share one deployment: the ledger chain ([`PgLedger`]), the
 //! documents every replica must read alike ([`PgDocs`]: the tenants' wrapped data keys) and
-//! a few shared files ([`shared_file`]: the generated master key, the checkpoint key).
+//! a few shared files ([`shared_file`]: the generated master key, the checkpoint key); and
+//! the state store on PostgreSQL ([`PgState`]), which passes the conformance suite.
 //!
 //! Each replica keeps a local copy of the chain and of the state derived from it in its own
 //! data directory; PostgreSQL holds the one chain they all extend. Appends are serialised by
@@ -11,9 +12,11 @@
 //! made where a tokio runtime may be running goes through [`off_runtime`].
 
 mod ledger;
+mod state;
 mod test_db;
 
 pub use ledger::PgLedger;
+pub use state::PgState;
 pub use test_db::TestDatabase;
 
 use crate::StoreError;
@@ -21,15 +24,25 @@ use crate::state::{DocStore, DocTable};
 use parking_lot::Mutex;
 
 /// The schema this build reads and writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migrations by version, applied in order inside one transaction each.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "create table daena_ledger (seq bigint primary key, line text not null);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "create table daena_ledger (seq bigint primary key, line text not null);
      create table daena_docs (tbl text not null, key text not null, doc bytea not null, primary key (tbl, key));
      create table daena_files (name text primary key, content bytea not null);",
-)];
+    ),
+    (
+        2,
+        "create table daena_records (addr bytea primary key, row bytea not null);
+     create table daena_access (addr bytea primary key, last_access bigint not null, reads bigint not null);
+     create table daena_cache (key bytea primary key, row bytea not null);
+     create table daena_dicts (key bytea primary key, value bytea not null);
+     create table daena_applied (id int primary key check (id = 1), seq bigint not null);",
+    ),
+];
 
 /// Session-scoped advisory lock held while migrating.
 const MIGRATE_LOCK: i64 = 0x6461_656e_6101;
@@ -210,61 +223,29 @@ impl PgDocs {
 
 impl DocStore for PgDocs {
     fn get_doc(&self, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with(|c| {
-            let row = c
-                .query_opt("select doc from daena_docs where tbl = $1 and key = $2", &[&table.name(), &key])
-                .map_err(pg(format!("reading {}/{key}", table.name())))?;
-            Ok(row.map(|r| r.get(0)))
-        })
+        self.with(|c| state::get_doc(c, table, key))
     }
 
     fn put_docs(&self, table: DocTable, items: &[(&str, &[u8])]) -> Result<(), StoreError> {
         self.with(|c| {
             let mut txn = c.transaction().map_err(pg("starting a document write"))?;
             for (key, doc) in items {
-                txn.execute(
-                    "insert into daena_docs (tbl, key, doc) values ($1, $2, $3)
-                     on conflict (tbl, key) do update set doc = excluded.doc",
-                    &[&table.name(), key, doc],
-                )
-                .map_err(pg(format!("writing {}/{key}", table.name())))?;
+                state::put_doc(&mut txn, table.name(), key, doc)?;
             }
             txn.commit().map_err(pg("committing a document write"))
         })
     }
 
     fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError> {
-        self.with(|c| {
-            c.execute("delete from daena_docs where tbl = $1 and key = $2", &[&table.name(), &key])
-                .map(|n| n > 0)
-                .map_err(pg(format!("deleting {}/{key}", table.name())))
-        })
+        self.with(|c| state::delete_doc(c, table, key))
     }
 
     fn scan_docs(&self, table: DocTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.with(|c| {
-            let rows = c
-                .query("select key, doc from daena_docs where tbl = $1 order by key", &[&table.name()])
-                .map_err(pg(format!("scanning {}", table.name())))?;
-            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
-        })
+        self.with(|c| state::scan_docs(c, table))
     }
 
     fn swap_doc(&self, table: DocTable, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
-        self.with(|c| {
-            let n = match expected {
-                None => c.execute(
-                    "insert into daena_docs (tbl, key, doc) values ($1, $2, $3) on conflict (tbl, key) do nothing",
-                    &[&table.name(), &key, &new],
-                ),
-                Some(old) => c.execute(
-                    "update daena_docs set doc = $4 where tbl = $1 and key = $2 and doc = $3",
-                    &[&table.name(), &key, &old, &new],
-                ),
-            }
-            .map_err(pg(format!("swapping {}/{key}", table.name())))?;
-            Ok(n == 1)
-        })
+        self.with(|c| state::swap_doc(c, table, key, expected, new))
     }
 }
 

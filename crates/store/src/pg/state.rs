@@ -1,0 +1,432 @@
+//! The state store on PostgreSQL ([`PgState`]): records and their access statistics, cache
+//! entries, dictionaries, documents and the applied ledger position, in tables of the same
+//! shape as the embedded backend's (keys as `bytea`, whose order is the byte order redb
+//! keeps, so scans see records in the same order).
+//!
+//! - A batch is one transaction. One that need not be durable commits with
+//!   `synchronous_commit = off`: PostgreSQL flushes it with the next synchronous commit, or a
+//!   crash loses it, which is the seam's contract.
+//! - Writers take a shared advisory lock in their transaction, so [`StateStore::hold_writer`]
+//!   (an exclusive one on a connection of its own) makes them wait, as redb's single writer
+//!   does.
+//! - A view is a read-only repeatable-read transaction on a connection of its own; its copy
+//!   is an embedded store file, the format snapshots carry.
+//! - Scans read pages of [`PAGE`] rows and call back with no lock held, so a callback may use
+//!   the store.
+
+use super::{Conn, off_runtime, pg};
+use crate::StoreError;
+use crate::records::RecordRow;
+use crate::state::{DocStore, DocTable, RecordVisit, RowVisit, StateBatch, StateStore, StateView, WriterHold};
+use parking_lot::Mutex;
+use postgres::GenericClient;
+use std::path::Path;
+
+/// `(key, value)` rows of a table.
+type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Rows a scan reads at once.
+const PAGE: i64 = 1000;
+/// Shared by writers, exclusive for [`StateStore::hold_writer`].
+const WRITE_LOCK: i64 = 0x6461_656e_6104;
+
+pub struct PgState {
+    url: String,
+    conn: Mutex<Conn>,
+}
+
+impl std::fmt::Debug for PgState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgState").field("url", &super::redact_url(&self.url)).finish()
+    }
+}
+
+impl PgState {
+    /// The state store in the database at `url`, its schema migrated.
+    pub fn open(url: &str) -> Result<PgState, StoreError> {
+        super::migrate(url)?;
+        let state = PgState { url: url.to_owned(), conn: Mutex::new(Conn::new(url)) };
+        state.probe()?;
+        Ok(state)
+    }
+
+    fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| {
+            let mut conn = self.conn.lock();
+            f(conn.get()?)
+        })
+    }
+
+    /// Runs `f` in a write transaction holding the shared write lock.
+    fn write_txn(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<(), StoreError> + Send,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let mut txn = c.transaction().map_err(pg("starting a state write"))?;
+            if !durable {
+                txn.batch_execute("set local synchronous_commit = off").map_err(pg("relaxing a commit"))?;
+            }
+            txn.execute("select pg_advisory_xact_lock_shared($1)", &[&WRITE_LOCK])
+                .map_err(pg("taking the state write lock"))?;
+            f(&mut txn)?;
+            txn.commit().map_err(pg("committing a state write"))
+        })
+    }
+
+    /// Pages of `(key, value)` from `sql` (`$1`: the last key seen, `$2`: the page size),
+    /// each handed to `visit` with no lock held; `visit` returns whether to go on.
+    fn pages(
+        &self,
+        sql: &'static str,
+        first: Vec<u8>,
+        mut visit: impl FnMut(Rows) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut after = first;
+        loop {
+            let page: Rows = self.with(|c| {
+                let rows = c.query(sql, &[&after, &PAGE]).map_err(pg("scanning the state"))?;
+                Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            })?;
+            let full = page.len() as i64 == PAGE;
+            if let Some((last, _)) = page.last() {
+                after.clone_from(last);
+            }
+            if !visit(page)? || !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn scan_bytes(&self, sql: &'static str, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
+        // Every key sorts after the empty one, and the first page includes it (`>=`).
+        self.pages(sql, Vec::new(), |page| {
+            for (k, v) in &page {
+                f(k, v)?;
+            }
+            Ok(true)
+        })
+    }
+}
+
+pub(super) fn get_doc(c: &mut impl GenericClient, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let row = c
+        .query_opt("select doc from daena_docs where tbl = $1 and key = $2", &[&table.name(), &key])
+        .map_err(pg(format!("reading {}/{key}", table.name())))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+pub(super) fn put_doc(c: &mut impl GenericClient, table: &str, key: &str, doc: &[u8]) -> Result<(), StoreError> {
+    c.execute(
+        "insert into daena_docs (tbl, key, doc) values ($1, $2, $3) on conflict (tbl, key) do update set doc = excluded.doc",
+        &[&table, &key, &doc],
+    )
+    .map(|_| ())
+    .map_err(pg(format!("writing {table}/{key}")))
+}
+
+pub(super) fn delete_doc(c: &mut impl GenericClient, table: DocTable, key: &str) -> Result<bool, StoreError> {
+    c.execute("delete from daena_docs where tbl = $1 and key = $2", &[&table.name(), &key])
+        .map(|n| n > 0)
+        .map_err(pg(format!("deleting {}/{key}", table.name())))
+}
+
+pub(super) fn scan_docs(c: &mut impl GenericClient, table: DocTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    let rows = c
+        .query("select key, doc from daena_docs where tbl = $1 order by key", &[&table.name()])
+        .map_err(pg(format!("scanning {}", table.name())))?;
+    Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Writes `new` only if the stored document still is `expected` (`None`: absent); whether it did.
+pub(super) fn swap_doc(
+    c: &mut impl GenericClient,
+    table: DocTable,
+    key: &str,
+    expected: Option<&[u8]>,
+    new: &[u8],
+) -> Result<bool, StoreError> {
+    let n = match expected {
+        None => c.execute(
+            "insert into daena_docs (tbl, key, doc) values ($1, $2, $3) on conflict (tbl, key) do nothing",
+            &[&table.name(), &key, &new],
+        ),
+        Some(old) => c.execute(
+            "update daena_docs set doc = $4 where tbl = $1 and key = $2 and doc = $3",
+            &[&table.name(), &key, &old, &new],
+        ),
+    }
+    .map_err(pg(format!("swapping {}/{key}", table.name())))?;
+    Ok(n == 1)
+}
+
+impl DocStore for PgState {
+    fn get_doc(&self, table: DocTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| get_doc(c, table, key))
+    }
+
+    fn put_docs(&self, table: DocTable, items: &[(&str, &[u8])]) -> Result<(), StoreError> {
+        self.write_txn(true, |txn| items.iter().try_for_each(|(key, doc)| put_doc(txn, table.name(), key, doc)))
+    }
+
+    fn delete_doc(&self, table: DocTable, key: &str) -> Result<bool, StoreError> {
+        let mut deleted = false;
+        self.write_txn(true, |txn| {
+            deleted = delete_doc(txn, table, key)?;
+            Ok(())
+        })?;
+        Ok(deleted)
+    }
+
+    fn scan_docs(&self, table: DocTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with(|c| scan_docs(c, table))
+    }
+
+    fn swap_doc(&self, table: DocTable, key: &str, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
+        let mut swapped = false;
+        self.write_txn(true, |txn| {
+            swapped = swap_doc(txn, table, key, expected, new)?;
+            Ok(())
+        })?;
+        Ok(swapped)
+    }
+}
+
+impl StateStore for PgState {
+    fn record(&self, addr: &[u8]) -> Result<Option<RecordRow>, StoreError> {
+        let row: Option<Vec<u8>> = self.with(|c| {
+            let row = c
+                .query_opt("select row from daena_records where addr = $1", &[&addr])
+                .map_err(pg("reading a record"))?;
+            Ok(row.map(|r| r.get(0)))
+        })?;
+        row.map(|bytes| RecordRow::decode(&bytes)).transpose()
+    }
+
+    fn access(&self, addr: &[u8]) -> Result<Option<(i64, u64)>, StoreError> {
+        self.with(|c| {
+            let row = c
+                .query_opt("select last_access, reads from daena_access where addr = $1", &[&addr])
+                .map_err(pg("reading access statistics"))?;
+            Ok(row.map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0))))
+        })
+    }
+
+    fn scan_records(&self, prefix: &[u8], after: Option<&[u8]>, f: &mut RecordVisit<'_>) -> Result<(), StoreError> {
+        // The first page starts at the prefix (`>=`), or just after `after` when that is past it.
+        let (first, skip) = match after {
+            Some(a) if a >= prefix => (a.to_vec(), Some(a.to_vec())),
+            _ => (prefix.to_vec(), None),
+        };
+        self.pages("select addr, row from daena_records where addr >= $1 order by addr limit $2", first, |page| {
+            for (k, v) in page {
+                if !k.starts_with(prefix) {
+                    return Ok(false);
+                }
+                if skip.as_deref().is_some_and(|a| k.as_slice() <= a) {
+                    continue;
+                }
+                if !f(&k, RecordRow::decode(&v)?)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    fn applied_seq(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let row = c.query_opt("select seq from daena_applied", &[]).map_err(pg("reading the applied position"))?;
+            Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+        })
+    }
+
+    fn cache_row(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            let row = c
+                .query_opt("select row from daena_cache where key = $1", &[&key])
+                .map_err(pg("reading a cache entry"))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn scan_cache(&self, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
+        self.scan_bytes("select key, row from daena_cache where key >= $1 order by key limit $2", f)
+    }
+
+    fn scan_dicts(&self, f: &mut RowVisit<'_>) -> Result<(), StoreError> {
+        self.scan_bytes("select key, value from daena_dicts where key >= $1 order by key limit $2", f)
+    }
+
+    fn put_dict(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.write_txn(true, |txn| {
+            txn.execute(
+                "insert into daena_dicts (key, value) values ($1, $2) on conflict (key) do update set value = excluded.value",
+                &[&key, &value],
+            )
+            .map(|_| ())
+            .map_err(pg("writing a dictionary"))
+        })
+    }
+
+    fn write(&self, batch: &StateBatch<'_>) -> Result<(), StoreError> {
+        self.write_txn(batch.durable, |txn| write_batch(txn, batch))
+    }
+
+    fn view(&self) -> Result<Box<dyn StateView>, StoreError> {
+        off_runtime(|| {
+            let mut c = Conn::new(&self.url);
+            let client = c.get()?;
+            // The snapshot is taken at the first query, so the view holds the state as of now.
+            client
+                .batch_execute("begin isolation level repeatable read read only; select 1")
+                .map_err(pg("starting a consistent view"))?;
+            Ok(Box::new(View(Mutex::new(c))) as Box<dyn StateView>)
+        })
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("select 1 from daena_applied limit 1", &[]).map(|_| ()).map_err(pg("probing the state"))
+        })
+    }
+
+    fn hold_writer(&self) -> Result<Box<dyn WriterHold>, StoreError> {
+        off_runtime(|| {
+            let mut c = Conn::new(&self.url);
+            c.get()?.execute("select pg_advisory_lock($1)", &[&WRITE_LOCK]).map_err(pg("holding the state writer"))?;
+            Ok(Box::new(Hold(Some(c))) as Box<dyn WriterHold>)
+        })
+    }
+}
+
+/// One batch, in the caller's transaction.
+fn write_batch(txn: &mut postgres::Transaction<'_>, batch: &StateBatch<'_>) -> Result<(), StoreError> {
+    for (addr, row) in &batch.records {
+        match row {
+            Some(bytes) => txn.execute(
+                "insert into daena_records (addr, row) values ($1, $2) on conflict (addr) do update set row = excluded.row",
+                &[addr, bytes],
+            ),
+            None => txn.execute(
+                "with gone as (delete from daena_records where addr = $1) delete from daena_access where addr = $1",
+                &[addr],
+            ),
+        }
+        .map_err(pg("writing a record"))?;
+    }
+    for (addr, (last, reads)) in &batch.access {
+        // A statistic never outlives its record.
+        txn.execute(
+            "insert into daena_access (addr, last_access, reads) select $1, $2, $3
+             where exists (select 1 from daena_records where addr = $1)
+             on conflict (addr) do update set last_access = excluded.last_access, reads = excluded.reads",
+            &[addr, last, &i64::try_from(*reads).unwrap_or(i64::MAX)],
+        )
+        .map_err(pg("writing access statistics"))?;
+    }
+    for (key, row) in &batch.cache {
+        match row {
+            Some(bytes) => txn.execute(
+                "insert into daena_cache (key, row) values ($1, $2) on conflict (key) do update set row = excluded.row",
+                &[key, bytes],
+            ),
+            None => txn.execute("delete from daena_cache where key = $1", &[key]),
+        }
+        .map_err(pg("writing a cache entry"))?;
+    }
+    for (table, key, json) in batch.docs {
+        put_doc(txn, table.name(), key, json)?;
+    }
+    txn.execute(
+        "insert into daena_applied (id, seq) values (1, $1) on conflict (id) do update set seq = excluded.seq",
+        &[&i64::try_from(batch.applied).unwrap_or(i64::MAX)],
+    )
+    .map(|_| ())
+    .map_err(pg("writing the applied position"))
+}
+
+/// A consistent view: a read-only repeatable-read transaction on its own connection.
+struct View(Mutex<Conn>);
+
+impl View {
+    fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| f(self.0.lock().get()?))
+    }
+}
+
+impl StateView for View {
+    fn copy_to(&self, path: &Path) -> Result<(Vec<String>, u64), StoreError> {
+        self.with(|c| {
+            let bytes = |c: &mut postgres::Client, sql: &str| -> Result<Rows, StoreError> {
+                let rows = c.query(sql, &[]).map_err(pg("copying a view"))?;
+                Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            };
+            let records = bytes(c, "select addr, row from daena_records order by addr")?;
+            let cache = bytes(c, "select key, row from daena_cache order by key")?;
+            let dicts = bytes(c, "select key, value from daena_dicts order by key")?;
+            let access: Vec<(Vec<u8>, (i64, u64))> = c
+                .query("select addr, last_access, reads from daena_access order by addr", &[])
+                .map_err(pg("copying a view"))?
+                .into_iter()
+                .map(|r| (r.get(0), (r.get(1), u64::try_from(r.get::<_, i64>(2)).unwrap_or(0))))
+                .collect();
+            let docs: Vec<(String, String, Vec<u8>)> = c
+                .query("select tbl, key, doc from daena_docs order by tbl, key", &[])
+                .map_err(pg("copying a view"))?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            let applied = c
+                .query_opt("select seq from daena_applied", &[])
+                .map_err(pg("copying a view"))?
+                .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
+            let copy = crate::embedded::Copy {
+                records: &records,
+                access: &access,
+                cache: &cache,
+                dicts: &dicts,
+                docs: &docs,
+                applied,
+            };
+            let tables = copy.write(path)?;
+            Ok((tables, records.len() as u64))
+        })
+    }
+
+    fn record_keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            let rows = c.query("select addr from daena_records order by addr", &[]).map_err(pg("listing records"))?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        // The `postgres` client closes its connection on a runtime of its own.
+        let conn = std::mem::replace(self.0.get_mut(), Conn::new(""));
+        off_runtime(move || drop(conn));
+    }
+}
+
+/// The exclusive write lock, held on a connection of its own until dropped.
+struct Hold(Option<Conn>);
+
+impl WriterHold for Hold {}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        // Closing the connection releases the session lock.
+        if let Some(c) = self.0.take() {
+            off_runtime(move || drop(c));
+        }
+    }
+}
