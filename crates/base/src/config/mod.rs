@@ -9,9 +9,11 @@
 
 mod load;
 mod schema;
+mod validate;
 
 pub use load::{ConfigError, LoadOptions, LoadedConfig, load};
 pub use schema::*;
+pub use validate::MIN_L2_CACHE_BYTES;
 
 use serde::{Serialize, Serializer};
 use std::fmt;
