@@ -265,13 +265,14 @@ pub fn single_node_only(config: &Config, what: &str) -> AppResult<()> {
 /// `/health` checks of a replica: PostgreSQL (critical: nothing can be acknowledged without
 /// it) and Redis (degraded: the limits fall back to this replica's own).
 pub fn health_checks(r: &Replicas, limiter: &crate::ratelimit::RateLimiter) -> Vec<(String, Check)> {
-    let postgres = match r.docs.probe() {
-        Ok(()) => Check::new(
+    let postgres = match r.docs.probe().and_then(|()| r.docs.encrypted()) {
+        Ok(encrypted) => Check::new(
             CheckStatus::Pass,
             true,
             format!(
-                "the shared ledger and keys answer at {} (deployment {}, replica {})",
+                "the shared ledger and keys answer at {} over {} (deployment {}, replica {})",
                 pg::redact_url(&r.url),
+                if encrypted { "TLS" } else { "an unencrypted connection" },
                 r.deployment,
                 r.replica
             ),

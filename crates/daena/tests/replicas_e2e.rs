@@ -159,6 +159,7 @@ async fn without_redis_limits_are_per_replica_and_health_says_so() {
     assert_eq!(status, 200, "{health}");
     let text = health.to_string();
     assert!(text.contains("each replica applies the tenant rate limits on its own"), "{text}");
+    assert!(text.contains("over an unencrypted connection"), "no sslmode in the URL: {text}");
     // Operations that work on one data directory refuse, naming what to use instead.
     let (status, v) = call(Method::POST, &format!("{}/api/v1/admin/snapshots", a.url), None, None).await;
     assert_eq!(status, 400, "{v}");

@@ -94,3 +94,44 @@ fn migrations_apply_once_and_a_newer_schema_is_refused() {
     let err = pg::migrate(&db.url).expect_err("a newer schema");
     assert!(err.to_string().contains("newer than this build"), "{err}");
 }
+
+/// The server's TLS setting and certificate file, asked as the superuser the tests connect as.
+fn server_tls(url: &str) -> (bool, String) {
+    pg::off_runtime(|| {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+        let on: String = c.query_one("show ssl", &[]).expect("show ssl").get(0);
+        let cert: String = c.query_one("show ssl_cert_file", &[]).expect("show ssl_cert_file").get(0);
+        (on == "on", cert)
+    })
+}
+
+#[test]
+fn tls_follows_sslmode_as_libpq_reads_it() {
+    let db = TestDatabase::create();
+    let with = |query: &str| format!("{}?{query}", db.url);
+    let plain = pg::PgDocs::open(&db.url).expect("plain connection");
+    assert!(!plain.encrypted().expect("tls state"), "no sslmode: not encrypted");
+    let bad = pg::PgDocs::open(&with("sslmode=maybe")).expect_err("an unknown sslmode");
+    assert!(bad.to_string().contains("sslmode=maybe is not one of"), "{bad}");
+    let (on, cert) = server_tls(&db.url);
+    if !on {
+        eprintln!("this PostgreSQL has ssl = off: checking only that sslmode=require refuses to go on without TLS");
+        assert!(pg::PgDocs::open(&with("sslmode=require")).is_err());
+        return;
+    }
+    let required = pg::PgDocs::open(&with("sslmode=require")).expect("require");
+    assert!(required.encrypted().expect("tls state"), "sslmode=require: encrypted");
+    // The local server's certificate is self-signed for its host name: against the system's
+    // roots it is either not trusted or (where the system trusts it) not for 127.0.0.1.
+    let refused = pg::PgDocs::open(&with("sslmode=verify-full")).expect_err("a certificate that does not verify");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
+    // Trusting the server's own certificate: verify-ca accepts it; verify-full also wants the
+    // name, and the tests connect to 127.0.0.1, which the certificate does not name.
+    let root = format!("sslrootcert={cert}");
+    let ca =
+        pg::PgDocs::open(&with(&format!("sslmode=verify-ca&{root}"))).expect("verify-ca with the server's certificate");
+    assert!(ca.encrypted().expect("tls state"));
+    let named =
+        pg::PgDocs::open(&with(&format!("sslmode=verify-full&{root}"))).expect_err("a certificate for another name");
+    assert!(named.to_string().to_lowercase().contains("name"), "{named}");
+}

@@ -14,6 +14,7 @@
 mod ledger;
 mod state;
 mod test_db;
+mod tls;
 
 pub use ledger::PgLedger;
 pub use state::PgState;
@@ -54,12 +55,22 @@ fn pg(context: impl Into<String>) -> impl FnOnce(postgres::Error) -> StoreError 
     move |source| StoreError::Postgres { context, detail: error_detail(&source) }
 }
 
-/// The server's message when there is one (`postgres::Error`'s display says only "db error").
+/// The server's message when there is one (`postgres::Error`'s display says only "db error"),
+/// else the error with its causes (a refused connection, a TLS certificate not trusted).
 fn error_detail(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
     }
+    let mut detail = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !detail.ends_with(&text) {
+            detail = format!("{detail}: {text}");
+        }
+        cause = c.source();
+    }
+    detail
 }
 
 /// Runs `f` where the `postgres` client may block: on this thread outside a tokio runtime,
@@ -108,10 +119,12 @@ impl Conn {
     pub(crate) fn get(&mut self) -> Result<&mut postgres::Client, StoreError> {
         if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
             self.prepared.clear();
-            self.client = Some(
-                postgres::Client::connect(&self.url, postgres::NoTls)
-                    .map_err(pg(format!("connecting to {}", redact_url(&self.url))))?,
-            );
+            let connect = tls::connect(&self.url)?;
+            let client = match connect.tls {
+                Some(tls) => postgres::Client::connect(&connect.url, tls),
+                None => postgres::Client::connect(&connect.url, postgres::NoTls),
+            };
+            self.client = Some(client.map_err(pg(format!("connecting to {}", redact_url(&self.url))))?);
         }
         self.client.as_mut().ok_or_else(|| StoreError::Db("no PostgreSQL connection".into()))
     }
@@ -196,6 +209,12 @@ pub struct PgDocs {
     conn: Mutex<Conn>,
 }
 
+impl std::fmt::Debug for PgDocs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgDocs").finish_non_exhaustive()
+    }
+}
+
 impl PgDocs {
     pub fn open(url: &str) -> Result<PgDocs, StoreError> {
         let docs = PgDocs { conn: Mutex::new(Conn::new(url)) };
@@ -218,6 +237,16 @@ impl PgDocs {
     /// Proves PostgreSQL answers (for `/health`).
     pub fn probe(&self) -> Result<(), StoreError> {
         self.with(|c| c.execute("select 1", &[]).map_err(pg("probing PostgreSQL")).map(|_| ()))
+    }
+
+    /// Whether this replica's connection is encrypted, as the server sees it.
+    pub fn encrypted(&self) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let row = c
+                .query_opt("select ssl from pg_stat_ssl where pid = pg_backend_pid()", &[])
+                .map_err(pg("reading the connection's TLS state"))?;
+            Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+        })
     }
 }
 
