@@ -177,6 +177,15 @@ impl Peers {
     /// old; one that does not decode is skipped with a warning. PostgreSQL not answering
     /// leaves them out (the report shows this replica's own figures) and says so in the log.
     pub fn others<T: DeserializeOwned>(&self, table: DocTable) -> Vec<(String, T)> {
+        self.others_where(table, |_| true)
+    }
+
+    /// [`Peers::others`] under the keys `wanted` accepts, decoding only those.
+    pub fn others_where<T: DeserializeOwned>(
+        &self,
+        table: DocTable,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Vec<(String, T)> {
         let cached = self.read.lock().get(table.name()).filter(|(at, _)| at.elapsed() < PEERS_FRESH).cloned();
         let docs = match cached {
             Some((_, docs)) => docs,
@@ -196,6 +205,9 @@ impl Peers {
         docs.iter()
             .filter_map(|(k, v)| {
                 let key = k.split_once('/').map_or(k.as_str(), |(_, key)| key);
+                if !wanted(key) {
+                    return None;
+                }
                 match serde_json::from_slice(v) {
                     Ok(doc) => Some((key.to_owned(), doc)),
                     Err(e) => {
@@ -216,21 +228,20 @@ const HEARTBEATS_BY_REPLICA: DocTable = daena_store::kv::doc_table("heartbeats_b
 /// [`PUBLISH_EVERY`] and at shutdown; does nothing on the embedded backend.
 pub fn exchange(d: &crate::Daena) -> AppResult<()> {
     let Some(r) = d.replicas() else { return Ok(()) };
-    d.monitoring().analytics().publish()?;
-    crate::cas::report::publish(d)?;
+    let analytics = d.monitoring().analytics().publish();
+    let cas = crate::cas::report::publish(d);
     let agents = d.governance().agents();
-    if agents.take_unpublished()
-        && let Err(e) = r.peers.publish(HEARTBEATS_BY_REPLICA, &agents.latest())
-    {
-        agents.mark_unpublished();
-        return Err(e);
-    }
+    let beats = if agents.take_unpublished() {
+        r.peers.publish(HEARTBEATS_BY_REPLICA, &agents.latest()).inspect_err(|_| agents.mark_unpublished())
+    } else {
+        Ok(())
+    };
     for (tenant, beats) in
         r.peers.others::<std::collections::BTreeMap<String, daena_core::time::Micros>>(HEARTBEATS_BY_REPLICA)
     {
         agents.absorb(&tenant, &beats);
     }
-    Ok(())
+    analytics.and(cas).and(beats)
 }
 
 /// Puts the deployment's shared `keys/<name>` into this data directory: the stored one, or

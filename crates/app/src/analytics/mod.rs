@@ -262,7 +262,7 @@ impl Analytics {
     fn view(&self, tenant: &str) -> TenantData {
         let mut data = self.tenant(tenant).lock().clone();
         if let Some(peers) = &self.peers {
-            for (_, other) in peers.others::<TenantData>(BY_REPLICA).into_iter().filter(|(t, _)| t == tenant) {
+            for (_, other) in peers.others_where::<TenantData>(BY_REPLICA, |t| t == tenant) {
                 data.merge(&other);
             }
         }
