@@ -14,6 +14,26 @@ use std::path::Path;
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
 
+/// One deployment: its database, the path its replicas share for cold segments, and a data
+/// directory per replica.
+struct Deployment {
+    db: TestDatabase,
+    shared: tempfile::TempDir,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Deployment {
+    fn new(replicas: usize) -> Deployment {
+        let dirs = (0..replicas).map(|_| tempfile::tempdir().expect("data dir")).collect();
+        Deployment { db: TestDatabase::create(), shared: tempfile::tempdir().expect("shared dir"), dirs }
+    }
+
+    /// Starts (or restarts) replica `i` on its data directory.
+    fn start(&self, i: usize, redis: bool) -> Server {
+        replica(self.dirs[i].path(), &self.db, self.shared.path(), redis)
+    }
+}
+
 fn replica(dir: &Path, db: &TestDatabase, shared: &Path, redis: bool) -> Server {
     let l3 = shared.join("l3").display().to_string();
     let mut env = vec![
@@ -43,11 +63,9 @@ async fn with_key(method: Method, url: &str, key: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_behave_as_one_service() {
-    let db = TestDatabase::create();
-    let (shared, da, db_dir) =
-        (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
-    let a = replica(da.path(), &db, shared.path(), true);
-    let b = replica(db_dir.path(), &db, shared.path(), true);
+    let deployment = Deployment::new(2);
+    let a = deployment.start(0, true);
+    let b = deployment.start(1, true);
 
     // A write through A reads through B; a delete or an overwrite through B is never served
     // from A's L1, with no pause between them.
@@ -143,7 +161,7 @@ async fn two_replicas_behave_as_one_service() {
         let (status, v) = get(&b.url, key).await;
         assert_eq!((status, v["payload"]["v"].as_str()), (200, Some(key.as_str())), "acknowledged {key} lost");
     }
-    let a = replica(da.path(), &db, shared.path(), true);
+    let a = deployment.start(0, true);
     let (ha, hb) = (head(a.url.clone()).await, head(b.url.clone()).await);
     assert_eq!(ha["head_hash"], hb["head_hash"], "the restarted replica caught up: {ha} / {hb}");
     assert_eq!(get(&a.url, &acked[acked.len() - 1]).await.0, 200);
@@ -152,9 +170,8 @@ async fn two_replicas_behave_as_one_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_limits_are_per_replica_and_health_says_so() {
-    let db = TestDatabase::create();
-    let (shared, dir) = (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
-    let a = replica(dir.path(), &db, shared.path(), false);
+    let deployment = Deployment::new(1);
+    let a = deployment.start(0, false);
     let (status, health) = call(Method::GET, &format!("{}/health", a.url), None, None).await;
     assert_eq!(status, 200, "{health}");
     let text = health.to_string();
@@ -182,11 +199,9 @@ async fn until(url: &str, tenant: &str, done: impl Fn(&serde_json::Value) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replica_reports_what_all_of_them_observed() {
-    let db = TestDatabase::create();
-    let (shared, da, db_dir) =
-        (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
-    let a = replica(da.path(), &db, shared.path(), false);
-    let b = replica(db_dir.path(), &db, shared.path(), false);
+    let deployment = Deployment::new(2);
+    let a = deployment.start(0, false);
+    let b = deployment.start(1, false);
     let talk = json!({"from": "legal_synth", "to": "sales_synth", "kind": "message", "latency_ms": 20.0,
         "tokens": 10, "cost_usd": 0.001});
     for (url, n) in [(&a.url, 3), (&b.url, 2)] {
@@ -223,7 +238,7 @@ async fn every_replica_reports_what_all_of_them_observed() {
     }
     // The sum is of each replica's own figures: a restart of B reads its own back, not A's twice.
     drop(b);
-    let b = replica(db_dir.path(), &db, shared.path(), false);
+    let b = deployment.start(1, false);
     let summary = until(&format!("{}/api/v1/analytics/summary", b.url), "acme", |s| s["total_interactions"] == 5).await;
     assert_eq!(summary["total_interactions"], 5, "after B's restart: {summary}");
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
@@ -234,11 +249,9 @@ async fn every_replica_reports_what_all_of_them_observed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_guesser_gets_one_budget_from_the_fleet() {
-    let db = TestDatabase::create();
-    let (shared, da, db_dir) =
-        (tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"), tempfile::tempdir().expect("t"));
-    let a = replica(da.path(), &db, shared.path(), true);
-    let b = replica(db_dir.path(), &db, shared.path(), true);
+    let deployment = Deployment::new(2);
+    let a = deployment.start(0, true);
+    let b = deployment.start(1, true);
     let (mut unauthorized, mut throttled) = (0, 0);
     for _ in 0..30 {
         for url in [&a.url, &b.url] {

@@ -115,12 +115,7 @@ fn chat_request(i: u64) -> serde_json::Value {
 /// Exact hits over HTTP and near lookups in process, at each number of cached prompts.
 async fn prompts(a: &GrowthArgs) -> anyhow::Result<(Curve, Curve)> {
     let running = scenarios::start(|_| {}).await?;
-    let who = running
-        .daena
-        .governance()
-        .api_keys()
-        .authenticate(Some(KEY), None, Access::Data)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let who = scenarios::principal(&running.daena, Access::Data)?;
     let mut near = NearIndex::default();
     let mut rng = fastrand::Rng::with_seed(0x1234_5678_9ABC_DEF1);
     let mut hashes = Vec::new();

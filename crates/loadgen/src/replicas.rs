@@ -63,12 +63,7 @@ async fn measure(label: &str, set: &[Running], c: &Common) -> anyhow::Result<[f6
     let get = client::run_spread(&addrs, c.concurrency, c.warmup, c.seconds, get_requests()).await?;
     println!("{}", get.line(&format!("{label}: GET, {RECORDS} records")));
     let (request, answer) = chat();
-    let who = set[0]
-        .daena
-        .governance()
-        .api_keys()
-        .authenticate(Some(KEY), None, daena_app::auth::Access::Data)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let who = crate::scenarios::principal(&set[0].daena, daena_app::auth::Access::Data)?;
     daena_app::cas::chat::store(&set[0].daena, &who, request.clone(), answer, Default::default())
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;

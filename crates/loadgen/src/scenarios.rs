@@ -53,17 +53,18 @@ pub fn payload(i: u64) -> serde_json::Value {
     })
 }
 
+/// The load generator's own key, authenticated on `d` for `access`.
+pub fn principal(d: &Daena, access: Access) -> anyhow::Result<daena_app::auth::Principal> {
+    d.governance().api_keys().authenticate(Some(KEY), None, access).map_err(|e| anyhow::anyhow!(e.message))
+}
+
 pub async fn seed(d: &Arc<Daena>, records: u64) -> anyhow::Result<()> {
     seed_range(d, 0, records).await
 }
 
 /// Stores records `k{from}` to `k{to - 1}` through 64 concurrent writers.
 pub async fn seed_range(d: &Arc<Daena>, from: u64, to: u64) -> anyhow::Result<()> {
-    let who = d
-        .governance()
-        .api_keys()
-        .authenticate(Some(KEY), None, Access::Data)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let who = principal(d, Access::Data)?;
     let start = Instant::now();
     let d = d.clone();
     in_parallel("seeding", from, to, move |i| {
@@ -150,15 +151,7 @@ pub async fn memory_get(c: &Common, records: u64, l2_cache_bytes: u64) -> anyhow
         cold.line("GET, uniform over all keys (mostly L2)"),
         cold.pct(0.99) / base.pct(0.99)
     );
-    let report = daena_app::memory::monitor::report(
-        &running.daena,
-        &running
-            .daena
-            .governance()
-            .api_keys()
-            .authenticate(Some(KEY), None, Access::Read)
-            .map_err(|e| anyhow::anyhow!(e.message))?,
-    );
+    let report = daena_app::memory::monitor::report(&running.daena, &principal(&running.daena, Access::Read)?);
     println!(
         "server-side latency (last 1-2 minutes): L1 p99 {:?} ms, L2 p99 {:?} ms; L1 hit rate {:?}",
         report.l1.latency.map(|l| l.p99_ms),
@@ -255,12 +248,7 @@ pub fn cached_pair() -> (serde_json::Value, serde_json::Value) {
 /// it and the cached answer.
 async fn cache_one_answer(running: &Running) -> anyhow::Result<(Bytes, Vec<u8>)> {
     let (request, answer) = cached_pair();
-    let who = running
-        .daena
-        .governance()
-        .api_keys()
-        .authenticate(Some(KEY), None, Access::Data)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let who = principal(&running.daena, Access::Data)?;
     daena_app::cas::chat::store(&running.daena, &who, request.clone(), answer.clone(), Default::default())
         .await
         .map_err(|e| anyhow::anyhow!(e.message))?;

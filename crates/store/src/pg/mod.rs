@@ -85,6 +85,14 @@ pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Runs `f` on the client of `conn`, connecting first when needed, off any tokio runtime.
+pub(crate) fn on<T: Send>(
+    conn: &Mutex<Conn>,
+    f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send,
+) -> Result<T, StoreError> {
+    off_runtime(|| f(conn.lock().get()?))
+}
+
 /// A connection that reconnects when it finds itself closed, with the statements prepared on
 /// it (a prepared statement saves a round trip per query).
 pub(crate) struct Conn {
@@ -226,10 +234,7 @@ impl PgDocs {
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
-        off_runtime(|| {
-            let mut conn = self.conn.lock();
-            f(conn.get()?)
-        })
+        on(&self.conn, f)
     }
 }
 

@@ -54,10 +54,7 @@ impl PgState {
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
-        off_runtime(|| {
-            let mut conn = self.conn.lock();
-            f(conn.get()?)
-        })
+        super::on(&self.conn, f)
     }
 
     /// Runs `f` in a write transaction holding the shared write lock.
@@ -358,7 +355,7 @@ impl View {
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
-        off_runtime(|| f(self.0.lock().get()?))
+        super::on(&self.0, f)
     }
 }
 
