@@ -74,14 +74,21 @@ pub(crate) fn connect(url: &str) -> Result<Connect, StoreError> {
     let url = format!("{base}?{}", kept.join("&"));
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         Mode::Disable => return Ok(Connect { url, tls: None }),
-        Mode::Prefer | Mode::Require => Arc::new(Unverified(provider().signature_verification_algorithms)),
+        Mode::Prefer | Mode::Require => {
+            Arc::new(Lenient { chain: None, algorithms: provider().signature_verification_algorithms })
+        }
         Mode::VerifyCa | Mode::VerifyFull => {
             let roots = roots(root.as_deref()).map_err(bad)?;
             let webpki =
                 rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
                     .build()
                     .map_err(|e| bad(format!("trusted roots: {e}")))?;
-            if mode == Mode::VerifyCa { Arc::new(AnyName(webpki)) } else { webpki }
+            match mode {
+                Mode::VerifyCa => {
+                    Arc::new(Lenient { chain: Some(webpki), algorithms: provider().signature_verification_algorithms })
+                }
+                _ => webpki,
+            }
         }
     };
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
@@ -122,50 +129,15 @@ fn roots(path: Option<&str>) -> Result<rustls::RootCertStore, String> {
     Ok(store)
 }
 
-/// `prefer` and `require`: any certificate, the handshake's signatures still checked.
+/// `prefer` and `require` (no chain: any certificate) and `verify-ca` (a chain to a trusted
+/// root, for any name). The handshake's signatures are checked either way.
 #[derive(Debug)]
-struct Unverified(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+struct Lenient {
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name need not match the host.
-#[derive(Debug)]
-struct AnyName(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -174,7 +146,8 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -188,7 +161,7 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -197,10 +170,10 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
