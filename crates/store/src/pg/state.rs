@@ -75,8 +75,9 @@ impl PgState {
         })
     }
 
-    /// Pages of `(key, value)` from `sql` (`$1`: the last key seen, `$2`: the page size),
-    /// each handed to `visit` with no lock held; `visit` returns whether to go on.
+    /// Pages of `(key, value)` from `sql` (`$1`: the key to start at, then the last key seen;
+    /// `$2`: the page size), each row once, handed to `visit` with no lock held; `visit`
+    /// returns whether to go on.
     fn pages(
         &self,
         sql: &'static str,
@@ -84,12 +85,19 @@ impl PgState {
         mut visit: impl FnMut(Rows) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let mut after = first;
+        let mut first_page = true;
         loop {
-            let page: Rows = self.with(|c| {
+            let mut page: Rows = self.with(|c| {
                 let rows = c.query(sql, &[&after, &PAGE]).map_err(pg("scanning the state"))?;
                 Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
             })?;
             let full = page.len() as i64 == PAGE;
+            // `>=` finds the starting key on the first page; on the next ones it finds the
+            // previous page's last row again.
+            if !first_page && page.first().is_some_and(|(k, _)| *k == after) {
+                page.remove(0);
+            }
+            first_page = false;
             if let Some((last, _)) = page.last() {
                 after.clone_from(last);
             }
