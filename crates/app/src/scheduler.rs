@@ -7,37 +7,41 @@ use crate::Daena;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Runs `f` on a blocking thread every `period` (the first time at once when `at_start`),
+/// logging its failures as `what`.
+fn blocking_every(
+    d: &Arc<Daena>,
+    period: Duration,
+    at_start: bool,
+    what: &'static str,
+    f: fn(&Daena) -> crate::error::AppResult<()>,
+) -> tokio::task::JoinHandle<()> {
+    let d = d.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        if !at_start {
+            tick.tick().await;
+        }
+        loop {
+            tick.tick().await;
+            let d = d.clone();
+            match tokio::task::spawn_blocking(move || f(&d)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e.message, "{what} failed"),
+                Err(e) => tracing::warn!(error = %e, "{what}: task failed"),
+            }
+        }
+    })
+}
+
 /// Starts the background tasks on the current tokio runtime.
 pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    let flush = d.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let d = flush.clone();
-            match tokio::task::spawn_blocking(move || d.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e.message, "periodic flush failed"),
-                Err(e) => tracing::warn!(error = %e, "periodic flush task failed"),
-            }
-        }
-    }));
+    // The first flush is a period after start; a replica exchanges figures at once.
+    tasks.push(blocking_every(&d, Duration::from_secs(30), false, "periodic flush", |d| d.flush()));
     if d.replicas().is_some() {
-        let shared = d.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::replicas::PUBLISH_EVERY);
-            loop {
-                tick.tick().await;
-                let d = shared.clone();
-                match tokio::task::spawn_blocking(move || crate::replicas::exchange(&d)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e.message, "sharing figures with the other replicas failed"),
-                    Err(e) => tracing::warn!(error = %e, "sharing figures with the other replicas: task failed"),
-                }
-            }
-        }));
+        let (every, what) = (crate::replicas::PUBLISH_EVERY, "sharing figures with the other replicas");
+        tasks.push(blocking_every(&d, every, true, what, crate::replicas::exchange));
     }
     let series = d.clone();
     tasks.push(tokio::spawn(async move {

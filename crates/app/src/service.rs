@@ -287,12 +287,8 @@ impl Daena {
         metrics_view::render(self)
     }
 
-    /// Periodic housekeeping: flushes heartbeats and analytics (and, of a replica, shares its
-    /// figures with the others). Called by the scheduler and at shutdown.
+    /// Periodic housekeeping: flushes heartbeats and analytics. Called by the scheduler and at shutdown.
     pub fn flush(&self) -> AppResult<()> {
-        if let Err(e) = replicas::exchange(self) {
-            tracing::warn!(error = %e.message, "publishing this replica's figures to the others");
-        }
         self.governance.agents().flush()?;
         self.monitoring.flush()
     }
@@ -300,6 +296,10 @@ impl Daena {
     /// Orderly shutdown: persists everything kept in memory, checkpoints the ledger and
     /// stops the commit thread.
     pub async fn shutdown(&self) -> AppResult<()> {
+        // A replica's last figures go to the others (its scheduler does so every few seconds).
+        if let Err(e) = replicas::exchange(self) {
+            tracing::warn!(error = %e.message, "publishing this replica's figures to the others");
+        }
         self.flush()?;
         self.monitoring.series().save(true)?;
         self.commit.shutdown().await
