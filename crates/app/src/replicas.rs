@@ -23,7 +23,7 @@ use crate::config::{Config, StorageBackend};
 use crate::error::{AppError, AppResult};
 use crate::health::{Check, CheckStatus};
 use daena_store::datadir::{DataDir, read_optional, write_atomic};
-use daena_store::kv::{DocTable, encode_doc};
+use daena_store::kv::{DocTable, decode_doc, encode_doc};
 use daena_store::pg::{self, Lease, PgDocs};
 use daena_store::redis_limits::SharedLimits;
 use daena_store::state::DocStore;
@@ -165,11 +165,7 @@ impl Peers {
         let all = self.docs.scan_docs(table).map_err(shared_err("reading this replica's published figures"))?;
         all.into_iter()
             .filter_map(|(k, v)| k.strip_prefix(&own).map(|key| (key.to_owned(), v)))
-            .map(|(key, v)| {
-                serde_json::from_slice(&v).map(|doc| (key.clone(), doc)).map_err(|e| {
-                    AppError::internal(format!("{} {key} as this replica published it: {e}", table.name()))
-                })
-            })
+            .map(|(key, v)| Ok((key.clone(), decode_doc(table, &key, &v)?)))
             .collect()
     }
 
@@ -208,7 +204,7 @@ impl Peers {
                 if !wanted(key) {
                     return None;
                 }
-                match serde_json::from_slice(v) {
+                match decode_doc(table, k, v) {
                     Ok(doc) => Some((key.to_owned(), doc)),
                     Err(e) => {
                         tracing::warn!(error = %e, table = table.name(), key = %k, "skipping a replica's document");

@@ -100,7 +100,7 @@ impl Kv {
     }
 
     pub fn get_doc<T: DeserializeOwned>(&self, table: DocTable, key: &str) -> Result<Option<T>, StoreError> {
-        self.docs.get_doc(table, key)?.map(|bytes| decode(table, key, &bytes)).transpose()
+        self.docs.get_doc(table, key)?.map(|bytes| decode_doc(table, key, &bytes)).transpose()
     }
 
     pub fn put_doc<T: Serialize>(&self, table: DocTable, key: &str, value: &T) -> Result<(), StoreError> {
@@ -139,7 +139,7 @@ impl Kv {
 
     /// Every document of `table`, in key order.
     pub fn scan_docs<T: DeserializeOwned>(&self, table: DocTable) -> Result<Vec<(String, T)>, StoreError> {
-        self.docs.scan_docs(table)?.into_iter().map(|(k, v)| Ok((k.clone(), decode(table, &k, &v)?))).collect()
+        self.docs.scan_docs(table)?.into_iter().map(|(k, v)| Ok((k.clone(), decode_doc(table, &k, &v)?))).collect()
     }
 
     /// One record row.
@@ -212,10 +212,11 @@ pub fn read_docs_untouched<T: DeserializeOwned>(
     table: DocTable,
 ) -> Result<Option<Vec<(String, T)>>, StoreError> {
     let Some(rows) = crate::embedded::read_docs_untouched(path, table)? else { return Ok(None) };
-    rows.into_iter().map(|(k, v)| Ok((k.clone(), decode(table, &k, &v)?))).collect::<Result<Vec<_>, _>>().map(Some)
+    rows.into_iter().map(|(k, v)| Ok((k.clone(), decode_doc(table, &k, &v)?))).collect::<Result<Vec<_>, _>>().map(Some)
 }
 
-fn decode<T: DeserializeOwned>(table: DocTable, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+/// A stored document (as [`encode_doc`] wrote it) decoded; `Corrupt` names the table and key.
+pub fn decode_doc<T: DeserializeOwned>(table: DocTable, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt { what: format!("table {} key {key}", table.name()), detail: e.to_string() })
 }
