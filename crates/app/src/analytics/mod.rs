@@ -269,15 +269,21 @@ impl Analytics {
         data
     }
 
+    /// Every tenant's figures as they are now (each tenant copied under its own lock, the
+    /// map's lock not held meanwhile).
+    fn snapshot(&self) -> Vec<(String, TenantData)> {
+        let all: Vec<(String, Arc<Mutex<TenantData>>)> =
+            self.tenants.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.into_iter().map(|(tenant, data)| (tenant, data.lock().clone())).collect()
+    }
+
     /// Publishes this replica's figures for the other replicas' reports, when they changed.
     pub fn publish(&self) -> AppResult<()> {
         let Some(peers) = &self.peers else { return Ok(()) };
         if !self.unpublished.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let all: Vec<(String, TenantData)> =
-            self.tenants.read().iter().map(|(k, v)| (k.clone(), v.lock().clone())).collect();
-        peers.publish(BY_REPLICA, &all).inspect_err(|_| self.unpublished.store(true, Ordering::Relaxed))
+        peers.publish(BY_REPLICA, &self.snapshot()).inspect_err(|_| self.unpublished.store(true, Ordering::Relaxed))
     }
 
     /// Agents and pairs a tenant's analytics keep, for tests and reports.
@@ -328,10 +334,7 @@ impl Analytics {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let all: Vec<(String, Arc<Mutex<TenantData>>)> =
-            self.tenants.read().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (tenant, data) in all {
-            let doc = data.lock().clone();
+        for (tenant, doc) in self.snapshot() {
             if let Err(e) = self.kv.put_doc(TABLE, &tenant, &doc) {
                 self.dirty.store(true, Ordering::Relaxed);
                 return Err(e.into());
@@ -453,7 +456,7 @@ pub fn record(d: &Daena, who: &Principal, batch: Interactions) -> AppResult<Reco
         who.acting_agent(Some(v.from.as_str()))?;
     }
     let count = valid.len();
-    let a = &d.monitoring().analytics();
+    let a = d.monitoring().analytics();
     let t = a.tenant(who.tenant().as_str());
     let mut t = t.lock();
     for v in valid {
