@@ -381,4 +381,68 @@ mod tests {
         assert_eq!(allowed, 3, "the local burst applies");
         assert!(limiter.shared_down().is_some(), "and the limiter says Redis is down");
     }
+
+    /// A limiter deciding in this process (one replica, the embedded default) and one deciding
+    /// in Redis (replicas), both on the real clock, with a fresh store and Redis key prefix.
+    fn backends(cfg: &RateLimitConfig) -> Vec<(&'static str, RateLimiter, tempfile::TempDir)> {
+        let open = |shared: Option<Arc<SharedLimits>>| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let kv = Kv::open(&dir.path().join("state.redb"), 1 << 20).expect("kv");
+            let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+            (RateLimiter::load(cfg, kv, clock).expect("load").shared_by(shared), dir)
+        };
+        let prefix = format!("daena-test:{}:{}", std::process::id(), rand::random::<u64>());
+        let redis = Arc::new(SharedLimits::new("redis://127.0.0.1:6379/", &prefix).expect("client"));
+        let (local, d1) = open(None);
+        let (shared, d2) = open(Some(redis));
+        vec![("this process", local, d1), ("Redis", shared, d2)]
+    }
+
+    fn allows(limiter: &RateLimiter, tenant: &str) -> Option<u32> {
+        match limiter.check(tenant).decision {
+            Decision::Allow { remaining, .. } => Some(remaining),
+            Decision::Deny { .. } => None,
+        }
+    }
+
+    /// The limit scenarios, the same on every backend that keeps limit state: a burst counts
+    /// down and is then refused with a retry time within one interval; tenants are apart; a
+    /// changed limit starts from its whole new burst; waiting the retry time lets exactly one
+    /// more through; concurrent requests never get more than the burst.
+    #[test]
+    fn limits_behave_alike_in_this_process_and_in_redis() {
+        let cfg = RateLimitConfig { rpm: 60, burst: 3, ..RateLimitConfig::default() };
+        for (name, limiter, _dir) in backends(&cfg) {
+            let burst: Vec<Option<u32>> = (0..4).map(|_| allows(&limiter, "acme")).collect();
+            assert_eq!(burst, [Some(2), Some(1), Some(0), None], "{name}: the burst counts down");
+            let Decision::Deny { retry_after, .. } = limiter.check("acme").decision else {
+                panic!("{name}: a used-up burst is refused")
+            };
+            assert!(retry_after > 0 && retry_after <= 1_000_000, "{name}: retry after {retry_after} µs");
+            assert_eq!(allows(&limiter, "other"), Some(2), "{name}: tenants are apart");
+
+            std::thread::sleep(std::time::Duration::from_micros(retry_after as u64 + 50_000));
+            assert_eq!(allows(&limiter, "acme"), Some(0), "{name}: one more after the retry time");
+            assert_eq!(allows(&limiter, "acme"), None, "{name}: and only one");
+
+            limiter.apply_override("acme", Some(LimitView { rpm: 60, burst: 5 })).expect("override");
+            let afresh = (0..6).filter_map(|_| allows(&limiter, "acme")).count();
+            assert_eq!(afresh, 5, "{name}: a changed limit starts from its whole burst");
+
+            let granted = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        for _ in 0..4 {
+                            if allows(&limiter, "crowd").is_some() {
+                                granted.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(granted.into_inner(), 3, "{name}: 32 concurrent requests, a burst of 3");
+            assert_eq!(limiter.shared_down(), None, "{name}: decided where it says");
+        }
+    }
 }

@@ -145,6 +145,9 @@ impl Daena {
         let memory = MemoryShared::open(kv.clone(), cold, data_keys.clone(), clock.clone(), config.clone())?;
         let cas =
             cas::CasShared::open(kv.clone(), data_keys, clock.clone(), config.clone(), secrets.llm_api_key.clone())?;
+        if let Some(r) = &replicas {
+            cas::report::resume(&cas, &r.peers)?;
+        }
         let state =
             state::DaenaState::new(MemoryState::new(memory.clone(), cas.clone())?, governance.state(memory.clone()));
         let carried = governance::carried_ops(&kv)?.into_iter().map(state::Op::from).collect();

@@ -1,5 +1,5 @@
 //! The shared services replicas lean on, against the real PostgreSQL and Redis: fleet-wide
-//! GCRA in Redis, the schedulers' lease, and schema migrations.
+//! GCRA in Redis, the schedulers' lease, schema migrations, TLS and multi-document swaps.
 
 use daena_store::pg::{self, Lease, TestDatabase};
 use daena_store::redis_limits::{SharedDecision, SharedLimits};
@@ -134,4 +134,47 @@ fn tls_follows_sslmode_as_libpq_reads_it() {
     let named =
         pg::PgDocs::open(&with(&format!("sslmode=verify-full&{root}"))).expect_err("a certificate for another name");
     assert!(named.to_string().to_lowercase().contains("name"), "{named}");
+}
+
+#[test]
+fn swap_many_writes_all_or_nothing_and_replicas_never_lose_an_update() {
+    use daena_store::kv::doc_table;
+    use daena_store::pg::PgDocs;
+    use daena_store::state::DocStore;
+    const T: daena_store::state::DocTable = doc_table("swap_many");
+    let db = TestDatabase::create();
+    pg::migrate(&db.url).expect("migrate");
+    let docs = PgDocs::open(&db.url).expect("docs");
+    docs.put_docs(T, &[("a", b"1"), ("b", b"2")]).expect("put");
+
+    // A stale expectation writes nothing, not even the changes it would have made first.
+    let stale = [(T, "a", Some(&b"1"[..])), (T, "b", Some(&b"9"[..]))];
+    assert!(!docs.swap_many(&stale, &[(T, "c", Some(b"3")), (T, "a", None)]).expect("swap"));
+    assert_eq!(docs.scan_docs(T).expect("scan").len(), 2);
+    // A current one (an absent document included) writes and deletes all at once.
+    let current = [(T, "a", Some(&b"1"[..])), (T, "c", None)];
+    assert!(docs.swap_many(&current, &[(T, "c", Some(b"3")), (T, "a", None)]).expect("swap"));
+    let keys: Vec<String> = docs.scan_docs(T).expect("scan").into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["b", "c"]);
+
+    // Two replicas adding to one counter by read, then swap: every increment lands once.
+    docs.put_docs(T, &[("n", b"0")]).expect("put");
+    let add = |docs: &PgDocs, times: usize| {
+        for _ in 0..times {
+            loop {
+                let old = docs.get_doc(T, "n").expect("get").expect("present");
+                let n: u64 = std::str::from_utf8(&old).expect("utf8").parse().expect("number");
+                let new = (n + 1).to_string();
+                if docs.swap_many(&[(T, "n", Some(&old))], &[(T, "n", Some(new.as_bytes()))]).expect("swap") {
+                    break;
+                }
+            }
+        }
+    };
+    let other = PgDocs::open(&db.url).expect("docs");
+    std::thread::scope(|s| {
+        s.spawn(|| add(&docs, 50));
+        s.spawn(|| add(&other, 50));
+    });
+    assert_eq!(docs.get_doc(T, "n").expect("get").as_deref(), Some(&b"100"[..]));
 }

@@ -33,6 +33,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 const TABLE: DocTable = doc_table("analytics");
 /// Each replica's tenants, published for the others' reports ([`crate::replicas::Peers`]).
 const BY_REPLICA: DocTable = doc_table("analytics_by_replica");
+
+/// How a retired replica's tenants fold into the `retired` partition.
+pub const FOLD: crate::replicas::Fold = crate::replicas::Fold { table: BY_REPLICA, merge: fold_tenant };
+
+fn fold_tenant(table: DocTable, key: &str, into: Option<&[u8]>, from: &[u8]) -> AppResult<Vec<u8>> {
+    crate::replicas::merge_docs::<TenantData>(table, key, into, from, TenantData::merge)
+}
 /// Minutes of per-minute history kept per agent.
 const HISTORY_MINUTES: i64 = 180;
 /// Minutes the anomaly baseline spans, and the fewest it needs.

@@ -71,6 +71,13 @@ pub struct CasReport {
 /// Each replica's cache counters and costs, published for the others' reports.
 const BY_REPLICA: DocTable = doc_table("cas_stats_by_replica");
 
+/// How a retired replica's counters and costs fold into the `retired` partition.
+pub const FOLD: crate::replicas::Fold = crate::replicas::Fold { table: BY_REPLICA, merge: fold_stats };
+
+fn fold_stats(table: DocTable, key: &str, into: Option<&[u8]>, from: &[u8]) -> crate::error::AppResult<Vec<u8>> {
+    crate::replicas::merge_docs::<CasStats>(table, key, into, from, CasStats::add)
+}
+
 /// The cache's counters and costs: this replica's, plus the other replicas' as they last
 /// published them.
 fn stats(d: &Daena) -> CasStats {
@@ -81,6 +88,15 @@ fn stats(d: &Daena) -> CasStats {
         }
     }
     s
+}
+
+/// Starts a replica's counters and costs from what it last published: it publishes more often
+/// than it saves, so that is the newer copy (a crash loses at most the publishing interval).
+pub fn resume(cas: &crate::cas::CasShared, peers: &crate::replicas::Peers) -> crate::error::AppResult<()> {
+    if let Some((_, published)) = peers.own::<CasStats>(BY_REPLICA)?.into_iter().find(|(key, _)| key == "all") {
+        *cas.stats.lock() = published;
+    }
+    Ok(())
 }
 
 /// Publishes this replica's cache counters and costs for the other replicas' reports.

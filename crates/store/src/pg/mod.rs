@@ -49,6 +49,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
 const MIGRATE_LOCK: i64 = 0x6461_656e_6101;
 /// Transaction-scoped advisory lock held by the replica appending to the chain.
 pub(crate) const CHAIN_LOCK: i64 = 0x6461_656e_6102;
+/// Transaction-scoped advisory lock serialising [`PgDocs::swap_many`].
+const SWAP_LOCK: i64 = 0x6461_656e_6105;
 
 fn pg(context: impl Into<String>) -> impl FnOnce(postgres::Error) -> StoreError {
     let context = context.into();
@@ -212,6 +214,9 @@ pub fn shared_file(url: &str, name: &str, make: impl FnOnce() -> Vec<u8> + Send)
     })
 }
 
+/// A document as [`PgDocs::swap_many`] expects or writes it: `None` is absent.
+pub type DocChange<'a> = (DocTable, &'a str, Option<&'a [u8]>);
+
 /// Documents in PostgreSQL, read and written by every replica alike.
 pub struct PgDocs {
     conn: Mutex<Conn>,
@@ -242,6 +247,32 @@ impl PgDocs {
     /// Proves PostgreSQL answers (for `/health`).
     pub fn probe(&self) -> Result<(), StoreError> {
         self.with(|c| c.execute("select 1", &[]).map_err(pg("probing PostgreSQL")).map(|_| ()))
+    }
+
+    /// Writes `changes` (`None` deletes) only if every document named in `expect` still is
+    /// what it gives (`None`: absent), all in one transaction; whether it did. Calls are
+    /// serialised with each other across processes, so what one read and expects cannot be
+    /// changed by another `swap_many` before it writes.
+    pub fn swap_many(&self, expect: &[DocChange<'_>], changes: &[DocChange<'_>]) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let mut txn = c.transaction().map_err(pg("starting a document swap"))?;
+            txn.execute("select pg_advisory_xact_lock($1)", &[&SWAP_LOCK]).map_err(pg("taking the swap lock"))?;
+            for (table, key, expected) in expect {
+                if state::get_doc(&mut txn, *table, key)?.as_deref() != *expected {
+                    return Ok(false);
+                }
+            }
+            for (table, key, doc) in changes {
+                match doc {
+                    Some(doc) => state::put_doc(&mut txn, table.name(), key, doc)?,
+                    None => {
+                        state::delete_doc(&mut txn, *table, key)?;
+                    }
+                }
+            }
+            txn.commit().map_err(pg("committing a document swap"))?;
+            Ok(true)
+        })
     }
 
     /// Whether this replica's connection is encrypted, as the server sees it.

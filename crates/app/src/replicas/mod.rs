@@ -22,23 +22,22 @@
 use crate::config::{Config, StorageBackend};
 use crate::error::{AppError, AppResult};
 use crate::health::{Check, CheckStatus};
+use daena_core::time::Micros;
 use daena_store::datadir::{DataDir, read_optional, write_atomic};
-use daena_store::kv::{DocTable, decode_doc, encode_doc};
+use daena_store::kv::DocTable;
 use daena_store::pg::{self, Lease, PgDocs};
 use daena_store::redis_limits::SharedLimits;
-use daena_store::state::DocStore;
-use parking_lot::Mutex;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod peers;
+
+pub use peers::{Fold, Peers, merge_docs};
 
 /// How often a replica publishes what it observed on its own.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
-/// How long the other replicas' published figures are reused before they are read again.
-const PEERS_FRESH: Duration = Duration::from_secs(1);
 
 pub struct Replicas {
     pub url: String,
@@ -109,7 +108,7 @@ impl Replicas {
             redis = limits.is_some(),
             "replica of a shared deployment"
         );
-        let peers = Arc::new(Peers { docs: docs.clone(), replica: replica.clone(), read: Mutex::default() });
+        let peers = Arc::new(Peers::open(docs.clone(), replica.clone())?);
         Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits, peers }))
     }
 
@@ -127,101 +126,30 @@ impl Replicas {
     }
 }
 
-/// Documents as published, `(<replica>/<key>, value)`.
-type Published = Arc<Vec<(String, Vec<u8>)>>;
-
-/// What each replica counts on its own, published under its id (`<replica>/<key>` in a
-/// shared document table) for the others to add to their reports.
-pub struct Peers {
-    docs: Arc<PgDocs>,
-    replica: String,
-    /// Per table, the other replicas' documents as last read, and when.
-    read: Mutex<HashMap<&'static str, (Instant, Published)>>,
-}
-
-impl std::fmt::Debug for Peers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peers").field("replica", &self.replica).finish()
-    }
-}
-
-impl Peers {
-    /// Publishes this replica's documents `(key, value)` of `table`, replacing its earlier ones.
-    pub fn publish<T: Serialize>(&self, table: DocTable, docs: &[(String, T)]) -> AppResult<()> {
-        if docs.is_empty() {
-            return Ok(());
-        }
-        let encoded = docs
-            .iter()
-            .map(|(key, doc)| Ok((format!("{}/{key}", self.replica), encode_doc(doc)?)))
-            .collect::<Result<Vec<_>, daena_store::StoreError>>()?;
-        let items: Vec<(&str, &[u8])> = encoded.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
-        self.docs.put_docs(table, &items).map_err(shared_err("publishing this replica's figures"))
-    }
-
-    /// This replica's own documents of `table` as it last published them.
-    pub fn own<T: DeserializeOwned>(&self, table: DocTable) -> AppResult<Vec<(String, T)>> {
-        let own = format!("{}/", self.replica);
-        let all = self.docs.scan_docs(table).map_err(shared_err("reading this replica's published figures"))?;
-        all.into_iter()
-            .filter_map(|(k, v)| k.strip_prefix(&own).map(|key| (key.to_owned(), v)))
-            .map(|(key, v)| Ok((key.clone(), decode_doc(table, &key, &v)?)))
-            .collect()
-    }
-
-    /// The other replicas' documents of `table` as `(key, value)`, at most [`PEERS_FRESH`]
-    /// old; one that does not decode is skipped with a warning. PostgreSQL not answering
-    /// leaves them out (the report shows this replica's own figures) and says so in the log.
-    pub fn others<T: DeserializeOwned>(&self, table: DocTable) -> Vec<(String, T)> {
-        self.others_where(table, |_| true)
-    }
-
-    /// [`Peers::others`] under the keys `wanted` accepts, decoding only those.
-    pub fn others_where<T: DeserializeOwned>(
-        &self,
-        table: DocTable,
-        wanted: impl Fn(&str) -> bool,
-    ) -> Vec<(String, T)> {
-        let cached = self.read.lock().get(table.name()).filter(|(at, _)| at.elapsed() < PEERS_FRESH).cloned();
-        let docs = match cached {
-            Some((_, docs)) => docs,
-            None => match self.docs.scan_docs(table) {
-                Ok(all) => {
-                    let own = format!("{}/", self.replica);
-                    let docs = Arc::new(all.into_iter().filter(|(k, _)| !k.starts_with(&own)).collect::<Vec<_>>());
-                    self.read.lock().insert(table.name(), (Instant::now(), docs.clone()));
-                    docs
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, table = table.name(), "reading the other replicas' figures");
-                    return Vec::new();
-                }
-            },
-        };
-        docs.iter()
-            .filter_map(|(k, v)| {
-                let key = k.split_once('/').map_or(k.as_str(), |(_, key)| key);
-                if !wanted(key) {
-                    return None;
-                }
-                match decode_doc(table, k, v) {
-                    Ok(doc) => Some((key.to_owned(), doc)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, table = table.name(), key = %k, "skipping a replica's document");
-                        None
-                    }
-                }
-            })
-            .collect()
-    }
-}
-
 /// Each replica's agent heartbeats, published for the others.
 const HEARTBEATS_BY_REPLICA: DocTable = daena_store::kv::doc_table("heartbeats_by_replica");
 
+/// A tenant's agents' latest heartbeats.
+type Beats = BTreeMap<String, Micros>;
+
+/// Folds heartbeats by their latest time.
+fn merge_beats(table: DocTable, key: &str, into: Option<&[u8]>, from: &[u8]) -> AppResult<Vec<u8>> {
+    merge_docs::<Beats>(table, key, into, from, |sum, o| {
+        for (agent, at) in o {
+            let mine = sum.entry(agent.clone()).or_insert(*at);
+            *mine = (*mine).max(*at);
+        }
+    })
+}
+
+/// Every table replicas publish into, and how a retired replica's partition folds.
+const FOLDS: [Fold; 3] =
+    [crate::analytics::FOLD, crate::cas::report::FOLD, Fold { table: HEARTBEATS_BY_REPLICA, merge: merge_beats }];
+
 /// Publishes what this replica observed on its own (analytics, cache counters and costs,
-/// heartbeats) and takes in the heartbeats the others received. Run every
-/// [`PUBLISH_EVERY`] and at shutdown; does nothing on the embedded backend.
+/// heartbeats) and takes in the heartbeats the others received; the lease holder also folds
+/// away replicas that are gone ([`peers::RETIRE_AFTER`]). Run every [`PUBLISH_EVERY`] and at
+/// shutdown; does nothing on the embedded backend.
 pub fn exchange(d: &crate::Daena) -> AppResult<()> {
     let Some(r) = d.replicas() else { return Ok(()) };
     let analytics = d.monitoring().analytics().publish();
@@ -232,12 +160,12 @@ pub fn exchange(d: &crate::Daena) -> AppResult<()> {
     } else {
         Ok(())
     };
-    for (tenant, beats) in
-        r.peers.others::<std::collections::BTreeMap<String, daena_core::time::Micros>>(HEARTBEATS_BY_REPLICA)
-    {
+    for (tenant, beats) in r.peers.others::<Beats>(HEARTBEATS_BY_REPLICA) {
         agents.absorb(&tenant, &beats);
     }
-    analytics.and(cas).and(beats)
+    let touched = r.peers.touch();
+    let retired = if d.leads() { r.peers.retire_due(&FOLDS).map(|_| ()) } else { Ok(()) };
+    analytics.and(cas).and(beats).and(touched).and(retired)
 }
 
 /// Puts the deployment's shared `keys/<name>` into this data directory: the stored one, or
