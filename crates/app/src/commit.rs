@@ -480,6 +480,9 @@ impl<S: Send + 'static> Worker<S> {
             if let Err(e) = self.catch_up() {
                 tracing::warn!(error = %e.message, "catching up with the shared ledger failed");
             }
+            if let Err(e) = self.writer.adopt_checkpoints(&self.key.verifying_key()) {
+                tracing::warn!(error = %e, "adopting the other replicas' checkpoints failed");
+            }
         }
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed() >= self.policy.checkpoint_every

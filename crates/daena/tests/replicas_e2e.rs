@@ -9,7 +9,7 @@ mod common;
 use common::{OPS, Server, call, client};
 use daena_store::pg::TestDatabase;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::path::Path;
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
@@ -118,6 +118,18 @@ async fn two_replicas_behave_as_one_service() {
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["ok"], true, "{v}");
     }
+    // One newest checkpoint: what A signs, B reports once it looks (every half second).
+    let signed = call(Method::GET, &format!("{}/api/v1/ledger/checkpoint?fresh=true", a.url), None, None).await;
+    assert_eq!(signed.0, 200, "{}", signed.1);
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = call(Method::GET, &format!("{}/api/v1/ledger/checkpoint", b.url), None, None).await.1;
+        if seen == signed.1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, signed.1, "B reports the checkpoint A signed");
 
     // Kill A with SIGKILL in the middle of a burst of writes: every write it acknowledged
     // reads back through B, and A restarted on its directory catches up.

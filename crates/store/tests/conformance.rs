@@ -540,6 +540,64 @@ fn replicas_extend_one_shared_chain_without_gap_or_fork() {
 }
 
 #[test]
+fn replicas_report_the_same_newest_checkpoint() {
+    let db = TestDatabase::create();
+    let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+    let (mut a, ra) = open_shared(&db.url, dirs[0].path());
+    let (mut b, rb) = open_shared(&db.url, dirs[1].path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let vk = key.verifying_key();
+
+    a.begin().expect("begin");
+    a.append(&batch(1, 5), Micros(1)).expect("append");
+    let first = a.checkpoint(&key, Micros(2)).expect("sign");
+    assert_eq!(b.catch_up().expect("catch up").len(), 5);
+    b.adopt_checkpoints(&vk).expect("adopt");
+    assert_eq!(rb.checkpoint(), Some(first), "b adopts what a signed, rather than signing its own");
+
+    b.begin().expect("begin");
+    b.append(&batch(6, 3), Micros(3)).expect("append");
+    let second = b.checkpoint(&key, Micros(4)).expect("sign");
+    assert_eq!(second.size, 8);
+    assert_eq!(a.catch_up().expect("catch up").len(), 3);
+    // Signing on a replica the shared checkpoint already covers hands that one back.
+    assert_eq!(a.checkpoint(&key, Micros(5)).expect("sign"), second);
+    assert_eq!(ra.checkpoint(), rb.checkpoint(), "both report one newest checkpoint");
+
+    // A shared checkpoint that does not match a replica's copy, or is under another key, is
+    // refused with what is wrong, never adopted.
+    a.begin().expect("begin");
+    a.append(&batch(9, 2), Micros(6)).expect("append");
+    b.catch_up().expect("catch up");
+    let share = |cp: &daena_core::ledger::Checkpoint| {
+        let mut c = postgres::Client::connect(&db.url, postgres::NoTls).expect("connect");
+        c.execute("delete from daena_checkpoints where size = $1", &[&(cp.size as i64)]).expect("delete");
+        let line = serde_json::to_string(cp).expect("json");
+        c.execute("insert into daena_checkpoints (size, line) values ($1, $2)", &[&(cp.size as i64), &line])
+            .expect("insert");
+    };
+    share(&daena_core::ledger::Checkpoint::sign(&key, 10, &[9u8; 32], Micros(7)));
+    let err = b.adopt_checkpoints(&vk).expect_err("a wrong root");
+    assert!(err.to_string().contains("root"), "{err}");
+    let other = ed25519_dalek::SigningKey::from_bytes(&[4u8; 32]);
+    let root = rb.root(10).expect("root").expect("covered");
+    share(&daena_core::ledger::Checkpoint::sign(&other, 10, &root, Micros(8)));
+    let err = b.adopt_checkpoints(&vk).expect_err("another key");
+    assert!(err.to_string().contains("different key"), "{err}");
+    assert_eq!(rb.checkpoint().map(|c| c.size), Some(8), "nothing adopted");
+    share(&daena_core::ledger::Checkpoint::sign(&key, 10, &root, Micros(9)));
+    b.adopt_checkpoints(&vk).expect("adopt");
+    assert_eq!(rb.checkpoint().map(|c| c.size), Some(10));
+
+    drop((a, b));
+    for dir in &dirs {
+        let (_, r) = open_shared(&db.url, dir.path());
+        let summary = r.verify_all(Some(&hex::encode(vk.to_bytes()))).expect("verify");
+        assert_eq!((summary.entries, summary.failure), (10, None), "each copy verifies with what it adopted");
+    }
+}
+
+#[test]
 fn documents_swap_only_from_what_was_read_even_across_processes() {
     let db = TestDatabase::create();
     daena_store::pg::migrate(&db.url).expect("migrate");

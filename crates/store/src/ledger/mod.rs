@@ -52,6 +52,11 @@ pub trait LedgerAppend: Send {
     fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError>;
     /// Publishes the checkpoint key's public half beside the ledger.
     fn publish_public_key(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError>;
+    /// Takes in checkpoints other writers of a shared chain signed, newer than this copy's
+    /// newest and covered by it (checked against `key` and this copy); nothing alone.
+    fn adopt_checkpoints(&mut self, _key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Whether other processes append to the same chain (replicas on PostgreSQL). The commit
     /// thread then calls [`LedgerAppend::begin`] before each batch and

@@ -200,27 +200,61 @@ impl LedgerWriter {
         {
             return Ok(cp);
         }
+        let cp = Checkpoint::sign(key, size, &self.root_at(size)?, now);
+        self.store_checkpoint(&cp)?;
+        Ok(cp)
+    }
+
+    /// Takes in a checkpoint signed elsewhere of this same chain (another replica's), checked
+    /// against `key`, its signature and this copy's first `cp.size` entries; it becomes the
+    /// newest when it is newer and covers no more than this copy holds. Whether it did; an
+    /// error when it does not match this copy.
+    pub fn adopt_checkpoint(&mut self, cp: &Checkpoint, key: &ed25519_dalek::VerifyingKey) -> Result<bool, StoreError> {
+        let newest = self.shared.state.read().checkpoint.as_ref().map_or(0, |c| c.size);
+        if cp.size <= newest || cp.size > self.size() {
+            return Ok(false);
+        }
+        let corrupt =
+            |detail: String| StoreError::Corrupt { what: format!("the checkpoint of size {}", cp.size), detail };
+        cp.verify(Some(&hex::encode(key.to_bytes()))).map_err(|e| corrupt(e.to_string()))?;
+        let root = cp.root_hash().map_err(|e| corrupt(e.to_string()))?;
+        if self.root_at(cp.size)? != root {
+            return Err(corrupt(format!("its root is not this copy's root of the first {} entries", cp.size)));
+        }
+        self.seg.sync_data().map_err(|e| StoreError::io("sync the ledger before a checkpoint", e))?;
+        self.store_checkpoint(cp)?;
+        Ok(true)
+    }
+
+    /// The Merkle root of the first `size` entries.
+    fn root_at(&self, size: u64) -> Result<[u8; 32], StoreError> {
         if self.hashes_broken {
             return Err(StoreError::Corrupt {
                 what: "hashes.bin".into(),
                 detail: "not appendable; restart to rebuild it before checkpointing".into(),
             });
         }
-        let root = {
-            let state = self.shared.state.read();
-            let view = state.tree.view();
-            let root = view.root(size);
-            view.finish(root)?
-        };
-        let cp = Checkpoint::sign(key, size, &root, now);
-        let mut line = serde_json::to_string(&cp).map_err(|e| StoreError::Db(e.to_string()))?;
+        let state = self.shared.state.read();
+        let view = state.tree.view();
+        let root = view.root(size);
+        view.finish(root)
+    }
+
+    /// Appends `cp` to the checkpoints file, durably, and makes it the newest.
+    fn store_checkpoint(&mut self, cp: &Checkpoint) -> Result<(), StoreError> {
+        let mut line = serde_json::to_string(cp).map_err(|e| StoreError::Db(e.to_string()))?;
         line.push('\n');
         let path = self.shared.dir.join(CHECKPOINTS_FILE);
         let mut f =
             OpenOptions::new().append(true).create(true).open(&path).map_err(io(format!("open {}", path.display())))?;
         f.write_all(line.as_bytes()).and_then(|_| f.sync_data()).map_err(io(format!("append {}", path.display())))?;
         self.shared.state.write().checkpoint = Some(cp.clone());
-        Ok(cp)
+        Ok(())
+    }
+
+    /// The size the newest checkpoint covers (0: none).
+    pub fn checkpointed(&self) -> u64 {
+        self.shared.state.read().checkpoint.as_ref().map_or(0, |c| c.size)
     }
 
     /// Writes the checkpoint key's public half next to the ledger for verifiers.

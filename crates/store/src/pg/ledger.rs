@@ -6,6 +6,11 @@
 //! it and commits, then writes it to the local ledger. The local ledger is a copy: after a
 //! crash, whatever PostgreSQL holds beyond it is copied again at the next `begin` or
 //! `catch_up`.
+//!
+//! Checkpoints are shared too (`daena_checkpoints`): a replica signing one stores it there,
+//! and the others adopt the newest their copy covers (checked against their own copy) before
+//! signing one of their own, so every replica reports the same newest checkpoint once it has
+//! caught up.
 
 use super::{CHAIN_LOCK, Conn, pg};
 use crate::StoreError;
@@ -133,7 +138,26 @@ impl LedgerAppend for PgLedger {
     }
 
     fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError> {
-        self.local.checkpoint(key, now)
+        super::off_runtime(|| {
+            self.adopt_shared(&key.verifying_key())?;
+            let covered = self.local.checkpointed() == self.local.size();
+            let cp = self.local.checkpoint(key, now)?;
+            if !covered {
+                let line = serde_json::to_string(&cp).map_err(|e| StoreError::Db(e.to_string()))?;
+                let client = self.conn.get()?;
+                client
+                    .execute(
+                        "insert into daena_checkpoints (size, line) values ($1, $2) on conflict (size) do nothing",
+                        &[&(cp.size as i64), &line],
+                    )
+                    .map_err(pg("sharing a checkpoint"))?;
+            }
+            Ok(cp)
+        })
+    }
+
+    fn adopt_checkpoints(&mut self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
+        super::off_runtime(|| self.adopt_shared(key))
     }
 
     fn publish_public_key(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
@@ -142,6 +166,26 @@ impl LedgerAppend for PgLedger {
 }
 
 impl PgLedger {
+    /// Adopts the newest checkpoint any replica shared that this copy covers and has not
+    /// got yet; no query when this copy's newest checkpoint covers all of it.
+    fn adopt_shared(&mut self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
+        let (newest, size) = (self.local.checkpointed(), self.local.size());
+        if newest >= size {
+            return Ok(());
+        }
+        let client = self.conn.get()?;
+        let row = client
+            .query_opt(
+                "select line from daena_checkpoints where size > $1 and size <= $2 order by size desc limit 1",
+                &[&(newest as i64), &(size as i64)],
+            )
+            .map_err(pg("reading the shared checkpoints"))?;
+        let Some(line) = row.map(|r| r.get::<_, String>(0)) else { return Ok(()) };
+        let cp: Checkpoint = serde_json::from_str(&line)
+            .map_err(|e| StoreError::Corrupt { what: "a shared checkpoint".into(), detail: e.to_string() })?;
+        self.local.adopt_checkpoint(&cp, key).map(|_| ())
+    }
+
     fn begin_now(&mut self) -> Result<Vec<Entry>, StoreError> {
         if let Some(why) = &self.broken {
             return Err(StoreError::Corrupt { what: "the local ledger".into(), detail: why.clone() });

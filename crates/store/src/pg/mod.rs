@@ -25,7 +25,7 @@ use crate::state::{DocStore, DocTable};
 use parking_lot::Mutex;
 
 /// The schema this build reads and writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migrations by version, applied in order inside one transaction each.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -43,6 +43,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
      create table daena_dicts (key bytea primary key, value bytea not null);
      create table daena_applied (id int primary key check (id = 1), seq bigint not null);",
     ),
+    (3, "create table daena_checkpoints (size bigint primary key, line text not null);"),
 ];
 
 /// Session-scoped advisory lock held while migrating.
