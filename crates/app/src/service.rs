@@ -155,7 +155,11 @@ impl Daena {
             open_ledger(&config, &data, replicas.as_deref(), clock.clone(), Box::new(state), carried)?;
         let metrics = Metrics::new();
         metrics.expected_agents.set(daena_core::agents::EXPECTED_AGENTS as i64);
-        let monitoring = monitoring::Monitoring::new(analytics, metrics, dashboard::Series::load(kv.clone())?);
+        let monitoring = monitoring::Monitoring::new(
+            analytics,
+            metrics,
+            dashboard::Series::load(kv.clone(), replicas.as_ref().map(|r| r.docs.clone()))?,
+        );
         Ok(Arc::new(Daena {
             config,
             config_files: files,
