@@ -55,6 +55,8 @@ pub struct Daena {
     config_files: Vec<PathBuf>,
     clock: Arc<dyn Clock>,
     data: DataDir,
+    /// Where this process keeps its L3 segments ([`cold_dir`]).
+    cold_dir: PathBuf,
     kv: Kv,
     /// The ledger as read (head, ranges, proofs) and the commit thread every write goes through.
     ledger: LedgerService,
@@ -136,11 +138,7 @@ impl Daena {
         };
         let peers = replicas.as_ref().map(|r| r.peers.clone());
         let analytics = analytics::Analytics::load(kv.clone(), clock.clone(), bounds, peers)?;
-        let cold_dir = match (&replicas, &config.storage.l3_path) {
-            (Some(r), _) => r.cold_dir(&config, &data),
-            (None, Some(path)) => path.clone(),
-            (None, None) => data.l3_dir(),
-        };
+        let cold_dir = cold_dir(&config, &data, replicas.as_deref());
         let cold = Box::new(ColdStore::open(&cold_dir)?);
         let memory = MemoryShared::open(kv.clone(), cold, data_keys.clone(), clock.clone(), config.clone())?;
         let cas =
@@ -165,6 +163,7 @@ impl Daena {
             config_files: files,
             clock,
             data,
+            cold_dir,
             kv,
             ledger,
             commit,
@@ -175,6 +174,11 @@ impl Daena {
             operations: opts.operations.unwrap_or_default(),
             replicas,
         }))
+    }
+
+    /// Where this process keeps its L3 segments.
+    pub fn cold_dir(&self) -> &std::path::Path {
+        &self.cold_dir
     }
 
     /// The configuration the service was opened with.
@@ -405,4 +409,14 @@ fn replay(reader: &dyn LedgerRead, state: &mut dyn StateMachine<Op = StateOp>) -
         tracing::info!(entries = count, from, "replayed the ledger tail into the state");
     }
     Ok(())
+}
+
+/// Where a process keeps its L3 segments: a replica its own directory under `storage.l3_path`;
+/// otherwise `storage.l3_path` when set, else `<data>/l3`.
+pub fn cold_dir(config: &Config, data: &DataDir, replicas: Option<&replicas::Replicas>) -> PathBuf {
+    match (replicas, &config.storage.l3_path) {
+        (Some(r), _) => r.cold_dir(config, data),
+        (None, Some(path)) => path.clone(),
+        (None, None) => data.l3_dir(),
+    }
 }

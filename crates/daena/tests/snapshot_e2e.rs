@@ -370,3 +370,76 @@ async fn restore_and_rollback_through_the_running_server() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(server.stop().code(), Some(0));
 }
+
+/// With `storage.l3_path` the cold tier lives outside the data directory; a snapshot still
+/// carries it, and a restore on a new machine (data directory and cold path both empty) reads
+/// every archived record back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_carries_the_cold_tier_wherever_storage_l3_path_puts_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cold = tmp.path().join("cold-volume");
+    std::fs::create_dir_all(tmp.path().join("config")).expect("config dir");
+    std::fs::write(
+        tmp.path().join("config/daena.toml"),
+        format!("[storage]\nl3_path = {:?}\n", cold.display().to_string()),
+    )
+    .expect("write");
+    std::fs::write(
+        tmp.path().join("config/memory_config.yaml"),
+        "aging:\n  interval_minutes: 0\n  rules:\n    - after_days: 0\n      action: archive\n",
+    )
+    .expect("write");
+    let server = Server::start(tmp.path(), &[]);
+    for i in 0..5 {
+        put(&server.url, "chat", &format!("k{i}"), i).await;
+    }
+    let (status, report) =
+        call(Method::POST, &format!("{}/api/v1/admin/aging/run", server.url), None, Some(&json!({}))).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["archived"], 5, "{report}");
+    assert!(std::fs::read_dir(&cold).expect("cold dir").count() > 0, "the cold tier is at storage.l3_path");
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["snapshot", "create", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A drill restores into its scratch directory only: the live cold volume is left as it is,
+    // and the archived records read back from the snapshot's own cold tier.
+    let listing = |dir: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        // Names, lengths and inodes: a file put back in place by a restore is another file.
+        let mut files: Vec<(String, u64, u64)> = std::fs::read_dir(dir)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let (len, ino) = e.metadata().map_or((0, 0), |m| (m.len(), m.ino()));
+                (e.file_name().to_string_lossy().into_owned(), len, ino)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = listing(&cold);
+    let report = tmp.path().join("drill_report.json");
+    let o = run(daena(tmp.path()).env("DAENA_API_KEY", OPS).args(["drill", "--out", report.to_str().expect("path")]));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!((r["passed"].clone(), r["sampled_reads"].clone()), (json!(true), json!(5)), "{r}");
+    assert_eq!(listing(&cold), before, "the drill left the live cold volume alone");
+    server.stop();
+
+    // A new machine: the snapshot archive is all that is left.
+    for part in ["state.redb", "ledger", "l3"] {
+        let p = tmp.path().join("data").join(part);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).expect("wipe");
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    std::fs::remove_dir_all(&cold).expect("wipe the cold volume");
+    let o = run(daena(tmp.path()).args(["snapshot", "restore", "latest", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let server = Server::start(tmp.path(), &[]);
+    for i in 0..5u64 {
+        let (status, body) = get(&server.url, "chat", &format!("k{i}")).await;
+        assert_eq!((status, &body["payload"]["n"]), (200, &json!(i)), "k{i}: {body}");
+    }
+}

@@ -362,9 +362,11 @@ impl Drop for Staging {
 }
 
 /// Moves the current state, ledger and L3 of `root` aside to `<root>/replaced/<stamp>/` and
-/// the staged ones into their place; returns where the old ones went. The signing key's
-/// public half stays with the key that signs from now on.
-pub fn swap_in(root: &Path, staging: &Path, stamp: &str) -> Result<PathBuf, StoreError> {
+/// the staged ones into their place; returns where the old ones went. The L3 segments live in
+/// `l3_dir` (`<root>/l3`, or `storage.l3_path`, possibly on another volume: then they are
+/// copied rather than renamed). The signing key's public half stays with the key that signs
+/// from now on.
+pub fn swap_in(root: &Path, l3_dir: &Path, staging: &Path, stamp: &str) -> Result<PathBuf, StoreError> {
     // Two operations within one second get two directories.
     let mut aside = root.join("replaced").join(stamp);
     for n in 2.. {
@@ -374,10 +376,11 @@ pub fn swap_in(root: &Path, staging: &Path, stamp: &str) -> Result<PathBuf, Stor
         aside = root.join("replaced").join(format!("{stamp}-{n}"));
     }
     std::fs::create_dir_all(&aside).map_err(io(aside.display()))?;
+    let live = |part: &str| if part == "l3" { l3_dir.to_path_buf() } else { root.join(part) };
     for part in [STATE_FILE, "ledger", "l3"] {
-        let current = root.join(part);
+        let current = live(part);
         if current.exists() {
-            std::fs::rename(&current, aside.join(part)).map_err(io(current.display()))?;
+            move_path(&current, &aside.join(part))?;
         }
     }
     let public = format!("ledger/{}", crate::ledger::PUBLIC_KEY_FILE);
@@ -387,10 +390,62 @@ pub fn swap_in(root: &Path, staging: &Path, stamp: &str) -> Result<PathBuf, Stor
     for part in [STATE_FILE, "ledger", "l3"] {
         let staged = staging.join(part);
         if staged.exists() {
-            std::fs::rename(&staged, root.join(part)).map_err(io(staged.display()))?;
+            move_path(&staged, &live(part))?;
         } else if part != STATE_FILE {
-            std::fs::create_dir_all(root.join(part)).map_err(io(part))?;
+            std::fs::create_dir_all(live(part)).map_err(io(part))?;
         }
     }
     Ok(aside)
+}
+
+/// Renames `from` to `to`; across volumes, copies it (files synced) and removes `from`.
+fn move_path(from: &Path, to: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent.display()))?;
+    }
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            copy_tree(from, to)?;
+            if from.is_dir() { std::fs::remove_dir_all(from) } else { std::fs::remove_file(from) }
+                .map_err(io(from.display()))
+        }
+        Err(e) => Err(StoreError::io(format!("move {} to {}", from.display(), to.display()), e)),
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).map_err(io(to.display()))?;
+        for entry in std::fs::read_dir(from).map_err(io(from.display()))? {
+            let entry = entry.map_err(io(from.display()))?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        return crate::ledger::sync_dir(to);
+    }
+    std::fs::copy(from, to).map_err(io(format!("copy {}", from.display())))?;
+    File::open(to).and_then(|f| f.sync_all()).map_err(io(to.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a move across volumes does (rename cannot): the copy holds every file, nested
+    /// ones included, byte for byte.
+    #[test]
+    fn a_copied_tree_holds_every_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let from = tmp.path().join("l3");
+        std::fs::create_dir_all(from.join("nested")).expect("mkdir");
+        std::fs::write(from.join("cold-00000001.seg"), b"segment one").expect("write");
+        std::fs::write(from.join("nested/x"), b"x").expect("write");
+        let to = tmp.path().join("elsewhere/l3");
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        copy_tree(&from, &to).expect("copy");
+        assert_eq!(std::fs::read(to.join("cold-00000001.seg")).expect("read"), b"segment one");
+        assert_eq!(std::fs::read(to.join("nested/x")).expect("read"), b"x");
+        move_path(&from, &tmp.path().join("aside/l3")).expect("move");
+        assert!(!from.exists() && tmp.path().join("aside/l3/nested/x").exists());
+    }
 }

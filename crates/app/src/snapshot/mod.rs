@@ -71,7 +71,7 @@ impl From<backup::ArchivedFile> for FileEntry {
 pub async fn create(d: &Daena) -> AppResult<Manifest> {
     crate::replicas::single_node_only(d.config(), "a snapshot")?;
     let started = std::time::Instant::now();
-    let (ledger_dir, l3_dir, kv) = (d.data().ledger_dir(), d.data().l3_dir(), d.kv().clone());
+    let (ledger_dir, l3_dir, kv) = (d.data().ledger_dir(), d.cold_dir().to_path_buf(), d.kv().clone());
     let reader = d.ledger().reader.clone();
     let (cut, head) = d
         .commit()
@@ -264,7 +264,8 @@ pub fn restore_in(
         adopt_master(data, loaded, &staging.join(STATE), &manifest.master_key_id)?;
         let carried = crate::governance::facts_set_aside(&data.ledger_dir(), &ledger)?;
         crate::governance::record_carried(&staging.join(STATE), &carried)?;
-        let aside = backup::swap_in(root, staging, &stamp)?;
+        let l3 = crate::service::cold_dir(&loaded.config, data, None);
+        let aside = backup::swap_in(root, &l3, staging, &stamp)?;
         Ok(RestoreReport {
             archive: archive.display().to_string(),
             manifest,

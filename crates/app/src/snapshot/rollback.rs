@@ -159,7 +159,8 @@ pub fn rebuild_in(
         }
         let carried = crate::governance::facts_set_aside(&data.ledger_dir(), &staged_ledger)?;
         crate::governance::record_carried(&staging.join(STATE), &carried)?;
-        let aside = backup::swap_in(root, staging, &stamp)?;
+        let l3 = crate::service::cold_dir(&loaded.config, data, None);
+        let aside = backup::swap_in(root, &l3, staging, &stamp)?;
         Ok(RollbackReport {
             to_seq,
             previous_head: head,

@@ -54,7 +54,12 @@ async fn rehearse(
     public_key: &str,
 ) -> (Vec<Check>, u64, usize) {
     let mut checks = Vec::new();
-    let overrides = vec![("data_dir".to_owned(), scratch.display().to_string(), "--scratch".to_owned())];
+    // Everything the restore writes stays in the scratch directory, the cold tier included
+    // (with `storage.l3_path` it would otherwise land on the live cold volume).
+    let overrides = vec![
+        ("data_dir".to_owned(), scratch.display().to_string(), "--scratch".to_owned()),
+        ("storage.l3_path".to_owned(), scratch.join("l3").display().to_string(), "--scratch".to_owned()),
+    ];
     let loaded = match load_config(global, overrides.clone()) {
         Ok(l) => l,
         Err(e) => return (vec![check("restore", Status::Fail, format!("{e:#}"))], 0, 0),
