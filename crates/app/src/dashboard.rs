@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SERIES: DocTable = doc_table("dashboard_series");
+/// Where this process keeps its history (left out of a seed).
+pub(crate) const LOCAL: DocTable = SERIES;
 /// How often the samples are saved (and at shutdown).
 const SAVE_EVERY: Duration = Duration::from_secs(300);
 /// How long a replica reuses the shared series it read.

@@ -1,7 +1,7 @@
 //! Background work of a running service: aging on its interval, growth samples, heartbeat
 //! flushes, and a replica's exchange of figures with the others. Each task logs its failures
 //! and tries again on its next tick. Of replicas sharing a deployment, only the lease holder
-//! ages, sweeps and trains ([`Daena::leads`]).
+//! ages, sweeps, trains and writes seeds for new replicas ([`Daena::leads`]).
 
 use crate::Daena;
 use std::sync::Arc;
@@ -42,6 +42,22 @@ pub fn spawn(d: Arc<Daena>) -> Vec<tokio::task::JoinHandle<()>> {
     if d.replicas().is_some() {
         let (every, what) = (crate::replicas::PUBLISH_EVERY, "sharing figures with the other replicas");
         tasks.push(blocking_every(&d, every, true, what, crate::replicas::exchange));
+    }
+    if let Some(every) = crate::replicas::seed::every(d.config()) {
+        let seed = d.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if !seed.leads() {
+                    continue;
+                }
+                if let Err(e) = crate::replicas::seed::write(&seed).await {
+                    tracing::warn!(error = %e.message, "writing a seed for new replicas failed");
+                }
+            }
+        }));
     }
     let series = d.clone();
     tasks.push(tokio::spawn(async move {

@@ -100,6 +100,9 @@ impl Daena {
             })?,
         };
         let replicas = replicas::Replicas::open(&config, &data, secrets.memory_aes_key.is_some())?.map(Arc::new);
+        if let Some(r) = &replicas {
+            replicas::seed::start_from(&config, &data, r)?;
+        }
         // The master key is checked against the stored data keys before anything is written.
         keyring::finish_rotation(&data)?;
         let master = keyring::load_master(&data, secrets.memory_aes_key.as_ref())?;

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 const STATS: DocTable = doc_table("cas_stats");
+/// Where the counters this process observed are saved (a replica's own, left out of a seed).
+pub const LOCAL: DocTable = STATS;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]

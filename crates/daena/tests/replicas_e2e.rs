@@ -30,11 +30,11 @@ impl Deployment {
 
     /// Starts (or restarts) replica `i` on its data directory.
     fn start(&self, i: usize, redis: bool) -> Server {
-        replica(self.dirs[i].path(), &self.db, self.shared.path(), redis)
+        replica(self.dirs[i].path(), &self.db, self.shared.path(), redis, &[])
     }
 }
 
-fn replica(dir: &Path, db: &TestDatabase, shared: &Path, redis: bool) -> Server {
+fn replica(dir: &Path, db: &TestDatabase, shared: &Path, redis: bool, extra: &[(&str, &str)]) -> Server {
     let l3 = shared.join("l3").display().to_string();
     let mut env = vec![
         ("DAENA_STORAGE_BACKEND", "postgres"),
@@ -45,6 +45,7 @@ fn replica(dir: &Path, db: &TestDatabase, shared: &Path, redis: bool) -> Server 
     if redis {
         env.push(("DAENA_STORAGE_REDIS_URL", REDIS));
     }
+    env.extend_from_slice(extra);
     Server::start(dir, &env)
 }
 
@@ -281,4 +282,70 @@ async fn a_key_guesser_gets_one_budget_from_the_fleet() {
         "{unauthorized} wrong keys tried through two replicas, {throttled} refused"
     );
     drop((a, b));
+}
+
+/// A replica started on an empty data directory begins from the newest seed the lease holder
+/// wrote (its state, ledger copy and cold segments) and copies only the entries after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_starts_from_the_seed_and_replays_only_the_rest() {
+    let deployment = Deployment::new(2);
+    let seeds = [("DAENA_STORAGE_SEED_EVERY_SECS", "1")];
+    // Records archive to L3 at once, so the seed carries cold segments too.
+    std::fs::create_dir_all(deployment.dirs[0].path().join("config")).expect("config dir");
+    std::fs::write(
+        deployment.dirs[0].path().join("config/memory_config.yaml"),
+        "aging:\n  interval_minutes: 0\n  rules:\n    - after_days: 0\n      action: archive\n",
+    )
+    .expect("write");
+    let a = replica(deployment.dirs[0].path(), &deployment.db, deployment.shared.path(), false, &seeds);
+    for i in 0..30 {
+        assert_eq!(put(&a.url, &format!("k{i}"), &format!("v{i}")).await, 201, "k{i}");
+    }
+    let (status, report) =
+        call(Method::POST, &format!("{}/api/v1/admin/aging/run", a.url), None, Some(&json!({}))).await;
+    assert_eq!((status, &report["archived"]), (200, &json!(30)), "{report}");
+    let size = |v: &Value| v["size"].as_u64().unwrap_or(0);
+    let seeded = size(&call(Method::GET, &format!("{}/api/v1/ledger/head", a.url), None, None).await.1);
+    let seed_dir = deployment.shared.path().join("l3/seeds");
+    let mut newest = 0;
+    for _ in 0..100 {
+        newest = std::fs::read_dir(&seed_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
+            .filter_map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.path()).ok()?).ok())
+            .map(|m| m["ledger_size"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        if newest >= seeded {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(newest >= seeded, "a seed covers the {seeded} entries written so far (newest: {newest})");
+    // Written after the seed: the new replica copies these from PostgreSQL.
+    for i in 30..35 {
+        assert_eq!(put(&a.url, &format!("k{i}"), &format!("v{i}")).await, 201, "k{i}");
+    }
+
+    let b = deployment.start(1, false);
+    let log = std::fs::read_to_string(&b.log).expect("log");
+    assert!(log.contains("started from the seed"), "{log}");
+    // Only the entries after the seed were copied (none when a seed written meanwhile holds them).
+    let copied: u64 = log
+        .lines()
+        .find(|l| l.contains("copied and applied the shared ledger's new entries"))
+        .and_then(|l| l.rsplit("entries=").next())
+        .map_or(0, |n| n.trim().parse().expect("a count"));
+    assert!(copied <= 5, "B copied {copied} entries rather than the 5 after the seed: {log}");
+    for i in [0, 29, 30, 34] {
+        let (status, v) = get(&b.url, &format!("k{i}")).await;
+        assert_eq!((status, &v["payload"]["v"]), (200, &json!(format!("v{i}"))), "k{i} through B: {v}");
+    }
+    let (_, head_a) = call(Method::GET, &format!("{}/api/v1/ledger/head", a.url), None, None).await;
+    let (_, head_b) = call(Method::GET, &format!("{}/api/v1/ledger/head", b.url), None, None).await;
+    assert_eq!(head_a["head_hash"], head_b["head_hash"], "{head_a} / {head_b}");
+    let (status, v) = call(Method::POST, &format!("{}/api/v1/ledger/verification", b.url), None, None).await;
+    assert_eq!((status, &v["ok"]), (200, &json!(true)), "{v}");
 }

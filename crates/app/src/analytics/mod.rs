@@ -31,6 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const TABLE: DocTable = doc_table("analytics");
+/// Where a replica saves the figures it observed itself (left out of a seed).
+pub(crate) const LOCAL: DocTable = TABLE;
 /// Each replica's tenants, published for the others' reports ([`crate::replicas::Peers`]).
 const BY_REPLICA: DocTable = doc_table("analytics_by_replica");
 

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod peers;
+pub mod seed;
 
 pub use peers::{Fold, Peers, merge_docs};
 

@@ -70,6 +70,23 @@ impl From<backup::ArchivedFile> for FileEntry {
 /// Takes a snapshot into `<data>/snapshots/`; returns its manifest.
 pub async fn create(d: &Daena) -> AppResult<Manifest> {
     crate::replicas::single_node_only(d.config(), "a snapshot")?;
+    let manifest = write(d, &d.data().snapshots_dir(), "daena-snapshot").await?;
+    // Ledgered after its position: the snapshot holds entries 1..=ledger_size.
+    let entry = daena_core::ledger::NewEntry::new("system", "system", "ops.snapshot", manifest.name.clone()).attrs(
+        serde_json::json!({
+            "ledger_size": manifest.ledger_size,
+            "ledger_root": manifest.ledger_root,
+            "records": manifest.records,
+            "archive_bytes": manifest.archive_bytes,
+        }),
+    );
+    d.commit().append(vec![entry]).await?;
+    Ok(manifest)
+}
+
+/// Writes a snapshot archive named `<prefix>-<time>-<position>` and its sidecar manifest
+/// into `dir`; returns the manifest.
+pub(crate) async fn write(d: &Daena, dir: &Path, prefix: &str) -> AppResult<Manifest> {
     let started = std::time::Instant::now();
     let (ledger_dir, l3_dir, kv) = (d.data().ledger_dir(), d.cold_dir().to_path_buf(), d.kv().clone());
     let reader = d.ledger().reader.clone();
@@ -88,8 +105,9 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
         .map(hex::encode)
         .unwrap_or_default();
     let now = d.clock().now();
-    let name = format!("daena-snapshot-{}-{:08}", crate::clock::compact_stamp(now), head.size);
-    let dir = d.data().snapshots_dir();
+    let name = format!("{prefix}-{}-{:08}", crate::clock::compact_stamp(now), head.size);
+    std::fs::create_dir_all(dir).map_err(|e| io(dir.display(), e))?;
+    let dir2 = dir.to_path_buf();
     let data_root = d.data().root().to_path_buf();
     let master_key_id = d.governance().data_keys().master_id().to_owned();
     let signing_key = crate::ledger::signing_key(d.data())?;
@@ -97,7 +115,7 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
     let created_at = rfc3339(now);
     let manifest = tokio::task::spawn_blocking(move || -> AppResult<Manifest> {
         let scratch = backup::Staging::new(&data_root, "snapshot", &name2)?;
-        let mut archive = backup::ArchiveFile::create(&dir, &name2)?;
+        let mut archive = backup::ArchiveFile::create(&dir2, &name2)?;
         let written = cut.write_into(&mut archive.tar, scratch.path())?;
         let mut manifest = Manifest {
             format: FORMAT,
@@ -126,19 +144,9 @@ pub async fn create(d: &Daena) -> AppResult<Manifest> {
     .map_err(|e| AppError::internal(format!("snapshot task: {e}")))??;
     let mut manifest = manifest;
     manifest.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-    let sidecar = d.data().snapshots_dir().join(format!("{name}.manifest.json"));
+    let sidecar = dir.join(format!("{name}.manifest.json"));
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| io("manifest", e))?;
     daena_store::datadir::write_atomic(&sidecar, &text, true).map_err(|e| io(sidecar.display(), e))?;
-    // Ledgered after its position: the snapshot holds entries 1..=ledger_size.
-    let entry = daena_core::ledger::NewEntry::new("system", "system", "ops.snapshot", manifest.name.clone()).attrs(
-        serde_json::json!({
-            "ledger_size": manifest.ledger_size,
-            "ledger_root": manifest.ledger_root,
-            "records": manifest.records,
-            "archive_bytes": manifest.archive_bytes,
-        }),
-    );
-    d.commit().append(vec![entry]).await?;
     Ok(manifest)
 }
 

@@ -68,6 +68,11 @@ pub struct StorageConfig {
     /// Cold segments on a path the replicas share (`DAENA_STORAGE_L3_PATH`); default
     /// `<data_dir>/l3`.
     pub l3_path: Option<PathBuf>,
+    /// Replicas with `l3_path`: how often the lease holder writes a seed (a snapshot under
+    /// `<l3_path>/seeds/`) that a replica started on an empty data directory begins from, so
+    /// it replays only what came after (`DAENA_STORAGE_SEED_EVERY_SECS`); default 3600, 0
+    /// turns seeds off.
+    pub seed_every_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,138 @@
+//! Seeds: a replica started on an empty data directory begins from the newest snapshot the
+//! lease holder wrote under `<storage.l3_path>/seeds/`, and replays only the entries after it
+//! instead of the whole chain.
+//!
+//! A seed is a snapshot archive (the same format, signed with the deployment's shared key) of
+//! the lease holder's copy: its state, its copy of the ledger and its cold segments. The new
+//! replica checks it as a restore does (every file against the manifest, the signature, the
+//! ledger chain and its root; PostgreSQL then checks that the copy is a prefix of the shared
+//! chain), leaves out what the lease holder observed on its own (its analytics, cache
+//! counters and dashboard history: each replica publishes its own), and puts the cold segments
+//! in its own directory. A seed that fails a check is skipped with a warning, and the replica
+//! rebuilds from the whole chain as it would without seeds.
+
+use super::Replicas;
+use crate::config::{Config, StorageBackend};
+use crate::error::{AppError, AppResult};
+use crate::snapshot::{self, Manifest};
+use daena_store::backup::{self, STATE_FILE};
+use daena_store::datadir::{DataDir, list_dir};
+use daena_store::kv::{DocTable, Kv};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Seconds between seeds when `storage.seed_every_secs` is not set.
+pub const DEFAULT_EVERY_SECS: u64 = 3600;
+/// Seeds kept: the newest, and the one before it for a replica still reading it.
+const KEEP: usize = 2;
+
+/// How often the lease holder writes a seed; `None` when seeds are off (the embedded backend,
+/// no `storage.l3_path`, or `storage.seed_every_secs = 0`).
+pub fn every(config: &Config) -> Option<Duration> {
+    if config.storage.backend != StorageBackend::Postgres || config.storage.l3_path.is_none() {
+        return None;
+    }
+    match config.storage.seed_every_secs.unwrap_or(DEFAULT_EVERY_SECS) {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    }
+}
+
+fn dir(config: &Config) -> Option<PathBuf> {
+    config.storage.l3_path.as_ref().map(|p| p.join("seeds"))
+}
+
+/// Writes a seed of this replica's copy when the chain grew since the newest seed (run by the
+/// lease holder); its manifest, or `None` when there was nothing new.
+pub async fn write(d: &crate::Daena) -> AppResult<Option<Manifest>> {
+    let Some(dir) = dir(d.config()).filter(|_| every(d.config()).is_some()) else { return Ok(None) };
+    let size = d.ledger().reader.head().size;
+    let newest = snapshot::list(&dir)?.last().map(|(_, m)| m.ledger_size);
+    if size == 0 || newest.is_some_and(|n| n >= size) {
+        return Ok(None);
+    }
+    let m = snapshot::write(d, &dir, "daena-seed").await?;
+    tracing::info!(seed = %m.name, entries = m.ledger_size, bytes = m.archive_bytes, "wrote a seed for new replicas");
+    for (archive, old) in snapshot::list(&dir)?.iter().rev().skip(KEEP) {
+        for path in [archive.clone(), dir.join(format!("{}.manifest.json", old.name))] {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(error = %e, path = %path.display(), "removing an old seed failed");
+            }
+        }
+    }
+    Ok(Some(m))
+}
+
+/// Starts an empty data directory from the newest seed; the ledger position it starts at, or
+/// `None` (no seed, a directory that is not empty, or a seed that failed a check).
+pub fn start_from(config: &Config, data: &DataDir, r: &Replicas) -> AppResult<Option<u64>> {
+    let Some(dir) = dir(config).filter(|_| every(config).is_some()) else { return Ok(None) };
+    if !empty(data)? {
+        return Ok(None);
+    }
+    let Some((archive, _)) = snapshot::list(&dir)?.pop() else { return Ok(None) };
+    let stamp = crate::clock::compact_stamp(crate::clock::Clock::now(&crate::clock::SystemClock));
+    let staged = backup::Staging::new(data.root(), "seed", &stamp)?;
+    let manifest = match check(data, &archive, staged.path()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e.message, seed = %archive.display(), "skipping the seed; rebuilding from the whole chain");
+            return Ok(None);
+        }
+    };
+    let aside = backup::swap_in(data.root(), &r.cold_dir(config, data), staged.path(), &stamp)?;
+    // What was set aside is the empty directory's empty parts.
+    let _ = std::fs::remove_dir_all(&aside);
+    tracing::info!(
+        seed = %manifest.name,
+        entries = manifest.ledger_size,
+        "started from the seed; only the entries after it are copied and applied"
+    );
+    Ok(Some(manifest.ledger_size))
+}
+
+/// Whether `data` holds no state and no ledger yet.
+fn empty(data: &DataDir) -> AppResult<bool> {
+    if data.state_db().exists() {
+        return Ok(false);
+    }
+    let segments = list_dir(&data.ledger_dir())?;
+    Ok(!segments.iter().any(|e| e.file_name().to_string_lossy().starts_with("seg-")))
+}
+
+/// Unpacks `archive` into `staging` and checks it as a restore does; leaves out what the
+/// replica that wrote it observed on its own.
+fn check(data: &DataDir, archive: &Path, staging: &Path) -> AppResult<Manifest> {
+    let trust = crate::backup_trust::Trust { trust_unsigned: false, public_key: None };
+    let (manifest, _) = snapshot::unpack_verified(data, archive, staging, &trust)?;
+    let ledger = staging.join("ledger");
+    let checkpoints =
+        daena_store::ledger::read_checkpoints(&ledger).map_err(|e| AppError::invalid(format!("seed ledger: {e}")))?;
+    let (summary, _) = daena_store::ledger::verify_path(&ledger, checkpoints, None, |_| {})
+        .map_err(|e| AppError::invalid(format!("seed ledger: {e}")))?;
+    if let Some(f) = &summary.failure {
+        return Err(AppError::invalid(format!("the seed's ledger does not verify: {}", f.reason)));
+    }
+    if summary.entries != manifest.ledger_size || summary.root != manifest.ledger_root {
+        return Err(AppError::invalid(format!(
+            "the seed's ledger holds {} entries with root {}, its manifest says {} and {}",
+            summary.entries, summary.root, manifest.ledger_size, manifest.ledger_root
+        )));
+    }
+    forget_observed(&staging.join(STATE_FILE))?;
+    Ok(manifest)
+}
+
+/// What a replica observes on its own and publishes under its id: a seed carries the writer's,
+/// which the new replica must not publish again as its own.
+const OBSERVED: [DocTable; 3] = [crate::analytics::LOCAL, daena_cache::stats::LOCAL, crate::dashboard::LOCAL];
+
+fn forget_observed(state: &Path) -> AppResult<()> {
+    let kv = Kv::open(state, 1 << 20)?;
+    for table in OBSERVED {
+        for (key, _) in kv.scan_docs::<serde_json::Value>(table)? {
+            kv.delete_doc(table, &key)?;
+        }
+    }
+    Ok(())
+}
