@@ -348,4 +348,12 @@ async fn a_new_replica_starts_from_the_seed_and_replays_only_the_rest() {
     assert_eq!(head_a["head_hash"], head_b["head_hash"], "{head_a} / {head_b}");
     let (status, v) = call(Method::POST, &format!("{}/api/v1/ledger/verification", b.url), None, None).await;
     assert_eq!((status, &v["ok"]), (200, &json!(true)), "{v}");
+
+    // A replica stops cleanly on SIGTERM (its PostgreSQL connections closed off the runtime).
+    for (name, server) in [("A", a), ("B", b)] {
+        let log = server.log.clone();
+        let status = server.stop();
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(status.success() && !text.contains("panicked"), "{name} stopped with {status}: {text}");
+    }
 }

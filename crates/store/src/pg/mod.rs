@@ -104,6 +104,17 @@ pub(crate) struct Conn {
     prepared: std::collections::HashMap<&'static str, postgres::Statement>,
 }
 
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The `postgres` client closes its connection on a runtime of its own, which must not
+        // start inside another (a replica's handles are dropped on the server's runtime).
+        let (client, prepared) = (self.client.take(), std::mem::take(&mut self.prepared));
+        if client.is_some() {
+            off_runtime(move || drop((prepared, client)));
+        }
+    }
+}
+
 impl Conn {
     pub(crate) fn new(url: &str) -> Conn {
         Conn { url: url.to_owned(), client: None, prepared: std::collections::HashMap::new() }

@@ -304,7 +304,7 @@ impl StateStore for PgState {
         off_runtime(|| {
             let mut c = Conn::new(&self.url);
             c.get()?.execute("select pg_advisory_lock($1)", &[&WRITE_LOCK]).map_err(pg("holding the state writer"))?;
-            Ok(Box::new(Hold(Some(c))) as Box<dyn WriterHold>)
+            Ok(Box::new(Hold { _conn: c }) as Box<dyn WriterHold>)
         })
     }
 }
@@ -414,24 +414,10 @@ impl StateView for View {
     }
 }
 
-impl Drop for View {
-    fn drop(&mut self) {
-        // The `postgres` client closes its connection on a runtime of its own.
-        let conn = std::mem::replace(self.0.get_mut(), Conn::new(""));
-        off_runtime(move || drop(conn));
-    }
+/// The exclusive write lock, held on a connection of its own: dropping it closes the
+/// connection, which releases the session lock.
+struct Hold {
+    _conn: Conn,
 }
-
-/// The exclusive write lock, held on a connection of its own until dropped.
-struct Hold(Option<Conn>);
 
 impl WriterHold for Hold {}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        // Closing the connection releases the session lock.
-        if let Some(c) = self.0.take() {
-            off_runtime(move || drop(c));
-        }
-    }
-}
