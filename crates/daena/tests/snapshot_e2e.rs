@@ -14,6 +14,18 @@ async fn put(url: &str, class: &str, key: &str, n: u64) {
     assert!((200..300).contains(&status), "{status} {r}");
 }
 
+/// Removes the state, ledger and cold tier of the data directory under `dir`.
+fn wipe(dir: &std::path::Path) {
+    for part in ["state.redb", "ledger", "l3"] {
+        let p = dir.join("data").join(part);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).expect("wipe");
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
 async fn get(url: &str, class: &str, key: &str) -> (u16, Value) {
     call(Method::GET, &format!("{url}/api/v1/memory/{class}/{key}"), None, None).await
 }
@@ -63,14 +75,7 @@ async fn snapshot_wipe_restore_gives_back_the_snapshot() {
     assert!(!tmp.path().join("data/replaced").exists(), "nothing replaced: {}", stderr(&o));
 
     // Wipe the state, ledger and cold tier; restore.
-    for part in ["state.redb", "ledger", "l3"] {
-        let p = tmp.path().join("data").join(part);
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).expect("wipe");
-        } else {
-            let _ = std::fs::remove_file(&p);
-        }
-    }
+    wipe(tmp.path());
     let o = run(daena(tmp.path()).args(["snapshot", "restore", "latest", "--json"]));
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     let o = run(daena(tmp.path()).args(["ledger", "verify", "--json"]));
@@ -426,14 +431,7 @@ async fn a_snapshot_carries_the_cold_tier_wherever_storage_l3_path_puts_it() {
     server.stop();
 
     // A new machine: the snapshot archive is all that is left.
-    for part in ["state.redb", "ledger", "l3"] {
-        let p = tmp.path().join("data").join(part);
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).expect("wipe");
-        } else {
-            let _ = std::fs::remove_file(&p);
-        }
-    }
+    wipe(tmp.path());
     std::fs::remove_dir_all(&cold).expect("wipe the cold volume");
     let o = run(daena(tmp.path()).args(["snapshot", "restore", "latest", "--json"]));
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));

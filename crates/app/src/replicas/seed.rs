@@ -13,7 +13,7 @@
 
 use super::Replicas;
 use crate::config::{Config, StorageBackend};
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::snapshot::{self, Manifest};
 use daena_store::backup::{self, STATE_FILE};
 use daena_store::datadir::{DataDir, list_dir};
@@ -105,20 +105,7 @@ fn empty(data: &DataDir) -> AppResult<bool> {
 fn check(data: &DataDir, archive: &Path, staging: &Path) -> AppResult<Manifest> {
     let trust = crate::backup_trust::Trust { trust_unsigned: false, public_key: None };
     let (manifest, _) = snapshot::unpack_verified(data, archive, staging, &trust)?;
-    let ledger = staging.join("ledger");
-    let checkpoints =
-        daena_store::ledger::read_checkpoints(&ledger).map_err(|e| AppError::invalid(format!("seed ledger: {e}")))?;
-    let (summary, _) = daena_store::ledger::verify_path(&ledger, checkpoints, None, |_| {})
-        .map_err(|e| AppError::invalid(format!("seed ledger: {e}")))?;
-    if let Some(f) = &summary.failure {
-        return Err(AppError::invalid(format!("the seed's ledger does not verify: {}", f.reason)));
-    }
-    if summary.entries != manifest.ledger_size || summary.root != manifest.ledger_root {
-        return Err(AppError::invalid(format!(
-            "the seed's ledger holds {} entries with root {}, its manifest says {} and {}",
-            summary.entries, summary.root, manifest.ledger_size, manifest.ledger_root
-        )));
-    }
+    snapshot::verify_unpacked_ledger(&staging.join("ledger"), &manifest, "seed")?;
     forget_observed(&staging.join(STATE_FILE))?;
     Ok(manifest)
 }

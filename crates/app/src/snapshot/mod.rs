@@ -215,6 +215,24 @@ pub fn unpack_verified(
     Ok((manifest, provenance))
 }
 
+/// Verifies the ledger unpacked from an archive (the `what`'s) and that it is the one its
+/// manifest names; the entries verified.
+pub(crate) fn verify_unpacked_ledger(ledger: &Path, manifest: &Manifest, what: &str) -> AppResult<u64> {
+    let checkpoints = daena_store::ledger::read_checkpoints(ledger).map_err(|e| io(format!("{what} ledger"), e))?;
+    let (summary, _) = daena_store::ledger::verify_path(ledger, checkpoints, None, |_| {})
+        .map_err(|e| io(format!("{what} ledger"), e))?;
+    if let Some(f) = &summary.failure {
+        return Err(AppError::invalid(format!("the {what}'s ledger does not verify: {}", f.reason)));
+    }
+    if summary.entries != manifest.ledger_size || summary.root != manifest.ledger_root {
+        return Err(AppError::invalid(format!(
+            "the {what}'s ledger holds {} entries with root {}, its manifest says {} and {}",
+            summary.entries, summary.root, manifest.ledger_size, manifest.ledger_root
+        )));
+    }
+    Ok(summary.entries)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub archive: String,
@@ -257,18 +275,7 @@ pub fn restore_in(
     {
         let (manifest, provenance) = unpack_verified(data, archive, staging, trust)?;
         let ledger = staging.join("ledger");
-        let checkpoints = daena_store::ledger::read_checkpoints(&ledger).map_err(|e| io("snapshot ledger", e))?;
-        let (summary, _) = daena_store::ledger::verify_path(&ledger, checkpoints, None, |_| {})
-            .map_err(|e| io("snapshot ledger", e))?;
-        if let Some(f) = &summary.failure {
-            return Err(AppError::invalid(format!("the snapshot's ledger does not verify: {}", f.reason)));
-        }
-        if summary.entries != manifest.ledger_size || summary.root != manifest.ledger_root {
-            return Err(AppError::invalid(format!(
-                "the snapshot's ledger holds {} entries with root {}, its manifest says {} and {}",
-                summary.entries, summary.root, manifest.ledger_size, manifest.ledger_root
-            )));
-        }
+        let verified = verify_unpacked_ledger(&ledger, &manifest, "snapshot")?;
         adopt_master(data, loaded, &staging.join(STATE), &manifest.master_key_id)?;
         let carried = crate::governance::facts_set_aside(&data.ledger_dir(), &ledger)?;
         crate::governance::record_carried(&staging.join(STATE), &carried)?;
@@ -278,7 +285,7 @@ pub fn restore_in(
             archive: archive.display().to_string(),
             manifest,
             replaced_dir: aside.display().to_string(),
-            ledger_verified_entries: summary.entries,
+            ledger_verified_entries: verified,
             carried_forward: carried.len(),
             provenance,
         })
