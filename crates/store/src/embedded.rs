@@ -459,46 +459,88 @@ impl StateView for View {
     }
 }
 
-/// Rows read from another backend (a PostgreSQL view), to be written as an embedded store
-/// file: the layout a snapshot's `state.redb` has whatever the backend.
+/// Rows read from another backend (a PostgreSQL view), written page by page as an embedded
+/// store file: the layout a snapshot's `state.redb` has whatever the backend. The file is
+/// whole once [`Copy::finish`] returns (each page is committed on its own, so memory holds one
+/// page at a time; the file is a staging copy until then).
 #[cfg(feature = "shared")]
-pub(crate) struct Copy<'a> {
-    pub records: &'a [(Vec<u8>, Vec<u8>)],
-    pub access: &'a [(Vec<u8>, (i64, u64))],
-    pub cache: &'a [(Vec<u8>, Vec<u8>)],
-    pub dicts: &'a [(Vec<u8>, Vec<u8>)],
-    /// (table, key, JSON)
-    pub docs: &'a [(String, String, Vec<u8>)],
-    pub applied: u64,
+pub(crate) struct Copy {
+    db: Database,
+    names: std::collections::BTreeSet<String>,
+}
+
+/// An opaque table a [`Copy`] fills.
+#[cfg(feature = "shared")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CopyTable {
+    Records,
+    Cache,
+    Dicts,
 }
 
 #[cfg(feature = "shared")]
-impl Copy<'_> {
-    /// Creates the file at `path`; returns the names of the tables it holds.
-    pub(crate) fn write(&self, path: &Path) -> Result<Vec<String>, StoreError> {
-        let out = Database::create(path)?;
-        let w = out.begin_write()?;
-        let mut names = std::collections::BTreeSet::new();
-        for (def, rows) in [(RECORDS, self.records), (CACHE, self.cache), (DICTS, self.dicts)] {
+impl Copy {
+    /// Creates the file at `path`.
+    pub(crate) fn create(path: &Path) -> Result<Copy, StoreError> {
+        Ok(Copy { db: Database::create(path)?, names: std::collections::BTreeSet::new() })
+    }
+
+    /// Adds a page of `(key, value)` rows to `table`.
+    pub(crate) fn rows(&mut self, table: CopyTable, rows: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let def = match table {
+            CopyTable::Records => RECORDS,
+            CopyTable::Cache => CACHE,
+            CopyTable::Dicts => DICTS,
+        };
+        let w = self.db.begin_write()?;
+        {
             let mut t = w.open_table(def)?;
             for (k, v) in rows {
                 t.insert(k.as_slice(), v.as_slice())?;
             }
-            names.insert(def.name().to_owned());
-        }
-        let mut access = w.open_table(ACCESS)?;
-        for (k, stats) in self.access {
-            access.insert(k.as_slice(), *stats)?;
-        }
-        drop(access);
-        w.open_table(MEMORY_META)?.insert(APPLIED_SEQ, self.applied)?;
-        names.extend([ACCESS.name().to_owned(), MEMORY_META.name().to_owned()]);
-        for (table, key, json) in self.docs {
-            w.open_table(TableDefinition::<&str, &[u8]>::new(table))?.insert(key.as_str(), json.as_slice())?;
-            names.insert(table.clone());
         }
         w.commit()?;
-        Ok(names.into_iter().collect())
+        self.names.insert(def.name().to_owned());
+        Ok(())
+    }
+
+    /// Adds a page of access statistics.
+    pub(crate) fn access(&mut self, rows: &[(Vec<u8>, (i64, u64))]) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(ACCESS)?;
+            for (k, stats) in rows {
+                t.insert(k.as_slice(), *stats)?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Adds a page of documents, `(table, key, JSON)`.
+    pub(crate) fn docs(&mut self, rows: &[(String, String, Vec<u8>)]) -> Result<(), StoreError> {
+        let w = self.db.begin_write()?;
+        for (table, key, json) in rows {
+            w.open_table(TableDefinition::<&str, &[u8]>::new(table))?.insert(key.as_str(), json.as_slice())?;
+            self.names.insert(table.clone());
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// Records the ledger position the rows reach and makes sure every state table exists;
+    /// returns the names of the tables the file holds.
+    pub(crate) fn finish(mut self, applied: u64) -> Result<Vec<String>, StoreError> {
+        let w = self.db.begin_write()?;
+        for def in [RECORDS, CACHE, DICTS] {
+            w.open_table(def)?;
+            self.names.insert(def.name().to_owned());
+        }
+        w.open_table(ACCESS)?;
+        w.open_table(MEMORY_META)?.insert(APPLIED_SEQ, applied)?;
+        w.commit()?;
+        self.names.extend([ACCESS.name().to_owned(), MEMORY_META.name().to_owned()]);
+        Ok(self.names.into_iter().collect())
     }
 }
 

@@ -167,7 +167,7 @@ fn records_versions_scans_and_removal() {
 /// cache row is seen exactly once, in order, also when a scan starts after a key.
 #[test]
 fn scans_longer_than_a_page_see_each_row_once() {
-    each(|b, _, kv| {
+    each(|b, dir, kv| {
         let addrs: Vec<Vec<u8>> =
             (0..2500).map(|i| records::address_key("acme", "chat", &format!("k{i:05}"))).collect();
         let encoded = row(1, Tier::L2).encode().expect("encode");
@@ -193,6 +193,20 @@ fn scans_longer_than_a_page_see_each_row_once() {
         .expect("scan");
         assert_eq!(seen.len(), cache.len(), "{}: every cache row once", b.name);
         assert!(seen == cache, "{}: cache rows in order", b.name);
+        // A view's copy holds them all too (PostgreSQL copies it a page at a time).
+        let copy_dir = dir.join("copy");
+        std::fs::create_dir_all(&copy_dir).expect("dir");
+        let (_, copied) = kv.view().expect("view").copy_to(&copy_dir.join("state.redb")).expect("copy");
+        assert_eq!(copied, 2500, "{}: records copied", b.name);
+        let copy = open_embedded(&copy_dir);
+        assert!(keys(&copy, &[], None) == addrs, "{}: the copy's records, once each, in order", b.name);
+        let mut copied_cache = 0;
+        copy.scan_cache(|_, _| {
+            copied_cache += 1;
+            Ok(())
+        })
+        .expect("scan");
+        assert_eq!(copied_cache, 2500, "{}: the copy's cache rows", b.name);
     });
 }
 
