@@ -289,7 +289,7 @@ impl Daena {
         };
         checks.push(("ledger".to_owned(), ledger));
         if let Some(r) = &self.replicas {
-            checks.extend(replicas::health_checks(r, self.governance.limiter()));
+            checks.extend(replicas::health_checks(r, self.governance.limiter(), &self.config));
         }
         checks.push(("ledger_verified".to_owned(), checks::verification_check(self)));
         checks.push(("upstream".to_owned(), checks::upstream_check(self)));

@@ -339,6 +339,10 @@ async fn a_new_replica_starts_from_the_seed_and_replays_only_the_rest() {
         .and_then(|l| l.rsplit("entries=").next())
         .map_or(0, |n| n.trim().parse().expect("a count"));
     assert!(copied <= 5, "B copied {copied} entries rather than the 5 after the seed: {log}");
+    let (_, health) = call(Method::GET, &format!("{}/health", b.url), None, None).await;
+    let replica = &health["checks"]["replica"];
+    assert_eq!(replica["status"], "pass", "{health}");
+    assert!(replica["detail"].as_str().unwrap_or("").contains("the newest seed for new replicas covers"), "{health}");
     for i in [0, 29, 30, 34] {
         let (status, v) = get(&b.url, &format!("k{i}")).await;
         assert_eq!((status, &v["payload"]["v"]), (200, &json!(format!("v{i}"))), "k{i} through B: {v}");

@@ -199,8 +199,9 @@ pub fn single_node_only(config: &Config, what: &str) -> AppResult<()> {
 }
 
 /// `/health` checks of a replica: PostgreSQL (critical: nothing can be acknowledged without
-/// it) and Redis (degraded: the limits fall back to this replica's own).
-pub fn health_checks(r: &Replicas, limiter: &crate::ratelimit::RateLimiter) -> Vec<(String, Check)> {
+/// it), Redis (degraded: the limits fall back to this replica's own) and the replica itself
+/// (degraded when it was retired; the seeds new replicas start from).
+pub fn health_checks(r: &Replicas, limiter: &crate::ratelimit::RateLimiter, config: &Config) -> Vec<(String, Check)> {
     let postgres = match r.docs.probe().and_then(|()| r.docs.encrypted()) {
         Ok(encrypted) => Check::new(
             CheckStatus::Pass,
@@ -230,5 +231,18 @@ pub fn health_checks(r: &Replicas, limiter: &crate::ratelimit::RateLimiter) -> V
             format!("Redis does not answer ({e}): each replica limits on its own until it is back"),
         ),
     };
-    vec![("postgres".to_owned(), postgres), ("redis".to_owned(), redis)]
+    let replica = if r.peers.retired() {
+        Check::new(
+            CheckStatus::Fail,
+            false,
+            format!(
+                "replica {} was retired while it was cut off: its figures are no longer published; restart it on \
+                 an empty data directory",
+                r.replica
+            ),
+        )
+    } else {
+        Check::new(CheckStatus::Pass, false, format!("replica {}; {}", r.replica, seed::describe(config)))
+    };
+    vec![("postgres".to_owned(), postgres), ("redis".to_owned(), redis), ("replica".to_owned(), replica)]
 }

@@ -160,6 +160,11 @@ impl Peers {
         Ok(())
     }
 
+    /// Whether this replica found itself retired (it publishes nothing more).
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
     /// Says this replica is alive when it last did so [`TOUCH_EVERY`] ago or more.
     pub fn touch(&self) -> AppResult<()> {
         let due = self.seen.lock().1.is_none_or(|at| at.elapsed() >= TOUCH_EVERY);
@@ -392,6 +397,7 @@ mod tests {
         // them again, and its data directory may not start again.
         let e = a.publish(COUNTS, &[("t1".to_owned(), counts(4))]).expect_err("refused").to_string();
         assert!(e.contains("was retired"), "{e}");
+        assert!(a.retired() && !b.retired(), "a knows it was retired (its /health says so)");
         assert_eq!(fleet(&db, "t1"), 5);
         assert!(open("a").expect_err("refused").to_string().contains("was retired"));
         assert!(

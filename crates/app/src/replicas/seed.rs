@@ -63,6 +63,25 @@ pub async fn write(d: &crate::Daena) -> AppResult<Option<Manifest>> {
     Ok(Some(m))
 }
 
+/// What `/health` says of seeds: off, none yet, or the newest.
+pub fn describe(config: &Config) -> String {
+    let Some(dir) = dir(config).filter(|_| every(config).is_some()) else {
+        return "seeds are off (no storage.l3_path, or storage.seed_every_secs = 0): a replica started on an \
+                empty data directory rebuilds its state from the whole chain"
+            .to_owned();
+    };
+    match snapshot::list(&dir) {
+        Ok(seeds) => match seeds.last() {
+            Some((_, m)) => format!(
+                "the newest seed for new replicas covers {} entries ({}, written {})",
+                m.ledger_size, m.name, m.created_at
+            ),
+            None => "no seed yet: the lease holder writes one once the chain has grown".to_owned(),
+        },
+        Err(e) => format!("the seeds in {} cannot be listed: {}", dir.display(), e.message),
+    }
+}
+
 /// Starts an empty data directory from the newest seed; the ledger position it starts at, or
 /// `None` (no seed, a directory that is not empty, or a seed that failed a check).
 pub fn start_from(config: &Config, data: &DataDir, r: &Replicas) -> AppResult<Option<u64>> {
