@@ -142,3 +142,32 @@ fn forget_observed(state: &Path) -> AppResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daena_store::kv::doc_table;
+
+    /// A seed keeps what the chain decided and drops what its writer observed itself, which
+    /// the new replica would otherwise publish again as its own (counted twice).
+    #[test]
+    fn a_seed_leaves_out_what_its_writer_observed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(STATE_FILE);
+        let decided = doc_table("rate_limit_overrides");
+        {
+            let kv = Kv::open(&path, 1 << 20).expect("kv");
+            for table in OBSERVED {
+                kv.put_doc(table, "acme", &serde_json::json!({"n": 1})).expect("put");
+                kv.put_doc(table, "other", &serde_json::json!({"n": 2})).expect("put");
+            }
+            kv.put_doc(decided, "acme", &serde_json::json!({"rpm": 60, "burst": 10})).expect("put");
+        }
+        forget_observed(&path).expect("forget");
+        let kv = Kv::open(&path, 1 << 20).expect("kv");
+        for table in OBSERVED {
+            assert!(kv.scan_docs::<serde_json::Value>(table).expect("scan").is_empty(), "{}", table.name());
+        }
+        assert_eq!(kv.scan_docs::<serde_json::Value>(decided).expect("scan").len(), 1, "the chain's state stays");
+    }
+}
