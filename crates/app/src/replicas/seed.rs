@@ -89,7 +89,14 @@ pub fn start_from(config: &Config, data: &DataDir, r: &Replicas) -> AppResult<Op
     if !empty(data)? {
         return Ok(None);
     }
-    let Some((archive, _)) = snapshot::list(&dir)?.pop() else { return Ok(None) };
+    let newest = match snapshot::list(&dir) {
+        Ok(mut seeds) => seeds.pop(),
+        Err(e) => {
+            tracing::warn!(error = %e.message, dir = %dir.display(), "the seeds cannot be listed; rebuilding from the whole chain");
+            None
+        }
+    };
+    let Some((archive, _)) = newest else { return Ok(None) };
     let stamp = crate::clock::compact_stamp(crate::clock::Clock::now(&crate::clock::SystemClock));
     let staged = backup::Staging::new(data.root(), "seed", &stamp)?;
     let manifest = match check(data, &archive, staged.path()) {
@@ -147,6 +154,33 @@ fn forget_observed(state: &Path) -> AppResult<()> {
 mod tests {
     use super::*;
     use daena_store::kv::doc_table;
+
+    /// A seed that cannot be read leaves the replica to rebuild from the whole chain: it never
+    /// stops a start.
+    #[test]
+    fn an_unreadable_seed_leaves_the_replica_to_rebuild() {
+        let db = daena_store::pg::TestDatabase::create();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::default();
+        config.storage.backend = StorageBackend::Postgres;
+        config.storage.postgres_url = Some(db.url.clone());
+        config.storage.l3_path = Some(tmp.path().join("shared"));
+        config.data_dir = tmp.path().join("data");
+        let info = daena_store::datadir::LockInfo { pid: std::process::id(), listen: None, holder: "test".into() };
+        let data = DataDir::open(&config.data_dir, &info).expect("data dir");
+        let r = Replicas::open(&config, &data, false).expect("open").expect("a replica");
+        let seeds = tmp.path().join("shared/seeds");
+        std::fs::create_dir_all(&seeds).expect("seeds dir");
+        std::fs::write(seeds.join("daena-seed-1.tar.zst"), b"not an archive").expect("write");
+        std::fs::write(seeds.join("daena-seed-1.manifest.json"), b"{not json").expect("write");
+        assert_eq!(start_from(&config, &data, &r).expect("start"), None, "an unreadable manifest");
+        let manifest = serde_json::json!({"format": 1, "name": "daena-seed-1", "created_at": "", "daena_version": "",
+            "ledger_size": 3, "ledger_head_hash": "", "ledger_root": "", "master_key_id": "", "records": 0,
+            "tables": [], "files": []});
+        std::fs::write(seeds.join("daena-seed-1.manifest.json"), manifest.to_string()).expect("write");
+        assert_eq!(start_from(&config, &data, &r).expect("start"), None, "an archive that does not unpack");
+        assert!(!data.state_db().exists() && empty(&data).expect("empty"), "nothing was put in place");
+    }
 
     /// A seed keeps what the chain decided and drops what its writer observed itself, which
     /// the new replica would otherwise publish again as its own (counted twice).
