@@ -151,7 +151,12 @@ pub async fn run(global: &Global, args: DrillArgs) -> anyhow::Result<ExitCode> {
     let data_dir = load_config(global, Vec::new())?.config.data_dir;
     let scratch = match &args.scratch {
         Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("daena-drill-{}", started_at.replace([':', '-'], ""))),
+        // Two drills in the same second (of two deployments on one machine) get two directories.
+        None => std::env::temp_dir().join(format!(
+            "daena-drill-{}-{}",
+            started_at.replace([':', '-'], ""),
+            std::process::id()
+        )),
     };
     let (mut records, mut sampled, mut position, mut name) = (0, 0, 0, None);
     let rehearsal = Instant::now();
