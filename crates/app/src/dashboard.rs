@@ -135,11 +135,7 @@ impl Series {
         // Read, add, and swap: a lease holder taking over at that moment cannot make either
         // sample vanish.
         for _ in 0..3 {
-            let before = docs.get_doc(SERIES, "samples")?;
-            let mut q: VecDeque<Sample> = match &before {
-                Some(bytes) => decode_doc(SERIES, "samples", bytes)?,
-                None => VecDeque::new(),
-            };
+            let (before, mut q) = read_shared(docs)?;
             add(&mut q);
             if docs.swap_doc(SERIES, "samples", before.as_deref(), &encode_doc(&q)?)? {
                 *self.samples.lock() = q;
@@ -155,10 +151,8 @@ impl Series {
         if let Some((docs, read)) = &self.shared {
             let mut read = read.lock();
             if read.is_none_or(|at| at.elapsed() >= SHARED_FRESH) {
-                let stored = docs.get_doc(SERIES, "samples");
-                match stored.and_then(|bytes| bytes.map_or(Ok(VecDeque::new()), |b| decode_doc(SERIES, "samples", &b)))
-                {
-                    Ok(q) => {
+                match read_shared(docs) {
+                    Ok((_, q)) => {
                         *self.samples.lock() = q;
                         *read = Some(Instant::now());
                     }
@@ -175,6 +169,16 @@ impl Series {
         samples.push(sample(d));
         SeriesView { interval_secs: INTERVAL_SECS, samples }
     }
+}
+
+/// The shared series as stored (the bytes a swap expects) and decoded.
+fn read_shared(docs: &PgDocs) -> Result<(Option<Vec<u8>>, VecDeque<Sample>), daena_store::StoreError> {
+    let stored = docs.get_doc(SERIES, "samples")?;
+    let samples = match &stored {
+        Some(bytes) => decode_doc(SERIES, "samples", bytes)?,
+        None => VecDeque::new(),
+    };
+    Ok((stored, samples))
 }
 
 fn sample(d: &Daena) -> Sample {

@@ -418,8 +418,8 @@ fn replay(reader: &dyn LedgerRead, state: &mut dyn StateMachine<Op = StateOp>) -
 /// otherwise `storage.l3_path` when set, else `<data>/l3`.
 pub fn cold_dir(config: &Config, data: &DataDir, replicas: Option<&replicas::Replicas>) -> PathBuf {
     match (replicas, &config.storage.l3_path) {
-        (Some(r), _) => r.cold_dir(config, data),
+        (Some(r), Some(path)) => path.join(format!("replica-{}", r.replica)),
         (None, Some(path)) => path.clone(),
-        (None, None) => data.l3_dir(),
+        (_, None) => data.l3_dir(),
     }
 }

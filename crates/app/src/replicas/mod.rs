@@ -28,7 +28,6 @@ use daena_store::kv::DocTable;
 use daena_store::pg::{self, Lease, PgDocs};
 use daena_store::redis_limits::SharedLimits;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,14 +110,6 @@ impl Replicas {
         );
         let peers = Arc::new(Peers::open(docs.clone(), replica.clone())?);
         Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits, peers }))
-    }
-
-    /// Where this replica keeps its cold segments.
-    pub fn cold_dir(&self, config: &Config, data: &DataDir) -> PathBuf {
-        match &config.storage.l3_path {
-            Some(path) => path.join(format!("replica-{}", self.replica)),
-            None => data.l3_dir(),
-        }
     }
 
     /// Whether this replica runs the schedulers now.

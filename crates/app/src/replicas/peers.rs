@@ -14,6 +14,7 @@
 //! cannot publish its (already folded) figures again: it says so and stops publishing, and a
 //! replica started on a retired data directory refuses to start.
 
+use super::shared_err;
 use crate::error::{AppError, AppResult};
 use daena_base::clock::{Clock, SystemClock};
 use daena_core::time::Micros;
@@ -101,8 +102,12 @@ impl std::fmt::Debug for Peers {
     }
 }
 
-fn shared_err(what: &str) -> impl FnOnce(daena_store::StoreError) -> AppError + '_ {
-    move |e| AppError::unavailable(format!("{what}: {e}"))
+/// Whether a stored seen document says its replica was retired.
+fn says_retired(replica: &str, seen: Option<&[u8]>) -> AppResult<bool> {
+    Ok(match seen {
+        Some(bytes) => decode_doc::<Seen>(SEEN, replica, bytes)?.retired,
+        None => false,
+    })
 }
 
 fn retired_error(replica: &str) -> AppError {
@@ -117,9 +122,7 @@ impl Peers {
     /// Peers of replica `replica`; refuses a replica the deployment has retired.
     pub fn open(docs: Arc<PgDocs>, replica: String) -> AppResult<Peers> {
         let seen = docs.get_doc(SEEN, &replica).map_err(shared_err("reading when this replica was last seen"))?;
-        if let Some(bytes) = &seen
-            && decode_doc::<Seen>(SEEN, &replica, bytes)?.retired
-        {
+        if says_retired(&replica, seen.as_deref())? {
             return Err(retired_error(&replica));
         }
         Ok(Peers {
@@ -189,9 +192,7 @@ impl Peers {
                 return Ok(());
             }
             let current = self.docs.get_doc(SEEN, &self.replica).map_err(shared_err("reading this replica's seen"))?;
-            if let Some(bytes) = &current
-                && decode_doc::<Seen>(SEEN, &self.replica, bytes)?.retired
-            {
+            if says_retired(&self.replica, current.as_deref())? {
                 self.retired.store(true, Ordering::Relaxed);
                 let e = retired_error(&self.replica);
                 tracing::error!(error = %e, "this replica was retired while it was cut off");

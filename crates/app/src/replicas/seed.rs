@@ -38,14 +38,16 @@ pub fn every(config: &Config) -> Option<Duration> {
     }
 }
 
+/// Where seeds are kept; `None` when they are off.
 fn dir(config: &Config) -> Option<PathBuf> {
+    every(config)?;
     config.storage.l3_path.as_ref().map(|p| p.join("seeds"))
 }
 
 /// Writes a seed of this replica's copy when the chain grew since the newest seed (run by the
 /// lease holder); its manifest, or `None` when there was nothing new.
 pub async fn write(d: &crate::Daena) -> AppResult<Option<Manifest>> {
-    let Some(dir) = dir(d.config()).filter(|_| every(d.config()).is_some()) else { return Ok(None) };
+    let Some(dir) = dir(d.config()) else { return Ok(None) };
     let size = d.ledger().reader.head().size;
     let newest = snapshot::list(&dir)?.last().map(|(_, m)| m.ledger_size);
     if size == 0 || newest.is_some_and(|n| n >= size) {
@@ -65,7 +67,7 @@ pub async fn write(d: &crate::Daena) -> AppResult<Option<Manifest>> {
 
 /// What `/health` says of seeds: off, none yet, or the newest.
 pub fn describe(config: &Config) -> String {
-    let Some(dir) = dir(config).filter(|_| every(config).is_some()) else {
+    let Some(dir) = dir(config) else {
         return "seeds are off (no storage.l3_path, or storage.seed_every_secs = 0): a replica started on an \
                 empty data directory rebuilds its state from the whole chain"
             .to_owned();
@@ -85,7 +87,7 @@ pub fn describe(config: &Config) -> String {
 /// Starts an empty data directory from the newest seed; the ledger position it starts at, or
 /// `None` (no seed, a directory that is not empty, or a seed that failed a check).
 pub fn start_from(config: &Config, data: &DataDir, r: &Replicas) -> AppResult<Option<u64>> {
-    let Some(dir) = dir(config).filter(|_| every(config).is_some()) else { return Ok(None) };
+    let Some(dir) = dir(config) else { return Ok(None) };
     if !empty(data)? {
         return Ok(None);
     }
@@ -106,7 +108,7 @@ pub fn start_from(config: &Config, data: &DataDir, r: &Replicas) -> AppResult<Op
             return Ok(None);
         }
     };
-    let aside = backup::swap_in(data.root(), &r.cold_dir(config, data), staged.path(), &stamp)?;
+    let aside = backup::swap_in(data.root(), &crate::service::cold_dir(config, data, Some(r)), staged.path(), &stamp)?;
     // What was set aside is the empty directory's empty parts.
     let _ = std::fs::remove_dir_all(&aside);
     tracing::info!(

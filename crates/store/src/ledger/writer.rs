@@ -210,8 +210,7 @@ impl LedgerWriter {
     /// newest when it is newer and covers no more than this copy holds. Whether it did; an
     /// error when it does not match this copy.
     pub fn adopt_checkpoint(&mut self, cp: &Checkpoint, key: &ed25519_dalek::VerifyingKey) -> Result<bool, StoreError> {
-        let newest = self.shared.state.read().checkpoint.as_ref().map_or(0, |c| c.size);
-        if cp.size <= newest || cp.size > self.size() {
+        if cp.size <= self.checkpointed() || cp.size > self.size() {
             return Ok(false);
         }
         let corrupt =
