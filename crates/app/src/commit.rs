@@ -10,7 +10,9 @@
 use crate::clock::Clock;
 use crate::error::{AppError, AppResult};
 use daena_core::ledger::entry::{Entry, NewEntry};
+use daena_store::StoreError;
 use daena_store::ledger::{LedgerAppend, Receipt};
+use daena_store::state::StateRows;
 use ed25519_dalek::SigningKey;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +57,17 @@ pub trait StateMachine: Send + 'static {
     /// after its next batch or tick.
     fn flush_background(&mut self) -> AppResult<bool> {
         self.flush().map(|()| true)
+    }
+    /// The rows the prepared batch leaves in the state, for a ledger that keeps the state
+    /// with its entries: `ops` are the accepted operations, each with the sequence number its
+    /// first entry will get.
+    fn chain_rows(&mut self, _ops: &[(&Op<Self::Op>, u64)]) -> AppResult<StateRows> {
+        Ok(StateRows::default())
+    }
+    /// Every row of the applied state, a page at a time, to rebuild the state such a ledger
+    /// keeps.
+    fn all_rows(&mut self, _page: &mut dyn FnMut(StateRows) -> AppResult<()>) -> AppResult<()> {
+        Ok(())
     }
 }
 
@@ -183,6 +196,11 @@ impl<S: Send + 'static> Committer<S> {
             last_flush: Instant::now(),
             stats: stats.clone(),
         };
+        if worker.writer.shared()
+            && let Err(e) = worker.keep_state_at_start()
+        {
+            tracing::error!(error = %e.message, "could not check the state kept with the shared ledger; the next batch does");
+        }
         if !first.is_empty() {
             let mut replies = Vec::new();
             let jobs = first
@@ -434,6 +452,22 @@ impl<S: Send + 'static> Worker<S> {
             self.writer.release();
             return;
         }
+        if self.writer.shared() {
+            let from = self.writer.size();
+            let ops: Vec<(&Op<S>, u64)> =
+                accepted.iter().map(|(op, _, start, _)| (op, from + 1 + *start as u64)).collect();
+            let staged =
+                self.state.chain_rows(&ops).and_then(|rows| self.stage(&rows, from, from + entries.len() as u64));
+            if let Err(e) = staged {
+                self.state.abort();
+                self.writer.release();
+                tracing::error!(error = %e.message, "the batch's rows could not be written with it; the batch is refused");
+                for (_, reply, _, _) in accepted {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
         let started = Instant::now();
         let receipts = match self.writer.append(&entries, self.clock.now()) {
             Ok(r) => r,
@@ -470,6 +504,63 @@ impl<S: Send + 'static> Worker<S> {
             && let Err(e) = self.checkpoint()
         {
             tracing::warn!(error = %e.message, "checkpoint failed");
+        }
+    }
+
+    /// Writes a batch's rows into the state the shared ledger keeps, moving it from entry
+    /// `from` to `to`. A kept state elsewhere than `from` (a deployment whose chain predates
+    /// it, or a rebuild that failed) is rebuilt from this replica's copy first, in the same
+    /// transaction: the chain is taken, so that copy is the chain's state.
+    fn stage(&mut self, rows: &StateRows, from: u64, to: u64) -> AppResult<()> {
+        match self.writer.stage_state(rows, from, to) {
+            Err(StoreError::Corrupt { detail, .. }) => {
+                tracing::warn!(detail, "the state kept in PostgreSQL is not at the chain's head; rebuilding it");
+                self.rebuild_kept_state()?;
+                Ok(self.writer.stage_state(rows, from, to)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Replaces the state kept with the shared ledger by this replica's (between `begin` and
+    /// a commit).
+    fn rebuild_kept_state(&mut self) -> AppResult<()> {
+        let started = Instant::now();
+        let size = self.writer.size();
+        self.writer.clear_state()?;
+        let writer = &mut self.writer;
+        let mut written = 0usize;
+        self.state.all_rows(&mut |rows| {
+            written += rows.len();
+            Ok(writer.stage_state(&rows, 0, 0)?)
+        })?;
+        self.writer.stage_state(&StateRows::default(), 0, size)?;
+        tracing::info!(
+            rows = written,
+            entries = size,
+            millis = started.elapsed().as_millis() as u64,
+            "rebuilt the state kept in PostgreSQL from this replica's copy"
+        );
+        Ok(())
+    }
+
+    /// At start: takes the shared ledger, catches up, and rebuilds the state kept with it
+    /// when that is not at the chain's head (the first start after an upgrade).
+    fn keep_state_at_start(&mut self) -> AppResult<()> {
+        let foreign = self.writer.begin()?;
+        let kept = self.replay_foreign(foreign).and_then(|()| Ok(self.writer.kept_state()?));
+        match kept {
+            Ok(at) if at != self.writer.size() => {
+                let rebuilt = self.rebuild_kept_state().and_then(|()| Ok(self.writer.commit_state()?));
+                if rebuilt.is_err() {
+                    self.writer.release();
+                }
+                rebuilt
+            }
+            other => {
+                self.writer.release();
+                other.map(|_| ())
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use crate::governance::{GovOp, GovState, NO_STATE};
 use crate::memory::state::{MemoryOp, MemoryState};
 use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_store::ledger::Receipt;
+use daena_store::state::StateRows;
 
 /// A change to the service's state, one variant per capability.
 #[derive(Debug)]
@@ -126,5 +127,20 @@ impl StateMachine for DaenaState {
 
     fn flush_background(&mut self) -> AppResult<bool> {
         self.memory.flush_background()
+    }
+
+    fn chain_rows(&mut self, ops: &[(&Op, u64)]) -> AppResult<StateRows> {
+        let memory: Vec<(&MemoryOp, u64)> = ops
+            .iter()
+            .filter_map(|(op, seq)| match op {
+                Op::State(StateOp::Memory(m)) => Some((&**m, *seq)),
+                _ => None,
+            })
+            .collect();
+        self.memory.chain_rows(&memory)
+    }
+
+    fn all_rows(&mut self, page: &mut dyn FnMut(StateRows) -> AppResult<()>) -> AppResult<()> {
+        self.memory.all_rows(page)
     }
 }

@@ -173,6 +173,15 @@ impl CasState {
         out
     }
 
+    /// The rows the batch being prepared writes, in order: the entry's row, or `None` for an
+    /// eviction (for a ledger that keeps the state with its entries).
+    pub fn staged_rows(&self) -> impl Iterator<Item = (Vec<u8>, Option<&CasRow>)> + '_ {
+        self.staged.iter().map(|s| match s {
+            Staged::Store { tenant, key, row } => (table_key(tenant, key), Some(&**row)),
+            Staged::Evict { tenant, key } => (table_key(tenant, key), None),
+        })
+    }
+
     /// Applies the batch, now durable.
     pub fn apply(&mut self) {
         self.batch.clear();

@@ -28,6 +28,11 @@ impl Deployment {
         Deployment { db: TestDatabase::create(), shared: tempfile::tempdir().expect("shared dir"), dirs }
     }
 
+    /// Runs `sql` on the deployment's database.
+    fn execute(&self, sql: &str) {
+        self.db.execute(sql);
+    }
+
     /// Starts (or restarts) replica `i` on its data directory.
     fn start(&self, i: usize, redis: bool) -> Server {
         replica(self.dirs[i].path(), &self.db, self.shared.path(), redis, &[])
@@ -178,7 +183,55 @@ async fn two_replicas_behave_as_one_service() {
     let (ha, hb) = (head(a.url.clone()).await, head(b.url.clone()).await);
     assert_eq!(ha["head_hash"], hb["head_hash"], "the restarted replica caught up: {ha} / {hb}");
     assert_eq!(get(&a.url, &acked[acked.len() - 1]).await.0, 200);
+
+    // PostgreSQL keeps the records as the chain leaves them, written with each batch.
+    let kept = kept_records(&deployment.db, &b.url).await;
+    assert!(!kept.contains_key("r1"), "the record deleted through B is gone from PostgreSQL");
+    for key in &acked {
+        assert_eq!(kept.get(key).map(String::as_str), Some("L2"), "acknowledged {key} is kept in PostgreSQL");
+    }
+
+    // A deployment whose kept state is behind its chain (as after an upgrade) gets it rebuilt:
+    // by the next batch, and by a replica's start.
+    deployment.execute("delete from daena_records; update daena_applied set seq = 0");
+    assert_eq!(put(&b.url, "after-wipe", "b").await, 201);
+    let rebuilt = kept_records(&deployment.db, &b.url).await;
+    assert_eq!(rebuilt.len(), kept.len() + 1, "rebuilt from B's copy, with B's new write");
+    drop(a);
+    deployment.execute("delete from daena_records; update daena_applied set seq = 0");
+    let a = deployment.start(0, true);
+    assert_eq!(kept_records(&deployment.db, &a.url).await, rebuilt, "rebuilt by A's start");
     drop((a, b));
+}
+
+/// The records PostgreSQL keeps for tenant `acme`, class `chat` (key → tier), after checking
+/// that the kept state is at the chain's head as `url` reports it and that each record reads
+/// back through `url`.
+async fn kept_records(db: &TestDatabase, url: &str) -> std::collections::BTreeMap<String, String> {
+    use daena_store::state::StateStore;
+    // Every read passes a barrier, so each head is the shared chain's at that moment.
+    let head =
+        || async { call(Method::GET, &format!("{url}/api/v1/ledger/head"), None, None).await.1["size"].as_u64() };
+    let before = head().await.expect("head");
+    let kept = daena_store::pg::PgState::open(&db.url).expect("the kept state");
+    let applied = kept.applied_seq().expect("applied");
+    let after = head().await.expect("head");
+    assert!(
+        (before..=after).contains(&applied),
+        "the kept state is at the chain's head: {before} <= {applied} <= {after}"
+    );
+    let prefix = daena_store::records::address_key("acme", "chat", "");
+    let mut rows = std::collections::BTreeMap::new();
+    kept.scan_records(&prefix, None, &mut |addr, row| {
+        let key = String::from_utf8_lossy(&addr[prefix.len()..]).into_owned();
+        rows.insert(key, row.tier.as_str().to_owned());
+        Ok(true)
+    })
+    .expect("scan");
+    for key in rows.keys() {
+        assert_eq!(get(url, key).await.0, 200, "{key}, kept in PostgreSQL, reads back");
+    }
+    rows
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,5 +412,88 @@ async fn a_new_replica_starts_from_the_seed_and_replays_only_the_rest() {
         let status = server.stop();
         let text = std::fs::read_to_string(&log).expect("log");
         assert!(status.success() && !text.contains("panicked"), "{name} stopped with {status}: {text}");
+    }
+}
+
+/// A state's rows, comparable across backends: records by address (version, tier, content
+/// digest, sequence number: an L3 body is a cold segment locally and inline in PostgreSQL),
+/// cache entries and dictionaries by key with their bytes.
+#[derive(Debug, PartialEq)]
+struct Rows {
+    records: std::collections::BTreeMap<Vec<u8>, (u64, String, [u8; 32], u64)>,
+    cache: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    dicts: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn rows_of(store: &dyn daena_store::state::StateStore) -> Rows {
+    let mut rows = Rows { records: Default::default(), cache: Default::default(), dicts: Default::default() };
+    store
+        .scan_records(b"", None, &mut |addr, r| {
+            rows.records.insert(addr.to_vec(), (r.version, r.tier.as_str().to_owned(), r.content_sha256, r.seq));
+            Ok(true)
+        })
+        .expect("records");
+    store
+        .scan_cache(&mut |k, v| {
+            rows.cache.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .expect("cache");
+    store
+        .scan_dicts(&mut |k, v| {
+            rows.dicts.insert(k.to_vec(), v.to_vec());
+            Ok(())
+        })
+        .expect("dictionaries");
+    rows
+}
+
+/// The state PostgreSQL keeps is the state each replica derived from the chain on its own:
+/// records written, overwritten, deleted and quarantined through either replica, cache
+/// entries stored through one and evicted through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keeps_the_state_every_replica_derives() {
+    let deployment = Deployment::new(2);
+    let a = deployment.start(0, false);
+    let b = deployment.start(1, false);
+    for i in 0..5 {
+        assert_eq!(put(&a.url, &format!("k{i}"), "a").await, 201);
+    }
+    assert_eq!(put(&b.url, "k1", "b").await, 200);
+    assert_eq!(call(Method::DELETE, &format!("{}/api/v1/memory/chat/k2", b.url), Some("acme"), None).await.0, 200);
+    let held = json!({"payload": {"clause": "net 30"}});
+    let (status, v) =
+        call(Method::PUT, &format!("{}/api/v1/memory/legal/terms", a.url), Some("acme"), Some(&held)).await;
+    assert_eq!(status, 201, "{v}");
+    let mut keys = Vec::new();
+    for topic in ["churn", "pricing"] {
+        let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": format!("Summarize the {topic} report.")}]});
+        let answer = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": topic}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5}});
+        let store = json!({"request": chat, "response": answer});
+        let (status, v) = call(Method::POST, &format!("{}/api/v1/cas/store", b.url), Some("acme"), Some(&store)).await;
+        assert_eq!(status, 200, "{v}");
+        keys.push(v["key"].as_str().expect("key").to_owned());
+    }
+    let wrong = json!({"key": keys[0], "reason": "stale"});
+    let (status, v) = call(Method::POST, &format!("{}/api/v1/cas/feedback", a.url), Some("acme"), Some(&wrong)).await;
+    assert_eq!(status, 200, "{v}");
+    // A read through each replica is a barrier: both have applied everything before they stop.
+    for url in [&a.url, &b.url] {
+        assert_eq!(get(url, "k1").await.1["payload"]["v"], "b");
+    }
+    assert!(a.stop().success() && b.stop().success(), "both replicas stop cleanly");
+
+    let kept = rows_of(&daena_store::pg::PgState::open(&deployment.db.url).expect("the kept state"));
+    let tier =
+        |key: &str| kept.records.get(&daena_store::records::address_key("acme", "legal", key)).map(|r| r.1.clone());
+    assert_eq!(tier("terms").as_deref(), Some("L2Q"), "quarantine is kept: {kept:?}");
+    assert_eq!(kept.records.len(), 5, "k0, k1, k3, k4 and the quarantined record");
+    assert_eq!(kept.cache.len(), 1, "one entry stored, one evicted");
+    for dir in &deployment.dirs {
+        let local =
+            daena_store::kv::Kv::open(&dir.path().join("data/state.redb"), 1 << 20).expect("the replica's state");
+        assert_eq!(rows_of(local.store()), kept, "{} derived what PostgreSQL keeps", dir.path().display());
     }
 }

@@ -49,6 +49,29 @@ pub struct StateBatch<'a> {
     pub durable: bool,
 }
 
+/// What a batch of the chain leaves in the state, owned: handed to a ledger that keeps the
+/// state with its entries (replicas on PostgreSQL write these rows in the same transaction
+/// as the batch). Later rows for the same key replace earlier ones.
+#[derive(Debug, Default)]
+pub struct StateRows {
+    /// Encoded record rows by address (`None` removes the record and its access statistics).
+    pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Cache entry rows by key (`None` removes).
+    pub cache: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Dictionary rows by key.
+    pub dicts: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StateRows {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.cache.is_empty() && self.dicts.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len() + self.cache.len() + self.dicts.len()
+    }
+}
+
 /// A consistent read of the whole state at the moment it was taken.
 pub trait StateView: Send {
     /// Copies every table into a new state store at `path` (a snapshot's `state.redb`);

@@ -641,3 +641,91 @@ fn documents_swap_only_from_what_was_read_even_across_processes() {
     // Documents live in PostgreSQL, not in the local store.
     assert_eq!(embedded.get_doc::<String>(T, "race0").expect("get"), None);
 }
+
+/// The state a shared chain keeps lands with its batch or not at all, moves only from where
+/// it is, and can be rebuilt in one transaction.
+#[test]
+fn the_state_kept_with_the_chain_lands_with_its_batch_or_not_at_all() {
+    use daena_store::pg::PgState;
+    use daena_store::state::{StateRows, StateStore};
+    let db = TestDatabase::create();
+    let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+    let (mut a, _) = open_shared(&db.url, dirs[0].path());
+    let (mut b, _) = open_shared(&db.url, dirs[1].path());
+    let kept = PgState::open(&db.url).expect("the kept state");
+    let rec = |v: u64| Some(row(v, Tier::L2).encode().expect("encode"));
+    let records = |kept: &PgState| -> Vec<(Vec<u8>, u64)> {
+        let mut out = Vec::new();
+        kept.scan_records(b"", None, &mut |k, r| {
+            out.push((k.to_vec(), r.version));
+            Ok(true)
+        })
+        .expect("scan");
+        out
+    };
+    let cache_keys = |kept: &PgState| {
+        let mut out = Vec::new();
+        kept.scan_cache(&mut |k, _| {
+            out.push(k.to_vec());
+            Ok(())
+        })
+        .expect("scan");
+        out
+    };
+
+    assert!(a.kept_state().is_err(), "the position is read only with the chain taken");
+    a.begin().expect("begin");
+    assert_eq!(a.kept_state().expect("kept"), 0, "a new deployment's kept state is at 0");
+    let rows = StateRows {
+        // y is written and removed in the same batch: the last change wins.
+        records: vec![(b"x".to_vec(), rec(1)), (b"y".to_vec(), rec(1)), (b"y".to_vec(), None)],
+        cache: vec![(b"c1".to_vec(), Some(b"answer".to_vec())), (b"c2".to_vec(), Some(b"gone".to_vec()))],
+        dicts: vec![(b"d".to_vec(), b"dict".to_vec())],
+    };
+    a.stage_state(&rows, 0, 2).expect("stage");
+    a.append(&batch(1, 2), Micros(1)).expect("append");
+    assert_eq!(records(&kept), vec![(b"x".to_vec(), 1)]);
+    assert_eq!(cache_keys(&kept), vec![b"c1".to_vec(), b"c2".to_vec()]);
+    assert_eq!(kept.applied_seq().expect("applied"), 2);
+
+    // B has not applied A's batch: moving the kept state from 0 is refused, and nothing of it lands.
+    assert_eq!(b.begin().expect("begin").len(), 2, "B copies A's batch");
+    let stale = StateRows { records: vec![(b"z".to_vec(), rec(9))], ..StateRows::default() };
+    let err = b.stage_state(&stale, 0, 3).expect_err("the kept state is at 2");
+    assert!(matches!(err, daena_store::StoreError::Corrupt { .. }), "{err}");
+    b.release();
+    assert_eq!(records(&kept), vec![(b"x".to_vec(), 1)], "the refused rows were rolled back");
+    assert_eq!(kept.applied_seq().expect("applied"), 2);
+
+    // Rows staged for a batch that is then given up are rolled back with it.
+    b.begin().expect("begin");
+    b.stage_state(&StateRows { records: vec![(b"x".to_vec(), None)], ..StateRows::default() }, 2, 3).expect("stage");
+    b.release();
+    assert_eq!(records(&kept), vec![(b"x".to_vec(), 1)], "a released batch leaves the kept state alone");
+
+    // B's batch: a new version of x, one cache entry evicted.
+    b.begin().expect("begin");
+    let next = StateRows {
+        records: vec![(b"x".to_vec(), rec(2)), (b"w".to_vec(), rec(1))],
+        cache: vec![(b"c2".to_vec(), None)],
+        ..StateRows::default()
+    };
+    b.stage_state(&next, 2, 3).expect("stage");
+    b.append(&batch(3, 1), Micros(2)).expect("append");
+    assert_eq!(records(&kept), vec![(b"w".to_vec(), 1), (b"x".to_vec(), 2)]);
+    assert_eq!(cache_keys(&kept), vec![b"c1".to_vec()]);
+    assert_eq!(kept.applied_seq().expect("applied"), 3);
+
+    // A rebuild replaces everything in one transaction, at the chain's head.
+    a.begin().expect("begin");
+    assert_eq!(a.size(), 3);
+    a.clear_state().expect("clear");
+    a.stage_state(&StateRows { records: vec![(b"v".to_vec(), rec(5))], ..StateRows::default() }, 0, 0).expect("page");
+    assert_eq!(records(&kept), vec![(b"w".to_vec(), 1), (b"x".to_vec(), 2)], "not visible before the commit");
+    a.stage_state(&StateRows::default(), 0, 3).expect("position");
+    a.commit_state().expect("commit");
+    assert_eq!(records(&kept), vec![(b"v".to_vec(), 5)]);
+    assert!(cache_keys(&kept).is_empty());
+    assert_eq!(kept.applied_seq().expect("applied"), 3);
+    assert!(a.stage_state(&StateRows::default(), 3, 4).is_err(), "nothing is staged without the chain taken");
+}

@@ -100,6 +100,24 @@ impl std::fmt::Debug for Dictionaries {
     }
 }
 
+/// A dictionary's row in the state store: (key, value).
+fn row(tenant: &str, class: &str, id: u32, created_at: i64, sealed: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut value = created_at.to_be_bytes().to_vec();
+    value.extend_from_slice(sealed);
+    (table_key(tenant, class, id), value)
+}
+
+/// The row a `memory.dict` entry's body (`sealed`: the id in clear, then the envelope) leaves
+/// in the state store.
+pub(crate) fn sealed_row(tenant: &str, class: &str, created_at: i64, sealed: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    row(tenant, class, sealed_id(sealed), created_at, sealed)
+}
+
+/// The id a sealed dictionary carries in clear before its envelope (0 when it is too short).
+fn sealed_id(sealed: &[u8]) -> u32 {
+    sealed.get(..4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()))
+}
+
 fn table_key(tenant: &str, class: &str, id: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(tenant.len() + class.len() + 6);
     k.extend_from_slice(tenant.as_bytes());
@@ -199,7 +217,7 @@ impl Dictionaries {
             // sealed, as its records are; reading a record that needs it says so.
             Err(e) => {
                 tracing::warn!(tenant = %tenant, class, error = %e.message, "a compression dictionary does not open");
-                let id = sealed.get(..4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()));
+                let id = sealed_id(sealed);
                 self.write_row(kv, tenant.as_str(), class, id, created_at, sealed)?;
                 return Ok(id);
             }
@@ -219,9 +237,8 @@ impl Dictionaries {
         created_at: i64,
         sealed: &[u8],
     ) -> AppResult<()> {
-        let mut value = created_at.to_be_bytes().to_vec();
-        value.extend_from_slice(sealed);
-        Ok(kv.put_dict(&table_key(tenant, class, id), &value)?)
+        let (key, value) = row(tenant, class, id, created_at, sealed);
+        Ok(kv.put_dict(&key, &value)?)
     }
 
     /// Forgets a shredded tenant's dictionaries and samples (their rows stay, sealed).

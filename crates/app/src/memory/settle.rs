@@ -149,13 +149,7 @@ pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
     }
     let mut cache = Vec::with_capacity(job.cas.len());
     for (key, row) in job.cas.iter() {
-        let bytes = match row {
-            Some(row) => {
-                Some(postcard::to_allocvec(&**row).map_err(|e| AppError::internal(format!("encode cas row: {e}")))?)
-            }
-            None => None,
-        };
-        cache.push((key.as_slice(), bytes));
+        cache.push((key.as_slice(), row.as_deref().map(encode_cas).transpose()?));
     }
     if job.durable {
         shared.cold.sync()?;
@@ -170,6 +164,11 @@ pub(super) fn write(shared: &MemoryShared, job: &Job) -> AppResult<()> {
     };
     shared.kv.write(&batch)?;
     Ok(())
+}
+
+/// A cache entry's row as the state store keeps it.
+pub(super) fn encode_cas(row: &CasRow) -> AppResult<Vec<u8>> {
+    postcard::to_allocvec(row).map_err(|e| AppError::internal(format!("encode cas row: {e}")))
 }
 
 #[cfg(test)]

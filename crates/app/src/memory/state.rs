@@ -14,6 +14,7 @@ use crate::cas::CasOp;
 use crate::error::{AppError, AppResult, ErrorCode};
 use daena_core::ledger::entry::NewEntry;
 use daena_store::records::{self, RecordRow, RowBody, Tier, TrustRow};
+use daena_store::state::StateRows;
 
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -354,6 +355,12 @@ impl MemoryState {
     }
 }
 
+/// The sequence number of each staged change: staged changes follow the batch's memory
+/// operations in order, one each, except dictionaries.
+fn staged_seqs(ops: &[(&MemoryOp, u64)]) -> Vec<u64> {
+    ops.iter().filter(|(m, _)| !matches!(m, MemoryOp::Dict { .. })).map(|(_, seq)| *seq).collect()
+}
+
 fn not_found(addr: &Addr) -> AppError {
     AppError::not_found(format!("no record {}/{}", addr.class, addr.key))
 }
@@ -387,9 +394,7 @@ impl MemoryState {
         let last_seq = last_seq.unwrap_or(self.applied);
         let staged = std::mem::take(&mut self.staged);
         self.pending.clear();
-        // Staged changes follow the memory operations of the batch in order.
-        let seqs: Vec<u64> =
-            ops.iter().filter(|(m, _)| !matches!(m, MemoryOp::Dict { .. })).map(|(_, seq)| *seq).collect();
+        let seqs = staged_seqs(ops);
         // Dictionaries first: a record in this batch may already use one.
         for (m, _) in ops {
             if let MemoryOp::Dict { tenant, class, sealed, attrs } = m {
@@ -432,6 +437,70 @@ impl MemoryState {
             self.hand_off_unless_busy(false)?;
         }
         Ok(())
+    }
+
+    /// The rows the batch being prepared leaves in the state (`ops` as for
+    /// [`MemoryState::apply`]), for a ledger that keeps the state with its entries. A row
+    /// archived to L3 keeps its body inline there: cold segments are this replica's own.
+    pub(crate) fn chain_rows(&self, ops: &[(&MemoryOp, u64)]) -> AppResult<StateRows> {
+        let mut rows = StateRows::default();
+        for ((addr, _, change), seq) in self.staged.iter().zip(staged_seqs(ops)) {
+            let bytes = match change {
+                Change::Upsert(row) => Some(RecordRow { seq, ..(**row).clone() }.encode()?),
+                Change::Remove => None,
+            };
+            rows.records.push((addr.table_key(), bytes));
+        }
+        for (m, _) in ops {
+            if let MemoryOp::Dict { tenant, class, sealed, attrs } = m {
+                let created_at = attrs.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+                rows.dicts.push(super::dict::sealed_row(tenant.as_str(), class, created_at, sealed));
+            }
+        }
+        for (key, row) in self.cas.staged_rows() {
+            rows.cache.push((key, row.map(super::settle::encode_cas).transpose()?));
+        }
+        Ok(rows)
+    }
+
+    /// Every applied row (records, cache entries, dictionaries), handed to `page` a page at a
+    /// time, L3 bodies read back inline: what a ledger that keeps the state is rebuilt from.
+    pub(crate) fn all_rows(&mut self, page: &mut dyn FnMut(StateRows) -> AppResult<()>) -> AppResult<()> {
+        const PAGE: usize = 1000;
+        self.hand_off(false, true)?;
+        let kv = self.shared.kv.clone();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let mut found: Vec<(Vec<u8>, RecordRow)> = Vec::with_capacity(PAGE);
+            kv.scan_records(b"", after.as_deref(), |addr, row| {
+                found.push((addr.to_vec(), row));
+                Ok(found.len() < PAGE)
+            })?;
+            let Some((last, _)) = found.last() else { break };
+            after = Some(last.clone());
+            let full = found.len() == PAGE;
+            let mut rows = StateRows::default();
+            for (addr, mut row) in found {
+                if let RowBody::Cold { segment, offset, len } = row.body {
+                    row.body = RowBody::Inline(self.shared.cold.read(segment, offset, len)?);
+                }
+                rows.records.push((addr, Some(row.encode()?)));
+            }
+            page(rows)?;
+            if !full {
+                break;
+            }
+        }
+        let mut rows = StateRows::default();
+        kv.scan_cache(|k, v| {
+            rows.cache.push((k.to_vec(), Some(v.to_vec())));
+            Ok(())
+        })?;
+        kv.scan_dicts(|k, v| {
+            rows.dicts.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        page(rows)
     }
 
     pub(crate) fn abort(&mut self) {

@@ -8,6 +8,11 @@
 //! write acknowledged by one replica is visible through every other, and no L1 serves a
 //! value another replica has replaced.
 //!
+//! PostgreSQL also keeps the records, cache entries and dictionaries the chain leaves: the
+//! replica appending a batch writes them in the batch's transaction (the commit thread's
+//! `stage`), so they are always the state at the chain's head. Reads are still served from
+//! each replica's own copy.
+//!
 //! What must be identical on every replica is shared through PostgreSQL: the generated
 //! master key (unless `DAENA_MEMORY_AES_KEY` is set), the checkpoint signing key and the
 //! tenants' wrapped data keys. Redis, when configured, keeps the tenant rate limits for the

@@ -28,6 +28,7 @@ pub use verify::verify_path;
 pub use writer::{LedgerWriter, Sealed};
 
 use crate::StoreError;
+use crate::state::StateRows;
 use daena_core::ledger::Checkpoint;
 use daena_core::ledger::entry::{self, Entry, GENESIS_PREV, NewEntry};
 use daena_core::ledger::verify::Summary;
@@ -75,6 +76,30 @@ pub trait LedgerAppend: Send {
     /// Like [`LedgerAppend::begin`] without taking the chain.
     fn catch_up(&mut self) -> Result<Vec<Entry>, StoreError> {
         Ok(Vec::new())
+    }
+
+    /// The chain position the state kept with a shared chain reflects, read while the chain
+    /// is taken ([`LedgerAppend::begin`]); equal to [`LedgerAppend::size`] unless the kept
+    /// state must be rebuilt. A chain that keeps no state answers its size.
+    fn kept_state(&mut self) -> Result<u64, StoreError> {
+        Ok(self.size())
+    }
+    /// Writes `rows` into the state kept with a shared chain, moving its position from
+    /// `from` to `to`, in the transaction of the batch being appended (after
+    /// [`LedgerAppend::begin`]): they land with [`LedgerAppend::append`] or not at all. A kept
+    /// state not at `from` is refused (`Corrupt`) and nothing is written.
+    fn stage_state(&mut self, _rows: &StateRows, _from: u64, _to: u64) -> Result<(), StoreError> {
+        Err(StoreError::Db("this ledger keeps no state with its entries".into()))
+    }
+    /// Empties the state kept with a shared chain (position 0), to be rebuilt by
+    /// [`LedgerAppend::stage_state`] calls and [`LedgerAppend::commit_state`], all in the
+    /// transaction [`LedgerAppend::begin`] opened.
+    fn clear_state(&mut self) -> Result<(), StoreError> {
+        Err(StoreError::Db("this ledger keeps no state with its entries".into()))
+    }
+    /// Commits what was staged without appending, and gives the chain back.
+    fn commit_state(&mut self) -> Result<(), StoreError> {
+        Err(StoreError::Db("this ledger keeps no state with its entries".into()))
     }
 }
 

@@ -7,14 +7,22 @@
 //! crash, whatever PostgreSQL holds beyond it is copied again at the next `begin` or
 //! `catch_up`.
 //!
+//! The state the chain leaves is kept with it: between `begin` and `append` the commit thread
+//! stages the batch's rows ([`LedgerAppend::stage_state`]), written in the batch's transaction
+//! into [`super::PgState`]'s tables, and `daena_applied` moves from the batch's first position
+//! to its last, only from there. A kept state elsewhere is rebuilt under the same lock
+//! ([`LedgerAppend::clear_state`], pages of rows, [`LedgerAppend::commit_state`]).
+//!
 //! Checkpoints are shared too (`daena_checkpoints`): a replica signing one stores it there,
 //! and the others adopt the newest their copy covers (checked against their own copy) before
 //! signing one of their own, so every replica reports the same newest checkpoint once it has
 //! caught up.
 
+use super::state::{KEEP_ROWS, Split, write_rows};
 use super::{CHAIN_LOCK, Conn, pg};
 use crate::StoreError;
 use crate::ledger::{LedgerAppend, LedgerWriter, Receipt, stated_hash};
+use crate::state::StateRows;
 use daena_core::ledger::Checkpoint;
 use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_core::time::Micros;
@@ -163,6 +171,63 @@ impl LedgerAppend for PgLedger {
     fn publish_public_key(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), StoreError> {
         self.local.publish_public_key(key)
     }
+
+    fn kept_state(&mut self) -> Result<u64, StoreError> {
+        super::off_runtime(|| {
+            self.taken("reading the kept state's position")?;
+            let row = self
+                .conn
+                .get()?
+                .query_opt("select seq from daena_applied where id = 1", &[])
+                .map_err(pg("reading the kept state's position"))?;
+            Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+        })
+    }
+
+    fn stage_state(&mut self, rows: &StateRows, from: u64, to: u64) -> Result<(), StoreError> {
+        super::off_runtime(|| {
+            self.taken("writing the state's rows")?;
+            let records = Split::of(rows.records.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
+            let cache = Split::of(rows.cache.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
+            let dicts = Split::of(rows.dicts.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))));
+            let (client, keep) = self.conn.prepared(KEEP_ROWS)?;
+            match write_rows(client, &keep, &records, &cache, &dicts, to, Some(from))? {
+                1 => Ok(()),
+                _ => Err(StoreError::Corrupt {
+                    what: "the state kept in PostgreSQL".into(),
+                    detail: format!(
+                        "it is not at entry {from} of the chain, where this batch starts; the batch was not \
+                         written, and the next batch rebuilds the kept state from this replica's copy"
+                    ),
+                }),
+            }
+        })
+    }
+
+    fn clear_state(&mut self) -> Result<(), StoreError> {
+        super::off_runtime(|| {
+            self.taken("emptying the kept state")?;
+            self.conn
+                .get()?
+                .batch_execute(
+                    "delete from daena_records; delete from daena_access; delete from daena_cache;
+                     delete from daena_dicts; update daena_applied set seq = 0 where id = 1",
+                )
+                .map_err(pg("emptying the kept state"))
+        })
+    }
+
+    fn commit_state(&mut self) -> Result<(), StoreError> {
+        super::off_runtime(|| {
+            self.taken("committing the kept state")?;
+            let committed = self.conn.get()?.batch_execute("commit").map_err(pg("committing the kept state"));
+            if committed.is_err() {
+                self.rollback();
+            }
+            self.in_txn = false;
+            committed
+        })
+    }
 }
 
 impl PgLedger {
@@ -184,6 +249,14 @@ impl PgLedger {
         let cp: Checkpoint = serde_json::from_str(&line)
             .map_err(|e| StoreError::Corrupt { what: "a shared checkpoint".into(), detail: e.to_string() })?;
         self.local.adopt_checkpoint(&cp, key).map(|_| ())
+    }
+
+    /// Refuses a call that needs the chain taken ([`LedgerAppend::begin`]).
+    fn taken(&self, what: &str) -> Result<(), StoreError> {
+        if self.in_txn {
+            return Ok(());
+        }
+        Err(StoreError::Db(format!("{what} needs the chain taken first (begin)")))
     }
 
     fn begin_now(&mut self) -> Result<Vec<Entry>, StoreError> {

@@ -1,7 +1,8 @@
 //! PostgreSQL, for replicas that share one deployment: the ledger chain ([`PgLedger`]), the
 //! documents every replica must read alike ([`PgDocs`]: the tenants' wrapped data keys) and
 //! a few shared files ([`shared_file`]: the generated master key, the checkpoint key); and
-//! the state store on PostgreSQL ([`PgState`]), which passes the conformance suite.
+//! the state store on PostgreSQL ([`PgState`]), which passes the conformance suite and whose
+//! tables hold the state the chain leaves, written with each batch.
 //!
 //! Each replica keeps a local copy of the chain and of the state derived from it in its own
 //! data directory; PostgreSQL holds the one chain they all extend. Appends are serialised by
@@ -25,7 +26,7 @@ use crate::state::{DocStore, DocTable};
 use parking_lot::Mutex;
 
 /// The schema this build reads and writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Migrations by version, applied in order inside one transaction each.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -44,6 +45,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
      create table daena_applied (id int primary key check (id = 1), seq bigint not null);",
     ),
     (3, "create table daena_checkpoints (size bigint primary key, line text not null);"),
+    // From here every batch of the chain writes the rows it leaves in the state with it, and
+    // `daena_applied` says how far the kept state goes. A deployment that already has a chain
+    // starts at 0 and the first replica of this version rebuilds it; a replica of an older
+    // version would append without the rows, hence the new version.
+    (
+        4,
+        "insert into daena_applied (id, seq) values (1, 0) on conflict (id) do nothing;
+     comment on table daena_records is 'records as the shared chain leaves them, written with each batch';",
+    ),
 ];
 
 /// Session-scoped advisory lock held while migrating.

@@ -309,21 +309,95 @@ impl StateStore for PgState {
     }
 }
 
+/// Records, cache entries and dictionaries written in one statement (one round trip): rows
+/// to upsert as parallel arrays of keys and values, keys to delete, then the applied
+/// position. Data-modifying `with` clauses all run, on one snapshot, so the keys put and
+/// deleted must be disjoint ([`Split`] makes them so).
+macro_rules! write_rows_sql {
+    ($applied:literal) => {
+        concat!(
+            "with put_records as (insert into daena_records (addr, row) select * from unnest($1::bytea[], $2::bytea[])
+               on conflict (addr) do update set row = excluded.row),
+             gone_records as (delete from daena_records where addr = any($3::bytea[])),
+             gone_access as (delete from daena_access where addr = any($3::bytea[])),
+             put_cache as (insert into daena_cache (key, row) select * from unnest($4::bytea[], $5::bytea[])
+               on conflict (key) do update set row = excluded.row),
+             gone_cache as (delete from daena_cache where key = any($6::bytea[])),
+             put_dicts as (insert into daena_dicts (key, value) select * from unnest($7::bytea[], $8::bytea[])
+               on conflict (key) do update set value = excluded.value) ",
+            $applied
+        )
+    };
+}
+
+/// A state store batch: the applied position is whatever the batch says.
+const STORE_ROWS: &str = write_rows_sql!(
+    "insert into daena_applied (id, seq) values (1, $9) on conflict (id) do update set seq = excluded.seq"
+);
+/// A chain batch's rows: the kept state moves from `$10` to `$9`, and only from there (no row
+/// is updated otherwise, which the caller checks).
+pub(super) const KEEP_ROWS: &str = write_rows_sql!("update daena_applied set seq = $9 where id = 1 and seq = $10");
+
+/// Rows by key as the last write for each leaves them: keys and values to put, keys to delete.
+#[derive(Default)]
+pub(super) struct Split<'a> {
+    put_keys: Vec<&'a [u8]>,
+    put_values: Vec<&'a [u8]>,
+    gone: Vec<&'a [u8]>,
+}
+
+impl<'a> Split<'a> {
+    pub(super) fn of(rows: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>) -> Split<'a> {
+        let last: std::collections::BTreeMap<&[u8], Option<&[u8]>> = rows.into_iter().collect();
+        let mut split = Split::default();
+        for (key, value) in last {
+            match value {
+                Some(v) => {
+                    split.put_keys.push(key);
+                    split.put_values.push(v);
+                }
+                None => split.gone.push(key),
+            }
+        }
+        split
+    }
+}
+
+/// Runs [`STORE_ROWS`] or [`KEEP_ROWS`] (`statement`) for `rows`; the number of applied rows
+/// it updated (1, or 0 when [`KEEP_ROWS`] found the kept state elsewhere than `from`).
+pub(super) fn write_rows<S: postgres::ToStatement + ?Sized>(
+    c: &mut impl GenericClient,
+    statement: &S,
+    records: &Split<'_>,
+    cache: &Split<'_>,
+    dicts: &Split<'_>,
+    applied: u64,
+    from: Option<u64>,
+) -> Result<u64, StoreError> {
+    let seq = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let (applied, from) = (seq(applied), from.map(seq));
+    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
+        &records.put_keys,
+        &records.put_values,
+        &records.gone,
+        &cache.put_keys,
+        &cache.put_values,
+        &cache.gone,
+        &dicts.put_keys,
+        &dicts.put_values,
+        &applied,
+    ];
+    if let Some(from) = &from {
+        params.push(from);
+    }
+    c.execute(statement, &params).map_err(pg("writing the state's rows"))
+}
+
 /// One batch, in the caller's transaction.
 fn write_batch(txn: &mut postgres::Transaction<'_>, batch: &StateBatch<'_>) -> Result<(), StoreError> {
-    for (addr, row) in &batch.records {
-        match row {
-            Some(bytes) => txn.execute(
-                "insert into daena_records (addr, row) values ($1, $2) on conflict (addr) do update set row = excluded.row",
-                &[addr, bytes],
-            ),
-            None => txn.execute(
-                "with gone as (delete from daena_records where addr = $1) delete from daena_access where addr = $1",
-                &[addr],
-            ),
-        }
-        .map_err(pg("writing a record"))?;
-    }
+    let records = Split::of(batch.records.iter().map(|(k, v)| (*k, v.as_deref())));
+    let cache = Split::of(batch.cache.iter().map(|(k, v)| (*k, v.as_deref())));
+    write_rows(txn, STORE_ROWS, &records, &cache, &Split::default(), batch.applied, None)?;
     for (addr, (last, reads)) in &batch.access {
         // A statistic never outlives its record.
         txn.execute(
@@ -334,25 +408,10 @@ fn write_batch(txn: &mut postgres::Transaction<'_>, batch: &StateBatch<'_>) -> R
         )
         .map_err(pg("writing access statistics"))?;
     }
-    for (key, row) in &batch.cache {
-        match row {
-            Some(bytes) => txn.execute(
-                "insert into daena_cache (key, row) values ($1, $2) on conflict (key) do update set row = excluded.row",
-                &[key, bytes],
-            ),
-            None => txn.execute("delete from daena_cache where key = $1", &[key]),
-        }
-        .map_err(pg("writing a cache entry"))?;
-    }
     for (table, key, json) in batch.docs {
         put_doc(txn, table.name(), key, json)?;
     }
-    txn.execute(
-        "insert into daena_applied (id, seq) values (1, $1) on conflict (id) do update set seq = excluded.seq",
-        &[&i64::try_from(batch.applied).unwrap_or(i64::MAX)],
-    )
-    .map(|_| ())
-    .map_err(pg("writing the applied position"))
+    Ok(())
 }
 
 /// A consistent view: a read-only repeatable-read transaction on its own connection.

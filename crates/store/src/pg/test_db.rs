@@ -41,6 +41,20 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// Runs `sql` on this database (a test setting up a state by hand); panics on failure.
+    pub fn execute(&self, sql: &str) {
+        let url = self.url.clone();
+        let done = off_runtime(|| -> Result<(), StoreError> {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).map_err(pg("connecting"))?;
+            c.batch_execute(sql).map_err(pg("running a test's statement"))
+        });
+        if let Err(e) = done {
+            panic!("{sql}: {e}");
+        }
+    }
+}
+
 /// Drops the test databases of processes that are gone (a test that panicked or was killed).
 fn drop_abandoned(c: &mut postgres::Client) {
     let Ok(rows) = c.query("select datname from pg_database where datname like 'daena\\_t\\_%'", &[]) else { return };
