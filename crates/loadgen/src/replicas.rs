@@ -30,6 +30,15 @@ async fn replicas(n: usize, postgres: Option<&str>, redis: &str) -> anyhow::Resu
     Ok(out)
 }
 
+/// Shuts a set down before its data directories go: a dropped set's commit threads would go
+/// on in the background of the next measurement, failing to write into removed directories.
+async fn stop(set: Vec<Running>) -> anyhow::Result<()> {
+    for r in set {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
 fn put_requests(tag: &'static str) -> MakeRequest {
     Arc::new(move |worker, n| {
         let body = serde_json::json!({"payload": payload(n)}).to_string();
@@ -84,15 +93,15 @@ pub async fn run(c: &Common, redis: &str) -> anyhow::Result<()> {
     println!("replicas, concurrency {}: embedded ×1, then PostgreSQL + Redis ×1 and ×2 (same database)", c.concurrency);
     let embedded = replicas(1, None, redis).await?;
     let e = measure("embedded ×1", &embedded, c).await?;
-    drop(embedded);
+    stop(embedded).await?;
     let db1 = daena_store::pg::TestDatabase::create();
     let one = replicas(1, Some(&db1.url), redis).await?;
     let p1 = measure("postgres ×1", &one, c).await?;
-    drop(one);
+    stop(one).await?;
     let db2 = daena_store::pg::TestDatabase::create();
     let two = replicas(2, Some(&db2.url), redis).await?;
     let p2 = measure("postgres ×2", &two, c).await?;
-    drop(two);
+    stop(two).await?;
     let ratio = |a: &[f64; 3], i: usize| a[i] / e[i];
     for (name, i) in [("PUT", 0), ("GET", 1), ("exact hits", 2)] {
         println!("{name}: postgres ×1 / embedded {:.2}, postgres ×2 / embedded {:.2}", ratio(&p1, i), ratio(&p2, i));
