@@ -10,9 +10,10 @@
 use crate::clock::Clock;
 use crate::error::{AppError, AppResult};
 use daena_core::ledger::entry::{Entry, NewEntry};
+use daena_core::time::Micros;
 use daena_store::StoreError;
 use daena_store::ledger::{LedgerAppend, Receipt};
-use daena_store::state::StateRows;
+use daena_store::state::{DocScope, StateRows};
 use ed25519_dalek::SigningKey;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,9 +61,13 @@ pub trait StateMachine: Send + 'static {
     }
     /// The rows the prepared batch leaves in the state, for a ledger that keeps the state
     /// with its entries: `ops` are the accepted operations, each with the sequence number its
-    /// first entry will get.
-    fn chain_rows(&mut self, _ops: &[(&Op<Self::Op>, u64)]) -> AppResult<StateRows> {
+    /// first entry will get, and `ts` the batch's time.
+    fn chain_rows(&mut self, _ops: &[(&Op<Self::Op>, u64)], _ts: Micros) -> AppResult<StateRows> {
         Ok(StateRows::default())
+    }
+    /// The documents such a ledger keeps (emptied before a rebuild from [`StateMachine::all_rows`]).
+    fn kept_docs(&self) -> &'static [DocScope] {
+        &[]
     }
     /// Every row of the applied state, a page at a time, to rebuild the state such a ledger
     /// keeps.
@@ -452,12 +457,15 @@ impl<S: Send + 'static> Worker<S> {
             self.writer.release();
             return;
         }
+        let now = self.clock.now();
         if self.writer.shared() {
             let from = self.writer.size();
             let ops: Vec<(&Op<S>, u64)> =
                 accepted.iter().map(|(op, _, start, _)| (op, from + 1 + *start as u64)).collect();
-            let staged =
-                self.state.chain_rows(&ops).and_then(|rows| self.stage(&rows, from, from + entries.len() as u64));
+            let staged = self
+                .state
+                .chain_rows(&ops, self.writer.batch_ts(now))
+                .and_then(|rows| self.stage(&rows, from, from + entries.len() as u64));
             if let Err(e) = staged {
                 self.state.abort();
                 self.writer.release();
@@ -469,7 +477,7 @@ impl<S: Send + 'static> Worker<S> {
             }
         }
         let started = Instant::now();
-        let receipts = match self.writer.append(&entries, self.clock.now()) {
+        let receipts = match self.writer.append(&entries, now) {
             Ok(r) => r,
             Err(e) => {
                 self.state.abort();
@@ -527,7 +535,7 @@ impl<S: Send + 'static> Worker<S> {
     fn rebuild_kept_state(&mut self) -> AppResult<()> {
         let started = Instant::now();
         let size = self.writer.size();
-        self.writer.clear_state()?;
+        self.writer.clear_state(self.state.kept_docs())?;
         let writer = &mut self.writer;
         let mut written = 0usize;
         self.state.all_rows(&mut |rows| {

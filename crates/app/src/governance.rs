@@ -19,14 +19,16 @@ use crate::failed_auth::FailedAuth;
 use crate::keyring::Keyring;
 use crate::memory::MemoryShared;
 use crate::policy::PolicyEngine;
+use crate::ratelimit::OVERRIDES;
 use crate::ratelimit::{LimitView, RateLimiter};
 use crate::snapshot::{DrillRecord, LAST_DRILL, LastDrill};
 use daena_core::auth::{ApiKeyRecord, KeyAttributes, Role};
 use daena_core::ids::TenantId;
 use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_core::time::Micros;
-use daena_store::kv::{Kv, SETTINGS};
+use daena_store::kv::{API_KEYS, DocTable, Kv, SETTINGS, encode_doc};
 use daena_store::ledger::Receipt;
+use daena_store::state::DocScope;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -50,6 +52,14 @@ pub const NO_STATE: &[&str] = &[
 const WRITES_SWITCH: &str = "writes_switch";
 /// Setting of the facts a restore or rollback carried forward, not yet applied.
 const CARRY_FORWARD: &str = "carry_forward";
+
+/// A document as a ledger that keeps the state writes it: table, key, JSON (`None` removes).
+pub type KeptDoc = (DocTable, String, Option<Vec<u8>>);
+
+/// The governance documents a ledger that keeps the state holds (see
+/// [`GovState::chain_docs`]).
+pub const KEPT_DOCS: [DocScope; 4] =
+    [(API_KEYS, None), (OVERRIDES, None), (SETTINGS, Some(WRITES_SWITCH)), (SETTINGS, Some(LAST_DRILL))];
 
 /// A governance change, prepared by a use case for the commit thread.
 #[derive(Debug)]
@@ -403,6 +413,52 @@ impl GovState {
 
     pub fn abort(&mut self) {
         self.names.clear();
+    }
+
+    /// The documents the batch being prepared leaves (`ops`: its governance operations, each
+    /// with its entry's sequence number; `ts`: the batch's time), for a ledger that keeps the
+    /// state with its entries: key records, limit overrides, the write switch, the last drill.
+    /// Data keys are shared apart (the keyring's documents live in PostgreSQL already).
+    pub fn chain_docs(&self, ops: &[(&GovOp, u64)], ts: Micros) -> AppResult<Vec<KeptDoc>> {
+        let mut docs = Vec::new();
+        for (op, seq) in ops {
+            let doc = match op {
+                GovOp::KeyCreate { record, .. } => {
+                    Some((API_KEYS, record.id.clone(), encode_doc(&ApiKeyRecord { created_at: ts, ..record.clone() })?))
+                }
+                GovOp::KeyRevoke { id, .. } => match self.keys.record(id) {
+                    Some(r) => {
+                        let revoked = ApiKeyRecord { revoked_at: r.revoked_at.or(Some(ts)), ..r };
+                        Some((API_KEYS, id.clone(), encode_doc(&revoked)?))
+                    }
+                    None => None,
+                },
+                GovOp::RateLimit { tenant, limit, .. } => {
+                    docs.push((OVERRIDES, tenant.as_str().to_owned(), limit.as_ref().map(encode_doc).transpose()?));
+                    None
+                }
+                GovOp::Writes { enabled, .. } => Some((SETTINGS, WRITES_SWITCH.to_owned(), encode_doc(enabled)?)),
+                GovOp::Drill { record, .. } => {
+                    let last = LastDrill { record: record.clone(), at: crate::clock::rfc3339(ts), seq: *seq };
+                    Some((SETTINGS, LAST_DRILL.to_owned(), encode_doc(&last)?))
+                }
+                GovOp::Shred { .. } | GovOp::Retire { .. } => None,
+            };
+            docs.extend(doc.map(|(table, key, bytes)| (table, key, Some(bytes))));
+        }
+        Ok(docs)
+    }
+
+    /// Every document [`KEPT_DOCS`] names, as this replica holds them.
+    pub fn kept_docs(&self) -> AppResult<Vec<KeptDoc>> {
+        let mut docs = Vec::new();
+        for (table, key) in KEPT_DOCS {
+            match key {
+                None => docs.extend(self.kv.store().scan_docs(table)?.into_iter().map(|(k, d)| (table, k, Some(d)))),
+                Some(key) => docs.extend(self.kv.get_doc_bytes(table, key)?.map(|d| (table, key.to_owned(), Some(d)))),
+            }
+        }
+        Ok(docs)
     }
 
     fn apply_one(&self, op: &GovOp, seq: u64, ts: Micros) -> AppResult<()> {

@@ -25,7 +25,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const OVERRIDES: DocTable = doc_table("rate_limit_overrides");
+pub(crate) const OVERRIDES: DocTable = doc_table("rate_limit_overrides");
 const SHARDS: usize = 64;
 
 /// The map's hasher: the keys already are keyed hashes, so it passes them through.

@@ -9,8 +9,9 @@ use crate::error::{AppError, AppResult};
 use crate::governance::{GovOp, GovState, NO_STATE};
 use crate::memory::state::{MemoryOp, MemoryState};
 use daena_core::ledger::entry::{Entry, NewEntry};
+use daena_core::time::Micros;
 use daena_store::ledger::Receipt;
-use daena_store::state::StateRows;
+use daena_store::state::{DocScope, StateRows};
 
 /// A change to the service's state, one variant per capability.
 #[derive(Debug)]
@@ -129,18 +130,26 @@ impl StateMachine for DaenaState {
         self.memory.flush_background()
     }
 
-    fn chain_rows(&mut self, ops: &[(&Op, u64)]) -> AppResult<StateRows> {
-        let memory: Vec<(&MemoryOp, u64)> = ops
-            .iter()
-            .filter_map(|(op, seq)| match op {
-                Op::State(StateOp::Memory(m)) => Some((&**m, *seq)),
-                _ => None,
-            })
-            .collect();
-        self.memory.chain_rows(&memory)
+    fn chain_rows(&mut self, ops: &[(&Op, u64)], ts: Micros) -> AppResult<StateRows> {
+        let (mut memory, mut gov) = (Vec::new(), Vec::new());
+        for (op, seq) in ops {
+            match op {
+                Op::State(StateOp::Memory(m)) => memory.push((&**m, *seq)),
+                Op::State(StateOp::Gov(g)) => gov.push((&**g, *seq)),
+                _ => {}
+            }
+        }
+        let mut rows = self.memory.chain_rows(&memory)?;
+        rows.docs = self.gov.chain_docs(&gov, ts)?;
+        Ok(rows)
+    }
+
+    fn kept_docs(&self) -> &'static [DocScope] {
+        &crate::governance::KEPT_DOCS
     }
 
     fn all_rows(&mut self, page: &mut dyn FnMut(StateRows) -> AppResult<()>) -> AppResult<()> {
-        self.memory.all_rows(page)
+        self.memory.all_rows(page)?;
+        page(StateRows { docs: self.gov.kept_docs()?, ..StateRows::default() })
     }
 }

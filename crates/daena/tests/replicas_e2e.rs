@@ -198,9 +198,16 @@ async fn two_replicas_behave_as_one_service() {
     let rebuilt = kept_records(&deployment.db, &b.url).await;
     assert_eq!(rebuilt.len(), kept.len() + 1, "rebuilt from B's copy, with B's new write");
     drop(a);
-    deployment.execute("delete from daena_records; update daena_applied set seq = 0");
+    deployment.execute(
+        "delete from daena_records; delete from daena_docs where tbl = 'api_keys'; update daena_applied set seq = 0",
+    );
     let a = deployment.start(0, true);
     assert_eq!(kept_records(&deployment.db, &a.url).await, rebuilt, "rebuilt by A's start");
+    use daena_store::state::DocStore;
+    let kept = daena_store::pg::PgState::open(&deployment.db.url).expect("the kept state");
+    let key = kept.get_doc(daena_store::kv::API_KEYS, &id).expect("read").expect("the key record is rebuilt too");
+    let key: Value = serde_json::from_slice(&key).expect("json");
+    assert!(key["revoked_at"].is_i64(), "revoked through B: {key}");
     drop((a, b));
 }
 
@@ -417,16 +424,34 @@ async fn a_new_replica_starts_from_the_seed_and_replays_only_the_rest() {
 
 /// A state's rows, comparable across backends: records by address (version, tier, content
 /// digest, sequence number: an L3 body is a cold segment locally and inline in PostgreSQL),
-/// cache entries and dictionaries by key with their bytes.
+/// cache entries and dictionaries by key with their bytes, and the governance documents the
+/// chain decides (API key records but the one each replica provisions from its environment,
+/// rate-limit overrides, the write switch).
 #[derive(Debug, PartialEq)]
 struct Rows {
     records: std::collections::BTreeMap<Vec<u8>, (u64, String, [u8; 32], u64)>,
     cache: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
     dicts: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    docs: std::collections::BTreeMap<(String, String), serde_json::Value>,
 }
 
 fn rows_of(store: &dyn daena_store::state::StateStore) -> Rows {
-    let mut rows = Rows { records: Default::default(), cache: Default::default(), dicts: Default::default() };
+    use daena_store::kv::DocTable;
+    let mut rows = Rows {
+        records: Default::default(),
+        cache: Default::default(),
+        dicts: Default::default(),
+        docs: Default::default(),
+    };
+    for table in ["api_keys", "rate_limit_overrides", "settings"] {
+        for (key, doc) in store.scan_docs(DocTable(table)).expect("documents") {
+            if (table == "api_keys" && key == "env-ops") || (table == "settings" && key != "writes_switch") {
+                continue;
+            }
+            let doc = serde_json::from_slice(&doc).expect("a JSON document");
+            rows.docs.insert((table.to_owned(), key), doc);
+        }
+    }
     store
         .scan_records(b"", None, &mut |addr, r| {
             rows.records.insert(addr.to_vec(), (r.version, r.tier.as_str().to_owned(), r.content_sha256, r.seq));
@@ -479,6 +504,30 @@ async fn postgres_keeps_the_state_every_replica_derives() {
     let wrong = json!({"key": keys[0], "reason": "stale"});
     let (status, v) = call(Method::POST, &format!("{}/api/v1/cas/feedback", a.url), Some("acme"), Some(&wrong)).await;
     assert_eq!(status, 200, "{v}");
+    // Governance: keys made through A, one revoked through B; limits set and removed; the
+    // write switch turned off and on again.
+    let mut ids = Vec::new();
+    for name in ["bot-1", "bot-2"] {
+        let body = json!({"name": name, "role": "agent", "tenant": "acme"});
+        let (status, v) = call(Method::POST, &format!("{}/api/v1/admin/keys", a.url), None, Some(&body)).await;
+        assert_eq!(status, 201, "{v}");
+        ids.push(v["id"].as_str().expect("id").to_owned());
+    }
+    let (status, v) = call(Method::DELETE, &format!("{}/api/v1/admin/keys/{}", b.url, ids[0]), None, None).await;
+    assert_eq!(status, 200, "{v}");
+    for (tenant, url) in [("acme", &b.url), ("tiny", &a.url), ("gone", &a.url)] {
+        let body = json!({"rpm": 600, "burst": 50});
+        let (status, v) =
+            call(Method::PUT, &format!("{url}/api/v1/tenant-rate-limit/{tenant}"), None, Some(&body)).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, v) = call(Method::DELETE, &format!("{}/api/v1/tenant-rate-limit/gone", b.url), None, None).await;
+    assert_eq!(status, 200, "{v}");
+    for (enabled, url) in [(false, &a.url), (true, &b.url)] {
+        let body = json!({"enabled": enabled});
+        let (status, v) = call(Method::PUT, &format!("{url}/api/v1/admin/writes"), None, Some(&body)).await;
+        assert_eq!(status, 200, "{v}");
+    }
     // A read through each replica is a barrier: both have applied everything before they stop.
     for url in [&a.url, &b.url] {
         assert_eq!(get(url, "k1").await.1["payload"]["v"], "b");
@@ -491,6 +540,12 @@ async fn postgres_keeps_the_state_every_replica_derives() {
     assert_eq!(tier("terms").as_deref(), Some("L2Q"), "quarantine is kept: {kept:?}");
     assert_eq!(kept.records.len(), 5, "k0, k1, k3, k4 and the quarantined record");
     assert_eq!(kept.cache.len(), 1, "one entry stored, one evicted");
+    let doc = |table: &str, key: &str| kept.docs.get(&(table.to_owned(), key.to_owned())).cloned();
+    assert!(doc("api_keys", &ids[0]).is_some_and(|k| k["revoked_at"].is_i64()), "the revoked key: {kept:?}");
+    assert!(doc("api_keys", &ids[1]).is_some_and(|k| k["revoked_at"].is_null()), "the active key: {kept:?}");
+    assert_eq!(doc("rate_limit_overrides", "tiny"), Some(json!({"rpm": 600, "burst": 50})));
+    assert_eq!(doc("rate_limit_overrides", "gone"), None, "a removed override");
+    assert_eq!(doc("settings", "writes_switch"), Some(json!(true)));
     for dir in &deployment.dirs {
         let local =
             daena_store::kv::Kv::open(&dir.path().join("data/state.redb"), 1 << 20).expect("the replica's state");

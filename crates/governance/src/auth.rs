@@ -415,6 +415,11 @@ impl KeyRing {
         Ok(Some(KeyView::from(&*record)))
     }
 
+    /// The stored record of the key with this id.
+    pub fn record(&self, id: &str) -> Option<ApiKeyRecord> {
+        self.by_digest.read().values().find(|r| r.id == id).cloned()
+    }
+
     /// The key with this id.
     pub fn view(&self, id: &str) -> Option<KeyView> {
         self.by_digest.read().values().find(|r| r.id == id).map(KeyView::from)

@@ -60,17 +60,22 @@ pub struct StateRows {
     pub cache: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Dictionary rows by key.
     pub dicts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Documents by table and key (`None` removes).
+    pub docs: Vec<(DocTable, String, Option<Vec<u8>>)>,
 }
 
 impl StateRows {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.cache.is_empty() && self.dicts.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.records.len() + self.cache.len() + self.dicts.len()
+        self.records.len() + self.cache.len() + self.dicts.len() + self.docs.len()
     }
 }
+
+/// Documents a state keeps with a chain: a whole table (`None`) or one key of it.
+pub type DocScope = (DocTable, Option<&'static str>);
 
 /// A consistent read of the whole state at the moment it was taken.
 pub trait StateView: Send {

@@ -647,7 +647,8 @@ fn documents_swap_only_from_what_was_read_even_across_processes() {
 #[test]
 fn the_state_kept_with_the_chain_lands_with_its_batch_or_not_at_all() {
     use daena_store::pg::PgState;
-    use daena_store::state::{StateRows, StateStore};
+    use daena_store::state::{DocStore, StateRows, StateStore};
+    const OTHER: DocTable = DocTable("conformance_other");
     let db = TestDatabase::create();
     let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
     let (mut a, _) = open_shared(&db.url, dirs[0].path());
@@ -681,10 +682,16 @@ fn the_state_kept_with_the_chain_lands_with_its_batch_or_not_at_all() {
         records: vec![(b"x".to_vec(), rec(1)), (b"y".to_vec(), rec(1)), (b"y".to_vec(), None)],
         cache: vec![(b"c1".to_vec(), Some(b"answer".to_vec())), (b"c2".to_vec(), Some(b"gone".to_vec()))],
         dicts: vec![(b"d".to_vec(), b"dict".to_vec())],
+        docs: vec![
+            (T, "a".into(), Some(b"1".to_vec())),
+            (T, "b".into(), Some(b"2".to_vec())),
+            (OTHER, "c".into(), Some(b"3".to_vec())),
+        ],
     };
     a.stage_state(&rows, 0, 2).expect("stage");
     a.append(&batch(1, 2), Micros(1)).expect("append");
     assert_eq!(records(&kept), vec![(b"x".to_vec(), 1)]);
+    assert_eq!(kept.get_doc(T, "b").expect("doc").as_deref(), Some(b"2".as_slice()));
     assert_eq!(cache_keys(&kept), vec![b"c1".to_vec(), b"c2".to_vec()]);
     assert_eq!(kept.applied_seq().expect("applied"), 2);
 
@@ -708,24 +715,29 @@ fn the_state_kept_with_the_chain_lands_with_its_batch_or_not_at_all() {
     let next = StateRows {
         records: vec![(b"x".to_vec(), rec(2)), (b"w".to_vec(), rec(1))],
         cache: vec![(b"c2".to_vec(), None)],
+        docs: vec![(T, "b".into(), None), (T, "a".into(), Some(b"one".to_vec()))],
         ..StateRows::default()
     };
     b.stage_state(&next, 2, 3).expect("stage");
     b.append(&batch(3, 1), Micros(2)).expect("append");
     assert_eq!(records(&kept), vec![(b"w".to_vec(), 1), (b"x".to_vec(), 2)]);
+    assert_eq!(kept.get_doc(T, "b").expect("doc"), None, "a removed document");
+    assert_eq!(kept.get_doc(T, "a").expect("doc").as_deref(), Some(b"one".as_slice()));
     assert_eq!(cache_keys(&kept), vec![b"c1".to_vec()]);
     assert_eq!(kept.applied_seq().expect("applied"), 3);
 
     // A rebuild replaces everything in one transaction, at the chain's head.
     a.begin().expect("begin");
     assert_eq!(a.size(), 3);
-    a.clear_state().expect("clear");
+    a.clear_state(&[(T, None)]).expect("clear");
     a.stage_state(&StateRows { records: vec![(b"v".to_vec(), rec(5))], ..StateRows::default() }, 0, 0).expect("page");
     assert_eq!(records(&kept), vec![(b"w".to_vec(), 1), (b"x".to_vec(), 2)], "not visible before the commit");
     a.stage_state(&StateRows::default(), 0, 3).expect("position");
     a.commit_state().expect("commit");
     assert_eq!(records(&kept), vec![(b"v".to_vec(), 5)]);
     assert!(cache_keys(&kept).is_empty());
+    assert_eq!(kept.get_doc(T, "a").expect("doc"), None, "the documents named are emptied");
+    assert_eq!(kept.get_doc(OTHER, "c").expect("doc").as_deref(), Some(b"3".as_slice()), "and only those");
     assert_eq!(kept.applied_seq().expect("applied"), 3);
     assert!(a.stage_state(&StateRows::default(), 3, 4).is_err(), "nothing is staged without the chain taken");
 }

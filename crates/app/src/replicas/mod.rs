@@ -8,7 +8,8 @@
 //! write acknowledged by one replica is visible through every other, and no L1 serves a
 //! value another replica has replaced.
 //!
-//! PostgreSQL also keeps the records, cache entries and dictionaries the chain leaves: the
+//! PostgreSQL also keeps the records, cache entries, dictionaries, API key records, limit
+//! overrides and write switch the chain leaves: the
 //! replica appending a batch writes them in the batch's transaction (the commit thread's
 //! `stage`), so they are always the state at the chain's head. Reads are still served from
 //! each replica's own copy.

@@ -28,7 +28,7 @@ pub use verify::verify_path;
 pub use writer::{LedgerWriter, Sealed};
 
 use crate::StoreError;
-use crate::state::StateRows;
+use crate::state::{DocScope, StateRows};
 use daena_core::ledger::Checkpoint;
 use daena_core::ledger::entry::{self, Entry, GENESIS_PREV, NewEntry};
 use daena_core::ledger::verify::Summary;
@@ -91,10 +91,16 @@ pub trait LedgerAppend: Send {
     fn stage_state(&mut self, _rows: &StateRows, _from: u64, _to: u64) -> Result<(), StoreError> {
         Err(StoreError::Db("this ledger keeps no state with its entries".into()))
     }
-    /// Empties the state kept with a shared chain (position 0), to be rebuilt by
+    /// The time [`LedgerAppend::append`] gives a batch appended now with `now` (never before
+    /// the head's), so rows derived from it can be written with the batch.
+    fn batch_ts(&self, now: Micros) -> Micros {
+        now
+    }
+    /// Empties the state kept with a shared chain (position 0; of the documents, those in
+    /// `docs`), to be rebuilt by
     /// [`LedgerAppend::stage_state`] calls and [`LedgerAppend::commit_state`], all in the
     /// transaction [`LedgerAppend::begin`] opened.
-    fn clear_state(&mut self) -> Result<(), StoreError> {
+    fn clear_state(&mut self, _docs: &[DocScope]) -> Result<(), StoreError> {
         Err(StoreError::Db("this ledger keeps no state with its entries".into()))
     }
     /// Commits what was staged without appending, and gives the chain back.
@@ -165,6 +171,9 @@ impl LedgerAppend for LedgerWriter {
     }
     fn append(&mut self, entries: &[NewEntry], now: Micros) -> Result<Vec<Receipt>, StoreError> {
         LedgerWriter::append(self, entries, now)
+    }
+    fn batch_ts(&self, now: Micros) -> Micros {
+        LedgerWriter::batch_ts(self, now)
     }
     fn checkpoint(&mut self, key: &ed25519_dalek::SigningKey, now: Micros) -> Result<Checkpoint, StoreError> {
         LedgerWriter::checkpoint(self, key, now)

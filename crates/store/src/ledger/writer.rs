@@ -70,8 +70,13 @@ impl LedgerWriter {
 
     /// Seals `entries` after the current head (sequence numbers, `prev` chaining, hashes)
     /// without writing them: [`LedgerWriter::write_sealed`] does, once they are accepted.
+    /// The time a batch sealed now with `now` gets: never before the head's.
+    pub fn batch_ts(&self, now: Micros) -> Micros {
+        if now > self.last_ts { now } else { self.last_ts }
+    }
+
     pub fn seal(&self, entries: &[NewEntry], now: Micros) -> Sealed {
-        let ts = if now > self.last_ts { now } else { self.last_ts };
+        let ts = self.batch_ts(now);
         let mut lines = String::new();
         let mut receipts = Vec::with_capacity(entries.len());
         let mut prev = self.prev;

@@ -18,11 +18,11 @@
 //! signing one of their own, so every replica reports the same newest checkpoint once it has
 //! caught up.
 
-use super::state::{KEEP_ROWS, Split, write_rows};
+use super::state::{DocSplit, KEEP_ROWS, Keep, Split, write_rows};
 use super::{CHAIN_LOCK, Conn, pg};
 use crate::StoreError;
 use crate::ledger::{LedgerAppend, LedgerWriter, Receipt, stated_hash};
-use crate::state::StateRows;
+use crate::state::{DocScope, StateRows};
 use daena_core::ledger::Checkpoint;
 use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_core::time::Micros;
@@ -190,8 +190,9 @@ impl LedgerAppend for PgLedger {
             let records = Split::of(rows.records.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
             let cache = Split::of(rows.cache.iter().map(|(k, v)| (k.as_slice(), v.as_deref())));
             let dicts = Split::of(rows.dicts.iter().map(|(k, v)| (k.as_slice(), Some(v.as_slice()))));
-            let (client, keep) = self.conn.prepared(KEEP_ROWS)?;
-            match write_rows(client, &keep, &records, &cache, &dicts, to, Some(from))? {
+            let keep = Keep { from, docs: DocSplit::of(&rows.docs) };
+            let (client, statement) = self.conn.prepared(KEEP_ROWS)?;
+            match write_rows(client, &statement, &records, &cache, &dicts, to, Some(&keep))? {
                 1 => Ok(()),
                 _ => Err(StoreError::Corrupt {
                     what: "the state kept in PostgreSQL".into(),
@@ -204,17 +205,30 @@ impl LedgerAppend for PgLedger {
         })
     }
 
-    fn clear_state(&mut self) -> Result<(), StoreError> {
+    fn clear_state(&mut self, docs: &[DocScope]) -> Result<(), StoreError> {
         super::off_runtime(|| {
             self.taken("emptying the kept state")?;
-            self.conn
-                .get()?
+            let client = self.conn.get()?;
+            client
                 .batch_execute(
                     "delete from daena_records; delete from daena_access; delete from daena_cache;
                      delete from daena_dicts; update daena_applied set seq = 0 where id = 1",
                 )
-                .map_err(pg("emptying the kept state"))
+                .map_err(pg("emptying the kept state"))?;
+            for (table, key) in docs {
+                client
+                    .execute(
+                        "delete from daena_docs where tbl = $1 and ($2::text is null or key = $2)",
+                        &[&table.name(), key],
+                    )
+                    .map_err(pg("emptying the kept state"))?;
+            }
+            Ok(())
         })
+    }
+
+    fn batch_ts(&self, now: Micros) -> Micros {
+        self.local.batch_ts(now)
     }
 
     fn commit_state(&mut self) -> Result<(), StoreError> {

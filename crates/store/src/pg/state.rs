@@ -314,7 +314,7 @@ impl StateStore for PgState {
 /// position. Data-modifying `with` clauses all run, on one snapshot, so the keys put and
 /// deleted must be disjoint ([`Split`] makes them so).
 macro_rules! write_rows_sql {
-    ($applied:literal) => {
+    ($more:literal, $applied:literal) => {
         concat!(
             "with put_records as (insert into daena_records (addr, row) select * from unnest($1::bytea[], $2::bytea[])
                on conflict (addr) do update set row = excluded.row),
@@ -324,19 +324,62 @@ macro_rules! write_rows_sql {
                on conflict (key) do update set row = excluded.row),
              gone_cache as (delete from daena_cache where key = any($6::bytea[])),
              put_dicts as (insert into daena_dicts (key, value) select * from unnest($7::bytea[], $8::bytea[])
-               on conflict (key) do update set value = excluded.value) ",
+               on conflict (key) do update set value = excluded.value)",
+            $more,
+            " ",
             $applied
         )
     };
 }
 
-/// A state store batch: the applied position is whatever the batch says.
+/// A state store batch: the applied position is whatever the batch says (its documents are
+/// written apart).
 const STORE_ROWS: &str = write_rows_sql!(
+    "",
     "insert into daena_applied (id, seq) values (1, $9) on conflict (id) do update set seq = excluded.seq"
 );
-/// A chain batch's rows: the kept state moves from `$10` to `$9`, and only from there (no row
-/// is updated otherwise, which the caller checks).
-pub(super) const KEEP_ROWS: &str = write_rows_sql!("update daena_applied set seq = $9 where id = 1 and seq = $10");
+/// A chain batch's rows and documents: the kept state moves from `$10` to `$9`, and only from
+/// there (no row is updated otherwise, which the caller checks).
+pub(super) const KEEP_ROWS: &str = write_rows_sql!(
+    ",
+     put_docs as (insert into daena_docs (tbl, key, doc) select * from unnest($11::text[], $12::text[], $13::bytea[])
+       on conflict (tbl, key) do update set doc = excluded.doc),
+     gone_docs as (delete from daena_docs d using unnest($14::text[], $15::text[]) as g (tbl, key)
+       where d.tbl = g.tbl and d.key = g.key)",
+    "update daena_applied set seq = $9 where id = 1 and seq = $10"
+);
+
+/// Documents by (table, key) as the last write for each leaves them, as parallel arrays.
+#[derive(Default)]
+pub(super) struct DocSplit<'a> {
+    put_tables: Vec<&'a str>,
+    put_keys: Vec<&'a str>,
+    put_docs: Vec<&'a [u8]>,
+    gone_tables: Vec<&'a str>,
+    gone_keys: Vec<&'a str>,
+}
+
+impl<'a> DocSplit<'a> {
+    pub(super) fn of(docs: &'a [(DocTable, String, Option<Vec<u8>>)]) -> DocSplit<'a> {
+        let last: std::collections::BTreeMap<(&str, &str), Option<&[u8]>> =
+            docs.iter().map(|(t, k, d)| ((t.name(), k.as_str()), d.as_deref())).collect();
+        let mut split = DocSplit::default();
+        for ((table, key), doc) in last {
+            match doc {
+                Some(d) => {
+                    split.put_tables.push(table);
+                    split.put_keys.push(key);
+                    split.put_docs.push(d);
+                }
+                None => {
+                    split.gone_tables.push(table);
+                    split.gone_keys.push(key);
+                }
+            }
+        }
+        split
+    }
+}
 
 /// Rows by key as the last write for each leaves them: keys and values to put, keys to delete.
 #[derive(Default)]
@@ -363,8 +406,15 @@ impl<'a> Split<'a> {
     }
 }
 
-/// Runs [`STORE_ROWS`] or [`KEEP_ROWS`] (`statement`) for `rows`; the number of applied rows
-/// it updated (1, or 0 when [`KEEP_ROWS`] found the kept state elsewhere than `from`).
+/// Where a chain batch moves the kept state, and the documents it writes.
+pub(super) struct Keep<'a> {
+    pub from: u64,
+    pub docs: DocSplit<'a>,
+}
+
+/// Runs [`STORE_ROWS`] (`keep`: `None`) or [`KEEP_ROWS`] (`statement`) for `rows`; the number
+/// of applied rows it updated (1, or 0 when [`KEEP_ROWS`] found the kept state elsewhere than
+/// `from`).
 pub(super) fn write_rows<S: postgres::ToStatement + ?Sized>(
     c: &mut impl GenericClient,
     statement: &S,
@@ -372,10 +422,10 @@ pub(super) fn write_rows<S: postgres::ToStatement + ?Sized>(
     cache: &Split<'_>,
     dicts: &Split<'_>,
     applied: u64,
-    from: Option<u64>,
+    keep: Option<&Keep<'_>>,
 ) -> Result<u64, StoreError> {
     let seq = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let (applied, from) = (seq(applied), from.map(seq));
+    let (applied, from) = (seq(applied), keep.map(|k| seq(k.from)));
     let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
         &records.put_keys,
         &records.put_values,
@@ -387,8 +437,16 @@ pub(super) fn write_rows<S: postgres::ToStatement + ?Sized>(
         &dicts.put_values,
         &applied,
     ];
-    if let Some(from) = &from {
-        params.push(from);
+    if let (Some(from), Some(keep)) = (&from, keep) {
+        let d = &keep.docs;
+        params.extend_from_slice(&[
+            from as &(dyn postgres::types::ToSql + Sync),
+            &d.put_tables,
+            &d.put_keys,
+            &d.put_docs,
+            &d.gone_tables,
+            &d.gone_keys,
+        ]);
     }
     c.execute(statement, &params).map_err(pg("writing the state's rows"))
 }
