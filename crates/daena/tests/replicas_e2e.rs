@@ -250,10 +250,44 @@ async fn without_redis_limits_are_per_replica_and_health_says_so() {
     let text = health.to_string();
     assert!(text.contains("each replica applies the tenant rate limits on its own"), "{text}");
     assert!(text.contains("over an unencrypted connection"), "no sslmode in the URL: {text}");
-    // Operations that work on one data directory refuse, naming what to use instead.
-    let (status, v) = call(Method::POST, &format!("{}/api/v1/admin/snapshots", a.url), None, None).await;
+    // Operations that replace one data directory's state refuse, naming what to use instead.
+    let body = json!({"snapshot": "/srv/backups/daena-snapshot.tar.zst"});
+    let (status, v) = call(Method::POST, &format!("{}/api/v1/admin/restores", a.url), None, Some(&body)).await;
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("pg_dump"), "{v}");
+}
+
+/// On a replica a snapshot holds its copy of the chain and the state; a drill restores it
+/// into a scratch single node (which must not join the replicas), checks it, and records
+/// its outcome in the shared ledger, where every replica reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_takes_snapshots_and_passes_a_drill() {
+    let deployment = Deployment::new(2);
+    let a = deployment.start(0, false);
+    let b = deployment.start(1, false);
+    for i in 0..20 {
+        assert_eq!(put(&b.url, &format!("d{i}"), "b").await, 201);
+    }
+    let (status, snap) = call(Method::POST, &format!("{}/api/v1/admin/snapshots", a.url), None, None).await;
+    assert!((200..300).contains(&status), "{snap}");
+    assert_eq!(snap["records"], 20, "A's snapshot holds B's writes: {snap}");
+    let l3 = deployment.shared.path().join("l3").display().to_string();
+    let report = deployment.dirs[0].path().join("drill_report.json");
+    let o = common::run(
+        common::daena(deployment.dirs[0].path())
+            .env("DAENA_API_KEY", OPS)
+            .env("DAENA_STORAGE_BACKEND", "postgres")
+            .env("DAENA_STORAGE_POSTGRES_URL", &deployment.db.url)
+            .env("DAENA_STORAGE_L3_PATH", &l3)
+            .args(["drill", "--out", report.to_str().expect("path")]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", common::stdout(&o), common::stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    assert_eq!((r["passed"].as_bool(), r["records"].as_u64()), (Some(true), Some(20)), "{r}");
+    let (status, last) = call(Method::GET, &format!("{}/api/v1/admin/drills/last", b.url), None, None).await;
+    assert_eq!(status, 200, "{last}");
+    assert_eq!(last["passed"], true, "B reports the drill run against A: {last}");
+    drop((a, b));
 }
 
 /// Polls `url` with the ops key for `tenant` until `done` holds of its body (30 s at most);

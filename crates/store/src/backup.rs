@@ -18,7 +18,7 @@
 
 use crate::StoreError;
 use crate::datadir::list_dir;
-use crate::kv::{Kv, StateView};
+use crate::kv::{DocTable, Kv, StateView};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -49,6 +49,8 @@ pub struct ArchivedFile {
 /// Everything the store persists, as of one moment.
 pub struct Cut {
     view: Box<dyn StateView>,
+    /// Documents added to the state's copy: those the live state keeps elsewhere.
+    docs: Vec<(DocTable, String, Vec<u8>)>,
     ledger_dir: PathBuf,
     l3_dir: PathBuf,
     ledger: Vec<(String, u64)>,
@@ -84,7 +86,7 @@ pub fn cut(kv: &Kv, ledger_dir: PathBuf, l3_dir: PathBuf) -> Result<Cut, StoreEr
     ledger.extend(lengths(&ledger_dir, crate::ledger::CHECKPOINTS_FILE)?);
     ledger.extend(lengths(&ledger_dir, crate::ledger::PUBLIC_KEY_FILE)?);
     let l3 = lengths(&l3_dir, "cold-")?;
-    Ok(Cut { view, ledger_dir, l3_dir, ledger, l3 })
+    Ok(Cut { view, docs: Vec::new(), ledger_dir, l3_dir, ledger, l3 })
 }
 
 /// What [`Cut::write_into`] put in the archive.
@@ -133,12 +135,28 @@ pub fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, path: &str, bytes: &[u8
 }
 
 impl Cut {
+    /// Adds `docs` (table, key, stored bytes) to the state's copy: documents the live state
+    /// keeps apart from its store, which a restored copy needs in it.
+    pub fn with_docs(mut self, docs: Vec<(DocTable, String, Vec<u8>)>) -> Cut {
+        self.docs = docs;
+        self
+    }
+
     /// Writes the state (copied through `scratch`, a private directory the caller removes),
     /// then the ledger and L3 files up to their lengths at the cut.
     pub fn write_into<W: Write>(self, tar: &mut tar::Builder<W>, scratch: &Path) -> Result<Written, StoreError> {
         let state = scratch.join(STATE_FILE);
-        let (tables, records) = self.view.copy_to(&state)?;
+        let (mut tables, records) = self.view.copy_to(&state)?;
         drop(self.view);
+        if !self.docs.is_empty() {
+            let copy = Kv::open(&state, 1 << 20)?;
+            for (table, key, doc) in &self.docs {
+                copy.store().put_docs(*table, &[(key.as_str(), doc.as_slice())])?;
+                if !tables.iter().any(|t| t == table.name()) {
+                    tables.push(table.name().to_owned());
+                }
+            }
+        }
         let mut files = Vec::new();
         let state_len = std::fs::metadata(&state).map_err(io(state.display()))?.len();
         files.push(add_file(tar, &state, STATE_FILE, state_len)?);

@@ -67,9 +67,12 @@ impl From<backup::ArchivedFile> for FileEntry {
     }
 }
 
-/// Takes a snapshot into `<data>/snapshots/`; returns its manifest.
+/// Takes a snapshot into `<data>/snapshots/`; returns its manifest. On a replica
+/// (`storage.backend = "postgres"`) it holds this replica's copy of the shared chain and of
+/// the state it leaves, as far as the replica has applied it: restorable on the embedded
+/// backend (a single node, or the scratch directory of a drill), while the deployment itself
+/// is restored from PostgreSQL's own backups.
 pub async fn create(d: &Daena) -> AppResult<Manifest> {
-    crate::replicas::single_node_only(d.config(), "a snapshot")?;
     let manifest = write(d, &d.data().snapshots_dir(), "daena-snapshot").await?;
     // Ledgered after its position: the snapshot holds entries 1..=ledger_size.
     let entry = daena_core::ledger::NewEntry::new("system", "system", "ops.snapshot", manifest.name.clone()).attrs(
@@ -90,11 +93,18 @@ pub(crate) async fn write(d: &Daena, dir: &Path, prefix: &str) -> AppResult<Mani
     let started = std::time::Instant::now();
     let (ledger_dir, l3_dir, kv) = (d.data().ledger_dir(), d.cold_dir().to_path_buf(), d.kv().clone());
     let reader = d.ledger().reader.clone();
+    // A replica keeps the tenants' data keys in PostgreSQL: the copy carries them, or its
+    // records could not be opened where it is restored.
+    let data_keys = d.replicas().is_some().then(|| d.governance().data_keys().clone());
     let (cut, head) = d
         .commit()
         .exclusive(move |sm| -> AppResult<_> {
             sm.settle()?;
-            Ok((backup::cut(&kv, ledger_dir, l3_dir)?, reader.head()))
+            let mut cut = backup::cut(&kv, ledger_dir, l3_dir)?;
+            if let Some(keys) = data_keys {
+                cut = cut.with_docs(keys.wrapped_docs()?);
+            }
+            Ok((cut, reader.head()))
         })
         .await??;
     let root = d

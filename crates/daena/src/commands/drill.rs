@@ -55,10 +55,13 @@ async fn rehearse(
 ) -> (Vec<Check>, u64, usize) {
     let mut checks = Vec::new();
     // Everything the restore writes stays in the scratch directory, the cold tier included
-    // (with `storage.l3_path` it would otherwise land on the live cold volume).
+    // (with `storage.l3_path` it would otherwise land on the live cold volume), and the
+    // scratch service is a single node even when the deployment's replicas share PostgreSQL:
+    // it must not join them.
     let overrides = vec![
         ("data_dir".to_owned(), scratch.display().to_string(), "--scratch".to_owned()),
         ("storage.l3_path".to_owned(), scratch.join("l3").display().to_string(), "--scratch".to_owned()),
+        ("storage.backend".to_owned(), "embedded".to_owned(), "--scratch".to_owned()),
     ];
     let loaded = match load_config(global, overrides.clone()) {
         Ok(l) => l,

@@ -117,6 +117,14 @@ impl std::fmt::Debug for Keyring {
 }
 
 impl Keyring {
+    /// The stored documents of the tenants' data keys, still wrapped under the master key:
+    /// what a copy of the state needs to open its records when the keys are kept apart from
+    /// it (replicas share them in PostgreSQL).
+    pub fn wrapped_docs(&self) -> AppResult<Vec<(DocTable, String, Vec<u8>)>> {
+        let docs = self.kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?;
+        docs.into_iter().map(|(tenant, doc)| Ok((DATA_KEYS, tenant, daena_store::kv::encode_doc(&doc)?))).collect()
+    }
+
     /// Unwraps every tenant data key; fails when they were wrapped by another master key.
     pub fn load(kv: Kv, master: MasterKey, clock: Arc<dyn daena_base::clock::Clock>) -> AppResult<Keyring> {
         let tenants = unwrap_all(kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?, &master)?;
