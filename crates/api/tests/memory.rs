@@ -564,6 +564,52 @@ async fn list_pages_and_validates() {
     assert_eq!(r.code(), "invalid_json");
 }
 
+/// A replica on PostgreSQL keeps the dictionaries it trains with the chain, as it keeps
+/// records, and a rebuild of the kept state carries them too.
+#[tokio::test]
+async fn a_replica_keeps_its_dictionaries_in_postgres() {
+    use daena_app::memory::dict;
+    use daena_store::state::StateStore;
+    let db = daena_store::pg::TestDatabase::create();
+    let url = db.url.clone();
+    let app = TestApp::with_config(move |c| {
+        c.storage.backend = daena_app::config::StorageBackend::Postgres;
+        c.storage.postgres_url = Some(url);
+    });
+    let d = app.daena.clone();
+    for i in 0..dict::MIN_SAMPLES + 20 {
+        assert!(put(&app, OPS, &format!("chat/c{i}"), turn(i)).await.status.is_success());
+    }
+    let trained = dict::train_due(&d).await.expect("train");
+    assert!(trained.iter().any(|t| t.kept.is_some()), "{trained:?}");
+    let rows = |store: &dyn StateStore| {
+        let mut out = Vec::new();
+        store
+            .scan_dicts(&mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                Ok(())
+            })
+            .expect("dictionaries");
+        out
+    };
+    let kept = daena_store::pg::PgState::open(&db.url).expect("the kept state");
+    let local = rows(d.kv().store());
+    assert_eq!(local.len(), 1, "one dictionary trained");
+    assert_eq!(rows(&kept), local, "the kept dictionary is the replica's, byte for byte");
+
+    // A kept state behind the chain is rebuilt by the next batch, dictionaries included.
+    db.execute("delete from daena_dicts; update daena_applied set seq = 0");
+    assert!(put(&app, OPS, "chat/after", turn(1)).await.status.is_success());
+    assert_eq!(rows(&kept), local, "rebuilt from the replica's copy");
+    let mut records = 0;
+    kept.scan_records(b"", None, &mut |_, _| {
+        records += 1;
+        Ok(true)
+    })
+    .expect("records");
+    assert_eq!(records, dict::MIN_SAMPLES + 21);
+}
+
 fn turn(i: usize) -> Value {
     let plans = ["basic", "pro", "team", "enterprise"];
     json!({"payload": {
