@@ -192,8 +192,11 @@ async fn two_replicas_behave_as_one_service() {
     }
 
     // A deployment whose kept state is behind its chain (as after an upgrade) gets it rebuilt:
-    // by the next batch, and by a replica's start.
+    // by the next batch, and by a replica's start. Meanwhile /health says so.
     deployment.execute("delete from daena_records; update daena_applied set seq = 0");
+    let (status, health) = call(Method::GET, &format!("{}/health", b.url), None, None).await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("degraded")), "{health}");
+    assert!(health.to_string().contains("the state it keeps is at entry 0 of the chain's"), "{health}");
     assert_eq!(put(&b.url, "after-wipe", "b").await, 201);
     let rebuilt = kept_records(&deployment.db, &b.url).await;
     assert_eq!(rebuilt.len(), kept.len() + 1, "rebuilt from B's copy, with B's new write");
@@ -250,6 +253,7 @@ async fn without_redis_limits_are_per_replica_and_health_says_so() {
     let text = health.to_string();
     assert!(text.contains("each replica applies the tenant rate limits on its own"), "{text}");
     assert!(text.contains("over an unencrypted connection"), "no sslmode in the URL: {text}");
+    assert!(text.contains("the state it keeps is at the chain's head"), "{text}");
     // Operations that replace one data directory's state refuse, naming what to use instead.
     let body = json!({"snapshot": "/srv/backups/daena-snapshot.tar.zst"});
     let (status, v) = call(Method::POST, &format!("{}/api/v1/admin/restores", a.url), None, Some(&body)).await;

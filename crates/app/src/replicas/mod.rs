@@ -199,18 +199,31 @@ pub fn single_node_only(config: &Config, what: &str) -> AppResult<()> {
 /// it), Redis (degraded: the limits fall back to this replica's own) and the replica itself
 /// (degraded when it was retired; the seeds new replicas start from).
 pub fn health_checks(r: &Replicas, limiter: &crate::ratelimit::RateLimiter, config: &Config) -> Vec<(String, Check)> {
-    let postgres = match r.docs.probe().and_then(|()| r.docs.encrypted()) {
-        Ok(encrypted) => Check::new(
-            CheckStatus::Pass,
-            true,
-            format!(
-                "the shared ledger and keys answer at {} over {} (deployment {}, replica {})",
-                pg::redact_url(&r.url),
-                if encrypted { "TLS" } else { "an unencrypted connection" },
-                r.deployment,
-                r.replica
-            ),
-        ),
+    let postgres = match r.docs.status() {
+        Ok(pg::PgStatus { encrypted, kept, head }) => {
+            let (status, state) = if kept == head {
+                (CheckStatus::Pass, format!("the state it keeps is at the chain's head (entry {head})"))
+            } else {
+                (
+                    CheckStatus::Warn,
+                    format!(
+                        "the state it keeps is at entry {kept} of the chain's {head}: the next write or a replica's \
+                         start rebuilds it from that replica's copy"
+                    ),
+                )
+            };
+            Check::new(
+                status,
+                true,
+                format!(
+                    "the shared ledger and keys answer at {} over {} (deployment {}, replica {}); {state}",
+                    pg::redact_url(&r.url),
+                    if encrypted { "TLS" } else { "an unencrypted connection" },
+                    r.deployment,
+                    r.replica
+                ),
+            )
+        }
         Err(e) => Check::new(CheckStatus::Fail, true, format!("PostgreSQL does not answer: {e}; writes are refused")),
     };
     let redis = match limiter.probe_shared() {

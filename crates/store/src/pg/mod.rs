@@ -239,6 +239,17 @@ pub fn shared_file(url: &str, name: &str, make: impl FnOnce() -> Vec<u8> + Send)
 /// A document as [`PgDocs::swap_many`] expects or writes it: `None` is absent.
 pub type DocChange<'a> = (DocTable, &'a str, Option<&'a [u8]>);
 
+/// What [`PgDocs::status`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgStatus {
+    /// Whether this connection is encrypted, as the server sees it.
+    pub encrypted: bool,
+    /// The entry the state kept with the chain reflects.
+    pub kept: u64,
+    /// The chain's head.
+    pub head: u64,
+}
+
 /// Documents in PostgreSQL, read and written by every replica alike.
 pub struct PgDocs {
     conn: Mutex<Conn>,
@@ -294,6 +305,22 @@ impl PgDocs {
             }
             txn.commit().map_err(pg("committing a document swap"))?;
             Ok(true)
+        })
+    }
+
+    /// What `/health` reports of PostgreSQL, in one statement (which proves it answers).
+    pub fn status(&self) -> Result<PgStatus, StoreError> {
+        self.with(|c| {
+            let row = c
+                .query_one(
+                    "select coalesce((select ssl from pg_stat_ssl where pid = pg_backend_pid()), false),
+                            coalesce((select seq from daena_applied where id = 1), 0),
+                            coalesce((select max(seq) from daena_ledger), 0)",
+                    &[],
+                )
+                .map_err(pg("reading PostgreSQL's status"))?;
+            let seq = |i: usize| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+            Ok(PgStatus { encrypted: row.get(0), kept: seq(1), head: seq(2) })
         })
     }
 
