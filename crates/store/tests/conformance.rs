@@ -741,3 +741,23 @@ fn the_state_kept_with_the_chain_lands_with_its_batch_or_not_at_all() {
     assert_eq!(kept.applied_seq().expect("applied"), 3);
     assert!(a.stage_state(&StateRows::default(), 3, 4).is_err(), "nothing is staged without the chain taken");
 }
+
+/// Taking the chain copies everything others appended, however many pages that is (the first
+/// page comes with the lock, the rest page by page).
+#[test]
+fn taking_the_chain_copies_more_than_a_page() {
+    let db = TestDatabase::create();
+    let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+    let (mut a, _) = open_shared(&db.url, dirs[0].path());
+    let (mut b, rb) = open_shared(&db.url, dirs[1].path());
+    for i in 0..5 {
+        a.begin().expect("begin");
+        a.append(&batch(1 + i * 2000, 2000), Micros(1 + i as i64)).expect("append");
+    }
+    let copied = b.begin().expect("begin");
+    assert_eq!(copied.len(), 10_000, "every entry A appended");
+    assert_eq!(copied.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=10_000).collect::<Vec<_>>(), "in order");
+    b.append(&batch(10_001, 1), Micros(9)).expect("append after them");
+    assert_eq!(rb.head().size, 10_001);
+    assert_eq!(rb.verify_all(None).expect("verify").failure, None);
+}
