@@ -100,7 +100,11 @@ impl Daena {
             })?,
         };
         let replicas = replicas::Replicas::open(&config, &data, secrets.memory_aes_key.is_some())?.map(Arc::new);
-        if let Some(r) = &replicas {
+        // An empty data directory starts from the state PostgreSQL keeps, else from a seed,
+        // else by applying the whole chain.
+        if let Some(r) = &replicas
+            && replicas::start_from_postgres(&config, &data, r)?.is_none()
+        {
             replicas::seed::start_from(&config, &data, r)?;
         }
         // The master key is checked against the stored data keys before anything is written.

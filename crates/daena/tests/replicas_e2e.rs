@@ -382,11 +382,13 @@ async fn a_key_guesser_gets_one_budget_from_the_fleet() {
     drop((a, b));
 }
 
-/// A replica started on an empty data directory begins from the newest seed the lease holder
-/// wrote (its state, ledger copy and cold segments) and copies only the entries after it.
+/// A replica started on an empty data directory begins from the state PostgreSQL keeps and
+/// the chain up to it, applying nothing; when that state awaits a rebuild, from the newest
+/// seed the lease holder wrote (its state, ledger copy and cold segments), copying only the
+/// entries after it. Records archived to L3 read back either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_replica_starts_from_the_seed_and_replays_only_the_rest() {
-    let deployment = Deployment::new(2);
+async fn a_new_replica_starts_from_postgres_or_the_seed_and_replays_only_the_rest() {
+    let deployment = Deployment::new(3);
     let seeds = [("DAENA_STORAGE_SEED_EVERY_SECS", "1")];
     // Records archive to L3 at once, so the seed carries cold segments too.
     std::fs::create_dir_all(deployment.dirs[0].path().join("config")).expect("config dir");
@@ -427,9 +429,13 @@ async fn a_new_replica_starts_from_the_seed_and_replays_only_the_rest() {
         assert_eq!(put(&a.url, &format!("k{i}"), &format!("v{i}")).await, 201, "k{i}");
     }
 
+    // The kept state awaiting a rebuild (as after an upgrade): B starts from the seed, and
+    // rebuilds the kept state as it starts.
+    deployment.execute("update daena_applied set seq = 0");
     let b = deployment.start(1, false);
     let log = std::fs::read_to_string(&b.log).expect("log");
     assert!(log.contains("started from the seed"), "{log}");
+    assert!(log.contains("rebuilt the state kept in PostgreSQL"), "{log}");
     // Only the entries after the seed were copied (none when a seed written meanwhile holds them).
     let copied: u64 = log
         .lines()
@@ -451,8 +457,26 @@ async fn a_new_replica_starts_from_the_seed_and_replays_only_the_rest() {
     let (status, v) = call(Method::POST, &format!("{}/api/v1/ledger/verification", b.url), None, None).await;
     assert_eq!((status, &v["ok"]), (200, &json!(true)), "{v}");
 
+    // C starts from what PostgreSQL keeps: no seed read, nothing applied after the copy.
+    let c = deployment.start(2, false);
+    let log = std::fs::read_to_string(&c.log).expect("log");
+    assert!(log.contains("started from the state PostgreSQL keeps"), "{log}");
+    assert!(!log.contains("started from the seed"), "{log}");
+    assert!(!log.contains("copied and applied the shared ledger's new entries"), "nothing left to apply: {log}");
+    for i in [0, 29, 30, 34] {
+        let (status, v) = get(&c.url, &format!("k{i}")).await;
+        assert_eq!((status, &v["payload"]["v"]), (200, &json!(format!("v{i}"))), "k{i} through C: {v}");
+    }
+    assert_eq!(put(&c.url, "k0", "from-c").await, 200, "C overwrites a record it copied");
+    assert_eq!(get(&a.url, "k0").await.1["payload"]["v"], "from-c");
+    let (_, head_c) = call(Method::GET, &format!("{}/api/v1/ledger/head", c.url), None, None).await;
+    let (_, head_a) = call(Method::GET, &format!("{}/api/v1/ledger/head", a.url), None, None).await;
+    assert_eq!(head_a["head_hash"], head_c["head_hash"], "{head_a} / {head_c}");
+    let (status, v) = call(Method::POST, &format!("{}/api/v1/ledger/verification", c.url), None, None).await;
+    assert_eq!((status, &v["ok"]), (200, &json!(true)), "{v}");
+
     // A replica stops cleanly on SIGTERM (its PostgreSQL connections closed off the runtime).
-    for (name, server) in [("A", a), ("B", b)] {
+    for (name, server) in [("A", a), ("B", b), ("C", c)] {
         let log = server.log.clone();
         let status = server.stop();
         let text = std::fs::read_to_string(&log).expect("log");

@@ -740,6 +740,27 @@ fn the_state_kept_with_the_chain_lands_with_its_batch_or_not_at_all() {
     assert_eq!(kept.get_doc(OTHER, "c").expect("doc").as_deref(), Some(b"3".as_slice()), "and only those");
     assert_eq!(kept.applied_seq().expect("applied"), 3);
     assert!(a.stage_state(&StateRows::default(), 3, 4).is_err(), "nothing is staged without the chain taken");
+
+    // A new replica copies the chain up to the kept state and that state, with the documents
+    // it names only; nothing when the kept state is not at the head.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let (mut ledger, reader) = open_local(fresh.path());
+    let state = fresh.path().join("state.redb");
+    let copied = daena_store::pg::start_copy(&db.url, &state, &mut ledger, &[(T, None)]).expect("copy");
+    assert_eq!(copied, Some(3));
+    assert_eq!(reader.head().size, 3);
+    assert_eq!(reader.verify_all(None).expect("verify").failure, None, "the copied chain verifies");
+    drop((ledger, reader));
+    let local = Kv::open(&state, 1 << 20).expect("the copied state");
+    assert_eq!(keys(&local, b"", None), vec![b"v".to_vec()]);
+    assert_eq!(local.applied_seq().expect("applied"), 3);
+    assert_eq!(local.get_doc_bytes(OTHER, "c").expect("doc"), None, "a document not named stays behind");
+    db.execute("update daena_applied set seq = 2");
+    let again = tempfile::tempdir().expect("tempdir");
+    let (mut ledger, _) = open_local(again.path());
+    let state = again.path().join("state.redb");
+    assert_eq!(daena_store::pg::start_copy(&db.url, &state, &mut ledger, &[]).expect("copy"), None, "behind the head");
+    assert!(!state.exists(), "nothing copied");
 }
 
 /// Taking the chain copies everything others appended, however many pages that is (the first

@@ -124,6 +124,45 @@ impl Replicas {
     }
 }
 
+/// Starts an empty data directory from what PostgreSQL keeps: the chain up to the kept
+/// state's position and that state, copied in one consistent read (staged, then moved into
+/// place), so the replica applies nothing at open and needs no shared filesystem. Returns
+/// the position, or `None` when the directory is not empty or the kept state awaits a
+/// rebuild (the replica then starts from a seed or the whole chain). A failed copy is
+/// logged and leaves the directory as it was.
+pub fn start_from_postgres(config: &Config, data: &DataDir, r: &Replicas) -> AppResult<Option<u64>> {
+    if !seed::empty(data)? {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    let stamp = crate::clock::compact_stamp(crate::clock::Clock::now(&crate::clock::SystemClock));
+    let staged = daena_store::backup::Staging::new(data.root(), "start", &stamp)?;
+    let copied = daena_store::ledger::open(&staged.path().join("ledger"), config.ledger.segment_bytes).and_then(
+        |(mut ledger, _, _)| {
+            let state = staged.path().join(daena_store::backup::STATE_FILE);
+            pg::start_copy(&r.url, &state, &mut ledger, &crate::governance::KEPT_DOCS)
+        },
+    );
+    let position = match copied {
+        Ok(Some(position)) => position,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not start from the state PostgreSQL keeps; applying the chain instead");
+            return Ok(None);
+        }
+    };
+    let cold = crate::service::cold_dir(config, data, Some(r));
+    let aside = daena_store::backup::swap_in(data.root(), &cold, staged.path(), &stamp)?;
+    // What was set aside is the empty directory's empty parts.
+    let _ = std::fs::remove_dir_all(&aside);
+    tracing::info!(
+        entries = position,
+        millis = started.elapsed().as_millis() as u64,
+        "started from the state PostgreSQL keeps; only entries after it are copied and applied"
+    );
+    Ok(Some(position))
+}
+
 /// Each replica's agent heartbeats, published for the others.
 const HEARTBEATS_BY_REPLICA: DocTable = daena_store::kv::doc_table("heartbeats_by_replica");
 

@@ -1,6 +1,7 @@
-//! Seeds: a replica started on an empty data directory begins from the newest snapshot the
-//! lease holder wrote under `<storage.l3_path>/seeds/`, and replays only the entries after it
-//! instead of the whole chain.
+//! Seeds: a replica started on an empty data directory while the state PostgreSQL keeps
+//! awaits a rebuild (it starts from that state otherwise: [`super::start_from_postgres`])
+//! begins from the newest snapshot the lease holder wrote under `<storage.l3_path>/seeds/`,
+//! and replays only the entries after it instead of the whole chain.
 //!
 //! A seed is a snapshot archive (the same format, signed with the deployment's shared key) of
 //! the lease holder's copy: its state, its copy of the ledger and its cold segments. The new
@@ -120,7 +121,7 @@ pub fn start_from(config: &Config, data: &DataDir, r: &Replicas) -> AppResult<Op
 }
 
 /// Whether `data` holds no state and no ledger yet.
-fn empty(data: &DataDir) -> AppResult<bool> {
+pub(super) fn empty(data: &DataDir) -> AppResult<bool> {
     if data.state_db().exists() {
         return Ok(false);
     }

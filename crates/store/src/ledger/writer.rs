@@ -147,6 +147,19 @@ impl LedgerWriter {
         Ok(entries)
     }
 
+    /// Makes what [`LedgerWriter::mirror`] wrote durable: every segment's data, and the
+    /// directory that names them.
+    pub fn sync_all(&mut self) -> Result<(), StoreError> {
+        let segments: Vec<std::path::PathBuf> =
+            self.shared.state.read().segments.iter().map(|(_, p)| p.clone()).collect();
+        for path in segments {
+            File::open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| StoreError::io(format!("sync {}", path.display()), e))?;
+        }
+        sync_dir(&self.shared.dir)
+    }
+
     fn write_lines(&mut self, buf: &str, receipts: &[Receipt], sync: bool) -> Result<(), StoreError> {
         let Some(last) = receipts.last() else { return Ok(()) };
         if self.seg_len > 0 && self.seg_len + buf.len() as u64 > self.segment_bytes {

@@ -12,11 +12,13 @@
 //! The `postgres` client runs its own runtime and must not block inside another: every call
 //! made where a tokio runtime may be running goes through [`off_runtime`].
 
+mod copy;
 mod ledger;
 mod state;
 mod test_db;
 mod tls;
 
+pub use copy::start_copy;
 pub use ledger::PgLedger;
 pub use state::PgState;
 pub use test_db::TestDatabase;

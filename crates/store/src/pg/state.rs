@@ -486,77 +486,7 @@ impl View {
 
 impl StateView for View {
     fn copy_to(&self, path: &Path) -> Result<(Vec<String>, u64), StoreError> {
-        use crate::embedded::{Copy, CopyTable};
-        self.with(|c| {
-            let mut copy = Copy::create(path)?;
-            // Each table a page at a time, by key, inside the view's one transaction.
-            let mut records = 0u64;
-            for (table, sql) in [
-                (CopyTable::Records, "select addr, row from daena_records where addr > $1 order by addr limit $2"),
-                (CopyTable::Cache, "select key, row from daena_cache where key > $1 order by key limit $2"),
-                (CopyTable::Dicts, "select key, value from daena_dicts where key > $1 order by key limit $2"),
-            ] {
-                let mut after: Vec<u8> = Vec::new();
-                loop {
-                    let page: Rows = c
-                        .query(sql, &[&after, &PAGE])
-                        .map_err(pg("copying a view"))?
-                        .into_iter()
-                        .map(|r| (r.get(0), r.get(1)))
-                        .collect();
-                    let Some((last, _)) = page.last() else { break };
-                    after.clone_from(last);
-                    if matches!(table, CopyTable::Records) {
-                        records += page.len() as u64;
-                    }
-                    copy.rows(table, &page)?;
-                    if (page.len() as i64) < PAGE {
-                        break;
-                    }
-                }
-            }
-            let mut after: Vec<u8> = Vec::new();
-            loop {
-                let page: Vec<(Vec<u8>, (i64, u64))> = c
-                    .query(
-                        "select addr, last_access, reads from daena_access where addr > $1 order by addr limit $2",
-                        &[&after, &PAGE],
-                    )
-                    .map_err(pg("copying a view"))?
-                    .into_iter()
-                    .map(|r| (r.get(0), (r.get(1), u64::try_from(r.get::<_, i64>(2)).unwrap_or(0))))
-                    .collect();
-                let Some((last, _)) = page.last() else { break };
-                after.clone_from(last);
-                copy.access(&page)?;
-                if (page.len() as i64) < PAGE {
-                    break;
-                }
-            }
-            let (mut tbl, mut key) = (String::new(), String::new());
-            loop {
-                let page: Vec<(String, String, Vec<u8>)> = c
-                    .query(
-                        "select tbl, key, doc from daena_docs where (tbl, key) > ($1, $2) order by tbl, key limit $3",
-                        &[&tbl, &key, &PAGE],
-                    )
-                    .map_err(pg("copying a view"))?
-                    .into_iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2)))
-                    .collect();
-                let Some((t, k, _)) = page.last() else { break };
-                (tbl, key) = (t.clone(), k.clone());
-                copy.docs(&page)?;
-                if (page.len() as i64) < PAGE {
-                    break;
-                }
-            }
-            let applied = c
-                .query_opt("select seq from daena_applied", &[])
-                .map_err(pg("copying a view"))?
-                .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
-            Ok((copy.finish(applied)?, records))
-        })
+        self.with(|c| super::copy::state_into(c, path, None))
     }
 
     fn record_keys(&self) -> Result<Vec<Vec<u8>>, StoreError> {
