@@ -537,7 +537,8 @@ fn rows_of(store: &dyn daena_store::state::StateStore) -> Rows {
 
 /// The state PostgreSQL keeps is the state each replica derived from the chain on its own:
 /// records written, overwritten, deleted and quarantined through either replica, cache
-/// entries stored through one and evicted through the other.
+/// entries stored through one and evicted through the other, keys made and revoked, limits
+/// set and removed, the write switch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_the_state_every_replica_derives() {
     let deployment = Deployment::new(2);
