@@ -261,9 +261,10 @@ async fn without_redis_limits_are_per_replica_and_health_says_so() {
     assert!(v.to_string().contains("pg_dump"), "{v}");
 }
 
-/// On a replica a snapshot holds its copy of the chain and the state; a drill restores it
-/// into a scratch single node (which must not join the replicas), checks it, and records
-/// its outcome in the shared ledger, where every replica reports it.
+/// On a replica a snapshot holds its copy of the chain and the state, and an archive its
+/// records; a drill restores the snapshot into a scratch single node (which must not join
+/// the replicas), checks it, and records its outcome in the shared ledger, where every
+/// replica reports it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_takes_snapshots_and_passes_a_drill() {
     let deployment = Deployment::new(2);
@@ -275,6 +276,10 @@ async fn a_replica_takes_snapshots_and_passes_a_drill() {
     let (status, snap) = call(Method::POST, &format!("{}/api/v1/admin/snapshots", a.url), None, None).await;
     assert!((200..300).contains(&status), "{snap}");
     assert_eq!(snap["records"], 20, "A's snapshot holds B's writes: {snap}");
+    // A logical archive through A holds them too, decrypted with the shared data keys.
+    let body = json!({"tenant": "acme"});
+    let (status, archive) = call(Method::POST, &format!("{}/api/v1/admin/archives", a.url), None, Some(&body)).await;
+    assert_eq!((status, &archive["records"]), (201, &json!(20)), "{archive}");
     let l3 = deployment.shared.path().join("l3").display().to_string();
     let report = deployment.dirs[0].path().join("drill_report.json");
     let o = common::run(
