@@ -363,6 +363,7 @@ use daena_core::merkle;
 use daena_core::time::Micros;
 use daena_store::ledger::{LedgerAppend, LedgerRead};
 use daena_store::pg::{PgDocs, PgLedger, TestDatabase};
+use daena_store::state::StateRows;
 use std::sync::Arc;
 
 type LedgerPair = (Box<dyn LedgerAppend>, Arc<dyn LedgerRead>);
@@ -420,6 +421,18 @@ fn batch(from: u64, n: u64) -> Vec<NewEntry> {
         .collect()
 }
 
+/// Appends `entries` as the commit thread does: on a shared chain it takes the chain and
+/// writes the state the batch leaves (none here) with it, which PostgreSQL requires of every
+/// batch.
+fn append(w: &mut dyn LedgerAppend, entries: &[NewEntry], now: Micros) -> Vec<daena_store::ledger::Receipt> {
+    if w.shared() {
+        w.begin().expect("begin");
+        let from = w.size();
+        w.stage_state(&StateRows::default(), from, from + entries.len() as u64).expect("stage");
+    }
+    w.append(entries, now).expect("append")
+}
+
 #[test]
 fn ledger_appends_in_order_reads_back_and_proves() {
     for b in ledger_backends() {
@@ -428,7 +441,7 @@ fn ledger_appends_in_order_reads_back_and_proves() {
         assert_eq!((w.size(), r.head().size), (0, 0), "{}: a new ledger is empty", b.name);
         let mut seqs = Vec::new();
         for (i, n) in [(1u64, 3u64), (4, 1), (5, 40)] {
-            let receipts = w.append(&batch(i, n), Micros(100 + i as i64)).expect("append");
+            let receipts = append(&mut *w, &batch(i, n), Micros(100 + i as i64));
             seqs.extend(receipts.iter().map(|r| r.seq));
         }
         assert_eq!(seqs, (1..=44).collect::<Vec<_>>(), "{}: gap-free sequence numbers", b.name);
@@ -475,20 +488,20 @@ fn ledger_checkpoints_are_signed_and_a_reopened_ledger_continues_the_chain() {
         let head = {
             let (mut w, r) = (b.open)(dir.path());
             w.publish_public_key(&key.verifying_key()).expect("publish");
-            w.append(&batch(1, 5), Micros(10)).expect("append");
+            append(&mut *w, &batch(1, 5), Micros(10));
             let cp = w.checkpoint(&key, Micros(11)).expect("checkpoint");
             assert_eq!(cp.size, 5, "{}", b.name);
             cp.verify(Some(&pinned)).expect("the checkpoint verifies under the key");
             assert_eq!(r.checkpoint().map(|c| c.size), Some(5), "{}", b.name);
             // Time never goes backwards in the ledger, whatever the clock says.
-            w.append(&batch(6, 1), Micros(3)).expect("append");
+            append(&mut *w, &batch(6, 1), Micros(3));
             assert_eq!(r.head().ts, Micros(10), "{}", b.name);
             r.head()
         };
         let (mut w, r) = (b.open)(dir.path());
         assert_eq!(r.head(), head, "{}: reopening keeps the head", b.name);
         assert_eq!(r.checkpoint().map(|c| c.size), Some(5), "{}: and the checkpoint", b.name);
-        let receipts = w.append(&batch(7, 2), Micros(20)).expect("append after reopen");
+        let receipts = append(&mut *w, &batch(7, 2), Micros(20));
         assert_eq!(receipts.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 8], "{}", b.name);
         let (e, _) = r.entries(7, 1, 1, &|_| true).expect("entries");
         assert_eq!(e[0].prev, head.hash, "{}: the chain continues across the reopen", b.name);
@@ -518,6 +531,8 @@ fn replicas_extend_one_shared_chain_without_gap_or_fork() {
                         // replica appended), then append after that head.
                         seen_foreign += w.begin().expect("begin").len();
                         let entries = batch(1000 * n as u64 + i * 5, 5);
+                        let from = w.size();
+                        w.stage_state(&StateRows::default(), from, from + 5).expect("stage");
                         let receipts = w.append(&entries, Micros(1 + i as i64)).expect("append");
                         assert_eq!(receipts.len(), 5);
                         assert_eq!(receipts[0].seq + 4, receipts[4].seq, "a batch is contiguous");
@@ -563,14 +578,14 @@ fn replicas_report_the_same_newest_checkpoint() {
     let vk = key.verifying_key();
 
     a.begin().expect("begin");
-    a.append(&batch(1, 5), Micros(1)).expect("append");
+    append(&mut a, &batch(1, 5), Micros(1));
     let first = a.checkpoint(&key, Micros(2)).expect("sign");
     assert_eq!(b.catch_up().expect("catch up").len(), 5);
     b.adopt_checkpoints(&vk).expect("adopt");
     assert_eq!(rb.checkpoint(), Some(first), "b adopts what a signed, rather than signing its own");
 
     b.begin().expect("begin");
-    b.append(&batch(6, 3), Micros(3)).expect("append");
+    append(&mut b, &batch(6, 3), Micros(3));
     let second = b.checkpoint(&key, Micros(4)).expect("sign");
     assert_eq!(second.size, 8);
     assert_eq!(a.catch_up().expect("catch up").len(), 3);
@@ -581,7 +596,7 @@ fn replicas_report_the_same_newest_checkpoint() {
     // A shared checkpoint that does not match a replica's copy, or is under another key, is
     // refused with what is wrong, never adopted.
     a.begin().expect("begin");
-    a.append(&batch(9, 2), Micros(6)).expect("append");
+    append(&mut a, &batch(9, 2), Micros(6));
     b.catch_up().expect("catch up");
     let share = |cp: &daena_core::ledger::Checkpoint| {
         let mut c = postgres::Client::connect(&db.url, postgres::NoTls).expect("connect");
@@ -675,6 +690,11 @@ fn the_state_kept_with_the_chain_lands_with_its_batch_or_not_at_all() {
     };
 
     assert!(a.kept_state().is_err(), "the position is read only with the chain taken");
+    // PostgreSQL itself refuses a batch appended without the state it leaves (what a replica
+    // of an older version would do).
+    a.begin().expect("begin");
+    let err = a.append(&batch(1, 1), Micros(1)).expect_err("no state staged");
+    assert!(err.to_string().contains("without the state it leaves"), "{err}");
     a.begin().expect("begin");
     assert_eq!(a.kept_state().expect("kept"), 0, "a new deployment's kept state is at 0");
     let rows = StateRows {
@@ -772,13 +792,12 @@ fn taking_the_chain_copies_more_than_a_page() {
     let (mut a, _) = open_shared(&db.url, dirs[0].path());
     let (mut b, rb) = open_shared(&db.url, dirs[1].path());
     for i in 0..5 {
-        a.begin().expect("begin");
-        a.append(&batch(1 + i * 2000, 2000), Micros(1 + i as i64)).expect("append");
+        append(&mut a, &batch(1 + i * 2000, 2000), Micros(1 + i as i64));
     }
     let copied = b.begin().expect("begin");
     assert_eq!(copied.len(), 10_000, "every entry A appended");
     assert_eq!(copied.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=10_000).collect::<Vec<_>>(), "in order");
-    b.append(&batch(10_001, 1), Micros(9)).expect("append after them");
+    append(&mut b, &batch(10_001, 1), Micros(9));
     assert_eq!(rb.head().size, 10_001);
     assert_eq!(rb.verify_all(None).expect("verify").failure, None);
 }

@@ -49,12 +49,25 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, "create table daena_checkpoints (size bigint primary key, line text not null);"),
     // From here every batch of the chain writes the rows it leaves in the state with it, and
     // `daena_applied` says how far the kept state goes. A deployment that already has a chain
-    // starts at 0 and the first replica of this version rebuilds it; a replica of an older
-    // version would append without the rows, hence the new version.
+    // starts at 0 and the first replica of this version rebuilds it. PostgreSQL refuses an
+    // insert into the chain past the kept state: a replica of an older version still running
+    // (it would append without the rows) gets its batches refused, naming why.
     (
         4,
         "insert into daena_applied (id, seq) values (1, 0) on conflict (id) do nothing;
-     comment on table daena_records is 'records as the shared chain leaves them, written with each batch';",
+     comment on table daena_records is 'records as the shared chain leaves them, written with each batch';
+     create function daena_ledger_keeps_state() returns trigger language plpgsql as $$
+     declare
+       newest bigint := (select max(seq) from appended);
+       kept bigint := coalesce((select seq from daena_applied where id = 1), 0);
+     begin
+       if newest > kept then
+         raise exception 'entry % was appended without the state it leaves (the kept state is at %): a replica older than schema version 4 is still running; stop it', newest, kept;
+       end if;
+       return null;
+     end $$;
+     create trigger daena_ledger_keeps_state after insert on daena_ledger
+       referencing new table as appended for each statement execute function daena_ledger_keeps_state();",
     ),
 ];
 
