@@ -58,7 +58,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
      comment on table daena_records is 'records as the shared chain leaves them, written with each batch';
      create function daena_ledger_keeps_state() returns trigger language plpgsql as $$
      declare
-       newest bigint := (select max(seq) from appended);
+       newest bigint := (select max(seq) from daena_ledger);
        kept bigint := coalesce((select seq from daena_applied where id = 1), 0);
      begin
        if newest > kept then
@@ -67,7 +67,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
        return null;
      end $$;
      create trigger daena_ledger_keeps_state after insert on daena_ledger
-       referencing new table as appended for each statement execute function daena_ledger_keeps_state();",
+       for each statement execute function daena_ledger_keeps_state();",
     ),
 ];
 
