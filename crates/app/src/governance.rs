@@ -422,29 +422,29 @@ impl GovState {
     pub fn chain_docs(&self, ops: &[(&GovOp, u64)], ts: Micros) -> AppResult<Vec<KeptDoc>> {
         let mut docs = Vec::new();
         for (op, seq) in ops {
-            let doc = match op {
+            let doc: Option<KeptDoc> = match op {
                 GovOp::KeyCreate { record, .. } => {
-                    Some((API_KEYS, record.id.clone(), encode_doc(&ApiKeyRecord { created_at: ts, ..record.clone() })?))
+                    let created = ApiKeyRecord { created_at: ts, ..record.clone() };
+                    Some((API_KEYS, record.id.clone(), Some(encode_doc(&created)?)))
                 }
                 GovOp::KeyRevoke { id, .. } => match self.keys.record(id) {
                     Some(r) => {
                         let revoked = ApiKeyRecord { revoked_at: r.revoked_at.or(Some(ts)), ..r };
-                        Some((API_KEYS, id.clone(), encode_doc(&revoked)?))
+                        Some((API_KEYS, id.clone(), Some(encode_doc(&revoked)?)))
                     }
                     None => None,
                 },
                 GovOp::RateLimit { tenant, limit, .. } => {
-                    docs.push((OVERRIDES, tenant.as_str().to_owned(), limit.as_ref().map(encode_doc).transpose()?));
-                    None
+                    Some((OVERRIDES, tenant.as_str().to_owned(), limit.as_ref().map(encode_doc).transpose()?))
                 }
-                GovOp::Writes { enabled, .. } => Some((SETTINGS, WRITES_SWITCH.to_owned(), encode_doc(enabled)?)),
+                GovOp::Writes { enabled, .. } => Some((SETTINGS, WRITES_SWITCH.to_owned(), Some(encode_doc(enabled)?))),
                 GovOp::Drill { record, .. } => {
                     let last = LastDrill { record: record.clone(), at: crate::clock::rfc3339(ts), seq: *seq };
-                    Some((SETTINGS, LAST_DRILL.to_owned(), encode_doc(&last)?))
+                    Some((SETTINGS, LAST_DRILL.to_owned(), Some(encode_doc(&last)?)))
                 }
                 GovOp::Shred { .. } | GovOp::Retire { .. } => None,
             };
-            docs.extend(doc.map(|(table, key, bytes)| (table, key, Some(bytes))));
+            docs.extend(doc);
         }
         Ok(docs)
     }
@@ -454,7 +454,7 @@ impl GovState {
         let mut docs = Vec::new();
         for (table, key) in KEPT_DOCS {
             match key {
-                None => docs.extend(self.kv.store().scan_docs(table)?.into_iter().map(|(k, d)| (table, k, Some(d)))),
+                None => docs.extend(self.kv.scan_doc_bytes(table)?.into_iter().map(|(k, d)| (table, k, Some(d)))),
                 Some(key) => docs.extend(self.kv.get_doc_bytes(table, key)?.map(|d| (table, key.to_owned(), Some(d)))),
             }
         }

@@ -150,10 +150,14 @@ impl Cut {
         drop(self.view);
         if !self.docs.is_empty() {
             let copy = Kv::open(&state, 1 << 20)?;
+            let mut by_table: BTreeMap<&'static str, Vec<(&str, &[u8])>> = BTreeMap::new();
             for (table, key, doc) in &self.docs {
-                copy.store().put_docs(*table, &[(key.as_str(), doc.as_slice())])?;
-                if !tables.iter().any(|t| t == table.name()) {
-                    tables.push(table.name().to_owned());
+                by_table.entry(table.name()).or_default().push((key.as_str(), doc.as_slice()));
+            }
+            for (name, items) in by_table {
+                copy.store().put_docs(DocTable(name), &items)?;
+                if !tables.iter().any(|t| t == name) {
+                    tables.push(name.to_owned());
                 }
             }
         }

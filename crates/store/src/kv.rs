@@ -125,6 +125,11 @@ impl Kv {
         self.docs.get_doc(table, key)
     }
 
+    /// Every document of `table` as stored, in key order (wherever the documents are kept).
+    pub fn scan_doc_bytes(&self, table: DocTable) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.docs.scan_docs(table)
+    }
+
     /// Writes several documents in one transaction: all or none.
     pub fn put_docs<T: Serialize>(&self, table: DocTable, items: &[(String, T)]) -> Result<(), StoreError> {
         let encoded =

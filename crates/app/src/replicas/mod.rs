@@ -151,16 +151,29 @@ pub fn start_from_postgres(config: &Config, data: &DataDir, r: &Replicas) -> App
             return Ok(None);
         }
     };
-    let cold = crate::service::cold_dir(config, data, Some(r));
-    let aside = daena_store::backup::swap_in(data.root(), &cold, staged.path(), &stamp)?;
-    // What was set aside is the empty directory's empty parts.
-    let _ = std::fs::remove_dir_all(&aside);
+    put_in_place(config, data, r, staged.path(), &stamp)?;
     tracing::info!(
         entries = position,
         millis = started.elapsed().as_millis() as u64,
         "started from the state PostgreSQL keeps; only entries after it are copied and applied"
     );
     Ok(Some(position))
+}
+
+/// Moves a start staged in `staging` (state, ledger copy, cold segments) into an empty data
+/// directory.
+fn put_in_place(
+    config: &Config,
+    data: &DataDir,
+    r: &Replicas,
+    staging: &std::path::Path,
+    stamp: &str,
+) -> AppResult<()> {
+    let cold = crate::service::cold_dir(config, data, Some(r));
+    let aside = daena_store::backup::swap_in(data.root(), &cold, staging, stamp)?;
+    // What was set aside is the empty directory's empty parts.
+    let _ = std::fs::remove_dir_all(&aside);
+    Ok(())
 }
 
 /// Each replica's agent heartbeats, published for the others.

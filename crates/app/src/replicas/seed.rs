@@ -70,7 +70,8 @@ pub async fn write(d: &crate::Daena) -> AppResult<Option<Manifest>> {
 pub fn describe(config: &Config) -> String {
     let Some(dir) = dir(config) else {
         return "seeds are off (no storage.l3_path, or storage.seed_every_secs = 0): a replica started on an \
-                empty data directory rebuilds its state from the whole chain"
+                empty data directory copies the state PostgreSQL keeps, or applies the whole chain while that \
+                awaits a rebuild"
             .to_owned();
     };
     match snapshot::list(&dir) {
@@ -109,9 +110,7 @@ pub fn start_from(config: &Config, data: &DataDir, r: &Replicas) -> AppResult<Op
             return Ok(None);
         }
     };
-    let aside = backup::swap_in(data.root(), &crate::service::cold_dir(config, data, Some(r)), staged.path(), &stamp)?;
-    // What was set aside is the empty directory's empty parts.
-    let _ = std::fs::remove_dir_all(&aside);
+    super::put_in_place(config, data, r, staged.path(), &stamp)?;
     tracing::info!(
         seed = %manifest.name,
         entries = manifest.ledger_size,

@@ -121,8 +121,7 @@ impl Keyring {
     /// what a copy of the state needs to open its records when the keys are kept apart from
     /// it (replicas share them in PostgreSQL).
     pub fn wrapped_docs(&self) -> AppResult<Vec<(DocTable, String, Vec<u8>)>> {
-        let docs = self.kv.scan_docs::<TenantKeyDoc>(DATA_KEYS)?;
-        docs.into_iter().map(|(tenant, doc)| Ok((DATA_KEYS, tenant, daena_store::kv::encode_doc(&doc)?))).collect()
+        Ok(self.kv.scan_doc_bytes(DATA_KEYS)?.into_iter().map(|(tenant, doc)| (DATA_KEYS, tenant, doc)).collect())
     }
 
     /// Unwraps every tenant data key; fails when they were wrapped by another master key.

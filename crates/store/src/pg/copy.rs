@@ -2,6 +2,7 @@
 //! of the state into the embedded format (what snapshots carry), and a new replica's start
 //! from the state kept with the chain and the chain up to it ([`start_copy`]).
 
+use super::state::{PAGE, Rows};
 use super::{Conn, off_runtime, pg};
 use crate::StoreError;
 use crate::embedded::{Copy, CopyTable};
@@ -9,12 +10,6 @@ use crate::ledger::LedgerWriter;
 use crate::state::DocScope;
 use postgres::GenericClient;
 use std::path::Path;
-
-/// Rows read per query.
-const PAGE: i64 = 1000;
-
-/// `(key, value)` rows of a table.
-type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Copies every table into a new embedded store at `path`, a page at a time by key, inside
 /// the caller's transaction; of the documents only those `docs` names (`None`: all). Returns

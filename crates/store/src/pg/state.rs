@@ -23,10 +23,10 @@ use postgres::GenericClient;
 use std::path::Path;
 
 /// `(key, value)` rows of a table.
-type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+pub(super) type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Rows a scan reads at once.
-const PAGE: i64 = 1000;
+pub(super) const PAGE: i64 = 1000;
 /// Shared by writers, exclusive for [`StateStore::hold_writer`].
 const WRITE_LOCK: i64 = 0x6461_656e_6104;
 
