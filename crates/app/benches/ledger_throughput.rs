@@ -62,6 +62,7 @@ async fn appends(concurrency: usize, secs: f64) -> (f64, Duration, Duration, u64
         clock,
         policy,
         Vec::new(),
+        None,
     );
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();

@@ -9,6 +9,7 @@
 
 use crate::clock::Clock;
 use crate::error::{AppError, AppResult};
+use crate::replicas::head::ChainHead;
 use daena_core::ledger::entry::{Entry, NewEntry};
 use daena_core::time::Micros;
 use daena_store::StoreError;
@@ -137,6 +138,8 @@ pub struct Committer<S> {
     alive: Arc<AtomicBool>,
     /// Whether other replicas extend the same ledger (reads then wait for a barrier).
     shared: bool,
+    /// Replicas with Redis: the chain's head there lets reads skip the barrier.
+    heads: Option<Arc<ChainHead>>,
     /// What the group commit has written, for metrics.
     pub stats: Arc<CommitStats>,
 }
@@ -159,6 +162,7 @@ impl<S> Clone for Committer<S> {
             thread: self.thread.clone(),
             alive: self.alive.clone(),
             shared: self.shared,
+            heads: self.heads.clone(),
             stats: self.stats.clone(),
         }
     }
@@ -176,6 +180,7 @@ const MAX_BATCH: usize = 2048;
 impl<S: Send + 'static> Committer<S> {
     /// Starts the commit thread. `first` is committed before `start` returns, ahead of
     /// anything submitted later (facts a restore carried forward); its outcomes are logged.
+    /// `heads`: a shared ledger's head in Redis ([`ChainHead`]).
     pub fn start(
         writer: Box<dyn LedgerAppend>,
         state: Box<dyn StateMachine<Op = S>>,
@@ -183,12 +188,16 @@ impl<S: Send + 'static> Committer<S> {
         clock: Arc<dyn Clock>,
         policy: CommitPolicy,
         first: Vec<Op<S>>,
+        heads: Option<Arc<ChainHead>>,
     ) -> Committer<S> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let alive = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(CommitStats::default());
         let shared = writer.shared();
+        let heads = heads.filter(|_| shared);
         let mut worker = Worker {
+            heads: heads.clone(),
+            last_resync: Instant::now(),
             stalled: None,
             last_catch_up: Instant::now(),
             writer,
@@ -206,6 +215,7 @@ impl<S: Send + 'static> Committer<S> {
         {
             tracing::error!(error = %e.message, "could not check the state kept with the shared ledger; the next batch does");
         }
+        worker.note_applied();
         if !first.is_empty() {
             let mut replies = Vec::new();
             let jobs = first
@@ -245,7 +255,7 @@ impl<S: Send + 'static> Committer<S> {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, shared, stats }
+        Committer { tx, thread: Arc::new(parking_lot::Mutex::new(thread)), alive, shared, heads, stats }
     }
 
     pub fn is_alive(&self) -> bool {
@@ -282,6 +292,11 @@ impl<S: Send + 'static> Committer<S> {
     /// wait together share one read of the ledger. Immediate when the ledger is not shared.
     pub async fn barrier(&self) -> AppResult<()> {
         if !self.shared {
+            return Ok(());
+        }
+        if let Some(h) = &self.heads
+            && h.current().await
+        {
             return Ok(());
         }
         let (reply, rx) = oneshot::channel();
@@ -340,6 +355,8 @@ struct Worker<S> {
     /// every operation is refused from then on.
     stalled: Option<AppError>,
     last_catch_up: Instant,
+    heads: Option<Arc<ChainHead>>,
+    last_resync: Instant,
 }
 
 impl<S: Send + 'static> Worker<S> {
@@ -396,11 +413,22 @@ impl<S: Send + 'static> Worker<S> {
             if let Err(e) = self.state.replay(entry) {
                 tracing::error!(error = %e.message, "this replica cannot apply the shared ledger; it refuses operations until restarted with a version that can");
                 self.stalled = Some(e.clone());
+                if let Some(h) = &self.heads {
+                    h.stall();
+                }
                 return Err(e);
             }
         }
         self.since_checkpoint += entries.len() as u64;
+        self.note_applied();
         Ok(())
+    }
+
+    /// Tells reads how far the state goes.
+    fn note_applied(&self) {
+        if let Some(h) = &self.heads {
+            h.applied(self.state.applied_seq());
+        }
     }
 
     /// Brings the state up to the shared ledger's head (nothing to do when not shared).
@@ -408,11 +436,16 @@ impl<S: Send + 'static> Worker<S> {
         if !self.writer.shared() {
             return Ok(());
         }
+        let started = Instant::now();
         let entries = self
             .writer
             .catch_up()
             .map_err(|e| AppError::unavailable(format!("the shared ledger cannot be read: {e}")))?;
-        self.replay_foreign(entries)
+        self.replay_foreign(entries)?;
+        if let Some(h) = self.heads.as_ref().filter(|h| h.lease_ending()) {
+            h.renew(started);
+        }
+        Ok(())
     }
 
     fn commit(&mut self, jobs: Vec<(Op<S>, Reply)>) {
@@ -505,6 +538,10 @@ impl<S: Send + 'static> Worker<S> {
             // The entries are durable; the next start replays them into the state.
             tracing::error!(error = %e.message, "applying a durable batch to the state failed; restart to replay it");
         }
+        self.note_applied();
+        if let Some(h) = &self.heads {
+            h.committed(self.writer.size());
+        }
         for (reply, r) in replies {
             let _ = reply.send(Ok(r));
         }
@@ -582,6 +619,10 @@ impl<S: Send + 'static> Worker<S> {
             if let Err(e) = self.writer.adopt_checkpoints(&self.key.verifying_key()) {
                 tracing::warn!(error = %e, "adopting the other replicas' checkpoints failed");
             }
+        }
+        if let Some(h) = self.heads.as_ref().filter(|_| self.last_resync.elapsed() >= Duration::from_secs(1)) {
+            self.last_resync = Instant::now();
+            h.resync();
         }
         if self.since_checkpoint > 0
             && self.last_checkpoint.elapsed() >= self.policy.checkpoint_every

@@ -51,6 +51,14 @@ pub fn render(d: &Daena) -> String {
         refresh(d);
     }
     m.uptime_seconds.set(d.uptime().as_secs_f64());
+    // Counters read as they are: two atomics, cheaper than deciding whether to.
+    if let Some(r) = d.replicas() {
+        for (result, n) in [("redis_head", &r.head.stats.by_redis), ("barrier", &r.head.stats.by_postgres)] {
+            m.replica_read_checks
+                .get_or_create(&ResultLabels { result: result.to_owned() })
+                .set(as_i64(n.load(Ordering::Relaxed)));
+        }
+    }
     m.encode()
 }
 

@@ -375,7 +375,7 @@ fn open_ledger(
         flush_every: std::time::Duration::from_secs(1),
     };
     let repaired = opened.repaired_bytes;
-    let commit = Committer::start(writer, state, key, clock, policy, first);
+    let commit = Committer::start(writer, state, key, clock, policy, first, replicas.map(|r| r.head.clone()));
     let service = LedgerService { reader: Arc::new(reader), public_key, opened };
     if repaired > 0 {
         let entry = daena_core::ledger::NewEntry::new("system", "system", "ledger.repair", "ledger")

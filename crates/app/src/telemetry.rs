@@ -92,6 +92,7 @@ pub struct Metrics {
     pub ledger_commit_ops: Gauge,
     pub ledger_commit_write_seconds: GaugeF64,
     pub memory_settle_wait_seconds: GaugeF64,
+    pub replica_read_checks: Family<ResultLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,8 +205,14 @@ impl Metrics {
             "Seconds the commit thread waited for redb to take the previous overlay layer (rises when redb falls behind the writes)",
             GaugeF64::default()
         );
+        let replica_read_checks = reg!(
+            "replica_read_checks",
+            "Requests on a replica let through on the chain head in Redis (redis_head) or after the barrier's PostgreSQL read (barrier), since start",
+            Family::<ResultLabels, Gauge>::default()
+        );
         Metrics {
             registry,
+            replica_read_checks,
             ledger_commit_batches,
             ledger_commit_ops,
             ledger_commit_write_seconds,

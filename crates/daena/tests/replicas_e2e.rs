@@ -6,66 +6,11 @@
 
 mod common;
 
-use common::{OPS, Server, call, client};
+use common::replicas::{Deployment, get, put, replica, with_key};
+use common::{OPS, call, client};
 use daena_store::pg::TestDatabase;
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::path::Path;
-
-const REDIS: &str = "redis://127.0.0.1:6379/";
-
-/// One deployment: its database, the path its replicas share for cold segments, and a data
-/// directory per replica.
-struct Deployment {
-    db: TestDatabase,
-    shared: tempfile::TempDir,
-    dirs: Vec<tempfile::TempDir>,
-}
-
-impl Deployment {
-    fn new(replicas: usize) -> Deployment {
-        let dirs = (0..replicas).map(|_| tempfile::tempdir().expect("data dir")).collect();
-        Deployment { db: TestDatabase::create(), shared: tempfile::tempdir().expect("shared dir"), dirs }
-    }
-
-    /// Runs `sql` on the deployment's database.
-    fn execute(&self, sql: &str) {
-        self.db.execute(sql);
-    }
-
-    /// Starts (or restarts) replica `i` on its data directory.
-    fn start(&self, i: usize, redis: bool) -> Server {
-        replica(self.dirs[i].path(), &self.db, self.shared.path(), redis, &[])
-    }
-}
-
-fn replica(dir: &Path, db: &TestDatabase, shared: &Path, redis: bool, extra: &[(&str, &str)]) -> Server {
-    let l3 = shared.join("l3").display().to_string();
-    let mut env = vec![
-        ("DAENA_STORAGE_BACKEND", "postgres"),
-        ("DAENA_STORAGE_POSTGRES_URL", db.url.as_str()),
-        ("DAENA_STORAGE_L3_PATH", l3.as_str()),
-        ("DAENA_RATE_LIMIT_ENABLED", "true"),
-    ];
-    if redis {
-        env.push(("DAENA_STORAGE_REDIS_URL", REDIS));
-    }
-    env.extend_from_slice(extra);
-    Server::start(dir, &env)
-}
-
-async fn put(url: &str, key: &str, v: &str) -> u16 {
-    let body = json!({"payload": {"v": v}});
-    call(Method::PUT, &format!("{url}/api/v1/memory/chat/{key}"), Some("acme"), Some(&body)).await.0
-}
-
-async fn get(url: &str, key: &str) -> (u16, serde_json::Value) {
-    call(Method::GET, &format!("{url}/api/v1/memory/chat/{key}"), Some("acme"), None).await
-}
-
-async fn with_key(method: Method, url: &str, key: &str) -> u16 {
-    client().request(method, url).header("X-API-Key", key).send().await.expect("request").status().as_u16()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_behave_as_one_service() {

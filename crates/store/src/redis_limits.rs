@@ -3,6 +3,10 @@
 //! whole fleet. Each decision is one script run atomically
 //! on the server, timed by the server's clock (replicas' clocks may differ).
 //!
+//! It also holds the shared chain's head as the replicas acknowledge it ([`SharedLimits::publish_head`]):
+//! a read on a replica that has applied that far needs no PostgreSQL round trip
+//! (`daena_app::replicas::head`).
+//!
 //! Redis is an accelerator here, never the only copy of anything: when it does not answer,
 //! callers fall back to limits of their own and report it ([`SharedLimits::is_down`]); the
 //! next call after [`RETRY_AFTER`] tries again.
@@ -41,6 +45,17 @@ redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', math.ceil((nxt - now)
 return {1, math.floor((window - (nxt - now)) / interval), nxt - now}
 ";
 
+/// Raises the head kept at KEYS[1] to ARGV[1]; never lowers it (replicas publish out of order).
+const RAISE_HEAD: &str = r"
+local new = tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if cur < new then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return new
+end
+return cur
+";
+
 /// What the shared limiter decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedDecision {
@@ -52,6 +67,8 @@ pub struct SharedLimits {
     client: redis::Client,
     prefix: String,
     script: redis::Script,
+    raise_head: redis::Script,
+    head_key: String,
     pool: Mutex<Vec<redis::Connection>>,
     /// When the last failure happened.
     failed_at: Mutex<Option<Instant>>,
@@ -74,6 +91,8 @@ impl SharedLimits {
             client,
             prefix: prefix.to_owned(),
             script: redis::Script::new(GCRA),
+            raise_head: redis::Script::new(RAISE_HEAD),
+            head_key: format!("{prefix}:head"),
             pool: Mutex::new(Vec::new()),
             failed_at: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -153,6 +172,17 @@ impl SharedLimits {
     pub fn reset(&self, tenant: &str) -> Result<(), StoreError> {
         let key = format!("{}:rl:{tenant}", self.prefix);
         self.with(|c| redis::cmd("DEL").arg(&key).query::<i64>(c)).map(|_| ())
+    }
+
+    /// Raises the chain head kept in Redis to `head` (a position every replica has committed);
+    /// answers the head kept afterwards.
+    pub fn publish_head(&self, head: u64) -> Result<u64, StoreError> {
+        self.with(|c| self.raise_head.key(&self.head_key).arg(head).invoke(c))
+    }
+
+    /// The chain head kept in Redis; `None` when nothing is (a Redis that restarted empty).
+    pub fn head(&self) -> Result<Option<u64>, StoreError> {
+        self.with(|c| redis::cmd("GET").arg(&self.head_key).query::<Option<u64>>(c))
     }
 
     /// Proves Redis answers (for `/health`).

@@ -178,3 +178,51 @@ fn swap_many_writes_all_or_nothing_and_replicas_never_lose_an_update() {
     });
     assert_eq!(docs.get_doc(T, "n").expect("get").as_deref(), Some(&b"100"[..]));
 }
+
+/// The chain head in Redis only ever rises, and each deployment has its own.
+#[test]
+fn the_head_in_redis_only_rises() {
+    let p = prefix();
+    let (a, b) = (SharedLimits::new(REDIS, &p).expect("a"), SharedLimits::new(REDIS, &p).expect("b"));
+    assert_eq!(a.head().expect("head"), None, "nothing published yet");
+    assert_eq!(a.publish_head(7).expect("publish"), 7);
+    assert_eq!(b.publish_head(5).expect("a late publisher"), 7, "a lower head does not replace a higher one");
+    assert_eq!(b.head().expect("head"), Some(7));
+    assert_eq!(b.publish_head(9).expect("publish"), 9);
+    assert_eq!(a.head().expect("head"), Some(9));
+    assert_eq!(SharedLimits::new(REDIS, &prefix()).expect("c").head().expect("head"), None, "another deployment");
+}
+
+/// The fence over the head in Redis: a new deployment starts with it up; raising it tells
+/// how long until every lease taken before it went up has run out; it is lowered only at the
+/// epoch it was read at; and the chain refuses a writer that does not keep it.
+#[test]
+fn the_fence_waits_out_leases_and_lowers_only_where_it_was_read() {
+    use std::time::Duration;
+    let db = TestDatabase::create();
+    pg::migrate(&db.url).expect("migrate");
+    let fence = pg::HeadFence::open(&db.url);
+    let lease = Duration::from_millis(800);
+    let start = fence.state(Duration::ZERO).expect("state");
+    assert!(start.raised && start.quiet, "{start:?}");
+    assert_eq!(start.head, 0, "an empty chain");
+    assert!(!fence.state(Duration::from_secs(60)).expect("state").quiet, "touched at the migration");
+    // Raising it when up waits only for what is left since it went up.
+    assert!(fence.raise(lease).expect("raise") <= lease);
+    assert!(fence.lower(start.epoch - 1).is_ok_and(|lowered| !lowered), "a stale epoch lowers nothing");
+    assert!(!fence.lower(start.epoch).expect("lower"), "raised again since that read: stays up");
+    assert!(fence.is_raised().expect("raised"));
+    let now = fence.state(Duration::ZERO).expect("state");
+    assert!(fence.lower(now.epoch).expect("lower"));
+    assert!(!fence.is_raised().expect("raised"));
+    // Raised from down: the whole lease to wait.
+    let wait = fence.raise(lease).expect("raise");
+    assert!(wait > lease - Duration::from_millis(200) && wait <= lease, "{wait:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let again = fence.raise(lease).expect("raise");
+    assert!(again <= wait - Duration::from_millis(250), "only what is left: {again:?} after {wait:?}");
+
+    let mut c = postgres::Client::connect(&db.url, postgres::NoTls).expect("connect");
+    let err = c.execute("insert into daena_ledger (seq, line) values (1, 'x')", &[]).expect_err("no writer version");
+    assert!(format!("{err:?}").contains("older than schema version 5"), "{err:?}");
+}

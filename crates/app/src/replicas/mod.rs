@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod head;
 mod peers;
 pub mod seed;
 
@@ -54,6 +55,8 @@ pub struct Replicas {
     pub docs: Arc<PgDocs>,
     pub lease: Lease,
     pub limits: Option<Arc<SharedLimits>>,
+    /// The chain's head in Redis, which lets reads skip the barrier ([`head`]).
+    pub head: Arc<head::ChainHead>,
     pub peers: Arc<Peers>,
 }
 
@@ -115,7 +118,8 @@ impl Replicas {
             "replica of a shared deployment"
         );
         let peers = Arc::new(Peers::open(docs.clone(), replica.clone())?);
-        Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits, peers }))
+        let head = head::ChainHead::new(&url, limits.clone());
+        Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits, head, peers }))
     }
 
     /// Whether this replica runs the schedulers now.

@@ -281,7 +281,10 @@ impl PgLedger {
         // One round trip: the transaction and the chain lock.
         let client = self.conn.get()?;
         self.in_txn = true;
-        if let Err(e) = client.batch_execute(&format!("begin; select pg_advisory_xact_lock({CHAIN_LOCK})")) {
+        if let Err(e) = client.batch_execute(&format!(
+            "begin; set local daena.chain_writer = {}; select pg_advisory_xact_lock({CHAIN_LOCK})",
+            super::SCHEMA_VERSION
+        )) {
             self.rollback();
             return Err(pg("taking the chain lock")(e));
         }

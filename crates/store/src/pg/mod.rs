@@ -13,12 +13,14 @@
 //! made where a tokio runtime may be running goes through [`off_runtime`].
 
 mod copy;
+mod fence;
 mod ledger;
 mod state;
 mod test_db;
 mod tls;
 
 pub use copy::start_copy;
+pub use fence::{FenceState, HeadFence};
 pub use ledger::PgLedger;
 pub use state::PgState;
 pub use test_db::TestDatabase;
@@ -28,7 +30,7 @@ use crate::state::{DocStore, DocTable};
 use parking_lot::Mutex;
 
 /// The schema this build reads and writes; a database with a newer one is refused.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Migrations by version, applied in order inside one transaction each.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -69,7 +71,36 @@ const MIGRATIONS: &[(i32, &str)] = &[
      create trigger daena_ledger_keeps_state after insert on daena_ledger
        for each statement execute function daena_ledger_keeps_state();",
     ),
+    // Replicas publish the chain's head to Redis and keep the fence over it (`fence.rs`); a
+    // replica older than this would do neither, so the chain now also refuses a writer that
+    // does not say it is at least this version (`begin` sets `daena.chain_writer`).
+    (5, MIGRATION_5),
 ];
+
+const MIGRATION_5: &str = concat!(
+    "create or replace function daena_ledger_keeps_state() returns trigger language plpgsql as $$
+     declare
+       newest bigint := (select max(seq) from daena_ledger);
+       kept bigint := coalesce((select seq from daena_applied where id = 1), 0);
+       writer int := coalesce(nullif(current_setting('daena.chain_writer', true), ''), '0')::int;
+     begin
+       if writer < 5 then
+         raise exception 'entry % was appended by a replica older than schema version 5, which does not keep the head in Redis: stop it', newest;
+       end if;
+       if newest > kept then
+         raise exception 'entry % was appended without the state it leaves (the kept state is at %): a replica older than schema version 4 is still running; stop it', newest, kept;
+       end if;
+       return null;
+     end $$;
+     ",
+    "create table daena_head_fence (
+       id int primary key check (id = 1),
+       epoch bigint not null,
+       raised bool not null,
+       raised_at timestamptz not null,
+       touched_at timestamptz not null);
+     insert into daena_head_fence values (1, 1, true, clock_timestamp(), clock_timestamp());"
+);
 
 /// Session-scoped advisory lock held while migrating.
 const MIGRATE_LOCK: i64 = 0x6461_656e_6101;
