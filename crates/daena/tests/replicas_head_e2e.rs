@@ -74,6 +74,8 @@ async fn reads_trust_the_head_in_redis_only_when_no_write_could_be_missing() {
     }
     let (_, by_barrier) = read_checks(&b.url).await;
     assert!(by_barrier > 0, "B's reads after A's writes went through the barrier");
+    let health = call(Method::GET, &format!("{}/health", b.url), None, None).await.1.to_string();
+    assert!(health.contains("the fence over the chain head in Redis is up"), "{health}");
 
     // A replica without Redis at all keeps the fence up the same way.
     let c = replica(dir(2), &deployment.db, deployment.shared.path(), false, &[]);
@@ -93,4 +95,6 @@ async fn reads_trust_the_head_in_redis_only_when_no_write_could_be_missing() {
     }
     let after = read_checks(&b.url).await;
     assert!(after.0 >= before.0 + 20, "B's reads of its own writes trusted Redis: {before:?} → {after:?}");
+    let health = call(Method::GET, &format!("{}/health", b.url), None, None).await.1.to_string();
+    assert!(health.contains("reads skip the barrier when the chain head in Redis says"), "{health}");
 }

@@ -155,6 +155,20 @@ impl ChainHead {
             && self.since_start(Instant::now()) < self.lease_until.load(Ordering::Acquire)
     }
 
+    /// What `/health` says of the head: whether reads trust it now, and why not.
+    pub fn describe(&self) -> &'static str {
+        if self.redis.is_none() {
+            "reads take the barrier (a PostgreSQL query per group of reads)"
+        } else if self.stalled.load(Ordering::Acquire) {
+            "reads take the barrier: this replica stopped following the chain"
+        } else if self.fence_seen.load(Ordering::Acquire) {
+            "reads take the barrier: the fence over the chain head in Redis is up (a replica without Redis, or whose \
+             Redis failed, wrote within the last seconds)"
+        } else {
+            "reads skip the barrier when the chain head in Redis says this replica is current"
+        }
+    }
+
     /// The state holds every entry up to `seq` (the commit thread, after applying).
     pub fn applied(&self, seq: u64) {
         self.applied.store(seq, Ordering::Release);

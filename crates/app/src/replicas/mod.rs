@@ -286,15 +286,23 @@ pub fn health_checks(r: &Replicas, limiter: &crate::ratelimit::RateLimiter, conf
         None => Check::new(
             CheckStatus::Warn,
             false,
-            "no storage.redis_url: each replica applies the tenant rate limits on its own",
+            format!(
+                "no storage.redis_url: each replica applies the tenant rate limits on its own; {}",
+                r.head.describe()
+            ),
         ),
-        Some(Ok(())) => {
-            Check::new(CheckStatus::Pass, false, "tenant rate limits are shared by the replicas through Redis")
-        }
+        Some(Ok(())) => Check::new(
+            CheckStatus::Pass,
+            false,
+            format!("tenant rate limits are shared by the replicas through Redis; {}", r.head.describe()),
+        ),
         Some(Err(e)) => Check::new(
             CheckStatus::Fail,
             false,
-            format!("Redis does not answer ({e}): each replica limits on its own until it is back"),
+            format!(
+                "Redis does not answer ({e}): each replica limits on its own and reads take the barrier \
+                 (PostgreSQL) until it is back"
+            ),
         ),
     };
     let replica = if r.peers.retired() {
