@@ -7,6 +7,7 @@ mod common;
 use common::call;
 use common::replicas::{Deployment, REDIS, get, put, replica};
 use reqwest::Method;
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// Requests the replica at `url` let through on Redis's head, and after the barrier.
@@ -97,4 +98,18 @@ async fn reads_trust_the_head_in_redis_only_when_no_write_could_be_missing() {
     assert!(after.0 >= before.0 + 20, "B's reads of its own writes trusted Redis: {before:?} → {after:?}");
     let health = call(Method::GET, &format!("{}/health", b.url), None, None).await.1.to_string();
     assert!(health.contains("reads skip the barrier when the chain head in Redis says"), "{health}");
+
+    // A Redis that lost the head (restarted empty): reads take the barrier until a replica
+    // publishes the chain's newest position again, with no write needed.
+    let deployment_id = health.split("(deployment ").nth(1).and_then(|t| t.split(',').next()).expect("deployment id");
+    let size = |v: Value| v["size"].as_u64().expect("size");
+    let before = size(call(Method::GET, &format!("{}/api/v1/ledger/head", b.url), None, None).await.1);
+    let mut redis = redis::Client::open(REDIS).and_then(|c| c.get_connection()).expect("redis");
+    let removed: i64 = redis::cmd("DEL").arg(format!("daena:{deployment_id}:head")).query(&mut redis).expect("del");
+    assert_eq!(removed, 1, "the head was kept under the deployment's prefix");
+    until_reads_trust_redis(&b.url, "after Redis lost the head").await;
+    let head: Option<u64> =
+        redis::cmd("GET").arg(format!("daena:{deployment_id}:head")).query(&mut redis).expect("get");
+    let after = size(call(Method::GET, &format!("{}/api/v1/ledger/head", b.url), None, None).await.1);
+    assert!(head.is_some_and(|h| (before..=after).contains(&h)), "published again: {head:?}, chain {before}..{after}");
 }
