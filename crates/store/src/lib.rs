@@ -19,5 +19,7 @@ pub mod records;
 #[cfg(feature = "shared")]
 pub mod redis_limits;
 pub mod state;
+#[cfg(feature = "shared")]
+pub mod test_redis;
 
 pub use error::StoreError;

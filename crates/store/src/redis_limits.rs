@@ -13,7 +13,7 @@
 
 use crate::StoreError;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a failed Redis is left alone before the next try.
@@ -73,6 +73,9 @@ pub struct SharedLimits {
     /// When the last failure happened.
     failed_at: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    /// The server process connections reached (`INFO server`'s run_id).
+    run_id: Mutex<Option<String>>,
+    generation: AtomicU64,
     pub failures: AtomicI64,
 }
 
@@ -96,6 +99,8 @@ impl SharedLimits {
             pool: Mutex::new(Vec::new()),
             failed_at: Mutex::new(None),
             last_error: Mutex::new(None),
+            run_id: Mutex::new(None),
+            generation: AtomicU64::new(0),
             failures: AtomicI64::new(0),
         })
     }
@@ -110,16 +115,32 @@ impl SharedLimits {
         if let Some(c) = self.pool.lock().pop() {
             return Ok(c);
         }
-        let c = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
+        let mut c = self.client.get_connection_with_timeout(IO_TIMEOUT)?;
         c.set_read_timeout(Some(IO_TIMEOUT))?;
         c.set_write_timeout(Some(IO_TIMEOUT))?;
+        // The server process this connection reached: another one than before (a restart or a
+        // failover) may hold older data.
+        let info: String = redis::cmd("INFO").arg("server").query(&mut c)?;
+        let run = info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|r| r.trim().to_owned());
+        let mut seen = self.run_id.lock();
+        if seen.is_some() && *seen != run {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        *seen = run;
         Ok(c)
+    }
+
+    /// Changes whenever Redis failed or a new connection reached another server process (a
+    /// restart or a failover): what was written before may be gone or older.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn failed(&self, e: &redis::RedisError) -> StoreError {
         *self.failed_at.lock() = Some(Instant::now());
         *self.last_error.lock() = Some(e.to_string());
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         StoreError::Db(format!("Redis: {e}"))
     }
 

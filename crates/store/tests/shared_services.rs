@@ -226,3 +226,28 @@ fn the_fence_waits_out_leases_and_lowers_only_where_it_was_read() {
     let err = c.execute("insert into daena_ledger (seq, line) values (1, 'x')", &[]).expect_err("no writer version");
     assert!(format!("{err:?}").contains("older than schema version 5"), "{err:?}");
 }
+
+/// A Redis restarted (here: a private server stopped and started again on its port) changes
+/// the generation, so what was read from it before is known to be possibly gone.
+#[test]
+fn a_restarted_redis_changes_the_generation() {
+    let mut server = daena_store::test_redis::TestRedis::start();
+    let limits = SharedLimits::new(&server.url, &prefix()).expect("client");
+    limits.publish_head(5).expect("publish");
+    let g0 = limits.generation();
+    assert_eq!(limits.head().expect("head"), Some(5));
+    assert_eq!(limits.generation(), g0, "nothing changed");
+    server.restart();
+    // The pooled connection breaks (a failure), or a new one reaches the new process.
+    let mut head = limits.head();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while head.is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        head = limits.head();
+    }
+    assert_eq!(head.expect("the new server answers"), None, "the restarted server lost the head");
+    assert!(limits.generation() > g0, "the restart changed the generation");
+    let g1 = limits.generation();
+    assert_eq!(limits.head().expect("head"), None);
+    assert_eq!(limits.generation(), g1, "and stays put while the server does");
+}

@@ -14,6 +14,11 @@
 //! batch's head in Redis, or its replica's lease started after the batch committed and its
 //! catch-up already applied it. The fence is lowered by [`ChainHead::resync`] once Redis
 //! answers and nobody touched it for [`QUIET`].
+//!
+//! Redis itself may lose a head it acknowledged (restarted from an older snapshot, or failed
+//! over to a lagging copy). Either breaks this replica's connections or reaches another server
+//! process, which changes [`SharedLimits::generation`]; the head is then not trusted until a
+//! lease renewal has published the chain's newest position, read from PostgreSQL, again.
 
 use daena_store::pg::HeadFence;
 use daena_store::redis_limits::SharedLimits;
@@ -82,6 +87,9 @@ pub struct ChainHead {
     fence_seen: AtomicBool,
     /// When the fence was last read for a lease (microseconds since `started`).
     last_look: AtomicU64,
+    /// The Redis generation ([`SharedLimits::generation`]) the chain's head was last published
+    /// in by a lease renewal; the head is trusted only while Redis is still at it.
+    synced: AtomicU64,
     /// When this replica last touched the fence (it skips touching it again within QUIET / 2).
     touched: parking_lot::Mutex<Option<Instant>>,
     pub stats: HeadStats,
@@ -124,6 +132,7 @@ impl ChainHead {
             stalled: AtomicBool::new(false),
             fence_seen: AtomicBool::new(true),
             last_look: AtomicU64::new(0),
+            synced: AtomicU64::new(u64::MAX),
             touched: parking_lot::Mutex::new(None),
             stats: HeadStats::default(),
         }
@@ -153,6 +162,7 @@ impl ChainHead {
     fn trusted(&self) -> bool {
         !self.stalled.load(Ordering::Acquire)
             && self.since_start(Instant::now()) < self.lease_until.load(Ordering::Acquire)
+            && self.redis.as_ref().is_some_and(|r| r.generation() == self.synced.load(Ordering::Acquire))
     }
 
     /// What `/health` says of the head: whether reads trust it now, and why not.
@@ -193,12 +203,26 @@ impl ChainHead {
 
     /// Renews the lease after a catch-up with the chain that started at `started`: granted when
     /// the fence is down.
+    ///
+    /// After Redis failed or a connection reached another Redis process (a restart, a
+    /// failover), its head may be missing or older than a batch already acknowledged: the
+    /// chain's newest position is published again first, and the head is not trusted until then.
     pub fn renew(&self, started: Instant) {
-        if self.redis.is_none() {
-            return;
-        }
+        let Some(redis) = &self.redis else { return };
         self.last_look.store(self.since_start(Instant::now()), Ordering::Release);
-        let until = match self.fence.is_raised() {
+        let generation = redis.generation();
+        let raised = if generation == self.synced.load(Ordering::Acquire) {
+            self.fence.is_raised()
+        } else {
+            self.fence.state(QUIET).and_then(|state| redis.publish_head(state.head).map(|_| state.raised)).inspect(
+                |_| {
+                    if redis.generation() == generation {
+                        self.synced.store(generation, Ordering::Release);
+                    }
+                },
+            )
+        };
+        let until = match raised {
             Ok(raised) => {
                 self.fence_seen.store(raised, Ordering::Release);
                 if raised { 0 } else { self.since_start(started + LEASE) }
@@ -274,5 +298,48 @@ impl ChainHead {
                 Err(e) => tracing::warn!(error = %e, "lowering the fence over the head in Redis failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daena_store::pg::{self, TestDatabase};
+    use daena_store::test_redis::TestRedis;
+
+    /// After Redis restarts (its head gone), the head is not trusted, whatever the lease, until
+    /// a renewal has published the chain's position again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_redis_is_not_trusted_until_the_head_is_published_again() {
+        let db = TestDatabase::create();
+        pg::migrate(&db.url).expect("migrate");
+        let mut server = TestRedis::start();
+        let redis = Arc::new(SharedLimits::new(&server.url, "daena:head-test").expect("client"));
+        let head = ChainHead::new(&db.url, Some(redis.clone()));
+        let fence = HeadFence::open(&db.url);
+        let lower = || {
+            let state = fence.state(Duration::ZERO).expect("state");
+            assert!(fence.lower(state.epoch).expect("lower"));
+        };
+        tokio::task::block_in_place(lower);
+        let renew = || tokio::task::block_in_place(|| head.renew(Instant::now()));
+        renew();
+        assert_eq!(redis.head().expect("head"), Some(0), "the first renewal published the chain's head");
+        assert!(head.current().await, "under a lease, at the head");
+        redis.publish_head(3).expect("publish");
+        assert!(!head.current().await, "behind the head");
+        head.applied(3);
+        assert!(head.current().await);
+
+        server.restart();
+        assert!(!head.current().await, "the restart is seen: not trusted");
+        while redis.is_down().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(redis.head().expect("the new server answers"), None);
+        assert!(!head.current().await, "still the lease, but not trusted until published again");
+        renew();
+        assert_eq!(redis.head().expect("head"), Some(0), "published again from the chain");
+        assert!(head.current().await);
     }
 }
