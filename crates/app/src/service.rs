@@ -99,7 +99,8 @@ impl Daena {
                 other => AppError::internal(other.to_string()),
             })?,
         };
-        let replicas = replicas::Replicas::open(&config, &data, secrets.memory_aes_key.is_some())?.map(Arc::new);
+        let replicas =
+            replicas::Replicas::open(&config, &data, secrets.memory_aes_key.is_some(), clock.now())?.map(Arc::new);
         // An empty data directory starts from the state PostgreSQL keeps, else from a seed,
         // else by applying the whole chain.
         if let Some(r) = &replicas

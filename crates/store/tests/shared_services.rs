@@ -251,3 +251,27 @@ fn a_restarted_redis_changes_the_generation() {
     assert_eq!(limits.head().expect("head"), None);
     assert_eq!(limits.generation(), g1, "and stays put while the server does");
 }
+
+/// The fleet's access statistics only rise, and only records the chain holds get any: a
+/// statistic never outlives its record. They say from when they count.
+#[test]
+fn the_fleet_access_statistics_only_rise_and_need_their_record() {
+    let db = TestDatabase::create();
+    pg::migrate(&db.url).expect("migrate");
+    db.execute("insert into daena_records (addr, row) values ('\\x01', '\\x00'), ('\\x02', '\\x00')");
+    let (a, b) = (pg::FleetAccess::new(&db.url), pg::FleetAccess::new(&db.url));
+    assert_eq!(a.since(10).expect("since"), 10, "the first to ask says when they began");
+    assert_eq!(b.since(20).expect("since"), 10, "and it stays");
+    let row = |addr: u8, last: i64, reads: u64| (vec![addr], (last, reads));
+    assert_eq!(a.publish_access(&[row(1, 100, 3), row(3, 100, 1)]).expect("publish"), 1, "no record 3");
+    assert_eq!(b.publish_access(&[row(1, 50, 9), row(2, 70, 1)]).expect("publish"), 2);
+    let fleet = b.fleet_access(&[vec![1], vec![2], vec![3]]).expect("read");
+    assert_eq!(fleet.get(&vec![1]), Some(&100), "an older read elsewhere does not lower it");
+    assert_eq!(fleet.get(&vec![2]), Some(&70));
+    assert_eq!(fleet.get(&vec![3]), None);
+    let addrs: Vec<Vec<u8>> = (0..2500u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    let many: Vec<(Vec<u8>, (i64, u64))> = addrs.iter().map(|a| (a.clone(), (1, 1))).collect();
+    db.execute("insert into daena_records (addr, row) select int4send(i), '\\x00' from generate_series(0, 2499) i");
+    assert_eq!(a.publish_access(&many).expect("publish"), 2500, "pages of a thousand");
+    assert_eq!(a.fleet_access(&addrs).expect("read").len(), 2500);
+}

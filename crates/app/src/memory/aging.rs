@@ -44,6 +44,31 @@ struct Candidate {
     seq: u64,
     idle_days: f64,
     envelope: Option<Vec<u8>>,
+    /// What the decision was made on, to make it again on the fleet's last access.
+    place: Place,
+    level: i32,
+    retention: Option<u32>,
+    updated_at: i64,
+    last_access: i64,
+}
+
+impl Candidate {
+    /// Decides again with the fleet's last access of the record (replicas each keep the
+    /// reads they served): a record read through another replica is not idle.
+    fn decide_on(&mut self, fleet_last: i64, now: Micros, rules: &[Rule], cold_level: i32) {
+        if fleet_last <= self.last_access {
+            return;
+        }
+        self.last_access = fleet_last;
+        self.idle_days = now.days_since(Micros(self.updated_at.max(fleet_last)));
+        let subject = aging::Subject {
+            class: self.addr.class.as_str(),
+            place: self.place,
+            level: self.level,
+            idle_days: self.idle_days,
+        };
+        self.decision = aging::decide(subject, self.retention, rules, cold_level);
+    }
 }
 
 fn rules(d: &Daena) -> Vec<Rule> {
@@ -90,7 +115,8 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
             return Ok(true);
         };
         let retention = d.config().memory.class(&class).retention_days;
-        let subject = aging::Subject { class: c, place, level: i32::from(row.level), idle_days };
+        let level = i32::from(row.level);
+        let subject = aging::Subject { class: c, place, level, idle_days };
         let decision = aging::decide(subject, retention, &rules, cold_level);
         if decision != Decision::Keep {
             let envelope = match &row.body {
@@ -103,10 +129,36 @@ pub async fn run(d: &Daena, actor: &str, dry_run: bool) -> AppResult<AgingReport
                 seq: row.seq,
                 idle_days,
                 envelope,
+                place,
+                level,
+                retention,
+                updated_at: row.updated_at,
+                last_access,
             });
         }
         Ok(true)
     })?;
+    if let Some(r) = d.replicas()
+        && !candidates.is_empty()
+    {
+        // Idle here may be busy elsewhere: a more recent read through any replica counts.
+        let addrs: Vec<Vec<u8>> = candidates.iter().map(|c| c.addr.table_key()).collect();
+        let unread = |e| {
+            AppError::unavailable(format!(
+                "aging needs the replicas' access statistics to tell idle records from ones read through \
+                 another replica, and they could not be read ({e}); nothing was changed"
+            ))
+        };
+        let fleet = r.access.fleet_access(&addrs).map_err(unread)?;
+        // Reads other replicas served before the statistics began are unknown: no record is
+        // idle from before then.
+        let since = r.access.since(now.0).map_err(unread)?;
+        for (c, addr) in candidates.iter_mut().zip(&addrs) {
+            let last = fleet.get(addr).copied().unwrap_or(0).max(since);
+            c.decide_on(last, now, &rules, cold_level);
+        }
+        candidates.retain(|c| c.decision != Decision::Keep);
+    }
 
     for c in candidates {
         let name = match c.decision {

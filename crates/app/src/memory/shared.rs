@@ -222,6 +222,9 @@ impl Stats {
     }
 }
 
+/// Access statistics by record address: (last access µs, reads).
+type AccessStats = HashMap<Vec<u8>, (i64, u64)>;
+
 /// State shared by the readers and the commit thread.
 pub struct MemoryShared {
     pub kv: Kv,
@@ -240,6 +243,8 @@ pub struct MemoryShared {
     pub latency: Latencies,
     /// Access statistics not yet written to the `access` table: (last, count).
     pub(super) pending_access: Mutex<HashMap<Vec<u8>, (i64, u64)>>,
+    /// Replicas only: access statistics not yet published to the fleet's (aging asks those).
+    unpublished_access: Option<Mutex<AccessStats>>,
     /// Rows the commit thread applied but redb does not hold yet (see [`crate::overlay`]),
     /// written by the settler thread every second or 4096 rows.
     pub overlay: Overlay<RecordRow>,
@@ -282,6 +287,7 @@ impl MemoryShared {
             }
             Ok(true)
         })?;
+        let replicated = config.storage.backend == crate::config::StorageBackend::Postgres;
         Ok(Arc::new(MemoryShared {
             kv,
             cold,
@@ -295,6 +301,7 @@ impl MemoryShared {
             counters,
             latency: Latencies::default(),
             pending_access: Mutex::new(HashMap::new()),
+            unpublished_access: replicated.then(|| Mutex::new(HashMap::new())),
             l3_reads: Mutex::new(HashMap::new()),
             overlay: Overlay::default(),
             growth: Mutex::new(VecDeque::new()),
@@ -330,7 +337,26 @@ impl MemoryShared {
         cached.last_accessed.store(now, Ordering::Relaxed);
         let count = cached.access_count.fetch_add(1, Ordering::Relaxed) + 1;
         self.pending_access.lock().insert(key.to_vec(), (now, count));
+        if let Some(unpublished) = &self.unpublished_access {
+            unpublished.lock().insert(key.to_vec(), (now, count));
+        }
         (now, count)
+    }
+
+    /// Takes the access statistics not yet published to the fleet's (replicas only).
+    pub fn take_unpublished_access(&self) -> Vec<(Vec<u8>, (i64, u64))> {
+        self.unpublished_access.as_ref().map(|u| u.lock().drain().collect()).unwrap_or_default()
+    }
+
+    /// Puts back statistics a publication failed to write, under any taken since.
+    pub fn unpublish_access(&self, rows: Vec<(Vec<u8>, (i64, u64))>) {
+        if let Some(unpublished) = &self.unpublished_access {
+            let mut u = unpublished.lock();
+            for (key, (last, count)) in rows {
+                let e = u.entry(key).or_insert((last, count));
+                *e = (e.0.max(last), e.1.max(count));
+            }
+        }
     }
 
     /// Access statistics not yet saved, copied for the settler.

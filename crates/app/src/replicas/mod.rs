@@ -31,7 +31,7 @@ use crate::health::{Check, CheckStatus};
 use daena_core::time::Micros;
 use daena_store::datadir::{DataDir, read_optional, write_atomic};
 use daena_store::kv::DocTable;
-use daena_store::pg::{self, Lease, PgDocs};
+use daena_store::pg::{self, FleetAccess, Lease, PgDocs};
 use daena_store::redis_limits::SharedLimits;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +58,8 @@ pub struct Replicas {
     /// The chain's head in Redis, which lets reads skip the barrier ([`head`]).
     pub head: Arc<head::ChainHead>,
     pub peers: Arc<Peers>,
+    /// The fleet's access statistics, which aging asks (`memory::aging`).
+    pub access: Arc<FleetAccess>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -72,8 +74,8 @@ fn shared_err(what: &str) -> impl FnOnce(daena_store::StoreError) -> AppError + 
 
 impl Replicas {
     /// Connects to PostgreSQL (and Redis), migrates the schema and puts the shared secrets
-    /// into `data`; `None` for the embedded backend.
-    pub fn open(config: &Config, data: &DataDir, master_from_env: bool) -> AppResult<Option<Replicas>> {
+    /// into `data`; `None` for the embedded backend. `now`: the service's clock.
+    pub fn open(config: &Config, data: &DataDir, master_from_env: bool, now: Micros) -> AppResult<Option<Replicas>> {
         if config.storage.backend != StorageBackend::Postgres {
             return Ok(None);
         }
@@ -119,7 +121,10 @@ impl Replicas {
         );
         let peers = Arc::new(Peers::open(docs.clone(), replica.clone())?);
         let head = head::ChainHead::new(&url, limits.clone());
-        Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits, head, peers }))
+        let access = Arc::new(FleetAccess::new(&url));
+        // The first replica to publish reads says from when the fleet's statistics count.
+        access.since(now.0).map_err(shared_err("reading when access statistics began"))?;
+        Ok(Some(Replicas { lease: Lease::new(&url), url, deployment, replica, docs, limits, head, peers, access }))
     }
 
     /// Whether this replica runs the schedulers now.
@@ -217,9 +222,14 @@ pub fn exchange(d: &crate::Daena) -> AppResult<()> {
     for (tenant, beats) in r.peers.others::<Beats>(HEARTBEATS_BY_REPLICA) {
         agents.absorb(&tenant, &beats);
     }
+    let read = d.memory().take_unpublished_access();
+    let access = r.access.publish_access(&read).map(|_| ()).map_err(shared_err("publishing access statistics"));
+    if access.is_err() {
+        d.memory().unpublish_access(read);
+    }
     let touched = r.peers.touch();
     let retired = if d.leads() { r.peers.retire_due(&FOLDS).map(|_| ()) } else { Ok(()) };
-    analytics.and(cas).and(beats).and(touched).and(retired)
+    analytics.and(cas).and(beats).and(access).and(touched).and(retired)
 }
 
 /// Puts the deployment's shared `keys/<name>` into this data directory: the stored one, or

@@ -170,7 +170,7 @@ mod tests {
         config.data_dir = tmp.path().join("data");
         let info = daena_store::datadir::LockInfo { pid: std::process::id(), listen: None, holder: "test".into() };
         let data = DataDir::open(&config.data_dir, &info).expect("data dir");
-        let r = Replicas::open(&config, &data, false).expect("open").expect("a replica");
+        let r = Replicas::open(&config, &data, false, daena_core::time::Micros(0)).expect("open").expect("a replica");
         let seeds = tmp.path().join("shared/seeds");
         std::fs::create_dir_all(&seeds).expect("seeds dir");
         std::fs::write(seeds.join("daena-seed-1.tar.zst"), b"not an archive").expect("write");

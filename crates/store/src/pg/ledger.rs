@@ -211,9 +211,10 @@ impl LedgerAppend for PgLedger {
             let client = self.conn.get()?;
             client
                 .batch_execute(
-                    "delete from daena_records; delete from daena_access; delete from daena_cache;
+                    "delete from daena_records; delete from daena_cache;
                      delete from daena_dicts; update daena_applied set seq = 0 where id = 1",
                 )
+                .and_then(|()| client.batch_execute(super::access::FORGET))
                 .map_err(pg("emptying the kept state"))?;
             for (table, key) in docs {
                 client

@@ -12,6 +12,7 @@
 //! The `postgres` client runs its own runtime and must not block inside another: every call
 //! made where a tokio runtime may be running goes through [`off_runtime`].
 
+mod access;
 mod copy;
 mod fence;
 mod ledger;
@@ -19,6 +20,7 @@ mod state;
 mod test_db;
 mod tls;
 
+pub use access::FleetAccess;
 pub use copy::start_copy;
 pub use fence::{FenceState, HeadFence};
 pub use ledger::PgLedger;
