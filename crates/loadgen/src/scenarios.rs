@@ -14,16 +14,25 @@ use std::time::Instant;
 pub const KEY: &str = "bench-ops-key";
 
 pub struct Running {
+    /// Dropped (or sent), the server stops and lets go of the service.
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
     pub daena: Arc<Daena>,
     pub addr: std::net::SocketAddr,
 }
 
 impl Running {
-    /// Shuts the service down before its scratch directory goes, so no background writer
-    /// finds its files gone.
+    /// Stops the server and shuts the service down before its scratch directory goes, so no
+    /// background writer finds its files gone (a server left running would keep the service,
+    /// and its commit thread, alive).
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.daena.shutdown().await.map_err(|e| anyhow::anyhow!(e.message))
+        let Running { stop, serving, _dir, daena, .. } = self;
+        let _ = stop.send(());
+        if tokio::time::timeout(std::time::Duration::from_secs(10), serving).await.is_err() {
+            anyhow::bail!("the server did not stop within 10 s");
+        }
+        daena.shutdown().await.map_err(|e| anyhow::anyhow!(e.message))
     }
 }
 
@@ -38,9 +47,15 @@ pub async fn start(edit: impl FnOnce(&mut Config)) -> anyhow::Result<Running> {
     let daena = Daena::open(loaded, OpenOptions::offline("loadgen")).map_err(|e| anyhow::anyhow!(e.message))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let serving = daena.clone();
-    tokio::spawn(async move { daena_api::serve(serving, listener, std::future::pending()).await });
-    Ok(Running { _dir: dir, daena, addr })
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = daena.clone();
+    let serving = tokio::spawn(async move {
+        daena_api::serve(state, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Ok(Running { stop, serving, _dir: dir, daena, addr })
 }
 
 /// A record of a realistic shape: a chat turn with agent metadata (~300 bytes of JSON).
