@@ -39,22 +39,20 @@ impl FleetAccess {
     }
 
     /// Raises the fleet's statistics of `rows` (address, last access µs, reads) to at least
-    /// these; rows of records the chain does not hold are left out. Runs under the chain
-    /// lock, so no batch deletes a record between the check and the write (its statistics
-    /// would outlive it). Returns how many rows it wrote.
+    /// these; rows of records the chain does not hold are left out. Each page of rows is a
+    /// transaction under the chain lock, so no batch deletes a record between the check and
+    /// the write (its statistics would outlive it), and appends wait at most one page.
+    /// Returns how many rows it wrote; on an error, the pages before it are written.
     pub fn publish_access(&self, rows: &[(Vec<u8>, (i64, u64))]) -> Result<u64, StoreError> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        on(&self.conn, |c| {
-            let mut txn = c.transaction().map_err(pg("publishing access statistics"))?;
-            txn.execute("select pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).map_err(pg("taking the chain lock"))?;
-            let mut written = 0;
-            for page in rows.chunks(PAGE) {
-                let addrs: Vec<&[u8]> = page.iter().map(|(a, _)| a.as_slice()).collect();
-                let lasts: Vec<i64> = page.iter().map(|(_, (last, _))| *last).collect();
-                let reads: Vec<i64> = page.iter().map(|(_, (_, n))| i64::try_from(*n).unwrap_or(i64::MAX)).collect();
-                written += txn
+        let mut written = 0;
+        for page in rows.chunks(PAGE) {
+            let addrs: Vec<&[u8]> = page.iter().map(|(a, _)| a.as_slice()).collect();
+            let lasts: Vec<i64> = page.iter().map(|(_, (last, _))| *last).collect();
+            let reads: Vec<i64> = page.iter().map(|(_, (_, n))| i64::try_from(*n).unwrap_or(i64::MAX)).collect();
+            written += on(&self.conn, |c| {
+                let mut txn = c.transaction().map_err(pg("publishing access statistics"))?;
+                txn.execute("select pg_advisory_xact_lock($1)", &[&CHAIN_LOCK]).map_err(pg("taking the chain lock"))?;
+                let n = txn
                     .execute(
                         "insert into daena_access (addr, last_access, reads)
                          select a.addr, a.last, a.reads from unnest($1::bytea[], $2::int8[], $3::int8[]) as a (addr, last, reads)
@@ -65,10 +63,11 @@ impl FleetAccess {
                         &[&addrs, &lasts, &reads],
                     )
                     .map_err(pg("publishing access statistics"))?;
-            }
-            txn.commit().map_err(pg("publishing access statistics"))?;
-            Ok(written)
-        })
+                txn.commit().map_err(pg("publishing access statistics"))?;
+                Ok(n)
+            })?;
+        }
+        Ok(written)
     }
 
     /// When the fleet began publishing reads (µs): the time stored, or `now`, stored first
